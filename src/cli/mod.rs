@@ -1,0 +1,120 @@
+//! The command line: clap types, turned into library calls; all printing happens here.
+
+mod build;
+mod status;
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use dagrun::{Engine, Error, Registry};
+
+/// Exit codes: 0 success, 1 a stage failed (or the build could not finish), 2 bad usage
+/// or a bad pipeline file.
+pub const EXIT_OK: u8 = 0;
+pub const EXIT_FAILED: u8 = 1;
+pub const EXIT_USAGE: u8 = 2;
+
+#[derive(Parser, Debug)]
+#[command(name = "dagrun", version, about = "Incremental pipelines: content-fingerprinted stages, parallel builds, state in SQLite")]
+pub struct Cli {
+    /// Run as if started in DIR.
+    #[arg(short = 'C', long = "directory", value_name = "DIR", global = true)]
+    directory: Option<PathBuf>,
+    /// The pipeline file (default: pipeline.toml).
+    #[arg(long, value_name = "PATH", global = true)]
+    file: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run every stage whose inputs changed, and what depends on them.
+    Build(build::BuildArgs),
+    /// Show every stage: up to date or dirty, and why.
+    Status(status::StatusArgs),
+    /// Mark stages dirty so that the next build re-runs them.
+    Invalidate(InvalidateArgs),
+    /// Create or upgrade the state database.
+    Migrate,
+}
+
+#[derive(clap::Args, Debug)]
+struct InvalidateArgs {
+    /// Stages to mark dirty.
+    #[arg(required = true, value_name = "STAGE")]
+    stages: Vec<String>,
+    /// Also mark every stage downstream of them.
+    #[arg(long)]
+    downstream: bool,
+}
+
+/// Parses the command line, runs it, and returns the process exit code.
+pub fn run() -> u8 {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            let _ = err.print();
+            return if err.use_stderr() { EXIT_USAGE } else { EXIT_OK };
+        }
+    };
+    match dispatch(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            let text = err.to_string();
+            let mut stderr = std::io::stderr().lock();
+            if text.starts_with("error:") {
+                let _ = write!(stderr, "{text}");
+            } else {
+                let _ = writeln!(stderr, "error: {text}");
+            }
+            if err.is_usage() { EXIT_USAGE } else { EXIT_FAILED }
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> Result<u8, Error> {
+    let file = pipeline_file(&cli);
+    let engine = Engine::load(&file, registry())?;
+    match cli.command {
+        Command::Build(args) => build::run(&engine, args),
+        Command::Status(args) => status::run(&engine, args),
+        Command::Invalidate(args) => {
+            let names = engine.invalidate(&args.stages, args.downstream)?;
+            println!("invalidated {}; the next build re-runs {}", names.join(", "), if names.len() == 1 { "it" } else { "them" });
+            Ok(EXIT_OK)
+        }
+        Command::Migrate => {
+            let (from, to) = engine.migrate()?;
+            if from == to {
+                println!("state database {} is at schema version {to}", engine.spec().state_path.display());
+            } else {
+                println!("migrated {} from schema version {from} to {to}", engine.spec().state_path.display());
+            }
+            Ok(EXIT_OK)
+        }
+    }
+}
+
+fn pipeline_file(cli: &Cli) -> PathBuf {
+    let dir = cli.directory.clone().unwrap_or_default();
+    dir.join(cli.file.clone().unwrap_or_else(|| PathBuf::from("pipeline.toml")))
+}
+
+/// The built-in stages this binary offers.
+fn registry() -> Registry {
+    Registry::new()
+}
+
+/// Seconds for humans: `0.012s`, `1.20s`, `75.0s`.
+fn seconds(d: std::time::Duration) -> String {
+    let s = d.as_secs_f64();
+    if s < 0.1 {
+        format!("{s:.3}s")
+    } else if s < 10.0 {
+        format!("{s:.2}s")
+    } else {
+        format!("{s:.1}s")
+    }
+}

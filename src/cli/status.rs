@@ -1,0 +1,66 @@
+//! `dagrun status`: the orchestrator_state table with live dirtiness and its reason.
+
+use std::io::Write;
+
+use dagrun::{Engine, Error, StageReport};
+
+use super::{EXIT_OK, seconds};
+
+#[derive(clap::Args, Debug)]
+pub struct StatusArgs {
+    /// Only these stages and what they depend on.
+    #[arg(value_name = "STAGE")]
+    stages: Vec<String>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(engine: &Engine, args: StatusArgs) -> Result<u8, Error> {
+    let reports = engine.status(&args.stages, false)?;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        let _ = serde_json::to_writer_pretty(&mut out, &reports);
+        let _ = writeln!(out);
+    } else {
+        let _ = write_table(&mut out, &reports);
+    }
+    Ok(EXIT_OK)
+}
+
+fn write_table(out: &mut impl Write, reports: &[StageReport]) -> std::io::Result<()> {
+    let header = ["STAGE", "STATE", "LAST RUN", "RUNS", "FAILS", "TOOK", "WHY"].map(String::from);
+    let rows: Vec<[String; 7]> = reports
+        .iter()
+        .map(|r| {
+            [
+                r.stage.clone(),
+                if r.dirty { "dirty".into() } else { "up to date".into() },
+                r.last_run_at.clone().map(|t| t.replace('T', " ")).unwrap_or_else(|| "never".into()),
+                r.run_count.to_string(),
+                r.failure_count.to_string(),
+                r.last_duration_ms.map(|ms| seconds(std::time::Duration::from_millis(ms as u64))).unwrap_or_else(|| "-".into()),
+                r.reason.as_ref().map(ToString::to_string).unwrap_or_default(),
+            ]
+        })
+        .collect();
+    let mut widths = header.clone().map(|h| h.len());
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    for row in std::iter::once(&header).chain(&rows) {
+        let mut line = String::new();
+        for (i, (cell, w)) in row.iter().zip(widths).enumerate() {
+            if i == row.len() - 1 {
+                line.push_str(cell);
+            } else {
+                line.push_str(&format!("{cell:w$}  "));
+            }
+        }
+        writeln!(out, "{}", line.trim_end())?;
+    }
+    let dirty = reports.iter().filter(|r| r.dirty).count();
+    writeln!(out, "\n{} stages: {} up to date, {dirty} dirty", reports.len(), reports.len() - dirty)
+}

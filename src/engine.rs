@@ -1,0 +1,231 @@
+//! The engine: a loaded pipeline and the commands run against it. Start reading here.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+use crate::builtin::Registry;
+use crate::error::Error;
+use crate::event::{BuildSummary, Event};
+use crate::executor::{ExecOptions, execute};
+use crate::fingerprint::HashCache;
+use crate::graph::Dag;
+use crate::planner::{DirtyReason, EvalContext, Verdict, explain_reason, plan_build};
+use crate::spec::{Spec, StageIdx, load_spec, suggest};
+use crate::state::{RunOutcome, State, StageRecord, StageStatus, acquire_lock};
+
+/// How to build.
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    /// Stages to build with their upstream; empty for all.
+    pub targets: Vec<String>,
+    /// Parallel stages; `None` for the pipeline's `jobs` or the number of cores.
+    pub jobs: Option<usize>,
+    pub force: bool,
+    pub fail_fast: bool,
+    /// Wait for another build's lock instead of failing at once.
+    pub wait_for_lock: bool,
+    /// Recorded in `runs.trigger`: `build`, `agent-once`, ...
+    pub trigger: String,
+    /// Set it (e.g. on Ctrl-C) to stop the build: running stages are killed.
+    pub cancel: Arc<AtomicBool>,
+}
+
+impl Default for BuildOptions {
+    fn default() -> Self {
+        BuildOptions {
+            targets: Vec::new(),
+            jobs: None,
+            force: false,
+            fail_fast: false,
+            wait_for_lock: true,
+            trigger: "build".into(),
+            cancel: Arc::new(AtomicBool::new(false)),
+        }
+    }
+}
+
+/// One stage as `status` and `build --dry-run` show it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StageReport {
+    pub stage: String,
+    pub dirty: bool,
+    /// Why it is dirty, `None` when up to date.
+    pub reason: Option<DirtyReason>,
+    pub last_run_at: Option<String>,
+    pub run_count: i64,
+    pub failure_count: i64,
+    pub last_status: Option<StageStatus>,
+    pub last_duration_ms: Option<i64>,
+    pub last_error: Option<String>,
+}
+
+/// A loaded, validated pipeline.
+#[derive(Debug)]
+pub struct Engine {
+    spec: Spec,
+    dag: Dag,
+    registry: Registry,
+}
+
+impl Engine {
+    /// Loads `pipeline.toml`, validating it against the built-in stages in `registry`.
+    pub fn load(file: &Path, registry: Registry) -> Result<Engine, Error> {
+        let spec = load_spec(file, &registry.names())?;
+        let dag = Dag::build(&spec).map_err(|cycle| Error::Cycle { cycle, file: file.display().to_string() })?;
+        Ok(Engine { spec, dag, registry })
+    }
+
+    pub fn spec(&self) -> &Spec {
+        &self.spec
+    }
+
+    pub fn dag(&self) -> &Dag {
+        &self.dag
+    }
+
+    /// Runs every dirty stage among `targets` and their upstream, in dependency order.
+    pub fn build(&self, opts: &BuildOptions, on_event: &mut dyn FnMut(&Event<'_>)) -> Result<BuildSummary, Error> {
+        let started = Instant::now();
+        let selected = self.select(&opts.targets)?;
+        let lock_path = self.spec.dagrun_dir().join("lock");
+        let _lock = acquire_lock(&lock_path, opts.wait_for_lock, |holder| on_event(&Event::LockWaiting { path: &lock_path, holder }))?;
+        let mut state = State::open(&self.spec.state_path)?;
+        let swept = state.sweep_unfinished()?;
+        if !swept.is_empty() {
+            on_event(&Event::SweptInterrupted { stages: &swept });
+        }
+
+        let records = state.load_records()?;
+        let cache = HashCache::new(&self.spec.root, state.load_hash_cache()?);
+        let ctx = self.eval_context(&records, &cache, opts.force);
+        let plan = plan_build(&ctx, &selected);
+
+        let jobs = opts.jobs.or(self.spec.jobs).unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        let targets: Vec<&str> = opts.targets.iter().map(String::as_str).collect();
+        let run = state.begin_run(&opts.trigger, &targets, jobs)?;
+        let to_check = (0..self.spec.stages.len()).filter(|&i| plan.verdict(i).is_some_and(Verdict::is_dirty)).count();
+        on_event(&Event::BuildStarted { run, selected: selected.iter().filter(|&&s| s).count(), to_check, jobs });
+
+        let exec_opts = ExecOptions { jobs, fail_fast: opts.fail_fast, cancel: opts.cancel.clone() };
+        let executed = execute(&ctx, &plan, &mut state, run, &exec_opts, on_event);
+        // Cache entries of stages that did not run (e.g. an up-to-date check) are kept too.
+        let cached = state.save_hash_cache(&cache.take_fresh());
+        let outcome = match executed {
+            Ok(outcome) => outcome,
+            Err(err) => {
+                let _ = state.finish_run(run, RunOutcome::Failed, &Default::default());
+                return Err(err.into());
+            }
+        };
+        cached?;
+        let summary = BuildSummary {
+            run_id: Some(run.0),
+            counts: outcome.counts,
+            elapsed: started.elapsed(),
+            failures: outcome.failures,
+            interrupted: outcome.interrupted,
+        };
+        let run_outcome = match (summary.interrupted, summary.succeeded()) {
+            (true, _) => RunOutcome::Interrupted,
+            (false, true) => RunOutcome::Success,
+            (false, false) => RunOutcome::Failed,
+        };
+        state.finish_run(run, run_outcome, &summary.counts)?;
+        on_event(&Event::BuildFinished { summary: &summary });
+        Ok(summary)
+    }
+
+    /// Every selected stage in dependency order, up to date or dirty and why, without
+    /// running anything. Reads the state database while a build runs (WAL) without
+    /// blocking it; creates nothing when there is no database yet.
+    pub fn status(&self, targets: &[String], force: bool) -> Result<Vec<StageReport>, Error> {
+        let selected = self.select(targets)?;
+        let mut state = self.existing_state()?;
+        let records = match &state {
+            Some(state) => state.load_records()?,
+            None => Default::default(),
+        };
+        let cache = HashCache::new(&self.spec.root, match &state {
+            Some(state) => state.load_hash_cache()?,
+            None => Default::default(),
+        });
+        let ctx = self.eval_context(&records, &cache, force);
+        let mut plan = plan_build(&ctx, &selected);
+        if let Some(state) = &mut state {
+            // Best effort: a status that cannot save its hashes is still a correct status.
+            let _ = state.save_hash_cache(&cache.take_fresh());
+        }
+        let mut reports = Vec::new();
+        for &idx in self.dag.topo_order() {
+            let Some(eval) = plan.evaluations[idx].take() else { continue };
+            let name = self.spec.stages[idx].name.as_str();
+            let reason = match eval.verdict {
+                Verdict::UpToDate => None,
+                Verdict::Dirty(reason) => Some(match &state {
+                    Some(state) => explain_reason(state, name, reason, &eval.inputs),
+                    None => reason,
+                }),
+            };
+            let record = records.get(name).cloned().unwrap_or_default();
+            reports.push(report(name, reason, record));
+        }
+        Ok(reports)
+    }
+
+    /// Marks stages (and with `downstream`, everything after them) dirty. Returns their names.
+    pub fn invalidate(&self, stages: &[String], downstream: bool) -> Result<Vec<String>, Error> {
+        let mut indices = stages.iter().map(|s| self.stage_index(s)).collect::<Result<Vec<_>, _>>()?;
+        if downstream {
+            indices = self.dag.with_downstream(&indices);
+        }
+        let names: Vec<&str> = indices.iter().map(|&i| self.spec.stages[i].name.as_str()).collect();
+        let mut state = State::open(&self.spec.state_path)?;
+        state.invalidate(&names)?;
+        Ok(names.into_iter().map(str::to_string).collect())
+    }
+
+    /// Creates or upgrades the state database; returns (version before, version after).
+    pub fn migrate(&self) -> Result<(usize, usize), Error> {
+        Ok(State::open_unmigrated(&self.spec.state_path)?.migrate()?)
+    }
+
+    fn existing_state(&self) -> Result<Option<State>, Error> {
+        if self.spec.state_path.exists() { Ok(Some(State::open(&self.spec.state_path)?)) } else { Ok(None) }
+    }
+
+    fn eval_context<'a>(&'a self, records: &'a std::collections::HashMap<String, StageRecord>, cache: &'a HashCache, force: bool) -> EvalContext<'a> {
+        EvalContext { spec: &self.spec, dag: &self.dag, records, cache, registry: &self.registry, force }
+    }
+
+    fn stage_index(&self, name: &str) -> Result<StageIdx, Error> {
+        self.spec.stage_index(name).ok_or_else(|| Error::UnknownStage {
+            name: name.to_string(),
+            suggestion: suggest(name, self.spec.stage_names()).map(str::to_string),
+        })
+    }
+
+    /// The stages a command covers: `targets` and their upstream, or every stage.
+    fn select(&self, targets: &[String]) -> Result<Vec<bool>, Error> {
+        if targets.is_empty() {
+            return Ok(vec![true; self.spec.stages.len()]);
+        }
+        let indices = targets.iter().map(|t| self.stage_index(t)).collect::<Result<Vec<_>, _>>()?;
+        Ok(self.dag.with_upstream(&indices))
+    }
+}
+
+fn report(stage: &str, reason: Option<DirtyReason>, record: StageRecord) -> StageReport {
+    StageReport {
+        stage: stage.to_string(),
+        dirty: reason.is_some(),
+        reason,
+        last_run_at: record.last_run_at,
+        run_count: record.run_count,
+        failure_count: record.failure_count,
+        last_status: record.last_status,
+        last_duration_ms: record.last_duration_ms,
+        last_error: record.last_error,
+    }
+}

@@ -1,0 +1,28 @@
+//! The library's top error; each module's error converts into it.
+
+use crate::graph::CycleError;
+use crate::spec::LoadError;
+use crate::state::{LockError, StateError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error("{cycle}\n --> {file}\n  = help: remove one of these dependencies (an `after` entry or an input another stage writes)")]
+    Cycle { cycle: CycleError, file: String },
+    #[error("unknown stage `{name}`{}", suggestion.as_ref().map(|s| format!("; did you mean `{s}`?")).unwrap_or_default())]
+    UnknownStage { name: String, suggestion: Option<String> },
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("cannot write {path}: {source}")]
+    Io { path: String, source: std::io::Error },
+}
+
+impl Error {
+    /// Whether the error is the user's input (a bad pipeline file or stage name): exit code 2.
+    pub fn is_usage(&self) -> bool {
+        matches!(self, Error::Load(_) | Error::Cycle { .. } | Error::UnknownStage { .. })
+    }
+}

@@ -1,0 +1,58 @@
+//! What the engine reports while it works. The library never prints: a caller (the CLI,
+//! the agent, the dashboard) receives these and renders them as it likes.
+
+use std::path::Path;
+use std::time::Duration;
+
+use crate::planner::DirtyReason;
+use crate::state::{LockHolder, RunCounts, RunId, StageStatus};
+
+#[derive(Debug)]
+pub enum Event<'a> {
+    /// Another build holds the lock; this one waits for it.
+    LockWaiting { path: &'a Path, holder: &'a LockHolder },
+    /// Stages a dead build left running, now recorded as interrupted.
+    SweptInterrupted { stages: &'a [String] },
+    BuildStarted { run: RunId, selected: usize, to_check: usize, jobs: usize },
+    StageStarted { stage: &'a str, attempt: u32, reason: &'a DirtyReason },
+    StageSucceeded { stage: &'a str, duration: Duration, output_changed: bool },
+    /// Its upstream re-ran but produced the outputs it had before, so this stage did not run.
+    StageCutOff { stage: &'a str },
+    StageFailed { stage: &'a str, status: StageStatus, error: &'a str, log_path: Option<&'a str>, will_retry: bool },
+    /// Not run because an upstream stage failed (or the build stopped first).
+    StageBlocked { stage: &'a str, upstream: Option<&'a str> },
+    /// An input file changed while the stage ran; the stage stays dirty.
+    InputMoved { stage: &'a str, path: &'a str },
+    BuildFinished { summary: &'a BuildSummary },
+}
+
+/// One failed stage, for the end-of-build summary.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct FailedStage {
+    pub stage: String,
+    pub status: StageStatus,
+    pub error: String,
+    pub log_path: Option<String>,
+    pub log_tail: String,
+}
+
+/// The result of a build.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct BuildSummary {
+    pub run_id: Option<i64>,
+    pub counts: RunCounts,
+    #[serde(serialize_with = "as_secs")]
+    pub elapsed: Duration,
+    pub failures: Vec<FailedStage>,
+    pub interrupted: bool,
+}
+
+impl BuildSummary {
+    pub fn succeeded(&self) -> bool {
+        self.counts.failed == 0 && self.counts.blocked == 0 && !self.interrupted
+    }
+}
+
+fn as_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
+}

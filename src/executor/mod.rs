@@ -1,0 +1,528 @@
+//! Runs the stages a plan marks dirty, each as soon as its upstream is done, on `-j N`
+//! worker threads, and records every finished stage in one transaction.
+//!
+//! The coordinator (the calling thread) owns the state database and the bookkeeping;
+//! workers evaluate and run stages and report back over a channel. A stage left dirty
+//! only because its upstream was dirty is evaluated again once that upstream is done,
+//! with the upstream's new output hash: if nothing it reads changed, it is cut off.
+//!
+//! Workers are plain threads rather than rayon tasks: rayon would let a worker waiting in
+//! a parallel hash steal a whole other stage and run it inline, delaying the first.
+//! Rayon still does the data-parallel hashing inside each stage.
+
+mod runner;
+mod watchdog;
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+pub use runner::{expand_command, log_tail, shell_quote};
+pub use watchdog::KILL_GRACE;
+
+use crate::builtin::BuiltinContext;
+use crate::event::{Event, FailedStage};
+use crate::fingerprint::{FileHash, FingerprintInputs, OutputHash, output_hash};
+use crate::planner::{DirtyReason, EvalContext, Evaluation, Plan, Verdict, evaluate_stage, explain_reason};
+use crate::spec::{Action, StageIdx};
+use crate::state::{RunCounts, RunId, StageAttempt, StageFailure, StageRunId, StageStatus, StageSuccess, State, StateError};
+use runner::{AttemptFailure, ShellJob};
+use watchdog::Watchdog;
+
+/// How to execute.
+#[derive(Debug, Clone)]
+pub struct ExecOptions {
+    pub jobs: usize,
+    pub fail_fast: bool,
+    /// Set from outside (e.g. on Ctrl-C): running stages are killed, nothing new starts.
+    pub cancel: Arc<AtomicBool>,
+}
+
+/// What execution did.
+#[derive(Debug, Default)]
+pub struct ExecOutcome {
+    pub counts: RunCounts,
+    pub failures: Vec<FailedStage>,
+    pub interrupted: bool,
+}
+
+/// A stage handed to a worker, with the output hash of each of its upstream stages.
+struct Task {
+    idx: StageIdx,
+    upstream: Vec<(StageIdx, OutputHash)>,
+}
+
+/// What a worker reports.
+enum Message {
+    Started { idx: StageIdx, attempt: u32, reason: DirtyReason, inputs: Box<FingerprintInputs>, log_path: String, at: SystemTime },
+    Finished { idx: StageIdx, result: TaskResult },
+}
+
+enum TaskResult {
+    /// Evaluated again with its upstream's new outputs: nothing it reads changed.
+    Clean,
+    /// The build stopped before this stage started.
+    NotStarted,
+    /// A source input is missing or unreadable.
+    CannotRun { reason: DirtyReason },
+    Succeeded(Box<Success>),
+    AttemptFailed { failure: AttemptFailure, duration: Duration, at: SystemTime, log_path: String, final_attempt: bool },
+}
+
+struct Success {
+    eval: Evaluation,
+    outputs: BTreeMap<String, FileHash>,
+    output_hash: OutputHash,
+    duration: Duration,
+    at: SystemTime,
+    moved: Vec<String>,
+}
+
+/// What workers share.
+struct Shared<'a> {
+    eval: EvalContext<'a>,
+    watchdog: Watchdog,
+    /// Stop starting stages (fail-fast, or the coordinator hit an error).
+    stop: AtomicBool,
+    run: RunId,
+}
+
+impl Shared<'_> {
+    fn stopped(&self) -> bool {
+        self.stop.load(Ordering::SeqCst) || self.watchdog.is_cancelled()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Slot {
+    Unselected,
+    Waiting(usize),
+    Queued,
+    Done,
+}
+
+/// Executes the dirty part of `plan`.
+pub fn execute(
+    eval: &EvalContext<'_>,
+    plan: &Plan,
+    state: &mut State,
+    run: RunId,
+    opts: &ExecOptions,
+    on_event: &mut dyn FnMut(&Event<'_>),
+) -> Result<ExecOutcome, StateError> {
+    let spec = eval.spec;
+    let n = spec.stages.len();
+    let mut coordinator = Coordinator {
+        eval,
+        state,
+        on_event,
+        slots: vec![Slot::Unselected; n],
+        hashes: vec![None; n],
+        outcome: ExecOutcome::default(),
+        row: vec![None; n],
+        fail_fast: opts.fail_fast,
+        first_error: None,
+        ready: Vec::new(),
+        run,
+    };
+    let mut candidates = 0;
+    for idx in 0..n {
+        match plan.verdict(idx) {
+            None => {}
+            Some(Verdict::UpToDate) => {
+                coordinator.slots[idx] = Slot::Done;
+                coordinator.hashes[idx] = eval.records.get(spec.stages[idx].name.as_str()).and_then(|r| r.output_hash);
+                coordinator.outcome.counts.up_to_date += 1;
+            }
+            Some(Verdict::Dirty(_)) => {
+                coordinator.slots[idx] = Slot::Waiting(0);
+                candidates += 1;
+            }
+        }
+    }
+    for idx in 0..n {
+        if coordinator.slots[idx] == Slot::Waiting(0) {
+            let pending = eval.dag.upstream(idx).filter(|&up| matches!(coordinator.slots[up], Slot::Waiting(_))).count();
+            coordinator.slots[idx] = Slot::Waiting(pending);
+            if pending == 0 {
+                coordinator.ready.push(idx);
+            }
+        }
+    }
+    if candidates == 0 {
+        return Ok(coordinator.outcome);
+    }
+
+    let shared = Shared { eval: *eval, watchdog: Watchdog::new(opts.cancel.clone()), stop: AtomicBool::new(false), run };
+    let workers = opts.jobs.clamp(1, candidates);
+    let (task_tx, task_rx) = mpsc::channel::<Task>();
+    let (msg_tx, msg_rx) = mpsc::channel::<Message>();
+    let task_rx = Mutex::new(task_rx);
+    std::thread::scope(|scope| {
+        let (task_rx, shared_ref) = (&task_rx, &shared);
+        for _ in 0..workers {
+            let msg_tx = msg_tx.clone();
+            scope.spawn(move || {
+                loop {
+                    let task = task_rx.lock().expect("task queue poisoned").recv();
+                    match task {
+                        Ok(task) => run_task(shared_ref, task, &msg_tx),
+                        Err(_) => break,
+                    }
+                }
+            });
+        }
+        scope.spawn(|| shared.watchdog.run());
+        drop(msg_tx);
+
+        let mut outstanding = 0usize;
+        loop {
+            for idx in std::mem::take(&mut coordinator.ready) {
+                if shared.stopped() {
+                    coordinator.not_started(idx);
+                    continue;
+                }
+                coordinator.slots[idx] = Slot::Queued;
+                let upstream = eval.dag.upstream(idx).filter_map(|up| coordinator.hashes[up].map(|h| (up, h))).collect();
+                task_tx.send(Task { idx, upstream }).expect("workers outlive the coordinator loop");
+                outstanding += 1;
+            }
+            if outstanding == 0 {
+                break;
+            }
+            let message = msg_rx.recv().expect("a worker holds a sender while tasks are outstanding");
+            if let Message::Finished { result, .. } = &message
+                && !matches!(result, TaskResult::AttemptFailed { final_attempt: false, .. })
+            {
+                outstanding -= 1;
+            }
+            coordinator.handle(message, &shared.stop);
+        }
+        drop(task_tx);
+        shared.watchdog.stop();
+    });
+    coordinator.outcome.interrupted = opts.cancel.load(Ordering::SeqCst);
+    match coordinator.first_error {
+        Some(err) => Err(err),
+        None => Ok(coordinator.outcome),
+    }
+}
+
+/// The coordinator's bookkeeping: which stage is where, and the database.
+struct Coordinator<'a, 'e> {
+    eval: &'a EvalContext<'a>,
+    state: &'a mut State,
+    on_event: &'e mut dyn FnMut(&Event<'_>),
+    slots: Vec<Slot>,
+    /// Output hash of each finished stage (recorded or new).
+    hashes: Vec<Option<OutputHash>>,
+    outcome: ExecOutcome,
+    /// The `stage_runs` row of each stage's running attempt.
+    row: Vec<Option<StageRunId>>,
+    fail_fast: bool,
+    first_error: Option<StateError>,
+    ready: Vec<StageIdx>,
+    run: RunId,
+}
+
+impl Coordinator<'_, '_> {
+    fn name(&self, idx: StageIdx) -> &str {
+        self.eval.spec.stages[idx].name.as_str()
+    }
+
+    fn handle(&mut self, message: Message, stop: &AtomicBool) {
+        let recorded = match message {
+            Message::Started { idx, attempt, reason, inputs, log_path, at } => self.started(idx, attempt, reason, &inputs, &log_path, at),
+            Message::Finished { idx, result } => self.finished(idx, result, stop),
+        };
+        if let Err(err) = recorded {
+            // The database refused a write (e.g. a full disk): start nothing more, let
+            // running stages finish, and report the error.
+            stop.store(true, Ordering::SeqCst);
+            self.first_error.get_or_insert(err);
+        }
+    }
+
+    fn started(&mut self, idx: StageIdx, attempt: u32, reason: DirtyReason, inputs: &FingerprintInputs, log_path: &str, at: SystemTime) -> Result<(), StateError> {
+        let name = self.eval.spec.stages[idx].name.as_str();
+        let reason = explain_reason(self.state, name, reason, inputs);
+        let reason_text = reason.to_string();
+        let row = self.state.stage_started(&StageAttempt { run: self.run_id(), component: name, attempt, reason: &reason_text, started_at: at, log_path })?;
+        self.row[idx] = Some(row);
+        (self.on_event)(&Event::StageStarted { stage: name, attempt, reason: &reason });
+        Ok(())
+    }
+
+    fn run_id(&self) -> RunId {
+        self.run
+    }
+
+    fn finished(&mut self, idx: StageIdx, result: TaskResult, stop: &AtomicBool) -> Result<(), StateError> {
+        match result {
+            TaskResult::Clean => {
+                let recorded = self.eval.records.get(self.name(idx)).and_then(|r| r.output_hash);
+                self.hashes[idx] = recorded;
+                self.outcome.counts.cut_off += 1;
+                (self.on_event)(&Event::StageCutOff { stage: self.eval.spec.stages[idx].name.as_str() });
+                self.release(idx);
+            }
+            TaskResult::NotStarted => self.not_started(idx),
+            TaskResult::CannotRun { reason } => {
+                let message = reason.to_string();
+                let now = SystemTime::now();
+                let name = self.eval.spec.stages[idx].name.as_str();
+                let row = self.state.stage_started(&StageAttempt { run: self.run_id(), component: name, attempt: 1, reason: &message, started_at: now, log_path: "" })?;
+                self.row[idx] = Some(row);
+                let failure = AttemptFailure::failed(format!("cannot run: {message}"));
+                self.attempt_failed(idx, failure, Duration::ZERO, now, None, true, stop)?;
+            }
+            TaskResult::Succeeded(success) => self.succeeded(idx, *success)?,
+            TaskResult::AttemptFailed { failure, duration, at, log_path, final_attempt } => {
+                self.attempt_failed(idx, failure, duration, at, Some(log_path), final_attempt, stop)?
+            }
+        }
+        Ok(())
+    }
+
+    fn succeeded(&mut self, idx: StageIdx, success: Success) -> Result<(), StateError> {
+        let name = self.eval.spec.stages[idx].name.as_str();
+        let row = self.row[idx].take().expect("a stage reports Started before it succeeds");
+        let fresh = self.eval.cache.take_fresh();
+        self.state.record_success(
+            &StageSuccess {
+                row,
+                component: name,
+                finished_at: success.at,
+                duration: success.duration,
+                fingerprint: success.eval.fingerprint,
+                fingerprint_inputs: &success.eval.inputs,
+                output_hash: success.output_hash,
+                outputs: &success.outputs,
+                still_dirty: !success.moved.is_empty(),
+            },
+            &fresh,
+        )?;
+        let previous = self.eval.records.get(name).and_then(|r| r.output_hash);
+        self.hashes[idx] = Some(success.output_hash);
+        self.outcome.counts.ran += 1;
+        for path in &success.moved {
+            (self.on_event)(&Event::InputMoved { stage: name, path });
+        }
+        (self.on_event)(&Event::StageSucceeded { stage: name, duration: success.duration, output_changed: previous != Some(success.output_hash) });
+        self.release(idx);
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn attempt_failed(
+        &mut self,
+        idx: StageIdx,
+        failure: AttemptFailure,
+        duration: Duration,
+        at: SystemTime,
+        log_path: Option<String>,
+        final_attempt: bool,
+        stop: &AtomicBool,
+    ) -> Result<(), StateError> {
+        let name = self.eval.spec.stages[idx].name.as_str();
+        let tail = log_path.as_deref().map(|p| log_tail(&self.eval.spec.root.join(p), 20)).unwrap_or_default();
+        let error = if tail.is_empty() { failure.message.clone() } else { format!("{}\n{tail}", failure.message) };
+        let row = self.row[idx].take().expect("a stage reports Started before it fails");
+        let fresh = self.eval.cache.take_fresh();
+        self.state.record_failure(&StageFailure { row, component: name, status: failure.status, finished_at: at, duration, error: &error }, &fresh)?;
+        (self.on_event)(&Event::StageFailed {
+            stage: name,
+            status: failure.status,
+            error: &failure.message,
+            log_path: log_path.as_deref(),
+            will_retry: !final_attempt,
+        });
+        if final_attempt {
+            self.slots[idx] = Slot::Done;
+            self.outcome.counts.failed += 1;
+            self.outcome.failures.push(FailedStage { stage: name.to_string(), status: failure.status, error: failure.message, log_path, log_tail: tail });
+            if self.fail_fast {
+                stop.store(true, Ordering::SeqCst);
+            }
+            self.block_downstream(idx, Some(idx));
+        }
+        Ok(())
+    }
+
+    fn not_started(&mut self, idx: StageIdx) {
+        self.slots[idx] = Slot::Done;
+        self.outcome.counts.blocked += 1;
+        (self.on_event)(&Event::StageBlocked { stage: self.eval.spec.stages[idx].name.as_str(), upstream: None });
+        self.block_downstream(idx, None);
+    }
+
+    /// Marks every stage waiting (directly or not) on `idx` as blocked.
+    fn block_downstream(&mut self, idx: StageIdx, failed: Option<StageIdx>) {
+        let mut stack: Vec<StageIdx> = self.eval.dag.downstream(idx).collect();
+        while let Some(down) = stack.pop() {
+            if !matches!(self.slots[down], Slot::Waiting(_)) {
+                continue;
+            }
+            self.slots[down] = Slot::Done;
+            self.outcome.counts.blocked += 1;
+            let upstream = failed.map(|f| self.eval.spec.stages[f].name.as_str());
+            (self.on_event)(&Event::StageBlocked { stage: self.eval.spec.stages[down].name.as_str(), upstream });
+            stack.extend(self.eval.dag.downstream(down));
+        }
+    }
+
+    /// A stage finished well: downstream stages with nothing else to wait for are ready.
+    fn release(&mut self, idx: StageIdx) {
+        self.slots[idx] = Slot::Done;
+        for down in self.eval.dag.downstream(idx) {
+            if let Slot::Waiting(pending) = self.slots[down] {
+                self.slots[down] = Slot::Waiting(pending - 1);
+                if pending == 1 {
+                    self.ready.push(down);
+                }
+            }
+        }
+    }
+}
+
+/// Worker side: evaluate the stage again with its upstream's hashes, then run it
+/// (with retries) if it is still dirty.
+fn run_task(shared: &Shared<'_>, task: Task, tx: &Sender<Message>) {
+    let idx = task.idx;
+    let finish = |result| {
+        let _ = tx.send(Message::Finished { idx, result });
+    };
+    if shared.stopped() {
+        return finish(TaskResult::NotStarted);
+    }
+    let upstream_hash = |up: StageIdx| task.upstream.iter().find(|(i, _)| *i == up).map(|&(_, h)| h);
+    let eval = evaluate_stage(&shared.eval, idx, &upstream_hash);
+    let reason = match &eval.verdict {
+        Verdict::UpToDate => return finish(TaskResult::Clean),
+        Verdict::Dirty(reason @ DirtyReason::InputUnavailable { .. }) => return finish(TaskResult::CannotRun { reason: reason.clone() }),
+        Verdict::Dirty(reason) => reason.clone(),
+    };
+    let stage = &shared.eval.spec.stages[idx];
+    let attempts = stage.retries + 1;
+    for attempt in 1..=attempts {
+        let log_path = match attempt {
+            1 => format!(".dagrun/logs/{}/{}.log", shared.run.0, stage.name),
+            n => format!(".dagrun/logs/{}/{}.attempt{n}.log", shared.run.0, stage.name),
+        };
+        let at = SystemTime::now();
+        let _ = tx.send(Message::Started { idx, attempt, reason: reason.clone(), inputs: Box::new(eval.inputs.clone()), log_path: log_path.clone(), at });
+        let started = Instant::now();
+        let result = run_attempt(shared, idx, &eval, &log_path).and_then(|()| collect_outputs(shared, idx, &eval));
+        let duration = started.elapsed();
+        match result {
+            Ok((outputs, moved)) => {
+                let output_hash = output_hash(&outputs);
+                return finish(TaskResult::Succeeded(Box::new(Success { eval, outputs, output_hash, duration, at: SystemTime::now(), moved })));
+            }
+            Err(failure) => {
+                let final_attempt = attempt == attempts || failure.status == StageStatus::Interrupted || shared.stopped();
+                let _ = tx.send(Message::Finished {
+                    idx,
+                    result: TaskResult::AttemptFailed { failure, duration, at: SystemTime::now(), log_path, final_attempt },
+                });
+                if final_attempt {
+                    return;
+                }
+                retry_backoff(shared, attempt);
+            }
+        }
+    }
+}
+
+/// Waits before a retry: 0.5 s, 1 s, 2 s ... up to 30 s, cut short by cancellation.
+fn retry_backoff(shared: &Shared<'_>, attempt: u32) {
+    let wait = Duration::from_millis(500u64.saturating_mul(1 << attempt.min(6).saturating_sub(1))).min(Duration::from_secs(30));
+    let until = Instant::now() + wait;
+    while Instant::now() < until && !shared.stopped() {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// One attempt: clear the old outputs, then run the command or built-in with its log.
+fn run_attempt(shared: &Shared<'_>, idx: StageIdx, eval: &Evaluation, log_path: &str) -> Result<(), AttemptFailure> {
+    let spec = shared.eval.spec;
+    let stage = &spec.stages[idx];
+    for output in &stage.outputs {
+        let path = output.to_path(&spec.root);
+        let removed = match std::fs::symlink_metadata(&path) {
+            Ok(meta) if meta.is_dir() => std::fs::remove_dir_all(&path),
+            Ok(_) => std::fs::remove_file(&path),
+            Err(_) => Ok(()),
+        };
+        removed.map_err(|e| AttemptFailure::failed(format!("cannot remove old output `{output}`: {e}")))?;
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| AttemptFailure::failed(format!("cannot create directory for `{output}`: {e}")))?;
+        }
+    }
+    let log_full = spec.root.join(log_path);
+    let log = open_log(&log_full).map_err(|e| AttemptFailure::failed(format!("cannot create log {log_path}: {e}")))?;
+    let outputs: Vec<String> = stage.outputs.iter().map(|o| o.to_string()).collect();
+    match &stage.action {
+        Action::Shell { cmd } => {
+            let command = expand_command(cmd, &stage.params, &eval.input_paths, &outputs);
+            let job = ShellJob { stage: stage.name.as_str(), command: &command, root: &spec.root, log, timeout: stage.timeout };
+            runner::run_shell(job, &shared.watchdog)
+        }
+        Action::Builtin { name } => {
+            let builtin = shared.eval.registry.get(name).ok_or_else(|| AttemptFailure::failed(format!("unknown built-in `{name}`")))?;
+            let mut log = log;
+            let ctx = BuiltinContext {
+                stage: stage.name.as_str(),
+                root: &spec.root,
+                params: &stage.params,
+                inputs: eval.input_paths.iter().map(|p| spec.root.join(p)).collect(),
+                outputs: outputs.iter().map(|p| spec.root.join(p)).collect::<Vec<PathBuf>>(),
+                log: &mut log,
+                cancel: shared.watchdog.cancel_flag(),
+            };
+            runner::run_builtin(builtin, ctx)
+        }
+    }
+}
+
+fn open_log(path: &std::path::Path) -> std::io::Result<File> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    File::create(path)
+}
+
+type CollectedOutputs = (BTreeMap<String, FileHash>, Vec<String>);
+
+/// After a clean exit: every declared output must exist; hash them, and find inputs that
+/// changed while the stage ran.
+fn collect_outputs(shared: &Shared<'_>, idx: StageIdx, eval: &Evaluation) -> Result<CollectedOutputs, AttemptFailure> {
+    let stage = &shared.eval.spec.stages[idx];
+    let paths: Vec<&str> = stage.outputs.iter().map(|o| o.as_str()).collect();
+    let mut outputs = BTreeMap::new();
+    for (path, hashed) in shared.eval.cache.hash_paths(&paths) {
+        match hashed {
+            Ok(hash) => {
+                outputs.insert(path.to_string(), hash);
+            }
+            Err(crate::fingerprint::HashError::Missing { .. }) => {
+                return Err(AttemptFailure::failed(format!("the stage exited 0 but did not write its output `{path}`")));
+            }
+            Err(err) => return Err(AttemptFailure::failed(format!("cannot hash output: {err}"))),
+        }
+    }
+    let before: Vec<&str> = eval.inputs.inputs.keys().map(String::as_str).collect();
+    let moved = shared
+        .eval
+        .cache
+        .hash_paths(&before)
+        .into_iter()
+        .filter(|(path, now)| now.as_ref().ok() != eval.inputs.inputs.get(*path))
+        .map(|(path, _)| path.to_string())
+        .collect();
+    Ok((outputs, moved))
+}

@@ -1,0 +1,205 @@
+//! Content hashes of files, cached by (size, mtime, inode) so an unchanged file is read once.
+
+use std::collections::HashMap;
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rayon::prelude::*;
+
+use super::hashes::FileHash;
+
+/// A file modified this close to the moment it was hashed may change again within the
+/// same timestamp tick without its mtime moving (the "racy" case git also handles), so
+/// such an entry is trusted only once this much time has passed. Linux file timestamps
+/// come from a coarse clock (a few ms); one second also covers coarser filesystems.
+pub const RACY_WINDOW_NS: i64 = 1_000_000_000;
+
+/// What the stat cache knows about one file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CacheEntry {
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub inode: u64,
+    pub hash: FileHash,
+    /// When the hash was computed, in ns since the epoch.
+    pub cached_at_ns: i64,
+}
+
+impl CacheEntry {
+    fn matches(&self, stat: &FileStat) -> bool {
+        self.size == stat.size && self.mtime_ns == stat.mtime_ns && self.inode == stat.inode
+    }
+
+    fn is_racy(&self) -> bool {
+        self.mtime_ns >= self.cached_at_ns - RACY_WINDOW_NS
+    }
+}
+
+/// The identity of a file's current version, as far as `stat` can tell.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileStat {
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub inode: u64,
+}
+
+impl FileStat {
+    fn of(meta: &std::fs::Metadata) -> FileStat {
+        FileStat { size: meta.size(), mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(), inode: meta.ino() }
+    }
+}
+
+/// Why a path could not be hashed.
+#[derive(Debug, thiserror::Error)]
+pub enum HashError {
+    #[error("`{path}` does not exist")]
+    Missing { path: String },
+    #[error("cannot read `{path}`: {source}")]
+    Io { path: String, source: io::Error },
+    #[error("cannot walk directory `{path}`: {message}")]
+    Walk { path: String, message: String },
+}
+
+impl HashError {
+    fn io(path: &str, source: io::Error) -> HashError {
+        if source.kind() == io::ErrorKind::NotFound {
+            HashError::Missing { path: path.to_string() }
+        } else {
+            HashError::Io { path: path.to_string(), source }
+        }
+    }
+}
+
+/// The stat cache: loaded from the state database at the start of a command, consulted
+/// and filled from many threads, and its new entries written back with each stage.
+#[derive(Debug)]
+pub struct HashCache {
+    root: PathBuf,
+    entries: Mutex<HashMap<String, CacheEntry>>,
+    fresh: Mutex<Vec<(String, CacheEntry)>>,
+}
+
+impl HashCache {
+    pub fn new(root: &Path, entries: HashMap<String, CacheEntry>) -> HashCache {
+        HashCache { root: root.to_path_buf(), entries: Mutex::new(entries), fresh: Mutex::new(Vec::new()) }
+    }
+
+    /// Entries hashed since the last call, to be written to the state database.
+    pub fn take_fresh(&self) -> Vec<(String, CacheEntry)> {
+        std::mem::take(&mut *self.fresh.lock().expect("hash cache poisoned"))
+    }
+
+    /// Hashes a file or a directory (the sorted list of its files' relative paths and hashes).
+    pub fn hash_path(&self, rel: &str) -> Result<FileHash, HashError> {
+        let full = self.root.join(rel);
+        let meta = std::fs::metadata(&full).map_err(|e| HashError::io(rel, e))?;
+        if meta.is_dir() { self.hash_dir(rel, &full) } else { self.hash_file(rel, &full, &meta) }
+    }
+
+    /// Hashes many paths, in parallel, in the order given.
+    pub fn hash_paths<'a>(&self, rels: &[&'a str]) -> Vec<(&'a str, Result<FileHash, HashError>)> {
+        if rels.len() < 2 {
+            return rels.iter().map(|&rel| (rel, self.hash_path(rel))).collect();
+        }
+        rels.par_iter().map(|&rel| (rel, self.hash_path(rel))).collect()
+    }
+
+    fn hash_file(&self, rel: &str, full: &Path, meta: &std::fs::Metadata) -> Result<FileHash, HashError> {
+        let stat = FileStat::of(meta);
+        let cached = self.entries.lock().expect("hash cache poisoned").get(rel).copied();
+        if let Some(entry) = cached
+            && entry.matches(&stat)
+            && !entry.is_racy()
+        {
+            return Ok(entry.hash);
+        }
+        let cached_at_ns = now_ns();
+        let mut hasher = blake3::Hasher::new();
+        // Memory-maps and hashes on several threads for large files; plain reads for small.
+        hasher.update_mmap_rayon(full).map_err(|e| HashError::io(rel, e))?;
+        let entry = CacheEntry { size: stat.size, mtime_ns: stat.mtime_ns, inode: stat.inode, hash: FileHash(hasher.finalize()), cached_at_ns };
+        if cached != Some(entry) {
+            self.entries.lock().expect("hash cache poisoned").insert(rel.to_string(), entry);
+            self.fresh.lock().expect("hash cache poisoned").push((rel.to_string(), entry));
+        }
+        Ok(entry.hash)
+    }
+
+    fn hash_dir(&self, rel: &str, full: &Path) -> Result<FileHash, HashError> {
+        let mut files: Vec<String> = Vec::new();
+        for entry in walkdir::WalkDir::new(full).follow_links(true).sort_by_file_name() {
+            let entry = entry.map_err(|e| HashError::Walk { path: rel.to_string(), message: e.to_string() })?;
+            if entry.file_type().is_dir() {
+                continue;
+            }
+            let inner = entry.path().strip_prefix(full).expect("walkdir yields paths under its root");
+            let Some(inner) = inner.to_str() else {
+                return Err(HashError::Walk { path: rel.to_string(), message: format!("file name {} is not UTF-8", inner.display()) });
+            };
+            files.push(format!("{rel}/{inner}"));
+        }
+        let hashed: Vec<Result<FileHash, HashError>> = files
+            .par_iter()
+            .map(|file| {
+                let full = self.root.join(file);
+                let meta = std::fs::metadata(&full).map_err(|e| HashError::io(file, e))?;
+                self.hash_file(file, &full, &meta)
+            })
+            .collect();
+        let mut h = blake3::Hasher::new();
+        h.update(b"dagrun dir v1\0");
+        h.update(&(files.len() as u64).to_le_bytes());
+        for (file, hash) in files.iter().zip(hashed) {
+            let inner = &file[rel.len() + 1..];
+            h.update(&(inner.len() as u64).to_le_bytes());
+            h.update(inner.as_bytes());
+            h.update(hash?.0.as_bytes());
+        }
+        Ok(FileHash(h.finalize()))
+    }
+}
+
+fn now_ns() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_directory_hash_covers_names_and_contents() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("d/sub")).unwrap();
+        std::fs::write(dir.path().join("d/a"), "1").unwrap();
+        std::fs::write(dir.path().join("d/sub/b"), "2").unwrap();
+        let hash = |root: &Path| HashCache::new(root, HashMap::new()).hash_path("d").unwrap();
+        let first = hash(dir.path());
+        assert_eq!(first, hash(dir.path()));
+        std::fs::write(dir.path().join("d/sub/b"), "3").unwrap();
+        let edited = hash(dir.path());
+        assert_ne!(first, edited);
+        std::fs::rename(dir.path().join("d/sub/b"), dir.path().join("d/sub/c")).unwrap();
+        assert_ne!(edited, hash(dir.path()));
+    }
+
+    #[test]
+    fn a_trusted_entry_is_used_without_reading_and_a_racy_one_is_rehashed() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("f"), "real").unwrap();
+        let meta = std::fs::metadata(dir.path().join("f")).unwrap();
+        let stat = FileStat::of(&meta);
+        let bogus = FileHash(blake3::hash(b"not the content"));
+        let entry = |cached_at_ns| CacheEntry { size: stat.size, mtime_ns: stat.mtime_ns, inode: stat.inode, hash: bogus, cached_at_ns };
+
+        let trusted = HashCache::new(dir.path(), HashMap::from([("f".into(), entry(stat.mtime_ns + 2 * RACY_WINDOW_NS))]));
+        assert_eq!(trusted.hash_path("f").unwrap(), bogus, "a trusted entry is not re-read");
+
+        let racy = HashCache::new(dir.path(), HashMap::from([("f".into(), entry(stat.mtime_ns + 10))]));
+        assert_eq!(racy.hash_path("f").unwrap(), FileHash(blake3::hash(b"real")));
+        assert_eq!(racy.take_fresh().len(), 1);
+    }
+}

@@ -1,0 +1,276 @@
+//! Spec → DAG: edges from `after` and from inputs that other stages write.
+
+use std::collections::BTreeMap;
+
+use petgraph::Direction;
+use petgraph::graph::{DiGraph, NodeIndex};
+use petgraph::visit::{Dfs, Reversed};
+
+use crate::spec::{Input, RelPath, Spec, StageIdx};
+
+/// The pipeline's dependency graph. Node `i` is `spec.stages[i]`; edges point downstream.
+#[derive(Debug, Clone)]
+pub struct Dag {
+    graph: DiGraph<(), ()>,
+    /// Every stage, upstream before downstream; ties broken by name.
+    topo: Vec<StageIdx>,
+    producers: Producers,
+}
+
+/// A dependency cycle, as the path that closes it: `[a, b, a]`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("dependency cycle: {}", path.join(" -> "))]
+pub struct CycleError {
+    pub path: Vec<String>,
+}
+
+impl Dag {
+    pub fn build(spec: &Spec) -> Result<Dag, CycleError> {
+        let producers = Producers::new(spec);
+        let mut graph = DiGraph::with_capacity(spec.stages.len(), spec.stages.len());
+        for _ in &spec.stages {
+            graph.add_node(());
+        }
+        for (idx, stage) in spec.stages.iter().enumerate() {
+            let mut upstream: Vec<StageIdx> = stage.after.iter().filter_map(|name| spec.stage_index(name.as_str())).collect();
+            for input in &stage.inputs {
+                producers.upstream_of(input, &mut upstream);
+            }
+            upstream.sort_unstable();
+            upstream.dedup();
+            for up in upstream.into_iter().filter(|&up| up != idx) {
+                graph.add_edge(NodeIndex::new(up), NodeIndex::new(idx), ());
+            }
+        }
+        let Some(topo) = topological_order(&graph) else {
+            return Err(CycleError { path: find_cycle(&graph, spec) });
+        };
+        Ok(Dag { graph, topo, producers })
+    }
+
+    pub fn len(&self) -> usize {
+        self.graph.node_count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.graph.node_count() == 0
+    }
+
+    /// All stages in dependency order.
+    pub fn topo_order(&self) -> &[StageIdx] {
+        &self.topo
+    }
+
+    pub fn upstream(&self, stage: StageIdx) -> impl Iterator<Item = StageIdx> + '_ {
+        self.graph.neighbors_directed(NodeIndex::new(stage), Direction::Incoming).map(NodeIndex::index)
+    }
+
+    pub fn downstream(&self, stage: StageIdx) -> impl Iterator<Item = StageIdx> + '_ {
+        self.graph.neighbors_directed(NodeIndex::new(stage), Direction::Outgoing).map(NodeIndex::index)
+    }
+
+    /// `targets` and everything they depend on, as a membership mask.
+    pub fn with_upstream(&self, targets: &[StageIdx]) -> Vec<bool> {
+        let mut selected = vec![false; self.len()];
+        let reversed = Reversed(&self.graph);
+        for &target in targets {
+            let mut dfs = Dfs::new(reversed, NodeIndex::new(target));
+            while let Some(node) = dfs.next(reversed) {
+                selected[node.index()] = true;
+            }
+        }
+        selected
+    }
+
+    /// `stages` and everything that depends on them.
+    pub fn with_downstream(&self, stages: &[StageIdx]) -> Vec<StageIdx> {
+        let mut found = vec![false; self.len()];
+        for &stage in stages {
+            let mut dfs = Dfs::new(&self.graph, NodeIndex::new(stage));
+            while let Some(node) = dfs.next(&self.graph) {
+                found[node.index()] = true;
+            }
+        }
+        (0..self.len()).filter(|&i| found[i]).collect()
+    }
+
+    /// The stage whose output is `path` or contains it.
+    pub fn producer_of(&self, path: &RelPath) -> Option<StageIdx> {
+        self.producers.producer_of(path)
+    }
+}
+
+/// Which stage writes which path, for turning inputs into edges.
+#[derive(Debug, Clone, Default)]
+struct Producers {
+    by_path: BTreeMap<String, StageIdx>,
+}
+
+impl Producers {
+    fn new(spec: &Spec) -> Producers {
+        let mut by_path = BTreeMap::new();
+        for (idx, stage) in spec.stages.iter().enumerate() {
+            for out in &stage.outputs {
+                by_path.insert(out.as_str().to_string(), idx);
+            }
+        }
+        Producers { by_path }
+    }
+
+    fn producer_of(&self, path: &RelPath) -> Option<StageIdx> {
+        if let Some(&idx) = self.by_path.get(path.as_str()) {
+            return Some(idx);
+        }
+        path.ancestors().find_map(|dir| self.by_path.get(dir).copied())
+    }
+
+    /// Outputs strictly inside directory `dir`.
+    fn within(&self, dir: &str) -> impl Iterator<Item = (&String, &StageIdx)> {
+        // `/` + 1 is `0`: the range covers exactly the paths starting with `dir/`.
+        self.by_path.range(format!("{dir}/")..format!("{dir}0"))
+    }
+
+    fn upstream_of(&self, input: &Input, found: &mut Vec<StageIdx>) {
+        match input {
+            Input::Path(path) => {
+                found.extend(self.producer_of(path));
+                found.extend(self.within(path.as_str()).map(|(_, &idx)| idx));
+            }
+            Input::Glob(pattern) => {
+                let Ok(matcher) = glob::Pattern::new(pattern.as_str()) else { return };
+                let literal_prefix = literal_prefix(pattern.as_str());
+                let candidates = self.by_path.range(literal_prefix.to_string()..).take_while(|(p, _)| p.starts_with(literal_prefix));
+                found.extend(candidates.filter(|(p, _)| matcher.matches(p)).map(|(_, &idx)| idx));
+            }
+        }
+    }
+}
+
+/// Kahn's algorithm, always taking the ready stage that sorts first by name (node indices
+/// follow names), so every listing is stable. `None` when there is a cycle.
+fn topological_order(graph: &DiGraph<(), ()>) -> Option<Vec<StageIdx>> {
+    use std::cmp::Reverse;
+    let mut pending: Vec<usize> = graph.node_indices().map(|n| graph.neighbors_directed(n, Direction::Incoming).count()).collect();
+    let mut ready: std::collections::BinaryHeap<Reverse<usize>> = (0..pending.len()).filter(|&i| pending[i] == 0).map(Reverse).collect();
+    let mut order = Vec::with_capacity(pending.len());
+    while let Some(Reverse(idx)) = ready.pop() {
+        order.push(idx);
+        for down in graph.neighbors_directed(NodeIndex::new(idx), Direction::Outgoing) {
+            pending[down.index()] -= 1;
+            if pending[down.index()] == 0 {
+                ready.push(Reverse(down.index()));
+            }
+        }
+    }
+    (order.len() == pending.len()).then_some(order)
+}
+
+/// The part of a glob before its first wildcard, cut back to a directory boundary.
+fn literal_prefix(pattern: &str) -> &str {
+    let wildcard = pattern.find(['*', '?', '[']).unwrap_or(pattern.len());
+    pattern[..wildcard].rfind('/').map_or("", |slash| &pattern[..=slash])
+}
+
+/// Finds a cycle in a graph known to have one, as the path that closes it, starting at
+/// the alphabetically first stage on it.
+fn find_cycle(graph: &DiGraph<(), ()>, spec: &Spec) -> Vec<String> {
+    let name = |n: NodeIndex| spec.stages[n.index()].name.to_string();
+    for component in petgraph::algo::tarjan_scc(graph) {
+        let is_cycle = component.len() > 1 || graph.contains_edge(component[0], component[0]);
+        if !is_cycle {
+            continue;
+        }
+        let start = *component.iter().min_by_key(|n| n.index()).expect("non-empty component");
+        // Breadth-first search inside the component for the shortest way back to `start`.
+        let mut parent: BTreeMap<NodeIndex, NodeIndex> = BTreeMap::new();
+        let mut queue = std::collections::VecDeque::from([start]);
+        while let Some(node) = queue.pop_front() {
+            let mut next: Vec<NodeIndex> = graph.neighbors(node).filter(|n| component.contains(n)).collect();
+            next.sort();
+            for succ in next {
+                if succ == start {
+                    let mut path = vec![name(start)];
+                    let mut at = node;
+                    let mut back = vec![];
+                    while at != start {
+                        back.push(name(at));
+                        at = parent[&at];
+                    }
+                    path.extend(back.into_iter().rev());
+                    path.push(name(start));
+                    return path;
+                }
+                if let std::collections::btree_map::Entry::Vacant(e) = parent.entry(succ) {
+                    e.insert(node);
+                    queue.push_back(succ);
+                }
+            }
+        }
+    }
+    Vec::new()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::parse_spec;
+    use std::path::Path;
+
+    fn spec(text: &str) -> Spec {
+        parse_spec(Path::new("pipeline.toml"), Path::new("/p"), text.to_string(), &[]).unwrap()
+    }
+
+    #[test]
+    fn a_cycle_is_reported_as_the_path_that_closes_it() {
+        let s = spec(
+            r#"
+            [stages.a]
+            cmd = "x"
+            after = ["c"]
+            [stages.b]
+            cmd = "x"
+            inputs = ["out/a"]
+            outputs = ["out/b"]
+            [stages.c]
+            cmd = "x"
+            inputs = ["./out/b"]
+            [stages.a2]
+            cmd = "x"
+            outputs = ["out/a"]
+            after = ["a"]
+            "#,
+        );
+        let err = Dag::build(&s).unwrap_err();
+        assert_eq!(err.to_string(), "dependency cycle: a -> a2 -> b -> c -> a");
+    }
+
+    #[test]
+    fn inputs_inside_outputs_globs_and_directories_make_edges() {
+        let s = spec(
+            r#"
+            [stages.gen]
+            cmd = "x"
+            outputs = ["data/raw", "data/meta.json"]
+            [stages.one]
+            cmd = "x"
+            inputs = ["data/raw/part-1.csv"]
+            [stages.glob]
+            cmd = "x"
+            inputs = ["data/*.json"]
+            [stages.dir]
+            cmd = "x"
+            inputs = ["data"]
+            [stages.unrelated]
+            cmd = "x"
+            inputs = ["database.csv"]
+            "#,
+        );
+        let dag = Dag::build(&s).unwrap();
+        let gen_idx = s.stage_index("gen").unwrap();
+        for name in ["one", "glob", "dir"] {
+            let idx = s.stage_index(name).unwrap();
+            assert_eq!(dag.upstream(idx).collect::<Vec<_>>(), [gen_idx], "{name}");
+        }
+        assert_eq!(dag.upstream(s.stage_index("unrelated").unwrap()).count(), 0);
+    }
+}

@@ -1,0 +1,23 @@
+//! dagrun: an incremental pipeline engine. Stages declared in `pipeline.toml` form a DAG;
+//! each stage's inputs are fingerprinted by content (BLAKE3); a stage re-runs only when
+//! something it depends on really changed; state lives in SQLite.
+//!
+//! The library never prints: [`Engine`] methods return values and report progress as
+//! [`Event`]s. See ARCHITECTURE.md for the map.
+
+pub mod builtin;
+pub mod engine;
+pub mod error;
+pub mod event;
+pub mod executor;
+pub mod fingerprint;
+pub mod graph;
+pub mod planner;
+pub mod spec;
+pub mod state;
+
+pub use builtin::{Builtin, BuiltinContext, Registry};
+pub use engine::{BuildOptions, Engine, StageReport};
+pub use error::Error;
+pub use event::{BuildSummary, Event};
+pub use planner::DirtyReason;

@@ -1,0 +1,357 @@
+//! Decides, for each stage, whether it must run and why. Reads files and recorded state;
+//! spawns nothing and writes nothing.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::builtin::Registry;
+use crate::fingerprint::{ActionId, Fingerprint, FingerprintInputs, HashCache, HashError, OutputHash};
+use crate::graph::Dag;
+use crate::spec::{Action, Input, Spec, StageIdx};
+use crate::state::{StageRecord, StageStatus};
+
+/// Why a stage must run (or cannot).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum DirtyReason {
+    /// `--force`.
+    Forced,
+    /// No recorded success.
+    NeverSucceeded,
+    /// The last execution did not succeed.
+    LastRunFailed { status: StageStatus },
+    /// `dagrun invalidate`.
+    Invalidated,
+    /// The fingerprint differs from the one recorded at the last success; `changes` says
+    /// how (empty until explained against the recorded manifest).
+    Changed { changes: Vec<Change> },
+    OutputMissing { path: String },
+    OutputModified { path: String },
+    /// An upstream stage must run first; whether this one runs depends on its outputs.
+    UpstreamDirty { stage: String },
+    /// A source input is missing or unreadable: the stage cannot run.
+    InputUnavailable { path: String, error: String },
+}
+
+/// One difference between the recorded fingerprint inputs and the current ones.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Change {
+    Command,
+    Builtin { old: String, new: String },
+    Param { key: String, old: Option<String>, new: Option<String> },
+    Env { name: String },
+    InputChanged { path: String, old: String, new: String },
+    InputAdded { path: String },
+    InputRemoved { path: String },
+    Outputs,
+    Upstream { stage: String },
+}
+
+impl fmt::Display for Change {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let shown = |v: &Option<String>| v.clone().unwrap_or_else(|| "(unset)".into());
+        match self {
+            Change::Command => f.write_str("command changed"),
+            Change::Builtin { old, new } => write!(f, "built-in changed: {old} -> {new}"),
+            Change::Param { key, old, new } => write!(f, "param `{key}` changed: {} -> {}", shown(old), shown(new)),
+            Change::Env { name } => write!(f, "env `{name}` changed"),
+            Change::InputChanged { path, old, new } => write!(f, "input `{path}` changed ({old} -> {new})"),
+            Change::InputAdded { path } => write!(f, "input `{path}` added"),
+            Change::InputRemoved { path } => write!(f, "input `{path}` removed"),
+            Change::Outputs => f.write_str("declared outputs changed"),
+            Change::Upstream { stage } => write!(f, "upstream `{stage}` output changed"),
+        }
+    }
+}
+
+impl fmt::Display for DirtyReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DirtyReason::Forced => f.write_str("forced"),
+            DirtyReason::NeverSucceeded => f.write_str("never succeeded"),
+            DirtyReason::LastRunFailed { status: StageStatus::TimedOut } => f.write_str("last run timed out"),
+            DirtyReason::LastRunFailed { status: StageStatus::Interrupted | StageStatus::Running } => f.write_str("last run was interrupted"),
+            DirtyReason::LastRunFailed { .. } => f.write_str("last run failed"),
+            DirtyReason::Invalidated => f.write_str("invalidated"),
+            DirtyReason::Changed { changes } if changes.is_empty() => f.write_str("fingerprint changed"),
+            DirtyReason::Changed { changes } => {
+                let words: Vec<String> = changes.iter().map(ToString::to_string).collect();
+                f.write_str(&words.join("; "))
+            }
+            DirtyReason::OutputMissing { path } => write!(f, "output `{path}` is missing"),
+            DirtyReason::OutputModified { path } => write!(f, "output `{path}` was modified"),
+            DirtyReason::UpstreamDirty { stage } => write!(f, "upstream `{stage}` is dirty"),
+            DirtyReason::InputUnavailable { error, .. } => write!(f, "input {error}"),
+        }
+    }
+}
+
+/// A stage's verdict.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    UpToDate,
+    Dirty(DirtyReason),
+}
+
+impl Verdict {
+    pub fn is_dirty(&self) -> bool {
+        matches!(self, Verdict::Dirty(_))
+    }
+}
+
+/// What evaluating a stage found: its fingerprint now, and whether it must run.
+#[derive(Debug, Clone)]
+pub struct Evaluation {
+    pub inputs: FingerprintInputs,
+    pub fingerprint: Fingerprint,
+    pub verdict: Verdict,
+    /// Every input path after glob expansion, for `${inputs}` and built-ins.
+    pub input_paths: Vec<String>,
+}
+
+/// What evaluation reads: the pipeline, recorded state and the stat cache.
+#[derive(Clone, Copy)]
+pub struct EvalContext<'a> {
+    pub spec: &'a Spec,
+    pub dag: &'a Dag,
+    pub records: &'a HashMap<String, StageRecord>,
+    pub cache: &'a HashCache,
+    pub registry: &'a Registry,
+    pub force: bool,
+}
+
+/// Evaluates one stage given the output hash of each upstream stage (`None`: not built).
+pub fn evaluate_stage(ctx: &EvalContext<'_>, idx: StageIdx, upstream_hash: &dyn Fn(StageIdx) -> Option<OutputHash>) -> Evaluation {
+    let stage = &ctx.spec.stages[idx];
+    let record = ctx.records.get(stage.name.as_str());
+
+    let (source_inputs, input_paths) = resolve_inputs(ctx, idx);
+    let mut unavailable = None;
+    let mut inputs = BTreeMap::new();
+    let refs: Vec<&str> = source_inputs.iter().map(String::as_str).collect();
+    for (path, hashed) in ctx.cache.hash_paths(&refs) {
+        match hashed {
+            Ok(hash) => {
+                inputs.insert(path.to_string(), hash);
+            }
+            Err(err) => {
+                let error = match &err {
+                    HashError::Missing { .. } => format!("`{path}` does not exist and no stage writes it"),
+                    other => other.to_string(),
+                };
+                unavailable.get_or_insert(DirtyReason::InputUnavailable { path: path.to_string(), error });
+            }
+        }
+    }
+    let mut upstream = BTreeMap::new();
+    let mut unbuilt_upstream = None;
+    for up in ctx.dag.upstream(idx) {
+        let name = ctx.spec.stages[up].name.to_string();
+        match upstream_hash(up) {
+            Some(hash) => {
+                upstream.insert(name, hash);
+            }
+            None => unbuilt_upstream = Some(name),
+        }
+    }
+    let action = match &stage.action {
+        Action::Shell { cmd } => ActionId::Shell { cmd: cmd.clone() },
+        Action::Builtin { name } => {
+            let version = ctx.registry.get(name).map(|b| b.version().to_string()).unwrap_or_default();
+            ActionId::Builtin { name: name.clone(), version }
+        }
+    };
+    let env = stage.env.iter().map(|name| (name.clone(), std::env::var(name).ok())).collect();
+    let fingerprint_inputs = FingerprintInputs {
+        action,
+        params: stage.params.clone(),
+        env,
+        inputs,
+        outputs: stage.outputs.iter().map(|o| o.to_string()).collect(),
+        upstream,
+    };
+    let fingerprint = fingerprint_inputs.fingerprint();
+
+    let verdict = if let Some(reason) = unavailable {
+        Verdict::Dirty(reason)
+    } else if let Some(reason) = own_reason(ctx, record, fingerprint) {
+        Verdict::Dirty(reason)
+    } else if let Some(stage) = unbuilt_upstream {
+        Verdict::Dirty(DirtyReason::UpstreamDirty { stage })
+    } else {
+        check_outputs(ctx, idx, record.expect("own_reason returns NeverSucceeded without a record"))
+    };
+    Evaluation { inputs: fingerprint_inputs, fingerprint, verdict, input_paths }
+}
+
+/// The reasons a stage is dirty that need no output hashing, in DESIGN.md's order.
+fn own_reason(ctx: &EvalContext<'_>, record: Option<&StageRecord>, fingerprint: Fingerprint) -> Option<DirtyReason> {
+    if ctx.force {
+        return Some(DirtyReason::Forced);
+    }
+    let Some(record) = record.filter(|r| r.fingerprint.is_some()) else {
+        return Some(DirtyReason::NeverSucceeded);
+    };
+    match record.last_status {
+        Some(StageStatus::Success) | None => {}
+        Some(status) => return Some(DirtyReason::LastRunFailed { status }),
+    }
+    if record.fingerprint != Some(fingerprint) {
+        return Some(DirtyReason::Changed { changes: Vec::new() });
+    }
+    if record.is_dirty {
+        return Some(DirtyReason::Invalidated);
+    }
+    None
+}
+
+/// Up to date only if every declared output still has the content recorded at the last success.
+fn check_outputs(ctx: &EvalContext<'_>, idx: StageIdx, record: &StageRecord) -> Verdict {
+    let stage = &ctx.spec.stages[idx];
+    let paths: Vec<&str> = stage.outputs.iter().map(|o| o.as_str()).collect();
+    for (path, hashed) in ctx.cache.hash_paths(&paths) {
+        let reason = match hashed {
+            Err(_) => DirtyReason::OutputMissing { path: path.to_string() },
+            Ok(hash) if record.outputs.get(path) != Some(&hash) => DirtyReason::OutputModified { path: path.to_string() },
+            Ok(_) => continue,
+        };
+        return Verdict::Dirty(reason);
+    }
+    Verdict::UpToDate
+}
+
+/// Splits a stage's inputs into source paths to hash (no stage writes them) and the full
+/// expanded list. Inputs another stage writes are covered by that stage's output hash.
+fn resolve_inputs(ctx: &EvalContext<'_>, idx: StageIdx) -> (Vec<String>, Vec<String>) {
+    let mut sources = Vec::new();
+    let mut all = Vec::new();
+    for input in &ctx.spec.stages[idx].inputs {
+        match input {
+            Input::Path(path) => {
+                if ctx.dag.producer_of(path).is_none() {
+                    sources.push(path.to_string());
+                }
+                all.push(path.to_string());
+            }
+            Input::Glob(pattern) => {
+                for path in expand_glob(&ctx.spec.root, pattern.as_str()) {
+                    let produced = crate::spec::normalize(&ctx.spec.root, &path).is_ok_and(|p| ctx.dag.producer_of(&p).is_some());
+                    if !produced {
+                        sources.push(path.clone());
+                    }
+                    all.push(path);
+                }
+            }
+        }
+    }
+    (sources, all)
+}
+
+/// Files matching a glob, relative to the root, sorted.
+fn expand_glob(root: &std::path::Path, pattern: &str) -> Vec<String> {
+    let full = format!("{}/{pattern}", glob::Pattern::escape(&root.to_string_lossy()));
+    let Ok(paths) = glob::glob(&full) else { return Vec::new() };
+    let mut found: Vec<String> = paths
+        .filter_map(Result::ok)
+        .filter_map(|p| p.strip_prefix(root).ok().and_then(|p| p.to_str()).map(str::to_string))
+        .collect();
+    found.sort();
+    found
+}
+
+/// Compares recorded fingerprint inputs with current ones, field by field.
+pub fn explain_change(old: &FingerprintInputs, new: &FingerprintInputs) -> Vec<Change> {
+    let mut changes = Vec::new();
+    match (&old.action, &new.action) {
+        (a, b) if a == b => {}
+        (ActionId::Builtin { name: on, version: ov }, ActionId::Builtin { name: nn, version: nv }) => {
+            changes.push(Change::Builtin { old: format!("{on} {ov}"), new: format!("{nn} {nv}") })
+        }
+        _ => changes.push(Change::Command),
+    }
+    let keys: std::collections::BTreeSet<&String> = old.params.keys().chain(new.params.keys()).collect();
+    for key in keys {
+        let (o, n) = (old.params.get(key), new.params.get(key));
+        if o != n {
+            changes.push(Change::Param { key: key.clone(), old: o.map(ToString::to_string), new: n.map(ToString::to_string) });
+        }
+    }
+    let names: std::collections::BTreeSet<&String> = old.env.keys().chain(new.env.keys()).collect();
+    for name in names {
+        if old.env.get(name) != new.env.get(name) {
+            changes.push(Change::Env { name: name.clone() });
+        }
+    }
+    for (path, hash) in &new.inputs {
+        match old.inputs.get(path) {
+            None => changes.push(Change::InputAdded { path: path.clone() }),
+            Some(was) if was != hash => {
+                changes.push(Change::InputChanged { path: path.clone(), old: was.short(), new: hash.short() })
+            }
+            Some(_) => {}
+        }
+    }
+    for path in old.inputs.keys().filter(|p| !new.inputs.contains_key(*p)) {
+        changes.push(Change::InputRemoved { path: path.clone() });
+    }
+    if old.outputs != new.outputs {
+        changes.push(Change::Outputs);
+    }
+    let stages: std::collections::BTreeSet<&String> = old.upstream.keys().chain(new.upstream.keys()).collect();
+    for stage in stages {
+        if old.upstream.get(stage) != new.upstream.get(stage) {
+            changes.push(Change::Upstream { stage: stage.clone() });
+        }
+    }
+    changes
+}
+
+/// The verdict for every selected stage, before anything runs.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Indexed by stage; `None` for stages outside the selection.
+    pub evaluations: Vec<Option<Evaluation>>,
+}
+
+impl Plan {
+    pub fn verdict(&self, idx: StageIdx) -> Option<&Verdict> {
+        self.evaluations[idx].as_ref().map(|e| &e.verdict)
+    }
+}
+
+/// Evaluates every selected stage against recorded upstream hashes (in parallel), then
+/// marks stages downstream of a dirty one as `UpstreamDirty` when nothing else is wrong.
+pub fn plan_build(ctx: &EvalContext<'_>, selected: &[bool]) -> Plan {
+    let recorded_hash = |up: StageIdx| ctx.records.get(ctx.spec.stages[up].name.as_str()).and_then(|r| r.output_hash);
+    let mut evaluations: Vec<Option<Evaluation>> =
+        (0..ctx.spec.stages.len()).into_par_iter().map(|idx| selected[idx].then(|| evaluate_stage(ctx, idx, &recorded_hash))).collect();
+    for &idx in ctx.dag.topo_order() {
+        let Some(eval) = &evaluations[idx] else { continue };
+        if eval.verdict.is_dirty() {
+            continue;
+        }
+        let dirty_upstream = ctx.dag.upstream(idx).find(|&up| evaluations[up].as_ref().is_some_and(|e| e.verdict.is_dirty()));
+        if let Some(up) = dirty_upstream {
+            let stage = ctx.spec.stages[up].name.to_string();
+            evaluations[idx].as_mut().expect("checked above").verdict = Verdict::Dirty(DirtyReason::UpstreamDirty { stage });
+        }
+    }
+    Plan { evaluations }
+}
+
+/// Fills in how a fingerprint changed, by comparing with the manifest recorded at the
+/// stage's last success. Other reasons pass through unchanged.
+pub fn explain_reason(state: &crate::state::State, stage: &str, reason: DirtyReason, current: &FingerprintInputs) -> DirtyReason {
+    match reason {
+        DirtyReason::Changed { changes } if changes.is_empty() => {
+            let recorded = state.fingerprint_inputs(stage).ok().flatten().and_then(|json| serde_json::from_str::<FingerprintInputs>(&json).ok());
+            let changes = recorded.map(|old| explain_change(&old, current)).unwrap_or_default();
+            DirtyReason::Changed { changes }
+        }
+        other => other,
+    }
+}

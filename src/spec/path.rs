@@ -1,0 +1,147 @@
+//! Pipeline-relative paths: lexically normalised, `/`-separated, never escaping the root.
+
+use std::fmt;
+use std::path::Path;
+
+/// A path relative to the pipeline directory, normalised so that `./a/b`, `a//b/` and
+/// `a/c/../b` are all `a/b`. Comparing two `RelPath`s compares the files they name.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RelPath(String);
+
+impl RelPath {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// `true` when `self` is `other` or lies inside the directory `other`.
+    pub fn is_within(&self, other: &RelPath) -> bool {
+        self.0 == other.0
+            || (self.0.starts_with(&other.0) && self.0.as_bytes().get(other.0.len()) == Some(&b'/'))
+    }
+
+    /// The path's ancestors, nearest first, excluding itself: `a/b/c` gives `a/b`, `a`.
+    pub fn ancestors(&self) -> impl Iterator<Item = &str> {
+        let s = self.0.as_str();
+        s.char_indices().rev().filter(|&(_, c)| c == '/').map(move |(i, _)| &s[..i])
+    }
+
+    pub fn is_glob(&self) -> bool {
+        is_glob(&self.0)
+    }
+
+    pub fn to_path(&self, root: &Path) -> std::path::PathBuf {
+        root.join(&self.0)
+    }
+}
+
+impl fmt::Display for RelPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Whether a declared path is a glob pattern rather than a literal path.
+pub fn is_glob(raw: &str) -> bool {
+    raw.contains(['*', '?', '['])
+}
+
+/// Why a declared path was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathProblem {
+    Empty,
+    Escapes,
+    IsRoot,
+    InStateDir,
+}
+
+impl PathProblem {
+    pub fn describe(&self, raw: &str) -> String {
+        match self {
+            PathProblem::Empty => "empty path".to_string(),
+            PathProblem::Escapes => format!("path `{raw}` is outside the pipeline directory"),
+            PathProblem::IsRoot => format!("path `{raw}` is the pipeline directory itself"),
+            PathProblem::InStateDir => format!("path `{raw}` is inside dagrun's own `.dagrun/` directory"),
+        }
+    }
+
+    pub fn help(&self) -> &'static str {
+        match self {
+            PathProblem::Empty => "give a file, directory or glob relative to the pipeline file",
+            PathProblem::Escapes => {
+                "inputs and outputs must lie under the directory of pipeline.toml; move the file there or run from a parent directory"
+            }
+            PathProblem::IsRoot => "name the files or subdirectories the stage reads or writes",
+            PathProblem::InStateDir => "`.dagrun/` holds dagrun's state; keep stage files elsewhere",
+        }
+    }
+}
+
+/// Normalises a path as written in pipeline.toml. Absolute paths are accepted when they
+/// lie inside `root` (which must itself be absolute and normalised).
+pub fn normalize(root: &Path, raw: &str) -> Result<RelPath, PathProblem> {
+    if raw.trim().is_empty() {
+        return Err(PathProblem::Empty);
+    }
+    let relative = if raw.starts_with('/') {
+        let root_str = root.to_str().unwrap_or_default();
+        match raw.strip_prefix(root_str) {
+            Some(rest) if rest.is_empty() || rest.starts_with('/') => rest,
+            _ => return Err(PathProblem::Escapes),
+        }
+    } else {
+        raw
+    };
+    let mut parts: Vec<&str> = Vec::new();
+    for part in relative.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                if parts.pop().is_none() {
+                    return Err(PathProblem::Escapes);
+                }
+            }
+            other => parts.push(other),
+        }
+    }
+    if parts.is_empty() {
+        return Err(PathProblem::IsRoot);
+    }
+    if parts[0] == ".dagrun" {
+        return Err(PathProblem::InStateDir);
+    }
+    Ok(RelPath(parts.join("/")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn norm(raw: &str) -> Result<String, PathProblem> {
+        normalize(Path::new("/work/p"), raw).map(|p| p.0)
+    }
+
+    #[test]
+    fn equivalent_spellings_normalise_to_one_path() {
+        for raw in ["a/b", "./a/b", "a//b/", "a/c/../b", "/work/p/a/b"] {
+            assert_eq!(norm(raw).unwrap(), "a/b", "{raw}");
+        }
+    }
+
+    #[test]
+    fn paths_leaving_the_root_are_refused() {
+        assert_eq!(norm("../x"), Err(PathProblem::Escapes));
+        assert_eq!(norm("a/../../x"), Err(PathProblem::Escapes));
+        assert_eq!(norm("/etc/passwd"), Err(PathProblem::Escapes));
+        assert_eq!(norm("/work/pp/x"), Err(PathProblem::Escapes));
+        assert_eq!(norm("."), Err(PathProblem::IsRoot));
+        assert_eq!(norm(".dagrun/state.db"), Err(PathProblem::InStateDir));
+    }
+
+    #[test]
+    fn within_and_ancestors_respect_component_boundaries() {
+        let p = RelPath("data/x/y.csv".into());
+        assert!(p.is_within(&RelPath("data".into())));
+        assert!(!p.is_within(&RelPath("dat".into())));
+        assert_eq!(p.ancestors().collect::<Vec<_>>(), ["data/x", "data"]);
+    }
+}

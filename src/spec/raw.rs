@@ -1,0 +1,46 @@
+//! The pipeline file exactly as serde reads it, spans kept for later checks.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawFile {
+    #[serde(default)]
+    pub pipeline: RawPipeline,
+    #[serde(default)]
+    pub stages: BTreeMap<Spanned<String>, RawStage>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPipeline {
+    pub name: Option<String>,
+    pub state: Option<Spanned<String>>,
+    pub jobs: Option<Spanned<u32>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawStage {
+    pub cmd: Option<Spanned<String>>,
+    #[serde(rename = "fn")]
+    pub builtin: Option<Spanned<String>>,
+    #[serde(default)]
+    pub inputs: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub outputs: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub after: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub params: toml::Table,
+    #[serde(default)]
+    pub env: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub retries: u32,
+    pub timeout_sec: Option<Spanned<u64>>,
+    #[serde(default)]
+    pub resources: super::Resources,
+}

@@ -1,0 +1,73 @@
+//! One build at a time per pipeline: an exclusive lock on `.dagrun/lock`.
+//!
+//! The lock is an OS file lock (`flock`), so it dies with its holder: a lock left by a
+//! killed build is never stale. The file's text names the holder for error messages.
+
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io::{Read, Seek, Write};
+use std::path::{Path, PathBuf};
+
+/// Who holds the lock, as the holder wrote it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockHolder {
+    pub pid: Option<u32>,
+    pub since: Option<String>,
+}
+
+impl std::fmt::Display for LockHolder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (&self.pid, &self.since) {
+            (Some(pid), Some(since)) => write!(f, "pid {pid}, since {since}"),
+            (Some(pid), None) => write!(f, "pid {pid}"),
+            _ => f.write_str("holder unknown"),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error("another build holds {} ({holder}); wait for it to finish, or run without --no-wait to queue behind it", path.display())]
+    Busy { path: PathBuf, holder: LockHolder },
+    #[error("cannot lock {}: {source}", path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+}
+
+/// Held for the whole build; released on drop (or by the OS if the process dies).
+#[derive(Debug)]
+pub struct BuildLock {
+    _file: File,
+}
+
+/// Takes the build lock. When another process holds it, calls `on_wait` with the holder
+/// and then blocks until it is free, or fails with [`LockError::Busy`] when `wait` is false.
+pub fn acquire(path: &Path, wait: bool, on_wait: impl FnOnce(&LockHolder)) -> Result<BuildLock, LockError> {
+    let io_err = |source| LockError::Io { path: path.to_path_buf(), source };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io_err)?;
+    }
+    let mut file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path).map_err(io_err)?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(TryLockError::WouldBlock) => {
+            let holder = read_holder(&mut file);
+            if !wait {
+                return Err(LockError::Busy { path: path.to_path_buf(), holder });
+            }
+            on_wait(&holder);
+            file.lock().map_err(io_err)?;
+        }
+        Err(TryLockError::Error(source)) => return Err(io_err(source)),
+    }
+    file.set_len(0).map_err(io_err)?;
+    file.rewind().map_err(io_err)?;
+    let since = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
+    write!(file, "{} {since}", std::process::id()).map_err(io_err)?;
+    Ok(BuildLock { _file: file })
+}
+
+fn read_holder(file: &mut File) -> LockHolder {
+    let mut text = String::new();
+    let _ = file.read_to_string(&mut text);
+    let mut words = text.split_whitespace();
+    LockHolder { pid: words.next().and_then(|w| w.parse().ok()), since: words.next().map(str::to_string) }
+}

@@ -1,0 +1,212 @@
+//! The state database: every SQL string in dagrun lives under this module.
+//!
+//! WAL mode lets `status` and the dashboard read while a build writes; every change a
+//! finished stage makes is one transaction, so a crash loses at most the stage in flight.
+
+mod lock;
+mod records;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use rusqlite_migration::{M, Migrations};
+
+pub use lock::{BuildLock, LockError, LockHolder, acquire as acquire_lock};
+pub use records::{RunCounts, RunId, RunOutcome, StageAttempt, StageFailure, StageRecord, StageRunId, StageStatus, StageSuccess};
+
+/// The schema, one plain SQL file per version; `PRAGMA user_version` records how far a
+/// database has come (rusqlite_migration's scheme).
+fn migrations() -> Migrations<'static> {
+    Migrations::new(vec![M::up(include_str!("../../migrations/0001_initial.sql"))])
+}
+
+/// The newest schema version this dagrun knows.
+pub fn schema_version() -> usize {
+    1
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("cannot open state database {}: {source}", path.display())]
+    Open { path: PathBuf, source: rusqlite::Error },
+    #[error(
+        "{} is not a dagrun state database (it holds other tables); point `state` in [pipeline] elsewhere, or pass --reset-state to replace it",
+        path.display()
+    )]
+    Foreign { path: PathBuf },
+    #[error("{} is not an SQLite database; move it aside or pass --reset-state to start a new state", path.display())]
+    NotADatabase { path: PathBuf },
+    #[error("{} has schema version {found}, newer than this dagrun knows ({known}); upgrade dagrun", path.display())]
+    Newer { path: PathBuf, found: usize, known: usize },
+    #[error("cannot migrate state database {}: {source}", path.display())]
+    Migrate { path: PathBuf, source: rusqlite_migration::Error },
+    #[error("state database error: {0}")]
+    Sql(#[from] rusqlite::Error),
+}
+
+/// An open, migrated state database.
+pub struct State {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State").field("path", &self.path).finish()
+    }
+}
+
+impl State {
+    /// Opens (creating if needed) and migrates the database at `path`.
+    pub fn open(path: &Path) -> Result<State, StateError> {
+        let mut state = State::open_unmigrated(path)?;
+        state.migrate()?;
+        Ok(state)
+    }
+
+    /// Opens (creating if needed) the database at `path` without touching its schema.
+    pub fn open_unmigrated(path: &Path) -> Result<State, StateError> {
+        if let Some(dir) = path.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let open_err = |source| StateError::Open { path: path.to_path_buf(), source };
+        let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE)
+            .map_err(open_err)?;
+        let state = State { conn, path: path.to_path_buf() };
+        state.configure()?;
+        Ok(state)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn configure(&self) -> Result<(), StateError> {
+        let is_not_db = |e: &rusqlite::Error| e.sqlite_error_code() == Some(rusqlite::ErrorCode::NotADatabase);
+        self.conn.busy_timeout(Duration::from_secs(10))?;
+        // journal_mode is the first statement that reads the file: a non-database fails here.
+        let mode: String = self.conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0)).map_err(|e| {
+            if is_not_db(&e) { StateError::NotADatabase { path: self.path.clone() } } else { StateError::Sql(e) }
+        })?;
+        debug_assert!(mode.eq_ignore_ascii_case("wal") || mode.eq_ignore_ascii_case("memory"));
+        // In WAL mode NORMAL loses no committed transaction on a process crash, only
+        // possibly the last ones on power loss, and avoids an fsync per stage.
+        self.conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")?;
+        Ok(())
+    }
+
+    /// Brings the schema to the newest version; returns (version before, version after).
+    /// Refuses databases that were not made by dagrun, so user data is never written over.
+    pub fn migrate(&mut self) -> Result<(usize, usize), StateError> {
+        let version: usize = self.conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if version > schema_version() {
+            return Err(StateError::Newer { path: self.path.clone(), found: version, known: schema_version() });
+        }
+        if version == 0 {
+            let tables: i64 = self.conn.query_row("SELECT count(*) FROM sqlite_master WHERE type = 'table'", [], |r| r.get(0))?;
+            if tables > 0 {
+                return Err(StateError::Foreign { path: self.path.clone() });
+            }
+        }
+        migrations()
+            .to_latest(&mut self.conn)
+            .map_err(|source| StateError::Migrate { path: self.path.clone(), source })?;
+        Ok((version, schema_version()))
+    }
+
+    /// Marks what a dead build left `running` as interrupted; returns the stages affected.
+    /// Call only while holding the build lock: then nothing is really running.
+    pub fn sweep_unfinished(&mut self) -> Result<Vec<String>, StateError> {
+        let now = timestamp(SystemTime::now());
+        let tx = self.conn.transaction()?;
+        let stages: Vec<String> = {
+            let mut stmt = tx.prepare("SELECT DISTINCT component FROM stage_runs WHERE status = 'running' ORDER BY component")?;
+            stmt.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?
+        };
+        tx.execute(
+            "UPDATE stage_runs SET status = 'interrupted', finished_at = ?1,
+                 error = 'the build running this stage died before it finished' WHERE status = 'running'",
+            [&now],
+        )?;
+        for stage in &stages {
+            tx.execute(
+                "INSERT INTO orchestrator_state (component, is_dirty, run_count, failure_count, last_status, last_error)
+                 VALUES (?1, 1, 1, 1, 'interrupted', 'the build running this stage died before it finished')
+                 ON CONFLICT (component) DO UPDATE SET is_dirty = 1, run_count = run_count + 1,
+                     failure_count = failure_count + 1, last_status = 'interrupted', last_error = excluded.last_error",
+                [stage],
+            )?;
+        }
+        tx.execute("UPDATE runs SET outcome = 'interrupted', finished_at = ?1 WHERE outcome = 'running'", [&now])?;
+        tx.commit()?;
+        Ok(stages)
+    }
+
+    /// Sets `is_dirty` on the given stages so that the next build re-runs them.
+    pub fn invalidate(&mut self, components: &[&str]) -> Result<(), StateError> {
+        let tx = self.conn.transaction()?;
+        for component in components {
+            tx.execute(
+                "INSERT INTO orchestrator_state (component, is_dirty) VALUES (?1, 1)
+                 ON CONFLICT (component) DO UPDATE SET is_dirty = 1",
+                [component],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The JSON manifest of what the last successful fingerprint covered.
+    pub fn fingerprint_inputs(&self, component: &str) -> Result<Option<String>, StateError> {
+        let json = self
+            .conn
+            .query_row("SELECT fingerprint_inputs FROM orchestrator_state WHERE component = ?1", [component], |r| {
+                r.get::<_, Option<String>>(0)
+            })
+            .optional()?;
+        Ok(json.flatten())
+    }
+
+    pub fn begin_run(&self, trigger: &str, targets: &[&str], jobs: usize) -> Result<RunId, StateError> {
+        self.conn.execute(
+            "INSERT INTO runs (trigger, started_at, pid, jobs, targets) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![trigger, timestamp(SystemTime::now()), std::process::id(), jobs as i64, targets.join(" ")],
+        )?;
+        Ok(RunId(self.conn.last_insert_rowid()))
+    }
+
+    pub fn finish_run(&self, run: RunId, outcome: RunOutcome, counts: &RunCounts) -> Result<(), StateError> {
+        self.conn.execute(
+            "UPDATE runs SET finished_at = ?2, outcome = ?3, stages_ran = ?4, stages_cut_off = ?5,
+                 stages_up_to_date = ?6, stages_failed = ?7, stages_blocked = ?8 WHERE run_id = ?1",
+            params![
+                run.0,
+                timestamp(SystemTime::now()),
+                outcome.as_str(),
+                counts.ran,
+                counts.cut_off,
+                counts.up_to_date,
+                counts.failed,
+                counts.blocked
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Writes stat-cache entries hashed outside any stage (e.g. by `status`).
+    pub fn save_hash_cache(&mut self, entries: &[(String, crate::fingerprint::CacheEntry)]) -> Result<(), StateError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let tx = self.conn.transaction()?;
+        records::put_cache_entries(&tx, entries)?;
+        tx.commit()?;
+        Ok(())
+    }
+}
+
+/// RFC 3339 UTC with milliseconds: sorts as text, readable in plain SQL.
+pub fn timestamp(at: SystemTime) -> String {
+    humantime::format_rfc3339_millis(at).to_string()
+}

@@ -1,0 +1,283 @@
+//! Rows of the state database as Rust values, and the per-stage transactions.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, SystemTime};
+
+use rusqlite::{Transaction, params};
+
+use super::{State, StateError, timestamp};
+use crate::fingerprint::{CacheEntry, FileHash, Fingerprint, FingerprintInputs, OutputHash};
+
+/// `runs.run_id`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunId(pub i64);
+
+/// `stage_runs.id`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StageRunId(pub i64);
+
+/// How a build ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunOutcome {
+    Success,
+    Failed,
+    Interrupted,
+}
+
+impl RunOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunOutcome::Success => "success",
+            RunOutcome::Failed => "failed",
+            RunOutcome::Interrupted => "interrupted",
+        }
+    }
+}
+
+/// How one stage execution ended (or that it has not yet).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StageStatus {
+    Running,
+    Success,
+    Failed,
+    TimedOut,
+    Interrupted,
+}
+
+impl StageStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StageStatus::Running => "running",
+            StageStatus::Success => "success",
+            StageStatus::Failed => "failed",
+            StageStatus::TimedOut => "timed_out",
+            StageStatus::Interrupted => "interrupted",
+        }
+    }
+
+    fn parse(text: &str) -> Option<StageStatus> {
+        Some(match text {
+            "running" => StageStatus::Running,
+            "success" => StageStatus::Success,
+            "failed" => StageStatus::Failed,
+            "timed_out" => StageStatus::TimedOut,
+            "interrupted" => StageStatus::Interrupted,
+            _ => return None,
+        })
+    }
+}
+
+/// Stage counts of one build, as the summary line and the `runs` row report them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RunCounts {
+    pub ran: u32,
+    pub cut_off: u32,
+    pub up_to_date: u32,
+    pub failed: u32,
+    pub blocked: u32,
+}
+
+/// A stage's row of `orchestrator_state` with its recorded outputs.
+#[derive(Debug, Clone, Default)]
+pub struct StageRecord {
+    pub last_run_at: Option<String>,
+    pub is_dirty: bool,
+    pub run_count: i64,
+    pub failure_count: i64,
+    pub fingerprint: Option<Fingerprint>,
+    pub output_hash: Option<OutputHash>,
+    pub last_status: Option<StageStatus>,
+    pub last_duration_ms: Option<i64>,
+    pub last_error: Option<String>,
+    pub outputs: BTreeMap<String, FileHash>,
+}
+
+/// The start of one stage execution.
+#[derive(Debug, Clone)]
+pub struct StageAttempt<'a> {
+    pub run: RunId,
+    pub component: &'a str,
+    pub attempt: u32,
+    pub reason: &'a str,
+    pub started_at: SystemTime,
+    pub log_path: &'a str,
+}
+
+fn parse_hash<T: std::str::FromStr>(text: Option<String>) -> Option<T> {
+    text.and_then(|t| t.parse().ok())
+}
+
+impl State {
+    /// Every stage's recorded state, by component name.
+    pub fn load_records(&self) -> Result<HashMap<String, StageRecord>, StateError> {
+        let mut records = HashMap::new();
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT component, last_run_at, is_dirty, run_count, failure_count, fingerprint, output_hash,
+                    last_status, last_duration_ms, last_error FROM orchestrator_state",
+        )?;
+        let mut rows = stmt.query([])?;
+        while let Some(row) = rows.next()? {
+            let record = StageRecord {
+                last_run_at: row.get(1)?,
+                is_dirty: row.get(2)?,
+                run_count: row.get(3)?,
+                failure_count: row.get(4)?,
+                fingerprint: parse_hash(row.get(5)?),
+                output_hash: parse_hash(row.get(6)?),
+                last_status: row.get::<_, Option<String>>(7)?.as_deref().and_then(StageStatus::parse),
+                last_duration_ms: row.get(8)?,
+                last_error: row.get(9)?,
+                outputs: BTreeMap::new(),
+            };
+            records.insert(row.get(0)?, record);
+        }
+        let mut stmt = self.conn.prepare_cached("SELECT component, path, hash FROM stage_outputs")?;
+        let mut rows = stmt.query([])?;
+        while let Some(row) = rows.next()? {
+            let component: String = row.get(0)?;
+            if let (Some(record), Some(hash)) = (records.get_mut(&component), parse_hash(row.get(2)?)) {
+                record.outputs.insert(row.get(1)?, hash);
+            }
+        }
+        Ok(records)
+    }
+
+    /// The whole stat cache.
+    pub fn load_hash_cache(&self) -> Result<HashMap<String, CacheEntry>, StateError> {
+        let mut stmt = self.conn.prepare_cached("SELECT path, size, mtime_ns, inode, hash, cached_at_ns FROM file_hashes")?;
+        let mut rows = stmt.query([])?;
+        let mut entries = HashMap::new();
+        while let Some(row) = rows.next()? {
+            let Some(hash) = parse_hash(row.get(4)?) else { continue };
+            let entry = CacheEntry {
+                size: row.get::<_, i64>(1)? as u64,
+                mtime_ns: row.get(2)?,
+                inode: row.get::<_, i64>(3)? as u64,
+                hash,
+                cached_at_ns: row.get(5)?,
+            };
+            entries.insert(row.get(0)?, entry);
+        }
+        Ok(entries)
+    }
+
+    /// Records that a stage execution started (status `running`).
+    pub fn stage_started(&self, attempt: &StageAttempt<'_>) -> Result<StageRunId, StateError> {
+        self.conn.execute(
+            "INSERT INTO stage_runs (run_id, component, attempt, status, reason, started_at, log_path)
+             VALUES (?1, ?2, ?3, 'running', ?4, ?5, ?6)",
+            params![
+                attempt.run.0,
+                attempt.component,
+                attempt.attempt,
+                attempt.reason,
+                timestamp(attempt.started_at),
+                attempt.log_path
+            ],
+        )?;
+        Ok(StageRunId(self.conn.last_insert_rowid()))
+    }
+
+    /// One transaction: the execution row, the stage's state with its new fingerprint and
+    /// output hashes, and the stat-cache entries hashed so far.
+    pub fn record_success(&mut self, success: &StageSuccess<'_>, cache: &[(String, CacheEntry)]) -> Result<(), StateError> {
+        let finished = timestamp(success.finished_at);
+        let duration_ms = success.duration.as_millis() as i64;
+        let manifest = serde_json::to_string(success.fingerprint_inputs).expect("fingerprint inputs serialise");
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "UPDATE stage_runs SET status = 'success', finished_at = ?2, duration_ms = ?3, fingerprint = ?4,
+                 output_hash = ?5 WHERE id = ?1",
+            params![success.row.0, finished, duration_ms, success.fingerprint.to_hex(), success.output_hash.to_hex()],
+        )?;
+        tx.execute(
+            "INSERT INTO orchestrator_state (component, last_run_at, is_dirty, run_count, failure_count, fingerprint,
+                 output_hash, last_status, last_duration_ms, last_error, fingerprint_inputs)
+             VALUES (?1, ?2, ?3, 1, 0, ?4, ?5, 'success', ?6, NULL, ?7)
+             ON CONFLICT (component) DO UPDATE SET last_run_at = excluded.last_run_at, is_dirty = excluded.is_dirty,
+                 run_count = run_count + 1, fingerprint = excluded.fingerprint, output_hash = excluded.output_hash,
+                 last_status = 'success', last_duration_ms = excluded.last_duration_ms, last_error = NULL,
+                 fingerprint_inputs = excluded.fingerprint_inputs",
+            params![
+                success.component,
+                finished,
+                success.still_dirty,
+                success.fingerprint.to_hex(),
+                success.output_hash.to_hex(),
+                duration_ms,
+                manifest
+            ],
+        )?;
+        tx.execute("DELETE FROM stage_outputs WHERE component = ?1", [success.component])?;
+        {
+            let mut insert = tx.prepare_cached("INSERT INTO stage_outputs (component, path, hash) VALUES (?1, ?2, ?3)")?;
+            for (path, hash) in success.outputs {
+                insert.execute(params![success.component, path, hash.to_hex()])?;
+            }
+        }
+        put_cache_entries(&tx, cache)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// One transaction: the execution row and the stage's failure; its last good
+    /// fingerprint and outputs stay recorded, and it is marked dirty.
+    pub fn record_failure(&mut self, failure: &StageFailure<'_>, cache: &[(String, CacheEntry)]) -> Result<(), StateError> {
+        let finished = timestamp(failure.finished_at);
+        let duration_ms = failure.duration.as_millis() as i64;
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "UPDATE stage_runs SET status = ?2, finished_at = ?3, duration_ms = ?4, error = ?5 WHERE id = ?1",
+            params![failure.row.0, failure.status.as_str(), finished, duration_ms, failure.error],
+        )?;
+        tx.execute(
+            "INSERT INTO orchestrator_state (component, is_dirty, run_count, failure_count, last_status,
+                 last_duration_ms, last_error)
+             VALUES (?1, 1, 1, 1, ?2, ?3, ?4)
+             ON CONFLICT (component) DO UPDATE SET is_dirty = 1, run_count = run_count + 1,
+                 failure_count = failure_count + 1, last_status = excluded.last_status,
+                 last_duration_ms = excluded.last_duration_ms, last_error = excluded.last_error",
+            params![failure.component, failure.status.as_str(), duration_ms, failure.error],
+        )?;
+        put_cache_entries(&tx, cache)?;
+        tx.commit()?;
+        Ok(())
+    }
+}
+
+/// What a successful stage execution records.
+#[derive(Debug)]
+pub struct StageSuccess<'a> {
+    pub row: StageRunId,
+    pub component: &'a str,
+    pub finished_at: SystemTime,
+    pub duration: Duration,
+    pub fingerprint: Fingerprint,
+    pub fingerprint_inputs: &'a FingerprintInputs,
+    pub output_hash: OutputHash,
+    pub outputs: &'a BTreeMap<String, FileHash>,
+    /// An input changed while the stage ran: keep it dirty so the next build re-runs it.
+    pub still_dirty: bool,
+}
+
+/// What a failed stage execution records.
+#[derive(Debug)]
+pub struct StageFailure<'a> {
+    pub row: StageRunId,
+    pub component: &'a str,
+    pub status: StageStatus,
+    pub finished_at: SystemTime,
+    pub duration: Duration,
+    pub error: &'a str,
+}
+
+pub(super) fn put_cache_entries(tx: &Transaction<'_>, entries: &[(String, CacheEntry)]) -> Result<(), StateError> {
+    let mut stmt = tx.prepare_cached(
+        "INSERT OR REPLACE INTO file_hashes (path, size, mtime_ns, inode, hash, cached_at_ns) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?;
+    for (path, entry) in entries {
+        stmt.execute(params![path, entry.size as i64, entry.mtime_ns, entry.inode as i64, entry.hash.to_hex(), entry.cached_at_ns])?;
+    }
+    Ok(())
+}
