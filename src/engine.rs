@@ -13,7 +13,7 @@ use crate::fingerprint::HashCache;
 use crate::graph::Dag;
 use crate::planner::{DirtyReason, EvalContext, Verdict, explain_reason, plan_build};
 use crate::spec::{Spec, StageIdx, load_spec, suggest};
-use crate::state::{RunOutcome, State, StageRecord, StageStatus, acquire_lock};
+use crate::state::{RunOutcome, StageRecord, StageStatus, State, acquire_lock};
 
 /// How to build.
 #[derive(Debug, Clone)]
@@ -90,7 +90,9 @@ impl Engine {
         let started = Instant::now();
         let selected = self.select(&opts.targets)?;
         let lock_path = self.spec.dagrun_dir().join("lock");
-        let _lock = acquire_lock(&lock_path, opts.wait_for_lock, |holder| on_event(&Event::LockWaiting { path: &lock_path, holder }))?;
+        let _lock = acquire_lock(&lock_path, opts.wait_for_lock, |holder| {
+            on_event(&Event::LockWaiting { path: &lock_path, holder })
+        })?;
         let mut state = State::open(&self.spec.state_path)?;
         let swept = state.sweep_unfinished()?;
         if !swept.is_empty() {
@@ -102,7 +104,8 @@ impl Engine {
         let ctx = self.eval_context(&records, &cache, opts.force);
         let plan = plan_build(&ctx, &selected);
 
-        let jobs = opts.jobs.or(self.spec.jobs).unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        let jobs =
+            opts.jobs.or(self.spec.jobs).unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
         let targets: Vec<&str> = opts.targets.iter().map(String::as_str).collect();
         let run = state.begin_run(&opts.trigger, &targets, jobs)?;
         let to_check = (0..self.spec.stages.len()).filter(|&i| plan.verdict(i).is_some_and(Verdict::is_dirty)).count();
@@ -147,10 +150,13 @@ impl Engine {
             Some(state) => state.load_records()?,
             None => Default::default(),
         };
-        let cache = HashCache::new(&self.spec.root, match &state {
-            Some(state) => state.load_hash_cache()?,
-            None => Default::default(),
-        });
+        let cache = HashCache::new(
+            &self.spec.root,
+            match &state {
+                Some(state) => state.load_hash_cache()?,
+                None => Default::default(),
+            },
+        );
         let ctx = self.eval_context(&records, &cache, force);
         let mut plan = plan_build(&ctx, &selected);
         if let Some(state) = &mut state {
@@ -195,7 +201,12 @@ impl Engine {
         if self.spec.state_path.exists() { Ok(Some(State::open(&self.spec.state_path)?)) } else { Ok(None) }
     }
 
-    fn eval_context<'a>(&'a self, records: &'a std::collections::HashMap<String, StageRecord>, cache: &'a HashCache, force: bool) -> EvalContext<'a> {
+    fn eval_context<'a>(
+        &'a self,
+        records: &'a std::collections::HashMap<String, StageRecord>,
+        cache: &'a HashCache,
+        force: bool,
+    ) -> EvalContext<'a> {
         EvalContext { spec: &self.spec, dag: &self.dag, records, cache, registry: &self.registry, force }
     }
 

@@ -8,7 +8,9 @@ use crate::state::{LockError, StateError};
 pub enum Error {
     #[error(transparent)]
     Load(#[from] LoadError),
-    #[error("{cycle}\n --> {file}\n  = help: remove one of these dependencies (an `after` entry or an input another stage writes)")]
+    #[error(
+        "{cycle}\n --> {file}\n  = help: remove one of these dependencies (an `after` entry or an input another stage writes)"
+    )]
     Cycle { cycle: CycleError, file: String },
     #[error("unknown stage `{name}`{}", suggestion.as_ref().map(|s| format!("; did you mean `{s}`?")).unwrap_or_default())]
     UnknownStage { name: String, suggestion: Option<String> },

@@ -10,20 +10,54 @@ use crate::state::{LockHolder, RunCounts, RunId, StageStatus};
 #[derive(Debug)]
 pub enum Event<'a> {
     /// Another build holds the lock; this one waits for it.
-    LockWaiting { path: &'a Path, holder: &'a LockHolder },
+    LockWaiting {
+        path: &'a Path,
+        holder: &'a LockHolder,
+    },
     /// Stages a dead build left running, now recorded as interrupted.
-    SweptInterrupted { stages: &'a [String] },
-    BuildStarted { run: RunId, selected: usize, to_check: usize, jobs: usize },
-    StageStarted { stage: &'a str, attempt: u32, reason: &'a DirtyReason },
-    StageSucceeded { stage: &'a str, duration: Duration, output_changed: bool },
+    SweptInterrupted {
+        stages: &'a [String],
+    },
+    BuildStarted {
+        run: RunId,
+        selected: usize,
+        to_check: usize,
+        jobs: usize,
+    },
+    StageStarted {
+        stage: &'a str,
+        attempt: u32,
+        reason: &'a DirtyReason,
+    },
+    StageSucceeded {
+        stage: &'a str,
+        duration: Duration,
+        output_changed: bool,
+    },
     /// Its upstream re-ran but produced the outputs it had before, so this stage did not run.
-    StageCutOff { stage: &'a str },
-    StageFailed { stage: &'a str, status: StageStatus, error: &'a str, log_path: Option<&'a str>, will_retry: bool },
+    StageCutOff {
+        stage: &'a str,
+    },
+    StageFailed {
+        stage: &'a str,
+        status: StageStatus,
+        error: &'a str,
+        log_path: Option<&'a str>,
+        will_retry: bool,
+    },
     /// Not run because an upstream stage failed (or the build stopped first).
-    StageBlocked { stage: &'a str, upstream: Option<&'a str> },
+    StageBlocked {
+        stage: &'a str,
+        upstream: Option<&'a str>,
+    },
     /// An input file changed while the stage ran; the stage stays dirty.
-    InputMoved { stage: &'a str, path: &'a str },
-    BuildFinished { summary: &'a BuildSummary },
+    InputMoved {
+        stage: &'a str,
+        path: &'a str,
+    },
+    BuildFinished {
+        summary: &'a BuildSummary,
+    },
 }
 
 /// One failed stage, for the end-of-build summary.

@@ -32,7 +32,8 @@ impl Dag {
             graph.add_node(());
         }
         for (idx, stage) in spec.stages.iter().enumerate() {
-            let mut upstream: Vec<StageIdx> = stage.after.iter().filter_map(|name| spec.stage_index(name.as_str())).collect();
+            let mut upstream: Vec<StageIdx> =
+                stage.after.iter().filter_map(|name| spec.stage_index(name.as_str())).collect();
             for input in &stage.inputs {
                 producers.upstream_of(input, &mut upstream);
             }
@@ -139,7 +140,8 @@ impl Producers {
             Input::Glob(pattern) => {
                 let Ok(matcher) = glob::Pattern::new(pattern.as_str()) else { return };
                 let literal_prefix = literal_prefix(pattern.as_str());
-                let candidates = self.by_path.range(literal_prefix.to_string()..).take_while(|(p, _)| p.starts_with(literal_prefix));
+                let candidates =
+                    self.by_path.range(literal_prefix.to_string()..).take_while(|(p, _)| p.starts_with(literal_prefix));
                 found.extend(candidates.filter(|(p, _)| matcher.matches(p)).map(|(_, &idx)| idx));
             }
         }
@@ -150,8 +152,10 @@ impl Producers {
 /// follow names), so every listing is stable. `None` when there is a cycle.
 fn topological_order(graph: &DiGraph<(), ()>) -> Option<Vec<StageIdx>> {
     use std::cmp::Reverse;
-    let mut pending: Vec<usize> = graph.node_indices().map(|n| graph.neighbors_directed(n, Direction::Incoming).count()).collect();
-    let mut ready: std::collections::BinaryHeap<Reverse<usize>> = (0..pending.len()).filter(|&i| pending[i] == 0).map(Reverse).collect();
+    let mut pending: Vec<usize> =
+        graph.node_indices().map(|n| graph.neighbors_directed(n, Direction::Incoming).count()).collect();
+    let mut ready: std::collections::BinaryHeap<Reverse<usize>> =
+        (0..pending.len()).filter(|&i| pending[i] == 0).map(Reverse).collect();
     let mut order = Vec::with_capacity(pending.len());
     while let Some(Reverse(idx)) = ready.pop() {
         order.push(idx);

@@ -22,18 +22,31 @@ pub enum DirtyReason {
     /// No recorded success.
     NeverSucceeded,
     /// The last execution did not succeed.
-    LastRunFailed { status: StageStatus },
+    LastRunFailed {
+        status: StageStatus,
+    },
     /// `dagrun invalidate`.
     Invalidated,
     /// The fingerprint differs from the one recorded at the last success; `changes` says
     /// how (empty until explained against the recorded manifest).
-    Changed { changes: Vec<Change> },
-    OutputMissing { path: String },
-    OutputModified { path: String },
+    Changed {
+        changes: Vec<Change>,
+    },
+    OutputMissing {
+        path: String,
+    },
+    OutputModified {
+        path: String,
+    },
     /// An upstream stage must run first; whether this one runs depends on its outputs.
-    UpstreamDirty { stage: String },
+    UpstreamDirty {
+        stage: String,
+    },
     /// A source input is missing or unreadable: the stage cannot run.
-    InputUnavailable { path: String, error: String },
+    InputUnavailable {
+        path: String,
+        error: String,
+    },
 }
 
 /// One difference between the recorded fingerprint inputs and the current ones.
@@ -74,7 +87,9 @@ impl fmt::Display for DirtyReason {
             DirtyReason::Forced => f.write_str("forced"),
             DirtyReason::NeverSucceeded => f.write_str("never succeeded"),
             DirtyReason::LastRunFailed { status: StageStatus::TimedOut } => f.write_str("last run timed out"),
-            DirtyReason::LastRunFailed { status: StageStatus::Interrupted | StageStatus::Running } => f.write_str("last run was interrupted"),
+            DirtyReason::LastRunFailed { status: StageStatus::Interrupted | StageStatus::Running } => {
+                f.write_str("last run was interrupted")
+            }
             DirtyReason::LastRunFailed { .. } => f.write_str("last run failed"),
             DirtyReason::Invalidated => f.write_str("invalidated"),
             DirtyReason::Changed { changes } if changes.is_empty() => f.write_str("fingerprint changed"),
@@ -125,7 +140,11 @@ pub struct EvalContext<'a> {
 }
 
 /// Evaluates one stage given the output hash of each upstream stage (`None`: not built).
-pub fn evaluate_stage(ctx: &EvalContext<'_>, idx: StageIdx, upstream_hash: &dyn Fn(StageIdx) -> Option<OutputHash>) -> Evaluation {
+pub fn evaluate_stage(
+    ctx: &EvalContext<'_>,
+    idx: StageIdx,
+    upstream_hash: &dyn Fn(StageIdx) -> Option<OutputHash>,
+) -> Evaluation {
     let stage = &ctx.spec.stages[idx];
     let record = ctx.records.get(stage.name.as_str());
 
@@ -183,7 +202,7 @@ pub fn evaluate_stage(ctx: &EvalContext<'_>, idx: StageIdx, upstream_hash: &dyn 
     } else if let Some(stage) = unbuilt_upstream {
         Verdict::Dirty(DirtyReason::UpstreamDirty { stage })
     } else {
-        check_outputs(ctx, idx, record.expect("own_reason returns NeverSucceeded without a record"))
+        check_outputs(ctx, idx, record.expect("own_reason is NeverSucceeded without a record"))
     };
     Evaluation { inputs: fingerprint_inputs, fingerprint, verdict, input_paths }
 }
@@ -193,13 +212,13 @@ fn own_reason(ctx: &EvalContext<'_>, record: Option<&StageRecord>, fingerprint: 
     if ctx.force {
         return Some(DirtyReason::Forced);
     }
+    // A failure says more than "never succeeded", so it is checked first.
+    if let Some(status) = record.and_then(|r| r.last_status).filter(|&s| s != StageStatus::Success) {
+        return Some(DirtyReason::LastRunFailed { status });
+    }
     let Some(record) = record.filter(|r| r.fingerprint.is_some()) else {
         return Some(DirtyReason::NeverSucceeded);
     };
-    match record.last_status {
-        Some(StageStatus::Success) | None => {}
-        Some(status) => return Some(DirtyReason::LastRunFailed { status }),
-    }
     if record.fingerprint != Some(fingerprint) {
         return Some(DirtyReason::Changed { changes: Vec::new() });
     }
@@ -216,7 +235,9 @@ fn check_outputs(ctx: &EvalContext<'_>, idx: StageIdx, record: &StageRecord) -> 
     for (path, hashed) in ctx.cache.hash_paths(&paths) {
         let reason = match hashed {
             Err(_) => DirtyReason::OutputMissing { path: path.to_string() },
-            Ok(hash) if record.outputs.get(path) != Some(&hash) => DirtyReason::OutputModified { path: path.to_string() },
+            Ok(hash) if record.outputs.get(path) != Some(&hash) => {
+                DirtyReason::OutputModified { path: path.to_string() }
+            }
             Ok(_) => continue,
         };
         return Verdict::Dirty(reason);
@@ -239,7 +260,8 @@ fn resolve_inputs(ctx: &EvalContext<'_>, idx: StageIdx) -> (Vec<String>, Vec<Str
             }
             Input::Glob(pattern) => {
                 for path in expand_glob(&ctx.spec.root, pattern.as_str()) {
-                    let produced = crate::spec::normalize(&ctx.spec.root, &path).is_ok_and(|p| ctx.dag.producer_of(&p).is_some());
+                    let produced =
+                        crate::spec::normalize(&ctx.spec.root, &path).is_ok_and(|p| ctx.dag.producer_of(&p).is_some());
                     if !produced {
                         sources.push(path.clone());
                     }
@@ -277,7 +299,11 @@ pub fn explain_change(old: &FingerprintInputs, new: &FingerprintInputs) -> Vec<C
     for key in keys {
         let (o, n) = (old.params.get(key), new.params.get(key));
         if o != n {
-            changes.push(Change::Param { key: key.clone(), old: o.map(ToString::to_string), new: n.map(ToString::to_string) });
+            changes.push(Change::Param {
+                key: key.clone(),
+                old: o.map(ToString::to_string),
+                new: n.map(ToString::to_string),
+            });
         }
     }
     let names: std::collections::BTreeSet<&String> = old.env.keys().chain(new.env.keys()).collect();
@@ -327,17 +353,21 @@ impl Plan {
 /// marks stages downstream of a dirty one as `UpstreamDirty` when nothing else is wrong.
 pub fn plan_build(ctx: &EvalContext<'_>, selected: &[bool]) -> Plan {
     let recorded_hash = |up: StageIdx| ctx.records.get(ctx.spec.stages[up].name.as_str()).and_then(|r| r.output_hash);
-    let mut evaluations: Vec<Option<Evaluation>> =
-        (0..ctx.spec.stages.len()).into_par_iter().map(|idx| selected[idx].then(|| evaluate_stage(ctx, idx, &recorded_hash))).collect();
+    let mut evaluations: Vec<Option<Evaluation>> = (0..ctx.spec.stages.len())
+        .into_par_iter()
+        .map(|idx| selected[idx].then(|| evaluate_stage(ctx, idx, &recorded_hash)))
+        .collect();
     for &idx in ctx.dag.topo_order() {
         let Some(eval) = &evaluations[idx] else { continue };
         if eval.verdict.is_dirty() {
             continue;
         }
-        let dirty_upstream = ctx.dag.upstream(idx).find(|&up| evaluations[up].as_ref().is_some_and(|e| e.verdict.is_dirty()));
+        let dirty_upstream =
+            ctx.dag.upstream(idx).find(|&up| evaluations[up].as_ref().is_some_and(|e| e.verdict.is_dirty()));
         if let Some(up) = dirty_upstream {
             let stage = ctx.spec.stages[up].name.to_string();
-            evaluations[idx].as_mut().expect("checked above").verdict = Verdict::Dirty(DirtyReason::UpstreamDirty { stage });
+            evaluations[idx].as_mut().expect("checked above").verdict =
+                Verdict::Dirty(DirtyReason::UpstreamDirty { stage });
         }
     }
     Plan { evaluations }
@@ -345,10 +375,19 @@ pub fn plan_build(ctx: &EvalContext<'_>, selected: &[bool]) -> Plan {
 
 /// Fills in how a fingerprint changed, by comparing with the manifest recorded at the
 /// stage's last success. Other reasons pass through unchanged.
-pub fn explain_reason(state: &crate::state::State, stage: &str, reason: DirtyReason, current: &FingerprintInputs) -> DirtyReason {
+pub fn explain_reason(
+    state: &crate::state::State,
+    stage: &str,
+    reason: DirtyReason,
+    current: &FingerprintInputs,
+) -> DirtyReason {
     match reason {
         DirtyReason::Changed { changes } if changes.is_empty() => {
-            let recorded = state.fingerprint_inputs(stage).ok().flatten().and_then(|json| serde_json::from_str::<FingerprintInputs>(&json).ok());
+            let recorded = state
+                .fingerprint_inputs(stage)
+                .ok()
+                .flatten()
+                .and_then(|json| serde_json::from_str::<FingerprintInputs>(&json).ok());
             let changes = recorded.map(|old| explain_change(&old, current)).unwrap_or_default();
             DirtyReason::Changed { changes }
         }

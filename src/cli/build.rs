@@ -68,7 +68,11 @@ fn print_event(event: &Event<'_>, width: usize) {
             writeln!(err, "another build holds {} ({holder}); waiting (pass --no-wait to fail at once)", path.display())
         }
         Event::SweptInterrupted { stages } => {
-            writeln!(err, "note: a previous build died while running {}; recorded as interrupted, will re-run", stages.join(", "))
+            writeln!(
+                err,
+                "note: a previous build died while running {}; recorded as interrupted, will re-run",
+                stages.join(", ")
+            )
         }
         Event::BuildStarted { .. } => Ok(()),
         Event::StageStarted { stage, attempt: 1, reason } => writeln!(out, "run      {stage:width$}  ({reason})"),
@@ -83,8 +87,12 @@ fn print_event(event: &Event<'_>, width: usize) {
             let retry = if *will_retry { "; retrying" } else { "" };
             writeln!(out, "FAILED   {stage:width$}  {error}{log}{retry}")
         }
-        Event::StageBlocked { stage, upstream: Some(up) } => writeln!(out, "blocked  {stage:width$}  (upstream `{up}` failed)"),
-        Event::StageBlocked { stage, upstream: None } => writeln!(out, "skipped  {stage:width$}  (the build stopped first)"),
+        Event::StageBlocked { stage, upstream: Some(up) } => {
+            writeln!(out, "blocked  {stage:width$}  (upstream `{up}` failed)")
+        }
+        Event::StageBlocked { stage, upstream: None } => {
+            writeln!(out, "skipped  {stage:width$}  (the build stopped first)")
+        }
         Event::InputMoved { stage, path } => {
             writeln!(err, "warning: `{path}` changed while `{stage}` ran; `{stage}` stays dirty and re-runs next build")
         }
@@ -103,7 +111,8 @@ fn print_summary(out: &mut impl Write, err: &mut impl Write, summary: &BuildSumm
         }
     }
     let c = &summary.counts;
-    let mut parts = vec![format!("{} ran", c.ran), format!("{} cut off", c.cut_off), format!("{} up to date", c.up_to_date)];
+    let mut parts =
+        vec![format!("{} ran", c.ran), format!("{} cut off", c.cut_off), format!("{} up to date", c.up_to_date)];
     if c.failed > 0 {
         parts.push(format!("{} failed", c.failed));
     }

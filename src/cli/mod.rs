@@ -16,7 +16,11 @@ pub const EXIT_FAILED: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
 
 #[derive(Parser, Debug)]
-#[command(name = "dagrun", version, about = "Incremental pipelines: content-fingerprinted stages, parallel builds, state in SQLite")]
+#[command(
+    name = "dagrun",
+    version,
+    about = "Incremental pipelines: content-fingerprinted stages, parallel builds, state in SQLite"
+)]
 pub struct Cli {
     /// Run as if started in DIR.
     #[arg(short = 'C', long = "directory", value_name = "DIR", global = true)]
@@ -82,7 +86,11 @@ fn dispatch(cli: Cli) -> Result<u8, Error> {
         Command::Status(args) => status::run(&engine, args),
         Command::Invalidate(args) => {
             let names = engine.invalidate(&args.stages, args.downstream)?;
-            println!("invalidated {}; the next build re-runs {}", names.join(", "), if names.len() == 1 { "it" } else { "them" });
+            println!(
+                "invalidated {}; the next build re-runs {}",
+                names.join(", "),
+                if names.len() == 1 { "it" } else { "them" }
+            );
             Ok(EXIT_OK)
         }
         Command::Migrate => {

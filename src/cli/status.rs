@@ -39,7 +39,9 @@ fn write_table(out: &mut impl Write, reports: &[StageReport]) -> std::io::Result
                 r.last_run_at.clone().map(|t| t.replace('T', " ")).unwrap_or_else(|| "never".into()),
                 r.run_count.to_string(),
                 r.failure_count.to_string(),
-                r.last_duration_ms.map(|ms| seconds(std::time::Duration::from_millis(ms as u64))).unwrap_or_else(|| "-".into()),
+                r.last_duration_ms
+                    .map(|ms| seconds(std::time::Duration::from_millis(ms as u64)))
+                    .unwrap_or_else(|| "-".into()),
                 r.reason.as_ref().map(ToString::to_string).unwrap_or_default(),
             ]
         })

@@ -29,7 +29,9 @@ use crate::event::{Event, FailedStage};
 use crate::fingerprint::{FileHash, FingerprintInputs, OutputHash, output_hash};
 use crate::planner::{DirtyReason, EvalContext, Evaluation, Plan, Verdict, evaluate_stage, explain_reason};
 use crate::spec::{Action, StageIdx};
-use crate::state::{RunCounts, RunId, StageAttempt, StageFailure, StageRunId, StageStatus, StageSuccess, State, StateError};
+use crate::state::{
+    RunCounts, RunId, StageAttempt, StageFailure, StageRunId, StageStatus, StageSuccess, State, StateError,
+};
 use runner::{AttemptFailure, ShellJob};
 use watchdog::Watchdog;
 
@@ -58,8 +60,18 @@ struct Task {
 
 /// What a worker reports.
 enum Message {
-    Started { idx: StageIdx, attempt: u32, reason: DirtyReason, inputs: Box<FingerprintInputs>, log_path: String, at: SystemTime },
-    Finished { idx: StageIdx, result: TaskResult },
+    Started {
+        idx: StageIdx,
+        attempt: u32,
+        reason: DirtyReason,
+        inputs: Box<FingerprintInputs>,
+        log_path: String,
+        at: SystemTime,
+    },
+    Finished {
+        idx: StageIdx,
+        result: TaskResult,
+    },
 }
 
 enum TaskResult {
@@ -68,9 +80,17 @@ enum TaskResult {
     /// The build stopped before this stage started.
     NotStarted,
     /// A source input is missing or unreadable.
-    CannotRun { reason: DirtyReason },
+    CannotRun {
+        reason: DirtyReason,
+    },
     Succeeded(Box<Success>),
-    AttemptFailed { failure: AttemptFailure, duration: Duration, at: SystemTime, log_path: String, final_attempt: bool },
+    AttemptFailed {
+        failure: AttemptFailure,
+        duration: Duration,
+        at: SystemTime,
+        log_path: String,
+        final_attempt: bool,
+    },
 }
 
 struct Success {
@@ -126,7 +146,7 @@ pub fn execute(
         row: vec![None; n],
         fail_fast: opts.fail_fast,
         first_error: None,
-        ready: Vec::new(),
+        ready: std::collections::VecDeque::new(),
         run,
     };
     let mut candidates = 0;
@@ -146,10 +166,11 @@ pub fn execute(
     }
     for idx in 0..n {
         if coordinator.slots[idx] == Slot::Waiting(0) {
-            let pending = eval.dag.upstream(idx).filter(|&up| matches!(coordinator.slots[up], Slot::Waiting(_))).count();
+            let pending =
+                eval.dag.upstream(idx).filter(|&up| matches!(coordinator.slots[up], Slot::Waiting(_))).count();
             coordinator.slots[idx] = Slot::Waiting(pending);
             if pending == 0 {
-                coordinator.ready.push(idx);
+                coordinator.ready.push_back(idx);
             }
         }
     }
@@ -157,7 +178,8 @@ pub fn execute(
         return Ok(coordinator.outcome);
     }
 
-    let shared = Shared { eval: *eval, watchdog: Watchdog::new(opts.cancel.clone()), stop: AtomicBool::new(false), run };
+    let shared =
+        Shared { eval: *eval, watchdog: Watchdog::new(opts.cancel.clone()), stop: AtomicBool::new(false), run };
     let workers = opts.jobs.clamp(1, candidates);
     let (task_tx, task_rx) = mpsc::channel::<Task>();
     let (msg_tx, msg_rx) = mpsc::channel::<Message>();
@@ -179,20 +201,24 @@ pub fn execute(
         scope.spawn(|| shared.watchdog.run());
         drop(msg_tx);
 
+        // At most `workers` stages are handed out at once, so that what starts next is
+        // decided here, with every earlier result (a failure under --fail-fast) known.
         let mut outstanding = 0usize;
         loop {
-            for idx in std::mem::take(&mut coordinator.ready) {
+            while outstanding < workers && !coordinator.ready.is_empty() {
+                let Some(idx) = coordinator.ready.pop_front() else { break };
                 if shared.stopped() {
                     coordinator.not_started(idx);
                     continue;
                 }
                 coordinator.slots[idx] = Slot::Queued;
-                let upstream = eval.dag.upstream(idx).filter_map(|up| coordinator.hashes[up].map(|h| (up, h))).collect();
+                let upstream =
+                    eval.dag.upstream(idx).filter_map(|up| coordinator.hashes[up].map(|h| (up, h))).collect();
                 task_tx.send(Task { idx, upstream }).expect("workers outlive the coordinator loop");
                 outstanding += 1;
             }
             if outstanding == 0 {
-                break;
+                break; // nothing running and, by the loop above, nothing ready
             }
             let message = msg_rx.recv().expect("a worker holds a sender while tasks are outstanding");
             if let Message::Finished { result, .. } = &message
@@ -225,7 +251,7 @@ struct Coordinator<'a, 'e> {
     row: Vec<Option<StageRunId>>,
     fail_fast: bool,
     first_error: Option<StateError>,
-    ready: Vec<StageIdx>,
+    ready: std::collections::VecDeque<StageIdx>,
     run: RunId,
 }
 
@@ -236,7 +262,9 @@ impl Coordinator<'_, '_> {
 
     fn handle(&mut self, message: Message, stop: &AtomicBool) {
         let recorded = match message {
-            Message::Started { idx, attempt, reason, inputs, log_path, at } => self.started(idx, attempt, reason, &inputs, &log_path, at),
+            Message::Started { idx, attempt, reason, inputs, log_path, at } => {
+                self.started(idx, attempt, reason, &inputs, &log_path, at)
+            }
             Message::Finished { idx, result } => self.finished(idx, result, stop),
         };
         if let Err(err) = recorded {
@@ -247,11 +275,26 @@ impl Coordinator<'_, '_> {
         }
     }
 
-    fn started(&mut self, idx: StageIdx, attempt: u32, reason: DirtyReason, inputs: &FingerprintInputs, log_path: &str, at: SystemTime) -> Result<(), StateError> {
+    fn started(
+        &mut self,
+        idx: StageIdx,
+        attempt: u32,
+        reason: DirtyReason,
+        inputs: &FingerprintInputs,
+        log_path: &str,
+        at: SystemTime,
+    ) -> Result<(), StateError> {
         let name = self.eval.spec.stages[idx].name.as_str();
         let reason = explain_reason(self.state, name, reason, inputs);
         let reason_text = reason.to_string();
-        let row = self.state.stage_started(&StageAttempt { run: self.run_id(), component: name, attempt, reason: &reason_text, started_at: at, log_path })?;
+        let row = self.state.stage_started(&StageAttempt {
+            run: self.run_id(),
+            component: name,
+            attempt,
+            reason: &reason_text,
+            started_at: at,
+            log_path,
+        })?;
         self.row[idx] = Some(row);
         (self.on_event)(&Event::StageStarted { stage: name, attempt, reason: &reason });
         Ok(())
@@ -275,7 +318,14 @@ impl Coordinator<'_, '_> {
                 let message = reason.to_string();
                 let now = SystemTime::now();
                 let name = self.eval.spec.stages[idx].name.as_str();
-                let row = self.state.stage_started(&StageAttempt { run: self.run_id(), component: name, attempt: 1, reason: &message, started_at: now, log_path: "" })?;
+                let row = self.state.stage_started(&StageAttempt {
+                    run: self.run_id(),
+                    component: name,
+                    attempt: 1,
+                    reason: &message,
+                    started_at: now,
+                    log_path: "",
+                })?;
                 self.row[idx] = Some(row);
                 let failure = AttemptFailure::failed(format!("cannot run: {message}"));
                 self.attempt_failed(idx, failure, Duration::ZERO, now, None, true, stop)?;
@@ -312,7 +362,11 @@ impl Coordinator<'_, '_> {
         for path in &success.moved {
             (self.on_event)(&Event::InputMoved { stage: name, path });
         }
-        (self.on_event)(&Event::StageSucceeded { stage: name, duration: success.duration, output_changed: previous != Some(success.output_hash) });
+        (self.on_event)(&Event::StageSucceeded {
+            stage: name,
+            duration: success.duration,
+            output_changed: previous != Some(success.output_hash),
+        });
         self.release(idx);
         Ok(())
     }
@@ -333,7 +387,10 @@ impl Coordinator<'_, '_> {
         let error = if tail.is_empty() { failure.message.clone() } else { format!("{}\n{tail}", failure.message) };
         let row = self.row[idx].take().expect("a stage reports Started before it fails");
         let fresh = self.eval.cache.take_fresh();
-        self.state.record_failure(&StageFailure { row, component: name, status: failure.status, finished_at: at, duration, error: &error }, &fresh)?;
+        self.state.record_failure(
+            &StageFailure { row, component: name, status: failure.status, finished_at: at, duration, error: &error },
+            &fresh,
+        )?;
         (self.on_event)(&Event::StageFailed {
             stage: name,
             status: failure.status,
@@ -344,7 +401,13 @@ impl Coordinator<'_, '_> {
         if final_attempt {
             self.slots[idx] = Slot::Done;
             self.outcome.counts.failed += 1;
-            self.outcome.failures.push(FailedStage { stage: name.to_string(), status: failure.status, error: failure.message, log_path, log_tail: tail });
+            self.outcome.failures.push(FailedStage {
+                stage: name.to_string(),
+                status: failure.status,
+                error: failure.message,
+                log_path,
+                log_tail: tail,
+            });
             if self.fail_fast {
                 stop.store(true, Ordering::SeqCst);
             }
@@ -382,7 +445,7 @@ impl Coordinator<'_, '_> {
             if let Slot::Waiting(pending) = self.slots[down] {
                 self.slots[down] = Slot::Waiting(pending - 1);
                 if pending == 1 {
-                    self.ready.push(down);
+                    self.ready.push_back(down);
                 }
             }
         }
@@ -403,7 +466,9 @@ fn run_task(shared: &Shared<'_>, task: Task, tx: &Sender<Message>) {
     let eval = evaluate_stage(&shared.eval, idx, &upstream_hash);
     let reason = match &eval.verdict {
         Verdict::UpToDate => return finish(TaskResult::Clean),
-        Verdict::Dirty(reason @ DirtyReason::InputUnavailable { .. }) => return finish(TaskResult::CannotRun { reason: reason.clone() }),
+        Verdict::Dirty(reason @ DirtyReason::InputUnavailable { .. }) => {
+            return finish(TaskResult::CannotRun { reason: reason.clone() });
+        }
         Verdict::Dirty(reason) => reason.clone(),
     };
     let stage = &shared.eval.spec.stages[idx];
@@ -414,20 +479,41 @@ fn run_task(shared: &Shared<'_>, task: Task, tx: &Sender<Message>) {
             n => format!(".dagrun/logs/{}/{}.attempt{n}.log", shared.run.0, stage.name),
         };
         let at = SystemTime::now();
-        let _ = tx.send(Message::Started { idx, attempt, reason: reason.clone(), inputs: Box::new(eval.inputs.clone()), log_path: log_path.clone(), at });
+        let _ = tx.send(Message::Started {
+            idx,
+            attempt,
+            reason: reason.clone(),
+            inputs: Box::new(eval.inputs.clone()),
+            log_path: log_path.clone(),
+            at,
+        });
         let started = Instant::now();
         let result = run_attempt(shared, idx, &eval, &log_path).and_then(|()| collect_outputs(shared, idx, &eval));
         let duration = started.elapsed();
         match result {
             Ok((outputs, moved)) => {
                 let output_hash = output_hash(&outputs);
-                return finish(TaskResult::Succeeded(Box::new(Success { eval, outputs, output_hash, duration, at: SystemTime::now(), moved })));
+                return finish(TaskResult::Succeeded(Box::new(Success {
+                    eval,
+                    outputs,
+                    output_hash,
+                    duration,
+                    at: SystemTime::now(),
+                    moved,
+                })));
             }
             Err(failure) => {
-                let final_attempt = attempt == attempts || failure.status == StageStatus::Interrupted || shared.stopped();
+                let final_attempt =
+                    attempt == attempts || failure.status == StageStatus::Interrupted || shared.stopped();
                 let _ = tx.send(Message::Finished {
                     idx,
-                    result: TaskResult::AttemptFailed { failure, duration, at: SystemTime::now(), log_path, final_attempt },
+                    result: TaskResult::AttemptFailed {
+                        failure,
+                        duration,
+                        at: SystemTime::now(),
+                        log_path,
+                        final_attempt,
+                    },
                 });
                 if final_attempt {
                     return;
@@ -440,7 +526,8 @@ fn run_task(shared: &Shared<'_>, task: Task, tx: &Sender<Message>) {
 
 /// Waits before a retry: 0.5 s, 1 s, 2 s ... up to 30 s, cut short by cancellation.
 fn retry_backoff(shared: &Shared<'_>, attempt: u32) {
-    let wait = Duration::from_millis(500u64.saturating_mul(1 << attempt.min(6).saturating_sub(1))).min(Duration::from_secs(30));
+    let wait = Duration::from_millis(500u64.saturating_mul(1 << attempt.min(6).saturating_sub(1)))
+        .min(Duration::from_secs(30));
     let until = Instant::now() + wait;
     while Instant::now() < until && !shared.stopped() {
         std::thread::sleep(Duration::from_millis(20));
@@ -460,7 +547,8 @@ fn run_attempt(shared: &Shared<'_>, idx: StageIdx, eval: &Evaluation, log_path: 
         };
         removed.map_err(|e| AttemptFailure::failed(format!("cannot remove old output `{output}`: {e}")))?;
         if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| AttemptFailure::failed(format!("cannot create directory for `{output}`: {e}")))?;
+            std::fs::create_dir_all(parent)
+                .map_err(|e| AttemptFailure::failed(format!("cannot create directory for `{output}`: {e}")))?;
         }
     }
     let log_full = spec.root.join(log_path);
@@ -469,11 +557,21 @@ fn run_attempt(shared: &Shared<'_>, idx: StageIdx, eval: &Evaluation, log_path: 
     match &stage.action {
         Action::Shell { cmd } => {
             let command = expand_command(cmd, &stage.params, &eval.input_paths, &outputs);
-            let job = ShellJob { stage: stage.name.as_str(), command: &command, root: &spec.root, log, timeout: stage.timeout };
+            let job = ShellJob {
+                stage: stage.name.as_str(),
+                command: &command,
+                root: &spec.root,
+                log,
+                timeout: stage.timeout,
+            };
             runner::run_shell(job, &shared.watchdog)
         }
         Action::Builtin { name } => {
-            let builtin = shared.eval.registry.get(name).ok_or_else(|| AttemptFailure::failed(format!("unknown built-in `{name}`")))?;
+            let builtin = shared
+                .eval
+                .registry
+                .get(name)
+                .ok_or_else(|| AttemptFailure::failed(format!("unknown built-in `{name}`")))?;
             let mut log = log;
             let ctx = BuiltinContext {
                 stage: stage.name.as_str(),
@@ -510,7 +608,9 @@ fn collect_outputs(shared: &Shared<'_>, idx: StageIdx, eval: &Evaluation) -> Res
                 outputs.insert(path.to_string(), hash);
             }
             Err(crate::fingerprint::HashError::Missing { .. }) => {
-                return Err(AttemptFailure::failed(format!("the stage exited 0 but did not write its output `{path}`")));
+                return Err(AttemptFailure::failed(format!(
+                    "the stage exited 0 but did not write its output `{path}`"
+                )));
             }
             Err(err) => return Err(AttemptFailure::failed(format!("cannot hash output: {err}"))),
         }

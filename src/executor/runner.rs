@@ -53,8 +53,12 @@ pub fn expand_command(cmd: &str, params: &toml::Table, inputs: &[String], output
         expanded.push_str(&cmd[last..range.start]);
         match reference {
             CommandRef::Param(key) => expanded.push_str(&params.get(key).map(param_words).unwrap_or_default()),
-            CommandRef::Inputs => expanded.push_str(&inputs.iter().map(|p| shell_quote(p)).collect::<Vec<_>>().join(" ")),
-            CommandRef::Outputs => expanded.push_str(&outputs.iter().map(|p| shell_quote(p)).collect::<Vec<_>>().join(" ")),
+            CommandRef::Inputs => {
+                expanded.push_str(&inputs.iter().map(|p| shell_quote(p)).collect::<Vec<_>>().join(" "))
+            }
+            CommandRef::Outputs => {
+                expanded.push_str(&outputs.iter().map(|p| shell_quote(p)).collect::<Vec<_>>().join(" "))
+            }
         }
         last = range.end;
     }
@@ -93,10 +97,16 @@ pub fn run_shell(job: ShellJob<'_>, watchdog: &Watchdog) -> Result<(), AttemptFa
     match killed {
         Some(KillCause::TimedOut) => {
             let secs = job.timeout.map_or(0, |t| t.as_secs());
-            return Err(AttemptFailure { status: StageStatus::TimedOut, message: format!("timed out after {secs}s; its process group was killed") });
+            return Err(AttemptFailure {
+                status: StageStatus::TimedOut,
+                message: format!("timed out after {secs}s; its process group was killed"),
+            });
         }
         Some(KillCause::Interrupted) => {
-            return Err(AttemptFailure { status: StageStatus::Interrupted, message: "interrupted; its process group was killed".into() });
+            return Err(AttemptFailure {
+                status: StageStatus::Interrupted,
+                message: "interrupted; its process group was killed".into(),
+            });
         }
         None => {}
     }
@@ -122,7 +132,11 @@ pub fn run_builtin(builtin: &Arc<dyn Builtin>, mut ctx: BuiltinContext<'_>) -> R
             Err(AttemptFailure::failed(err.to_string()))
         }
         Err(panic) => {
-            let text = panic.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| panic.downcast_ref::<String>().cloned()).unwrap_or_default();
+            let text = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
             let _ = writeln!(ctx.log, "panic: {text}");
             Err(AttemptFailure::failed(format!("panicked: {text}")))
         }
@@ -156,7 +170,12 @@ mod tests {
 
     #[test]
     fn inputs_outputs_and_plain_shell_variables_expand_as_expected() {
-        let cmd = expand_command("cat ${inputs} > ${outputs} # ${HOME}", &toml::Table::new(), &["a b".into(), "c".into()], &["o".into()]);
+        let cmd = expand_command(
+            "cat ${inputs} > ${outputs} # ${HOME}",
+            &toml::Table::new(),
+            &["a b".into(), "c".into()],
+            &["o".into()],
+        );
         assert_eq!(cmd, "cat 'a b' c > o # ${HOME}");
     }
 }

@@ -120,7 +120,13 @@ impl HashCache {
         let mut hasher = blake3::Hasher::new();
         // Memory-maps and hashes on several threads for large files; plain reads for small.
         hasher.update_mmap_rayon(full).map_err(|e| HashError::io(rel, e))?;
-        let entry = CacheEntry { size: stat.size, mtime_ns: stat.mtime_ns, inode: stat.inode, hash: FileHash(hasher.finalize()), cached_at_ns };
+        let entry = CacheEntry {
+            size: stat.size,
+            mtime_ns: stat.mtime_ns,
+            inode: stat.inode,
+            hash: FileHash(hasher.finalize()),
+            cached_at_ns,
+        };
         if cached != Some(entry) {
             self.entries.lock().expect("hash cache poisoned").insert(rel.to_string(), entry);
             self.fresh.lock().expect("hash cache poisoned").push((rel.to_string(), entry));
@@ -137,7 +143,10 @@ impl HashCache {
             }
             let inner = entry.path().strip_prefix(full).expect("walkdir yields paths under its root");
             let Some(inner) = inner.to_str() else {
-                return Err(HashError::Walk { path: rel.to_string(), message: format!("file name {} is not UTF-8", inner.display()) });
+                return Err(HashError::Walk {
+                    path: rel.to_string(),
+                    message: format!("file name {} is not UTF-8", inner.display()),
+                });
             };
             files.push(format!("{rel}/{inner}"));
         }
@@ -193,9 +202,16 @@ mod tests {
         let meta = std::fs::metadata(dir.path().join("f")).unwrap();
         let stat = FileStat::of(&meta);
         let bogus = FileHash(blake3::hash(b"not the content"));
-        let entry = |cached_at_ns| CacheEntry { size: stat.size, mtime_ns: stat.mtime_ns, inode: stat.inode, hash: bogus, cached_at_ns };
+        let entry = |cached_at_ns| CacheEntry {
+            size: stat.size,
+            mtime_ns: stat.mtime_ns,
+            inode: stat.inode,
+            hash: bogus,
+            cached_at_ns,
+        };
 
-        let trusted = HashCache::new(dir.path(), HashMap::from([("f".into(), entry(stat.mtime_ns + 2 * RACY_WINDOW_NS))]));
+        let trusted =
+            HashCache::new(dir.path(), HashMap::from([("f".into(), entry(stat.mtime_ns + 2 * RACY_WINDOW_NS))]));
         assert_eq!(trusted.hash_path("f").unwrap(), bogus, "a trusted entry is not re-read");
 
         let racy = HashCache::new(dir.path(), HashMap::from([("f".into(), entry(stat.mtime_ns + 10))]));

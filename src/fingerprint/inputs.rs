@@ -221,9 +221,12 @@ mod tests {
             f.fingerprint()
         };
         assert_eq!(with(toml::toml! { x = 0.0 }), with(toml::toml! { x = -0.0 }));
-        assert_eq!(with(toml::toml! { b = 1
-        a = 2 }), with(toml::toml! { a = 2
-        b = 1 }));
+        assert_eq!(
+            with(toml::toml! { b = 1
+            a = 2 }),
+            with(toml::toml! { a = 2
+            b = 1 })
+        );
     }
 
     #[test]

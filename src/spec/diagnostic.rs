@@ -52,7 +52,8 @@ impl SpecError {
                 let (line, col) = self.line_col(span.start);
                 let text = self.source_text.lines().nth(line - 1).unwrap_or("");
                 let gutter = " ".repeat(line.to_string().len());
-                let line_end = self.source_text[span.start..].find('\n').map_or(self.source_text.len(), |i| span.start + i);
+                let line_end =
+                    self.source_text[span.start..].find('\n').map_or(self.source_text.len(), |i| span.start + i);
                 let width = self.source_text[span.start..span.end.min(line_end).max(span.start)].chars().count().max(1);
                 writeln!(f, "{gutter}--> {file}:{line}:{col}")?;
                 writeln!(f, "{gutter} |")?;

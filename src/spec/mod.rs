@@ -153,7 +153,11 @@ pub fn parse_spec(file: &Path, root: &Path, text: String, builtins: &[&str]) -> 
             return Err(SpecError::single(file.to_path_buf(), text, diag));
         }
     };
-    validate::validate(file, root, raw, builtins).map_err(|diagnostics| SpecError { file: file.to_path_buf(), source_text: text, diagnostics })
+    validate::validate(file, root, raw, builtins).map_err(|diagnostics| SpecError {
+        file: file.to_path_buf(),
+        source_text: text,
+        diagnostics,
+    })
 }
 
 fn absolute_dir_of(file: &Path) -> std::io::Result<PathBuf> {
@@ -168,7 +172,11 @@ fn toml_diagnostic(err: &toml::de::Error) -> Diagnostic {
     let span = err.span();
     if let Some(rest) = message.strip_prefix("unknown field `") {
         let unknown = rest.split('`').next().unwrap_or_default();
-        let expected: Vec<&str> = rest.split('`').skip(1).filter(|w| w.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') && !w.is_empty()).collect();
+        let expected: Vec<&str> = rest
+            .split('`')
+            .skip(1)
+            .filter(|w| w.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') && !w.is_empty())
+            .collect();
         let diag = Diagnostic::new(format!("unknown key `{unknown}`"), span);
         return match suggest(unknown, expected.iter().copied()) {
             Some(near) => diag.help(format!("did you mean `{near}`?")),

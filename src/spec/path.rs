@@ -15,8 +15,7 @@ impl RelPath {
 
     /// `true` when `self` is `other` or lies inside the directory `other`.
     pub fn is_within(&self, other: &RelPath) -> bool {
-        self.0 == other.0
-            || (self.0.starts_with(&other.0) && self.0.as_bytes().get(other.0.len()) == Some(&b'/'))
+        self.0 == other.0 || (self.0.starts_with(&other.0) && self.0.as_bytes().get(other.0.len()) == Some(&b'/'))
     }
 
     /// The path's ancestors, nearest first, excluding itself: `a/b/c` gives `a/b`, `a`.

@@ -38,14 +38,20 @@ pub(super) fn validate(file: &Path, root: &Path, raw: RawFile, builtins: &[&str]
 
     let jobs = match &raw.pipeline.jobs {
         Some(jobs) if *jobs.get_ref() == 0 => {
-            diags.push(Diagnostic::new("`jobs` must be at least 1", Some(jobs.span())).help("leave `jobs` out to use every core"));
+            diags.push(
+                Diagnostic::new("`jobs` must be at least 1", Some(jobs.span()))
+                    .help("leave `jobs` out to use every core"),
+            );
             None
         }
         other => other.as_ref().map(|j| *j.get_ref() as usize),
     };
     let state_path = match &raw.pipeline.state {
         Some(state) if state.get_ref().trim().is_empty() => {
-            diags.push(Diagnostic::new("`state` is empty", Some(state.span())).help("give a database path such as `.dagrun/state.db`"));
+            diags.push(
+                Diagnostic::new("`state` is empty", Some(state.span()))
+                    .help("give a database path such as `.dagrun/state.db`"),
+            );
             PathBuf::new()
         }
         Some(state) => root.join(state.get_ref()),
@@ -54,7 +60,10 @@ pub(super) fn validate(file: &Path, root: &Path, raw: RawFile, builtins: &[&str]
     if !diags.is_empty() {
         return Err(diags);
     }
-    let name = raw.pipeline.name.unwrap_or_else(|| root.file_name().map_or_else(|| "pipeline".into(), |n| n.to_string_lossy().into_owned()));
+    let name = raw
+        .pipeline
+        .name
+        .unwrap_or_else(|| root.file_name().map_or_else(|| "pipeline".into(), |n| n.to_string_lossy().into_owned()));
     Ok(Spec { file: file.to_path_buf(), root: root.to_path_buf(), name, state_path, jobs, stages })
 }
 
@@ -98,7 +107,9 @@ fn check_stage(
     for dep in &raw.after {
         let dep_name = dep.get_ref().as_str();
         if dep_name == name.as_str() {
-            diags.push(Diagnostic::new(format!("stage `{name}` lists itself in `after`"), Some(dep.span())).help("remove it"));
+            diags.push(
+                Diagnostic::new(format!("stage `{name}` lists itself in `after`"), Some(dep.span())).help("remove it"),
+            );
         } else if names.binary_search(&dep_name).is_ok() {
             after.extend(StageName::parse(dep_name));
         } else {
@@ -115,13 +126,18 @@ fn check_stage(
             && !var.get_ref().starts_with(|c: char| c.is_ascii_digit())
             && var.get_ref().chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
         if !valid {
-            diags.push(Diagnostic::new(format!("invalid environment variable name `{}`", var.get_ref()), Some(var.span())));
+            diags.push(Diagnostic::new(
+                format!("invalid environment variable name `{}`", var.get_ref()),
+                Some(var.span()),
+            ));
         }
     }
 
     let timeout = match &raw.timeout_sec {
         Some(t) if *t.get_ref() == 0 => {
-            diags.push(Diagnostic::new("`timeout_sec` must be at least 1", Some(t.span())).help("leave it out for no timeout"));
+            diags.push(
+                Diagnostic::new("`timeout_sec` must be at least 1", Some(t.span())).help("leave it out for no timeout"),
+            );
             None
         }
         other => other.as_ref().map(|t| Duration::from_secs(*t.get_ref())),
@@ -142,7 +158,13 @@ fn check_stage(
     CheckedStage { stage, output_spans }
 }
 
-fn check_action(name: &StageName, name_span: Range<usize>, raw: &RawStage, builtins: &[&str], diags: &mut Vec<Diagnostic>) -> Action {
+fn check_action(
+    name: &StageName,
+    name_span: Range<usize>,
+    raw: &RawStage,
+    builtins: &[&str],
+    diags: &mut Vec<Diagnostic>,
+) -> Action {
     match (&raw.cmd, &raw.builtin) {
         (Some(cmd), None) => {
             for (range, reference) in command_references(cmd.get_ref()) {
@@ -151,7 +173,8 @@ fn check_action(name: &StageName, name_span: Range<usize>, raw: &RawStage, built
                 {
                     // The span of the reference inside the command string (+1 for the opening quote).
                     let at = cmd.span().start + 1 + range.start..cmd.span().start + 1 + range.end;
-                    let diag = Diagnostic::new(format!("`${{params.{key}}}` names no param of stage `{name}`"), Some(at));
+                    let diag =
+                        Diagnostic::new(format!("`${{params.{key}}}` names no param of stage `{name}`"), Some(at));
                     diags.push(match suggest(key, raw.params.keys().map(String::as_str)) {
                         Some(near) => diag.help(format!("did you mean `${{params.{near}}}`?")),
                         None => diag.help(format!("add `params = {{ {key} = ... }}` to the stage")),
@@ -166,7 +189,9 @@ fn check_action(name: &StageName, name_span: Range<usize>, raw: &RawStage, built
                 let diag = Diagnostic::new(format!("unknown built-in stage `{builtin_name}`"), Some(builtin.span()));
                 diags.push(match suggest(builtin_name, builtins.iter().copied()) {
                     Some(near) => diag.help(format!("did you mean `{near}`?")),
-                    None if builtins.is_empty() => diag.help("this dagrun has no built-in stages; use `cmd` for a shell command"),
+                    None if builtins.is_empty() => {
+                        diag.help("this dagrun has no built-in stages; use `cmd` for a shell command")
+                    }
                     None => diag.help(format!("known built-ins: {}", builtins.join(", "))),
                 });
             }
@@ -192,7 +217,10 @@ fn check_action(name: &StageName, name_span: Range<usize>, raw: &RawStage, built
 fn check_path(root: &Path, raw: &Spanned<String>, what: &str, diags: &mut Vec<Diagnostic>) -> Option<RelPath> {
     normalize(root, raw.get_ref())
         .map_err(|problem| {
-            diags.push(Diagnostic::new(format!("{what} {}", problem.describe(raw.get_ref())), Some(raw.span())).help(problem.help()));
+            diags.push(
+                Diagnostic::new(format!("{what} {}", problem.describe(raw.get_ref())), Some(raw.span()))
+                    .help(problem.help()),
+            );
         })
         .ok()
 }
@@ -218,7 +246,10 @@ fn check_output_overlaps(stages: &[Stage], owners: &mut [(RelPath, usize, Range<
             } else {
                 format!("output `{}` of stage `{b}` is inside output `{}` of stage `{a}`", owner.0, outer.0)
             };
-            diags.push(Diagnostic::new(message, Some(owner.2.clone())).help("each file may be written by one stage only; give each stage its own output path"));
+            diags.push(
+                Diagnostic::new(message, Some(owner.2.clone()))
+                    .help("each file may be written by one stage only; give each stage its own output path"),
+            );
         }
         enclosing.push(owner);
     }
@@ -236,8 +267,11 @@ fn check_own_inputs(raw: &RawFile, stages: &[Stage], diags: &mut Vec<Diagnostic>
             if let Some(out) = clash {
                 let span = spans.get(stage.name.as_str()).and_then(|r| r.inputs.get(i)).map(|s| s.span());
                 diags.push(
-                    Diagnostic::new(format!("stage `{}` reads `{}`, which is its own output `{out}`", stage.name, input.as_rel()), span)
-                        .help("a stage cannot depend on what it writes; split it into two stages or rename the output"),
+                    Diagnostic::new(
+                        format!("stage `{}` reads `{}`, which is its own output `{out}`", stage.name, input.as_rel()),
+                        span,
+                    )
+                    .help("a stage cannot depend on what it writes; split it into two stages or rename the output"),
                 );
             }
         }

@@ -13,7 +13,9 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use rusqlite_migration::{M, Migrations};
 
 pub use lock::{BuildLock, LockError, LockHolder, acquire as acquire_lock};
-pub use records::{RunCounts, RunId, RunOutcome, StageAttempt, StageFailure, StageRecord, StageRunId, StageStatus, StageSuccess};
+pub use records::{
+    RunCounts, RunId, RunOutcome, StageAttempt, StageFailure, StageRecord, StageRunId, StageStatus, StageSuccess,
+};
 
 /// The schema, one plain SQL file per version; `PRAGMA user_version` records how far a
 /// database has come (rusqlite_migration's scheme).
@@ -104,7 +106,8 @@ impl State {
             return Err(StateError::Newer { path: self.path.clone(), found: version, known: schema_version() });
         }
         if version == 0 {
-            let tables: i64 = self.conn.query_row("SELECT count(*) FROM sqlite_master WHERE type = 'table'", [], |r| r.get(0))?;
+            let tables: i64 =
+                self.conn.query_row("SELECT count(*) FROM sqlite_master WHERE type = 'table'", [], |r| r.get(0))?;
             if tables > 0 {
                 return Err(StateError::Foreign { path: self.path.clone() });
             }
@@ -121,7 +124,8 @@ impl State {
         let now = timestamp(SystemTime::now());
         let tx = self.conn.transaction()?;
         let stages: Vec<String> = {
-            let mut stmt = tx.prepare("SELECT DISTINCT component FROM stage_runs WHERE status = 'running' ORDER BY component")?;
+            let mut stmt =
+                tx.prepare("SELECT DISTINCT component FROM stage_runs WHERE status = 'running' ORDER BY component")?;
             stmt.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?
         };
         tx.execute(

@@ -145,7 +145,8 @@ impl State {
 
     /// The whole stat cache.
     pub fn load_hash_cache(&self) -> Result<HashMap<String, CacheEntry>, StateError> {
-        let mut stmt = self.conn.prepare_cached("SELECT path, size, mtime_ns, inode, hash, cached_at_ns FROM file_hashes")?;
+        let mut stmt =
+            self.conn.prepare_cached("SELECT path, size, mtime_ns, inode, hash, cached_at_ns FROM file_hashes")?;
         let mut rows = stmt.query([])?;
         let mut entries = HashMap::new();
         while let Some(row) = rows.next()? {
@@ -181,7 +182,11 @@ impl State {
 
     /// One transaction: the execution row, the stage's state with its new fingerprint and
     /// output hashes, and the stat-cache entries hashed so far.
-    pub fn record_success(&mut self, success: &StageSuccess<'_>, cache: &[(String, CacheEntry)]) -> Result<(), StateError> {
+    pub fn record_success(
+        &mut self,
+        success: &StageSuccess<'_>,
+        cache: &[(String, CacheEntry)],
+    ) -> Result<(), StateError> {
         let finished = timestamp(success.finished_at);
         let duration_ms = success.duration.as_millis() as i64;
         let manifest = serde_json::to_string(success.fingerprint_inputs).expect("fingerprint inputs serialise");
@@ -211,7 +216,8 @@ impl State {
         )?;
         tx.execute("DELETE FROM stage_outputs WHERE component = ?1", [success.component])?;
         {
-            let mut insert = tx.prepare_cached("INSERT INTO stage_outputs (component, path, hash) VALUES (?1, ?2, ?3)")?;
+            let mut insert =
+                tx.prepare_cached("INSERT INTO stage_outputs (component, path, hash) VALUES (?1, ?2, ?3)")?;
             for (path, hash) in success.outputs {
                 insert.execute(params![success.component, path, hash.to_hex()])?;
             }
@@ -223,7 +229,11 @@ impl State {
 
     /// One transaction: the execution row and the stage's failure; its last good
     /// fingerprint and outputs stay recorded, and it is marked dirty.
-    pub fn record_failure(&mut self, failure: &StageFailure<'_>, cache: &[(String, CacheEntry)]) -> Result<(), StateError> {
+    pub fn record_failure(
+        &mut self,
+        failure: &StageFailure<'_>,
+        cache: &[(String, CacheEntry)],
+    ) -> Result<(), StateError> {
         let finished = timestamp(failure.finished_at);
         let duration_ms = failure.duration.as_millis() as i64;
         let tx = self.conn.transaction()?;
@@ -277,7 +287,14 @@ pub(super) fn put_cache_entries(tx: &Transaction<'_>, entries: &[(String, CacheE
         "INSERT OR REPLACE INTO file_hashes (path, size, mtime_ns, inode, hash, cached_at_ns) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )?;
     for (path, entry) in entries {
-        stmt.execute(params![path, entry.size as i64, entry.mtime_ns, entry.inode as i64, entry.hash.to_hex(), entry.cached_at_ns])?;
+        stmt.execute(params![
+            path,
+            entry.size as i64,
+            entry.mtime_ns,
+            entry.inode as i64,
+            entry.hash.to_hex(),
+            entry.cached_at_ns
+        ])?;
     }
     Ok(())
 }

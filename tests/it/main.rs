@@ -1,1 +1,10 @@
-fn main(){}
+//! dagrun's integration tests: the real binary, temp directories, real SQLite.
+
+mod sandbox;
+
+mod build;
+mod failures;
+mod parallel;
+mod property;
+mod state;
+mod validation;

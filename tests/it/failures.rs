@@ -1,0 +1,186 @@
+//! Failing stages: isolation, records, timeouts, retries, and stages that lie.
+
+use crate::sandbox::Sandbox;
+
+/// `bad` fails; `after_bad` depends on it; `good` and `after_good` are independent.
+const BRANCHES: &str = r#"
+[stages.bad]
+cmd = "echo bad >> ran.log; echo 'something broke' >&2; exit 3"
+outputs = ["bad.out"]
+
+[stages.after_bad]
+cmd = "echo after_bad >> ran.log; cat bad.out > after_bad.out"
+inputs = ["bad.out"]
+outputs = ["after_bad.out"]
+
+[stages.good]
+cmd = "sleep 0.2; echo good >> ran.log; echo ok > good.out"
+outputs = ["good.out"]
+
+[stages.after_good]
+cmd = "echo after_good >> ran.log; cat good.out > after_good.out"
+inputs = ["good.out"]
+outputs = ["after_good.out"]
+"#;
+
+#[test]
+fn a_failed_stage_blocks_only_its_downstream_and_the_build_exits_1() {
+    let sb = Sandbox::new().pipeline(BRANCHES);
+    let run = sb.build().failure();
+    assert_eq!(sb.ran(), ["after_good", "bad", "good"]);
+    let out = run.stdout();
+    assert!(out.contains("FAILED   bad         exit status 3; log: .dagrun/logs/1/bad.log"), "{out}");
+    assert!(out.contains("blocked  after_bad   (upstream `bad` failed)"), "{out}");
+    assert!(out.contains("build failed: 2 ran, 0 cut off, 0 up to date, 1 failed, 1 blocked in"), "{out}");
+    assert!(run.stderr().contains("stage `bad` failed: exit status 3"), "{}", run.stderr());
+    assert!(run.stderr().contains("  | something broke"), "the log tail is shown: {}", run.stderr());
+    assert_eq!(sb.read(".dagrun/logs/1/bad.log"), "something broke\n");
+
+    let failures = sb.column(
+        "SELECT component || ':' || failure_count || ':' || last_status FROM orchestrator_state ORDER BY component",
+    );
+    assert_eq!(failures, ["after_good:0:success", "bad:1:failed", "good:0:success"]);
+    assert_eq!(sb.column("SELECT outcome FROM runs"), ["failed"]);
+
+    // The failure is remembered: the next build retries `bad` and nothing else.
+    sb.build().failure();
+    assert_eq!(sb.ran(), ["bad"]);
+    assert_eq!(sb.column("SELECT failure_count FROM orchestrator_state WHERE component = 'bad'"), ["2"]);
+}
+
+#[test]
+fn fail_fast_starts_no_new_stage_after_a_failure() {
+    let sb = Sandbox::new().pipeline(BRANCHES);
+    let run = sb.dagrun(&["build", "-j", "1", "--fail-fast"]).failure();
+    // With one job, `bad` (first by name) fails before `good` could start.
+    assert_eq!(sb.ran(), ["bad"]);
+    assert!(run.stdout().contains("skipped  good"), "{}", run.stdout());
+}
+
+#[test]
+fn a_stage_that_exits_0_without_writing_its_output_has_failed() {
+    let sb = Sandbox::new().pipeline(
+        r#"
+        [stages.liar]
+        cmd = "echo liar >> ran.log"
+        outputs = ["promised.txt"]
+        "#,
+    );
+    let run = sb.build().failure();
+    assert!(
+        run.stdout().contains("the stage exited 0 but did not write its output `promised.txt`"),
+        "{}",
+        run.stdout()
+    );
+    assert_eq!(sb.column("SELECT last_status FROM orchestrator_state"), ["failed"]);
+    assert_eq!(
+        sb.column("SELECT fingerprint FROM orchestrator_state"),
+        ["NULL"],
+        "no fingerprint is recorded for a failure"
+    );
+}
+
+#[test]
+fn an_old_output_cannot_pass_for_a_new_one() {
+    // The stage wrote its output once; now it fails to. The stale file must not count.
+    let sb = Sandbox::new().pipeline(
+        r#"
+        [stages.gen]
+        cmd = "test -e skip || echo v1 > out.txt"
+        inputs = ["in.txt"]
+        outputs = ["out.txt"]
+        "#,
+    );
+    sb.write("in.txt", "1");
+    sb.build().success();
+    sb.write("in.txt", "2");
+    sb.write("skip", "");
+    sb.build().failure();
+    assert!(!sb.exists("out.txt"), "outputs are cleared before a stage runs");
+}
+
+#[test]
+fn a_missing_source_input_fails_that_stage_with_the_path_and_the_rest_runs() {
+    let sb = Sandbox::new().pipeline(
+        r#"
+        [stages.reader]
+        cmd = "cat nowhere.csv > r.out"
+        inputs = ["nowhere.csv"]
+        outputs = ["r.out"]
+        [stages.other]
+        cmd = "echo other >> ran.log; echo > o.out"
+        outputs = ["o.out"]
+        "#,
+    );
+    let run = sb.build().failure();
+    assert!(
+        run.stdout().contains("FAILED   reader  cannot run: input `nowhere.csv` does not exist and no stage writes it"),
+        "{}",
+        run.stdout()
+    );
+    assert_eq!(sb.ran(), ["other"]);
+}
+
+#[test]
+fn a_timeout_kills_the_whole_process_group_and_is_recorded() {
+    let sb = Sandbox::new().pipeline(
+        r#"
+        [stages.slow]
+        cmd = "(sleep 30; echo orphan > orphan.txt) & sleep 30"
+        outputs = ["slow.out"]
+        timeout_sec = 1
+        "#,
+    );
+    let run = sb.build().failure();
+    assert!(run.stdout().contains("timed out after 1s; its process group was killed"), "{}", run.stdout());
+    assert_eq!(sb.column("SELECT last_status FROM orchestrator_state"), ["timed_out"]);
+    assert_eq!(sb.column("SELECT status FROM stage_runs"), ["timed_out"]);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let survivors = std::process::Command::new("pgrep").args(["-f", "echo orphan"]).output();
+    if let Ok(out) = survivors {
+        assert!(out.stdout.is_empty(), "the background child survived: {}", String::from_utf8_lossy(&out.stdout));
+    }
+}
+
+#[test]
+fn retries_record_every_attempt_and_a_later_success_wins() {
+    // Fails on the first attempt only: the counter file says which attempt this is.
+    let sb = Sandbox::new().pipeline(
+        r#"
+        [stages.flaky]
+        cmd = "echo x >> attempts; test $(wc -l < attempts) -ge 2 && echo ok > out"
+        outputs = ["out"]
+        retries = 2
+        "#,
+    );
+    let run = sb.build().success();
+    assert!(run.stdout().contains("retry    flaky  (attempt 2)"), "{}", run.stdout());
+    assert_eq!(sb.column("SELECT attempt || ':' || status FROM stage_runs ORDER BY id"), ["1:failed", "2:success"]);
+    assert_eq!(
+        sb.column("SELECT run_count || ':' || failure_count || ':' || last_status FROM orchestrator_state"),
+        ["2:1:success"]
+    );
+}
+
+#[test]
+fn an_input_that_changes_while_its_stage_runs_keeps_the_stage_dirty() {
+    let sb = Sandbox::new().pipeline(
+        r#"
+        [stages.reader]
+        cmd = "echo reader >> ran.log; cat in.txt > out.txt; echo more >> in.txt"
+        inputs = ["in.txt"]
+        outputs = ["out.txt"]
+        "#,
+    );
+    sb.write("in.txt", "start\n");
+    let run = sb.build().success();
+    assert!(
+        run.stderr().contains("warning: `in.txt` changed while `reader` ran; `reader` stays dirty"),
+        "{}",
+        run.stderr()
+    );
+    assert_eq!(sb.column("SELECT is_dirty FROM orchestrator_state"), ["1"]);
+    sb.ran();
+    sb.build().success();
+    assert_eq!(sb.ran(), ["reader"]);
+}

@@ -1,0 +1,193 @@
+//! A temp directory with a pipeline in it, and the real `dagrun` binary run against it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, SystemTime};
+
+pub struct Sandbox {
+    dir: tempfile::TempDir,
+}
+
+impl Sandbox {
+    pub fn new() -> Sandbox {
+        Sandbox { dir: tempfile::Builder::new().prefix("dagrun-it-").tempdir().expect("temp dir") }
+    }
+
+    pub fn pipeline(self, text: &str) -> Sandbox {
+        self.write("pipeline.toml", text);
+        self
+    }
+
+    pub fn file(self, rel: &str, content: &str) -> Sandbox {
+        self.write(rel, content);
+        self
+    }
+
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn write(&self, rel: &str, content: &str) {
+        let path = self.path(rel);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).unwrap();
+        }
+        std::fs::write(path, content).unwrap();
+    }
+
+    pub fn read(&self, rel: &str) -> String {
+        std::fs::read_to_string(self.path(rel)).unwrap_or_else(|e| panic!("read {rel}: {e}"))
+    }
+
+    pub fn exists(&self, rel: &str) -> bool {
+        self.path(rel).exists()
+    }
+
+    pub fn edit(&self, rel: &str, change: impl FnOnce(String) -> String) {
+        let text = change(self.read(rel));
+        self.write(rel, &text);
+    }
+
+    pub fn remove(&self, rel: &str) {
+        std::fs::remove_file(self.path(rel)).unwrap();
+    }
+
+    /// Moves a file's mtime forward without changing its content.
+    pub fn touch(&self, rel: &str) {
+        let file = std::fs::File::options().write(true).open(self.path(rel)).unwrap();
+        file.set_modified(SystemTime::now() + Duration::from_secs(5)).unwrap();
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_dagrun"));
+        cmd.args(args).current_dir(self.root()).env_remove("DAGRUN_TEST_FLAG");
+        cmd
+    }
+
+    /// Starts `dagrun` in the background, its output discarded.
+    pub fn spawn(&self, args: &[&str]) -> std::process::Child {
+        self.command(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn dagrun")
+    }
+
+    pub fn dagrun(&self, args: &[&str]) -> Run {
+        Run::new(args, self.command(args).output().expect("run dagrun"))
+    }
+
+    pub fn build(&self) -> Run {
+        self.dagrun(&["build"])
+    }
+
+    /// The stages that appended their name to `ran.log` since the last call, sorted
+    /// (parallel stages finish in any order); the log is emptied.
+    pub fn ran(&self) -> Vec<String> {
+        let path = self.path("ran.log");
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let _ = std::fs::remove_file(&path);
+        let mut names: Vec<String> = text.lines().map(str::to_string).collect();
+        names.sort();
+        names
+    }
+
+    pub fn db(&self) -> rusqlite::Connection {
+        rusqlite::Connection::open(self.path(".dagrun/state.db")).expect("open state db")
+    }
+
+    /// One column of a query, as text.
+    pub fn column(&self, sql: &str) -> Vec<String> {
+        let db = self.db();
+        let mut stmt = db.prepare(sql).unwrap();
+        stmt.query_map([], |r| r.get::<_, rusqlite::types::Value>(0))
+            .unwrap()
+            .map(|v| match v.unwrap() {
+                rusqlite::types::Value::Null => "NULL".to_string(),
+                rusqlite::types::Value::Integer(i) => i.to_string(),
+                rusqlite::types::Value::Real(f) => f.to_string(),
+                rusqlite::types::Value::Text(t) => t,
+                rusqlite::types::Value::Blob(_) => "<blob>".to_string(),
+            })
+            .collect()
+    }
+}
+
+/// A finished `dagrun` process. Every test ends a run in `success()`, `failure()` or
+/// `code(n)`, so no test forgets the exit code.
+pub struct Run {
+    args: String,
+    output: Output,
+}
+
+impl Run {
+    fn new(args: &[&str], output: Output) -> Run {
+        Run { args: args.join(" "), output }
+    }
+
+    pub fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.output.stdout).into_owned()
+    }
+
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.output.stderr).into_owned()
+    }
+
+    #[track_caller]
+    pub fn code(self, expected: i32) -> Run {
+        assert_eq!(
+            self.output.status.code(),
+            Some(expected),
+            "`dagrun {}` exited {:?}, expected {expected}\n--- stdout\n{}--- stderr\n{}",
+            self.args,
+            self.output.status.code(),
+            self.stdout(),
+            self.stderr()
+        );
+        self
+    }
+
+    #[track_caller]
+    pub fn success(self) -> Run {
+        self.code(0)
+    }
+
+    /// A stage failed: exit 1.
+    #[track_caller]
+    pub fn failure(self) -> Run {
+        self.code(1)
+    }
+
+    /// Bad usage or a bad pipeline file: exit 2.
+    #[track_caller]
+    pub fn usage_error(self) -> Run {
+        self.code(2)
+    }
+}
+
+/// `a -> b -> c`: `a` reads `src.txt`; each stage appends its name to `ran.log`.
+pub const ABC: &str = r#"
+[stages.a]
+cmd = "echo a >> ran.log; cat src.txt > a.out"
+inputs = ["src.txt"]
+outputs = ["a.out"]
+
+[stages.b]
+cmd = "echo b >> ran.log; cat a.out > b.out; echo ${params.window} >> b.out"
+inputs = ["a.out"]
+outputs = ["b.out"]
+params = { window = 20 }
+
+[stages.c]
+cmd = "echo c >> ran.log; cat b.out > c.out"
+inputs = ["b.out"]
+outputs = ["c.out"]
+"#;
+
+pub fn abc() -> Sandbox {
+    Sandbox::new().pipeline(ABC).file("src.txt", "hello\n")
+}

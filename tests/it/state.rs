@@ -1,0 +1,156 @@
+//! The state database as users see it: plain SQL, one build at a time, crashes swept.
+
+use std::time::{Duration, Instant};
+
+use crate::sandbox::{Sandbox, abc};
+
+#[test]
+fn the_seed_query_works_on_the_state_database() {
+    let sb = abc();
+    sb.build().success();
+    sb.write("src.txt", "again\n");
+    sb.build().success();
+    let db = sb.db();
+    let mut stmt = db
+        .prepare("SELECT component, last_run_at, is_dirty, run_count, failure_count FROM orchestrator_state ORDER BY component")
+        .unwrap();
+    let rows: Vec<(String, String, i64, i64, i64)> = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(
+        rows.iter().map(|r| (r.0.as_str(), r.2, r.3, r.4)).collect::<Vec<_>>(),
+        [("a", 0, 2, 0), ("b", 0, 2, 0), ("c", 0, 2, 0)]
+    );
+    for row in &rows {
+        assert!(row.1.starts_with("20") && row.1.ends_with('Z'), "RFC 3339 UTC: {}", row.1);
+    }
+    assert_eq!(
+        sb.column("SELECT trigger || ':' || outcome || ':' || stages_ran FROM runs ORDER BY run_id"),
+        ["build:success:3", "build:success:3"]
+    );
+    assert_eq!(sb.column("SELECT count(*) FROM stage_runs WHERE status = 'success'"), ["6"]);
+    assert_eq!(
+        sb.column("SELECT reason FROM stage_runs WHERE run_id = 2 AND component = 'a'")[0].split(" (").next().unwrap(),
+        "input `src.txt` changed"
+    );
+    assert_eq!(sb.column("SELECT path FROM stage_outputs ORDER BY path"), ["a.out", "b.out", "c.out"]);
+    assert_eq!(sb.column("PRAGMA journal_mode"), ["wal"]);
+}
+
+#[test]
+fn migrate_creates_the_schema_and_reports_the_version() {
+    let sb = abc();
+    let first = sb.dagrun(&["migrate"]).success();
+    assert!(first.stdout().contains("from schema version 0 to 1"), "{}", first.stdout());
+    let again = sb.dagrun(&["migrate"]).success();
+    assert!(again.stdout().contains("is at schema version 1"), "{}", again.stdout());
+    assert_eq!(sb.column("PRAGMA user_version"), ["1"]);
+}
+
+#[test]
+fn a_foreign_database_is_never_written_over() {
+    let sb = abc();
+    std::fs::create_dir_all(sb.path(".dagrun")).unwrap();
+    let db = rusqlite::Connection::open(sb.path(".dagrun/state.db")).unwrap();
+    db.execute_batch("CREATE TABLE precious (x); INSERT INTO precious VALUES (42);").unwrap();
+    drop(db);
+    let run = sb.build().failure();
+    assert!(run.stderr().contains("is not a dagrun state database"), "{}", run.stderr());
+    assert_eq!(sb.column("SELECT x FROM precious"), ["42"]);
+    assert_eq!(sb.ran(), Vec::<String>::new());
+}
+
+#[test]
+fn a_file_that_is_not_a_database_is_reported_not_replaced() {
+    let sb = abc();
+    sb.write(".dagrun/state.db", "these are my notes, not a database, and long enough to have a header");
+    let run = sb.build().failure();
+    assert!(run.stderr().contains("is not an SQLite database"), "{}", run.stderr());
+    assert!(sb.read(".dagrun/state.db").starts_with("these are my notes"));
+}
+
+const SLOW: &str = r#"
+[stages.slow]
+cmd = "touch started; sleep 2; echo done > slow.out; echo slow >> ran.log"
+outputs = ["slow.out"]
+"#;
+
+fn wait_for(sb: &Sandbox, rel: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !sb.exists(rel) {
+        assert!(Instant::now() < deadline, "{rel} never appeared");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_second_build_with_no_wait_fails_naming_the_holder() {
+    let sb = Sandbox::new().pipeline(SLOW);
+    let mut first = sb.spawn(&["build"]);
+    wait_for(&sb, "started");
+    let second = sb.dagrun(&["build", "--no-wait"]).failure();
+    let pid = first.id();
+    assert!(
+        second.stderr().contains(&format!("error: another build holds {}", sb.path(".dagrun/lock").display()))
+            && second.stderr().contains(&format!("(pid {pid}, since ")),
+        "{}",
+        second.stderr()
+    );
+    assert!(first.wait().unwrap().success());
+    assert_eq!(sb.ran(), ["slow"]);
+}
+
+#[test]
+fn a_second_build_waits_for_the_first_and_then_finds_nothing_to_do() {
+    let sb = Sandbox::new().pipeline(SLOW);
+    let mut first = sb.spawn(&["build"]);
+    wait_for(&sb, "started");
+    let second = sb.build().success();
+    assert!(second.stderr().contains("waiting (pass --no-wait to fail at once)"), "{}", second.stderr());
+    assert!(second.stdout().contains("0 ran, 0 cut off, 1 up to date"), "{}", second.stdout());
+    assert!(first.wait().unwrap().success());
+    assert_eq!(sb.ran(), ["slow"]);
+}
+
+#[test]
+fn status_reads_while_a_build_runs() {
+    let sb = Sandbox::new().pipeline(SLOW);
+    let mut build = sb.spawn(&["build"]);
+    wait_for(&sb, "started");
+    let status = sb.dagrun(&["status"]).success();
+    assert!(status.stdout().contains("slow   dirty"), "{}", status.stdout());
+    assert_eq!(sb.column("SELECT status FROM stage_runs"), ["running"]);
+    assert!(build.wait().unwrap().success());
+}
+
+#[test]
+fn a_killed_build_leaves_its_running_stage_interrupted_and_it_reruns() {
+    let sb = Sandbox::new().pipeline(SLOW);
+    let mut build = sb.spawn(&["build"]);
+    wait_for(&sb, "started");
+    build.kill().unwrap(); // SIGKILL: no cleanup at all
+    build.wait().unwrap();
+    assert_eq!(sb.column("PRAGMA integrity_check"), ["ok"]);
+    let next = sb.build().success();
+    assert!(next.stderr().contains("a previous build died while running slow"), "{}", next.stderr());
+    assert!(next.stdout().contains("run      slow  (last run was interrupted)"), "{}", next.stdout());
+    assert_eq!(sb.column("SELECT status FROM stage_runs ORDER BY id"), ["interrupted", "success"]);
+    assert_eq!(sb.column("SELECT outcome FROM runs ORDER BY run_id"), ["interrupted", "success"]);
+    assert_eq!(sb.column("SELECT failure_count FROM orchestrator_state"), ["1"]);
+}
+
+#[test]
+fn ctrl_c_kills_running_stages_and_records_them_interrupted() {
+    let sb = Sandbox::new().pipeline(SLOW);
+    let mut build = sb.spawn(&["build"]);
+    wait_for(&sb, "started");
+    let pid = rustix::process::Pid::from_raw(build.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::INT).unwrap();
+    let status = build.wait().unwrap();
+    assert_eq!(status.code(), Some(1));
+    assert_eq!(sb.column("SELECT status FROM stage_runs"), ["interrupted"]);
+    assert_eq!(sb.column("SELECT outcome FROM runs"), ["interrupted"]);
+    assert!(!sb.exists("slow.out"));
+}

@@ -1,0 +1,140 @@
+//! A bad pipeline file is refused before anything runs: exit 2, file:line:column, and a fix.
+
+use crate::sandbox::Sandbox;
+
+fn refused(pipeline: &str) -> String {
+    let sb = Sandbox::new().pipeline(pipeline);
+    let run = sb.build().usage_error();
+    assert!(!sb.exists(".dagrun/state.db"), "nothing is recorded for a bad pipeline");
+    assert!(run.stdout().is_empty(), "nothing ran: {}", run.stdout());
+    run.stderr()
+}
+
+#[test]
+fn an_unknown_key_is_named_with_its_position_and_the_nearest_known_key() {
+    let err = refused("[stages.a]\ncmdd = \"true\"\n");
+    assert_eq!(
+        err,
+        "error: unknown key `cmdd`\n --> pipeline.toml:2:1\n  |\n2 | cmdd = \"true\"\n  | ^^^^\n  = help: did you mean `cmd`?\n"
+    );
+}
+
+#[test]
+fn a_syntax_error_points_at_the_line() {
+    let err = refused("[stages.a]\ncmd = \"unterminated\n");
+    assert!(err.starts_with("error: "), "{err}");
+    assert!(err.contains("--> pipeline.toml:2:"), "{err}");
+}
+
+#[test]
+fn a_cycle_is_reported_as_its_closing_path() {
+    let err = refused(
+        r#"
+        [stages.features]
+        cmd = "true"
+        after = ["model"]
+        [stages.model]
+        cmd = "true"
+        after = ["features"]
+        "#,
+    );
+    assert!(err.starts_with("error: dependency cycle: features -> model -> features\n"), "{err}");
+}
+
+#[test]
+fn two_stages_writing_one_output_are_refused() {
+    let err = refused(
+        r#"
+        [stages.a]
+        cmd = "true"
+        outputs = ["data/x.csv"]
+        [stages.b]
+        cmd = "true"
+        outputs = ["./data/x.csv"]
+        "#,
+    );
+    assert!(err.contains("error: stages `a` and `b` both write `data/x.csv`"), "{err}");
+    assert!(err.contains("pipeline.toml:7:20"), "{err}");
+}
+
+#[test]
+fn an_unknown_after_suggests_the_nearest_stage() {
+    let err = refused(
+        r#"
+[stages.features]
+cmd = "true"
+[stages.model]
+cmd = "true"
+after = ["featurs"]
+"#,
+    );
+    assert!(err.contains("error: unknown stage `featurs` in `after`\n --> pipeline.toml:6:10"), "{err}");
+    assert!(err.contains("help: did you mean `features`?"), "{err}");
+}
+
+#[test]
+fn an_output_that_is_also_its_own_input_is_refused() {
+    let err = refused(
+        r#"
+        [stages.a]
+        cmd = "true"
+        inputs = ["data"]
+        outputs = ["data/out.csv"]
+        "#,
+    );
+    assert!(err.contains("error: stage `a` reads `data`, which is its own output `data/out.csv`"), "{err}");
+}
+
+#[test]
+fn a_path_outside_the_pipeline_directory_is_refused() {
+    let err = refused(
+        r#"
+        [stages.a]
+        cmd = "true"
+        inputs = ["../secret.txt"]
+        outputs = ["/etc/out"]
+        "#,
+    );
+    assert!(err.contains("error: input path `../secret.txt` is outside the pipeline directory"), "{err}");
+    assert!(err.contains("error: output path `/etc/out` is outside the pipeline directory"), "{err}");
+}
+
+#[test]
+fn cmd_and_fn_together_or_neither_are_refused() {
+    let err = refused("[stages.both]\ncmd = \"true\"\nfn = \"markets.x\"\n[stages.none]\ninputs = []\n");
+    assert!(err.contains("error: stage `both` has both `cmd` and `fn`"), "{err}");
+    assert!(err.contains("error: stage `none` has neither `cmd` nor `fn`"), "{err}");
+}
+
+#[test]
+fn an_unknown_builtin_is_refused() {
+    let err = refused("[stages.a]\nfn = \"markets.nope\"\n");
+    assert!(err.contains("error: unknown built-in stage `markets.nope`"), "{err}");
+}
+
+#[test]
+fn a_command_naming_a_missing_param_is_refused() {
+    let err = refused("[stages.a]\ncmd = \"echo ${params.windw}\"\nparams = { window = 3 }\n");
+    assert!(err.contains("error: `${params.windw}` names no param of stage `a`\n --> pipeline.toml:2:13"), "{err}");
+    assert!(err.contains("did you mean `${params.window}`?"), "{err}");
+}
+
+#[test]
+fn an_invalid_stage_name_is_refused() {
+    let err = refused("[stages.\"no spaces\"]\ncmd = \"true\"\n");
+    assert!(err.contains("error: invalid stage name `no spaces`"), "{err}");
+}
+
+#[test]
+fn an_unknown_target_stage_is_a_usage_error() {
+    let sb = Sandbox::new().pipeline("[stages.model]\ncmd = \"true\"\n");
+    let run = sb.dagrun(&["build", "modle"]).usage_error();
+    assert_eq!(run.stderr(), "error: unknown stage `modle`; did you mean `model`?\n");
+}
+
+#[test]
+fn a_missing_pipeline_file_names_the_file() {
+    let sb = Sandbox::new();
+    let run = sb.build().usage_error();
+    assert!(run.stderr().starts_with("error: cannot read pipeline file pipeline.toml: "), "{}", run.stderr());
+}
