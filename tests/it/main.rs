@@ -3,6 +3,7 @@
 mod sandbox;
 
 mod build;
+mod examples;
 mod failures;
 mod parallel;
 mod property;
