@@ -3,4 +3,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --locked
-exec ./target/release/dagrun -C examples/quickstart build "$@"
+exec ./target/release/dagrun build "$@"

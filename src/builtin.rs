@@ -21,6 +21,8 @@ pub struct BuiltinContext<'a> {
     pub log: &'a mut dyn Write,
     /// Set when the build is interrupted; long-running functions should check it.
     pub cancel: &'a AtomicBool,
+    /// The pipeline's state database, for stages that report on the pipeline (read it only).
+    pub state_path: &'a Path,
 }
 
 pub type BuiltinError = Box<dyn std::error::Error + Send + Sync>;

@@ -12,6 +12,8 @@ pub mod event;
 pub mod executor;
 pub mod fingerprint;
 pub mod graph;
+#[cfg(feature = "markets")]
+pub mod markets;
 pub mod planner;
 pub mod spec;
 pub mod state;

@@ -112,7 +112,11 @@ fn pipeline_file(cli: &Cli) -> PathBuf {
 
 /// The built-in stages this binary offers.
 fn registry() -> Registry {
-    Registry::new()
+    #[allow(unused_mut)]
+    let mut registry = Registry::new();
+    #[cfg(feature = "markets")]
+    dagrun::markets::register(&mut registry);
+    registry
 }
 
 /// Seconds for humans: `0.012s`, `1.20s`, `75.0s`.

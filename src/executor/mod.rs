@@ -581,6 +581,7 @@ fn run_attempt(shared: &Shared<'_>, idx: StageIdx, eval: &Evaluation, log_path: 
                 outputs: outputs.iter().map(|p| spec.root.join(p)).collect::<Vec<PathBuf>>(),
                 log: &mut log,
                 cancel: shared.watchdog.cancel_flag(),
+                state_path: &spec.state_path,
             };
             runner::run_builtin(builtin, ctx)
         }
