@@ -17,6 +17,7 @@ fn fingerprint(c: &mut Criterion) {
         seed = 7 },
         env: BTreeMap::from([("PYTHONHASHSEED".into(), Some("0".into()))]),
         inputs: (0..4).map(|i| (format!("data/in{i}.csv"), FileHash(blake3::hash(&[i])))).collect(),
+        declared_inputs: (0..4).map(|i| format!("data/in{i}.csv")).collect(),
         outputs: vec!["data/features.arrow".into()],
         upstream: BTreeMap::from([("ticks".into(), OutputHash(blake3::hash(b"t")))]),
     };

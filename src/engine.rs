@@ -1,11 +1,10 @@
 //! The engine: a loaded pipeline and the commands run against it. Start reading here.
 
 use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use crate::builtin::Registry;
+use crate::cancel::CancelToken;
 use crate::error::Error;
 use crate::event::{BuildSummary, Event};
 use crate::executor::{ExecOptions, execute};
@@ -28,8 +27,8 @@ pub struct BuildOptions {
     pub wait_for_lock: bool,
     /// Recorded in `runs.trigger`: `build`, `agent-once`, ...
     pub trigger: String,
-    /// Set it (e.g. on Ctrl-C) to stop the build: running stages are killed.
-    pub cancel: Arc<AtomicBool>,
+    /// Cancel it (e.g. on Ctrl-C) to stop the build: running stages are killed.
+    pub cancel: CancelToken,
 }
 
 impl Default for BuildOptions {
@@ -41,7 +40,7 @@ impl Default for BuildOptions {
             fail_fast: false,
             wait_for_lock: true,
             trigger: "build".into(),
-            cancel: Arc::new(AtomicBool::new(false)),
+            cancel: CancelToken::new(),
         }
     }
 }
@@ -122,7 +121,6 @@ impl Engine {
                 return Err(err.into());
             }
         };
-        cached?;
         let summary = BuildSummary {
             run_id: Some(run.0),
             counts: outcome.counts,
@@ -136,6 +134,7 @@ impl Engine {
             (false, false) => RunOutcome::Failed,
         };
         state.finish_run(run, run_outcome, &summary.counts)?;
+        cached?;
         on_event(&Event::BuildFinished { summary: &summary });
         Ok(summary)
     }

@@ -6,7 +6,7 @@ use petgraph::Direction;
 use petgraph::graph::{DiGraph, NodeIndex};
 use petgraph::visit::{Dfs, Reversed};
 
-use crate::spec::{Input, RelPath, Spec, StageIdx};
+use crate::spec::{Input, RelPath, Spec, StageIdx, glob_reaches};
 
 /// The pipeline's dependency graph. Node `i` is `spec.stages[i]`; edges point downstream.
 #[derive(Debug, Clone)]
@@ -138,11 +138,28 @@ impl Producers {
                 found.extend(self.within(path.as_str()).map(|(_, &idx)| idx));
             }
             Input::Glob(pattern) => {
-                let Ok(matcher) = glob::Pattern::new(pattern.as_str()) else { return };
-                let literal_prefix = literal_prefix(pattern.as_str());
-                let candidates =
-                    self.by_path.range(literal_prefix.to_string()..).take_while(|(p, _)| p.starts_with(literal_prefix));
-                found.extend(candidates.filter(|(p, _)| matcher.matches(p)).map(|(_, &idx)| idx));
+                let pattern = pattern.as_str();
+                let prefix = literal_prefix(pattern).trim_end_matches('/');
+                // Outputs that are directories above the glob's literal part, then outputs
+                // below it; either may be read through the glob.
+                let above = RelPath::parse_normalized(prefix).into_iter().flat_map(|p| {
+                    let dirs: Vec<String> =
+                        std::iter::once(p.as_str().to_string()).chain(p.ancestors().map(str::to_string)).collect();
+                    dirs
+                });
+                for dir in above {
+                    if let Some(&idx) = self.by_path.get(&dir)
+                        && glob_reaches(pattern, &dir)
+                    {
+                        found.push(idx);
+                    }
+                }
+                let below = if prefix.is_empty() {
+                    self.by_path.range(String::new()..)
+                } else {
+                    self.by_path.range(format!("{prefix}/")..format!("{prefix}0"))
+                };
+                found.extend(below.filter(|(p, _)| glob_reaches(pattern, p)).map(|(_, &idx)| idx));
             }
         }
     }

@@ -6,6 +6,7 @@
 //! [`Event`]s. See ARCHITECTURE.md for the map.
 
 pub mod builtin;
+pub mod cancel;
 pub mod engine;
 pub mod error;
 pub mod event;
@@ -19,6 +20,7 @@ pub mod spec;
 pub mod state;
 
 pub use builtin::{Builtin, BuiltinContext, Registry};
+pub use cancel::CancelToken;
 pub use engine::{BuildOptions, Engine, StageReport};
 pub use error::Error;
 pub use event::{BuildSummary, Event};

@@ -60,6 +60,7 @@ pub enum Change {
     InputChanged { path: String, old: String, new: String },
     InputAdded { path: String },
     InputRemoved { path: String },
+    DeclaredInputs,
     Outputs,
     Upstream { stage: String },
 }
@@ -75,6 +76,7 @@ impl fmt::Display for Change {
             Change::InputChanged { path, old, new } => write!(f, "input `{path}` changed ({old} -> {new})"),
             Change::InputAdded { path } => write!(f, "input `{path}` added"),
             Change::InputRemoved { path } => write!(f, "input `{path}` removed"),
+            Change::DeclaredInputs => f.write_str("declared inputs changed"),
             Change::Outputs => f.write_str("declared outputs changed"),
             Change::Upstream { stage } => write!(f, "upstream `{stage}` output changed"),
         }
@@ -190,6 +192,7 @@ pub fn evaluate_stage(
         params: stage.params.clone(),
         env,
         inputs,
+        declared_inputs: stage.inputs.iter().map(|i| i.as_rel().to_string()).collect(),
         outputs: stage.outputs.iter().map(|o| o.to_string()).collect(),
         upstream,
     };
@@ -259,7 +262,7 @@ fn resolve_inputs(ctx: &EvalContext<'_>, idx: StageIdx) -> (Vec<String>, Vec<Str
                 all.push(path.to_string());
             }
             Input::Glob(pattern) => {
-                for path in expand_glob(&ctx.spec.root, pattern.as_str()) {
+                for path in expand_glob(ctx.spec, pattern.as_str()) {
                     let produced =
                         crate::spec::normalize(&ctx.spec.root, &path).is_ok_and(|p| ctx.dag.producer_of(&p).is_some());
                     if !produced {
@@ -273,13 +276,19 @@ fn resolve_inputs(ctx: &EvalContext<'_>, idx: StageIdx) -> (Vec<String>, Vec<Str
     (sources, all)
 }
 
-/// Files matching a glob, relative to the root, sorted.
-fn expand_glob(root: &std::path::Path, pattern: &str) -> Vec<String> {
+/// Files matching a glob, relative to the root, sorted; never the state database's files.
+fn expand_glob(spec: &Spec, pattern: &str) -> Vec<String> {
+    let root = &spec.root;
     let full = format!("{}/{pattern}", glob::Pattern::escape(&root.to_string_lossy()));
-    let Ok(paths) = glob::glob(&full) else { return Vec::new() };
+    let Ok(paths) = glob::glob_with(&full, crate::spec::GLOB_OPTIONS) else { return Vec::new() };
+    let state = spec.state_path.strip_prefix(root).ok().and_then(|p| p.to_str()).unwrap_or("");
+    let is_state = |p: &str| {
+        !state.is_empty() && p.starts_with(state) && matches!(&p[state.len()..], "" | "-wal" | "-shm" | "-journal")
+    };
     let mut found: Vec<String> = paths
         .filter_map(Result::ok)
         .filter_map(|p| p.strip_prefix(root).ok().and_then(|p| p.to_str()).map(str::to_string))
+        .filter(|p| !is_state(p))
         .collect();
     found.sort();
     found
@@ -323,6 +332,9 @@ pub fn explain_change(old: &FingerprintInputs, new: &FingerprintInputs) -> Vec<C
     }
     for path in old.inputs.keys().filter(|p| !new.inputs.contains_key(*p)) {
         changes.push(Change::InputRemoved { path: path.clone() });
+    }
+    if old.declared_inputs != new.declared_inputs {
+        changes.push(Change::DeclaredInputs);
     }
     if old.outputs != new.outputs {
         changes.push(Change::Outputs);

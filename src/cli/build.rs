@@ -1,11 +1,9 @@
 //! `dagrun build`: runs the pipeline and prints one line per stage event.
 
 use std::io::Write;
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 
 use dagrun::event::BuildSummary;
-use dagrun::{BuildOptions, Engine, Error, Event};
+use dagrun::{BuildOptions, CancelToken, Engine, Error, Event};
 
 use super::{EXIT_FAILED, EXIT_OK, seconds};
 
@@ -35,7 +33,7 @@ pub fn run(engine: &Engine, args: BuildArgs) -> Result<u8, Error> {
     if args.dry_run {
         return dry_run(engine, &args);
     }
-    let cancel = Arc::new(AtomicBool::new(false));
+    let cancel = CancelToken::new();
     register_interrupts(&cancel);
     let opts = BuildOptions {
         targets: args.stages,
@@ -51,13 +49,26 @@ pub fn run(engine: &Engine, args: BuildArgs) -> Result<u8, Error> {
     Ok(if summary.succeeded() { EXIT_OK } else { EXIT_FAILED })
 }
 
-/// First SIGINT/SIGTERM: stop the build cleanly (running stages are killed and recorded
-/// as interrupted). A second one exits at once.
-fn register_interrupts(cancel: &Arc<AtomicBool>) {
-    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        let _ = signal_hook::flag::register_conditional_shutdown(signal, 130, cancel.clone());
-        let _ = signal_hook::flag::register(signal, cancel.clone());
-    }
+/// First SIGINT/SIGTERM: stop the build cleanly (running stages get SIGTERM, then SIGKILL
+/// after a grace period, and are recorded as interrupted). A second: kill them at once. The
+/// build still records what happened and exits 1.
+fn register_interrupts(cancel: &CancelToken) {
+    let Ok(mut signals) =
+        signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])
+    else {
+        return;
+    };
+    let cancel = cancel.clone();
+    std::thread::spawn(move || {
+        for (count, _) in signals.forever().enumerate() {
+            if count == 0 {
+                eprintln!("stopping: running stages get SIGTERM (press Ctrl-C again to kill them now)");
+                cancel.cancel();
+            } else {
+                cancel.cancel_now();
+            }
+        }
+    });
 }
 
 fn print_event(event: &Event<'_>, width: usize) {

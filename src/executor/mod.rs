@@ -16,15 +16,16 @@ mod watchdog;
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::PathBuf;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Sender};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 pub use runner::{expand_command, log_tail, shell_quote};
 pub use watchdog::KILL_GRACE;
 
 use crate::builtin::BuiltinContext;
+use crate::cancel::CancelToken;
 use crate::event::{Event, FailedStage};
 use crate::fingerprint::{FileHash, FingerprintInputs, OutputHash, output_hash};
 use crate::planner::{DirtyReason, EvalContext, Evaluation, Plan, Verdict, evaluate_stage, explain_reason};
@@ -41,7 +42,7 @@ pub struct ExecOptions {
     pub jobs: usize,
     pub fail_fast: bool,
     /// Set from outside (e.g. on Ctrl-C): running stages are killed, nothing new starts.
-    pub cancel: Arc<AtomicBool>,
+    pub cancel: CancelToken,
 }
 
 /// What execution did.
@@ -90,6 +91,12 @@ enum TaskResult {
         at: SystemTime,
         log_path: String,
         final_attempt: bool,
+    },
+    /// The last attempt failed and the build stopped during the backoff: no retry.
+    RetryAbandoned,
+    /// The worker panicked (a bug in dagrun or in a built-in); the stage failed.
+    Crashed {
+        message: String,
     },
 }
 
@@ -148,6 +155,7 @@ pub fn execute(
         first_error: None,
         ready: std::collections::VecDeque::new(),
         run,
+        last_failure: vec![None; n],
     };
     let mut candidates = 0;
     for idx in 0..n {
@@ -185,15 +193,23 @@ pub fn execute(
     let (msg_tx, msg_rx) = mpsc::channel::<Message>();
     let task_rx = Mutex::new(task_rx);
     std::thread::scope(|scope| {
+        // Owned here so that even a panic below drops it (ending the workers) and stops the
+        // watchdog: the scope then joins every thread instead of waiting forever.
+        let task_tx = task_tx;
+        let _watchdog_guard = StopOnDrop(&shared.watchdog);
         let (task_rx, shared_ref) = (&task_rx, &shared);
         for _ in 0..workers {
             let msg_tx = msg_tx.clone();
             scope.spawn(move || {
                 loop {
                     let task = task_rx.lock().expect("task queue poisoned").recv();
-                    match task {
-                        Ok(task) => run_task(shared_ref, task, &msg_tx),
-                        Err(_) => break,
+                    let Ok(task) = task else { break };
+                    let idx = task.idx;
+                    let ran =
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_task(shared_ref, task, &msg_tx)));
+                    if let Err(panic) = ran {
+                        let message = panic_message(panic.as_ref());
+                        let _ = msg_tx.send(Message::Finished { idx, result: TaskResult::Crashed { message } });
                     }
                 }
             });
@@ -229,13 +245,26 @@ pub fn execute(
             coordinator.handle(message, &shared.stop);
         }
         drop(task_tx);
-        shared.watchdog.stop();
     });
-    coordinator.outcome.interrupted = opts.cancel.load(Ordering::SeqCst);
+    coordinator.outcome.interrupted = opts.cancel.is_cancelled();
     match coordinator.first_error {
         Some(err) => Err(err),
         None => Ok(coordinator.outcome),
     }
+}
+
+/// Stops the watchdog when dropped, however the scope ends.
+struct StopOnDrop<'a>(&'a Watchdog);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.stop();
+    }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    let text = panic.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| panic.downcast_ref::<String>().cloned());
+    format!("dagrun's worker panicked: {}", text.unwrap_or_default())
 }
 
 /// The coordinator's bookkeeping: which stage is where, and the database.
@@ -253,6 +282,8 @@ struct Coordinator<'a, 'e> {
     first_error: Option<StateError>,
     ready: std::collections::VecDeque<StageIdx>,
     run: RunId,
+    /// The latest failed attempt of each stage that may still retry.
+    last_failure: Vec<Option<(AttemptFailure, Option<String>)>>,
 }
 
 impl Coordinator<'_, '_> {
@@ -315,20 +346,24 @@ impl Coordinator<'_, '_> {
             }
             TaskResult::NotStarted => self.not_started(idx),
             TaskResult::CannotRun { reason } => {
-                let message = reason.to_string();
-                let now = SystemTime::now();
-                let name = self.eval.spec.stages[idx].name.as_str();
-                let row = self.state.stage_started(&StageAttempt {
-                    run: self.run_id(),
-                    component: name,
-                    attempt: 1,
-                    reason: &message,
-                    started_at: now,
-                    log_path: "",
-                })?;
-                self.row[idx] = Some(row);
-                let failure = AttemptFailure::failed(format!("cannot run: {message}"));
-                self.attempt_failed(idx, failure, Duration::ZERO, now, None, true, stop)?;
+                let failure = AttemptFailure::failed(format!("cannot run: {reason}"));
+                self.attempt_failed(idx, failure, Duration::ZERO, SystemTime::now(), None, true, stop)?;
+            }
+            TaskResult::Crashed { message } => {
+                self.attempt_failed(
+                    idx,
+                    AttemptFailure::failed(message),
+                    Duration::ZERO,
+                    SystemTime::now(),
+                    None,
+                    true,
+                    stop,
+                )?;
+            }
+            TaskResult::RetryAbandoned => {
+                let (failure, log_path) =
+                    self.last_failure[idx].take().unwrap_or_else(|| (AttemptFailure::failed("retry abandoned"), None));
+                self.final_failure(idx, failure, log_path, String::new(), stop);
             }
             TaskResult::Succeeded(success) => self.succeeded(idx, *success)?,
             TaskResult::AttemptFailed { failure, duration, at, log_path, final_attempt } => {
@@ -340,7 +375,7 @@ impl Coordinator<'_, '_> {
 
     fn succeeded(&mut self, idx: StageIdx, success: Success) -> Result<(), StateError> {
         let name = self.eval.spec.stages[idx].name.as_str();
-        let row = self.row[idx].take().expect("a stage reports Started before it succeeds");
+        let row = self.take_row(idx)?;
         let fresh = self.eval.cache.take_fresh();
         self.state.record_success(
             &StageSuccess {
@@ -385,7 +420,7 @@ impl Coordinator<'_, '_> {
         let name = self.eval.spec.stages[idx].name.as_str();
         let tail = log_path.as_deref().map(|p| log_tail(&self.eval.spec.root.join(p), 20)).unwrap_or_default();
         let error = if tail.is_empty() { failure.message.clone() } else { format!("{}\n{tail}", failure.message) };
-        let row = self.row[idx].take().expect("a stage reports Started before it fails");
+        let row = self.take_row(idx)?;
         let fresh = self.eval.cache.take_fresh();
         self.state.record_failure(
             &StageFailure { row, component: name, status: failure.status, finished_at: at, duration, error: &error },
@@ -398,22 +433,55 @@ impl Coordinator<'_, '_> {
             log_path: log_path.as_deref(),
             will_retry: !final_attempt,
         });
+        let _ = name;
         if final_attempt {
-            self.slots[idx] = Slot::Done;
-            self.outcome.counts.failed += 1;
-            self.outcome.failures.push(FailedStage {
-                stage: name.to_string(),
-                status: failure.status,
-                error: failure.message,
-                log_path,
-                log_tail: tail,
-            });
-            if self.fail_fast {
-                stop.store(true, Ordering::SeqCst);
-            }
-            self.block_downstream(idx, Some(idx));
+            self.final_failure(idx, failure, log_path, tail, stop);
+        } else {
+            self.last_failure[idx] = Some((failure, log_path));
         }
         Ok(())
+    }
+
+    /// The stage has failed for good: count it and block everything after it.
+    fn final_failure(
+        &mut self,
+        idx: StageIdx,
+        failure: AttemptFailure,
+        log_path: Option<String>,
+        log_tail: String,
+        stop: &AtomicBool,
+    ) {
+        let name = self.eval.spec.stages[idx].name.to_string();
+        self.slots[idx] = Slot::Done;
+        self.outcome.counts.failed += 1;
+        self.outcome.failures.push(FailedStage {
+            stage: name,
+            status: failure.status,
+            error: failure.message,
+            log_path,
+            log_tail,
+        });
+        if self.fail_fast {
+            stop.store(true, Ordering::SeqCst);
+        }
+        self.block_downstream(idx, Some(idx));
+    }
+
+    /// The `stage_runs` row of the stage's current attempt; one is made if its start was
+    /// never recorded (it could not run at all, or recording the start failed).
+    fn take_row(&mut self, idx: StageIdx) -> Result<StageRunId, StateError> {
+        if let Some(row) = self.row[idx].take() {
+            return Ok(row);
+        }
+        let component = self.eval.spec.stages[idx].name.as_str();
+        self.state.stage_started(&StageAttempt {
+            run: self.run,
+            component,
+            attempt: 1,
+            reason: "could not start",
+            started_at: SystemTime::now(),
+            log_path: "",
+        })
     }
 
     fn not_started(&mut self, idx: StageIdx) {
@@ -472,7 +540,7 @@ fn run_task(shared: &Shared<'_>, task: Task, tx: &Sender<Message>) {
         Verdict::Dirty(reason) => reason.clone(),
     };
     let stage = &shared.eval.spec.stages[idx];
-    let attempts = stage.retries + 1;
+    let attempts = stage.retries.saturating_add(1);
     for attempt in 1..=attempts {
         let log_path = match attempt {
             1 => format!(".dagrun/logs/{}/{}.log", shared.run.0, stage.name),
@@ -519,6 +587,9 @@ fn run_task(shared: &Shared<'_>, task: Task, tx: &Sender<Message>) {
                     return;
                 }
                 retry_backoff(shared, attempt);
+                if shared.stopped() {
+                    return finish(TaskResult::RetryAbandoned);
+                }
             }
         }
     }

@@ -5,11 +5,13 @@
 //! whole group, grandchildren included, and remembers why each group was killed.
 
 use std::collections::HashMap;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rustix::process::{Pid, Signal, kill_process_group};
+
+use crate::cancel::CancelToken;
 
 /// How long a stage gets between SIGTERM and SIGKILL.
 pub const KILL_GRACE: Duration = Duration::from_secs(5);
@@ -33,32 +35,39 @@ struct Watched {
 #[derive(Debug)]
 pub struct Watchdog {
     running: Mutex<HashMap<u32, Watched>>,
-    cancel: Arc<AtomicBool>,
+    cancel: CancelToken,
     done: AtomicBool,
 }
 
 impl Watchdog {
-    pub fn new(cancel: Arc<AtomicBool>) -> Watchdog {
+    pub fn new(cancel: CancelToken) -> Watchdog {
         Watchdog { running: Mutex::new(HashMap::new()), cancel, done: AtomicBool::new(false) }
     }
 
     /// The flag that interrupts the build; built-ins poll it.
     pub fn cancel_flag(&self) -> &AtomicBool {
-        &self.cancel
+        self.cancel.flag()
     }
 
     pub fn is_cancelled(&self) -> bool {
-        self.cancel.load(Ordering::SeqCst)
+        self.cancel.is_cancelled()
     }
 
     pub fn watch(&self, pid: u32, timeout: Option<Duration>) {
-        let watched = Watched { deadline: timeout.map(|t| Instant::now() + t), cause: None, term_sent: None };
+        let watched =
+            Watched { deadline: timeout.and_then(|t| Instant::now().checked_add(t)), cause: None, term_sent: None };
         self.running.lock().expect("watchdog poisoned").insert(pid, watched);
     }
 
     /// Stops watching a group whose leader has exited; returns why it was killed, if it was.
+    /// A killed group's other members (children that ignored SIGTERM) are killed now: none
+    /// may outlive the stage and write its outputs behind a retry's back.
     pub fn unwatch(&self, pid: u32) -> Option<KillCause> {
-        self.running.lock().expect("watchdog poisoned").remove(&pid).and_then(|w| w.cause)
+        let cause = self.running.lock().expect("watchdog poisoned").remove(&pid).and_then(|w| w.cause);
+        if cause.is_some() {
+            signal_group(pid, Signal::KILL);
+        }
+        cause
     }
 
     /// Tells [`run`](Self::run) to return.
@@ -72,6 +81,7 @@ impl Watchdog {
             std::thread::sleep(TICK);
             let now = Instant::now();
             let cancelled = self.is_cancelled();
+            let urgent = self.cancel.is_urgent();
             let mut running = self.running.lock().expect("watchdog poisoned");
             for (&pid, watched) in running.iter_mut() {
                 if watched.cause.is_none() {
@@ -85,6 +95,7 @@ impl Watchdog {
                     continue;
                 }
                 match watched.term_sent {
+                    _ if urgent => signal_group(pid, Signal::KILL),
                     None => {
                         signal_group(pid, Signal::TERM);
                         watched.term_sent = Some(now);

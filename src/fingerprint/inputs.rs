@@ -27,6 +27,10 @@ pub struct FingerprintInputs {
     pub env: BTreeMap<String, Option<String>>,
     /// Content hash of each source input file or directory (inputs no stage writes).
     pub inputs: BTreeMap<String, FileHash>,
+    /// The inputs as declared, in order: which upstream file a stage reads, and the order
+    /// `${inputs}` lists them in, matter even when no content changed.
+    #[serde(default)]
+    pub declared_inputs: Vec<String>,
     /// The declared outputs: declaring a new one re-runs the stage.
     pub outputs: Vec<String>,
     /// The recorded output hash of each upstream stage.
@@ -68,6 +72,11 @@ impl FingerprintInputs {
         for (path, hash) in &self.inputs {
             put_str(&mut h, path);
             h.update(hash.0.as_bytes());
+        }
+        put_tag(&mut h, b'D');
+        put_len(&mut h, self.declared_inputs.len());
+        for path in &self.declared_inputs {
+            put_str(&mut h, path);
         }
         put_tag(&mut h, b'O');
         put_len(&mut h, self.outputs.len());
@@ -173,6 +182,7 @@ mod tests {
             params: toml::toml! { window = 20 },
             env: BTreeMap::from([("SEED".into(), Some("1".into()))]),
             inputs: BTreeMap::from([("in".into(), FileHash(blake3::hash(b"x")))]),
+            declared_inputs: vec!["in".into(), "up/a.csv".into()],
             outputs: vec!["out".into()],
             upstream: BTreeMap::from([("up".into(), OutputHash(blake3::hash(b"y")))]),
         }
@@ -240,6 +250,12 @@ mod tests {
     fn changing_an_input_hash_or_path_changes_the_fingerprint() {
         assert!(differs(|f| f.inputs = BTreeMap::from([("in".into(), FileHash(blake3::hash(b"z")))])));
         assert!(differs(|f| f.inputs = BTreeMap::from([("in2".into(), FileHash(blake3::hash(b"x")))])));
+    }
+
+    #[test]
+    fn changing_or_reordering_the_declared_inputs_changes_the_fingerprint() {
+        assert!(differs(|f| f.declared_inputs = vec!["in".into(), "up/b.csv".into()]));
+        assert!(differs(|f| f.declared_inputs = vec!["up/a.csv".into(), "in".into()]));
     }
 
     #[test]

@@ -123,7 +123,7 @@ mod tests {
     #[test]
     fn markets_are_weighted_equally_per_bar() {
         let leg = |r: f64| Leg { ts: vec![0], positions: vec![1.0], returns: vec![r], cost_bps: 0.0 };
-        let bt = simulate(&[leg(0.02), leg(-0.01)]);
-        assert_eq!(bt.pnl, 0.005);
+        let bt = simulate(&[leg(0.5), leg(-0.25)]);
+        assert_eq!(bt.pnl, 0.125);
     }
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use diagnostic::{Diagnostic, SpecError, suggest};
-pub use path::{RelPath, is_glob, normalize};
+pub use path::{GLOB_OPTIONS, RelPath, glob_reaches, is_glob, normalize};
 
 /// A validated stage name: the component name shown everywhere.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -153,7 +153,7 @@ pub fn parse_spec(file: &Path, root: &Path, text: String, builtins: &[&str]) -> 
             return Err(SpecError::single(file.to_path_buf(), text, diag));
         }
     };
-    validate::validate(file, root, raw, builtins).map_err(|diagnostics| SpecError {
+    validate::validate(file, root, &text, raw, builtins).map_err(|diagnostics| SpecError {
         file: file.to_path_buf(),
         source_text: text,
         diagnostics,

@@ -24,6 +24,11 @@ impl RelPath {
         s.char_indices().rev().filter(|&(_, c)| c == '/').map(move |(i, _)| &s[..i])
     }
 
+    /// Wraps a string already in normal form (as produced by [`normalize`]); `None` if empty.
+    pub fn parse_normalized(text: &str) -> Option<RelPath> {
+        (!text.is_empty()).then(|| RelPath(text.to_string()))
+    }
+
     pub fn is_glob(&self) -> bool {
         is_glob(&self.0)
     }
@@ -111,6 +116,23 @@ pub fn normalize(root: &Path, raw: &str) -> Result<RelPath, PathProblem> {
     Ok(RelPath(parts.join("/")))
 }
 
+/// How dagrun matches globs: as a shell does, `*` never matches a leading `.` (so `*`
+/// never reaches `.dagrun/`) and never crosses `/`.
+pub const GLOB_OPTIONS: glob::MatchOptions =
+    glob::MatchOptions { case_sensitive: true, require_literal_separator: true, require_literal_leading_dot: true };
+
+/// Whether a glob could match `path` itself or something inside the directory `path`:
+/// each of the path's components matches the pattern's component at that depth.
+pub fn glob_reaches(pattern: &str, path: &str) -> bool {
+    let pattern_parts: Vec<&str> = pattern.split('/').collect();
+    let path_parts: Vec<&str> = path.split('/').collect();
+    path_parts.len() <= pattern_parts.len()
+        && path_parts
+            .iter()
+            .zip(&pattern_parts)
+            .all(|(part, pat)| glob::Pattern::new(pat).is_ok_and(|p| p.matches_with(part, GLOB_OPTIONS)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -134,6 +156,16 @@ mod tests {
         assert_eq!(norm("/work/pp/x"), Err(PathProblem::Escapes));
         assert_eq!(norm("."), Err(PathProblem::IsRoot));
         assert_eq!(norm(".dagrun/state.db"), Err(PathProblem::InStateDir));
+    }
+
+    #[test]
+    fn a_glob_reaches_matches_and_the_directories_that_could_hold_them() {
+        assert!(glob_reaches("raw/*.csv", "raw"));
+        assert!(glob_reaches("raw/*.csv", "raw/a.csv"));
+        assert!(glob_reaches("data/*/x.csv", "data/sub"));
+        assert!(!glob_reaches("raw/*.csv", "raw/a.txt"));
+        assert!(!glob_reaches("data/*.json", "data/sub/x.json"), "`*` does not cross `/`");
+        assert!(!glob_reaches("*", ".dagrun"), "`*` does not match a leading dot");
     }
 
     #[test]

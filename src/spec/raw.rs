@@ -38,8 +38,7 @@ pub(super) struct RawStage {
     pub params: toml::Table,
     #[serde(default)]
     pub env: Vec<Spanned<String>>,
-    #[serde(default)]
-    pub retries: u32,
+    pub retries: Option<Spanned<u32>>,
     pub timeout_sec: Option<Spanned<u64>>,
     #[serde(default)]
     pub resources: super::Resources,

@@ -7,17 +7,29 @@ use std::time::Duration;
 
 use toml::Spanned;
 
-use super::path::{is_glob, normalize};
+use super::path::{glob_reaches, is_glob, normalize};
 use super::raw::{RawFile, RawStage};
 use super::{Action, CommandRef, Diagnostic, Input, RelPath, Spec, Stage, StageName, command_references, suggest};
 
+/// More attempts than this is a loop, not a retry policy.
+const MAX_RETRIES: u32 = 10;
+/// A week: longer timeouts are almost certainly a typo (and would overflow a deadline).
+const MAX_TIMEOUT_SEC: u64 = 7 * 24 * 3600;
+
 /// Validates a parsed pipeline file, collecting every problem rather than stopping at the first.
-pub(super) fn validate(file: &Path, root: &Path, raw: RawFile, builtins: &[&str]) -> Result<Spec, Vec<Diagnostic>> {
+pub(super) fn validate(
+    file: &Path,
+    root: &Path,
+    text: &str,
+    raw: RawFile,
+    builtins: &[&str],
+) -> Result<Spec, Vec<Diagnostic>> {
     let mut diags = Vec::new();
     let names: Vec<&str> = raw.stages.keys().map(|k| k.get_ref().as_str()).collect();
+    let state_path = state_path(root, &raw, &mut diags);
 
     let mut stages = Vec::with_capacity(raw.stages.len());
-    let mut output_owners: Vec<(RelPath, usize, Range<usize>)> = Vec::new();
+    let mut checked = Vec::with_capacity(raw.stages.len());
     for (key, stage) in &raw.stages {
         let Some(name) = StageName::parse(key.get_ref()) else {
             diags.push(
@@ -26,15 +38,13 @@ pub(super) fn validate(file: &Path, root: &Path, raw: RawFile, builtins: &[&str]
             );
             continue;
         };
-        let idx = stages.len();
-        let checked = check_stage(root, name, key.span(), stage, &names, builtins, &mut diags);
-        for (out, span) in checked.output_spans {
-            output_owners.push((out, idx, span));
-        }
-        stages.push(checked.stage);
+        let (stage, spans) = check_stage(root, text, name, key.span(), stage, &names, builtins, &mut diags);
+        stages.push(stage);
+        checked.push(spans);
     }
-    check_output_overlaps(&stages, &mut output_owners, &mut diags);
-    check_own_inputs(&raw, &stages, &mut diags);
+    check_output_overlaps(&stages, &checked, &mut diags);
+    check_own_inputs(&stages, &checked, &mut diags);
+    check_state_not_an_output(root, &state_path, &stages, &checked, &mut diags);
 
     let jobs = match &raw.pipeline.jobs {
         Some(jobs) if *jobs.get_ref() == 0 => {
@@ -46,17 +56,6 @@ pub(super) fn validate(file: &Path, root: &Path, raw: RawFile, builtins: &[&str]
         }
         other => other.as_ref().map(|j| *j.get_ref() as usize),
     };
-    let state_path = match &raw.pipeline.state {
-        Some(state) if state.get_ref().trim().is_empty() => {
-            diags.push(
-                Diagnostic::new("`state` is empty", Some(state.span()))
-                    .help("give a database path such as `.dagrun/state.db`"),
-            );
-            PathBuf::new()
-        }
-        Some(state) => root.join(state.get_ref()),
-        None => root.join(".dagrun").join("state.db"),
-    };
     if !diags.is_empty() {
         return Err(diags);
     }
@@ -67,30 +66,48 @@ pub(super) fn validate(file: &Path, root: &Path, raw: RawFile, builtins: &[&str]
     Ok(Spec { file: file.to_path_buf(), root: root.to_path_buf(), name, state_path, jobs, stages })
 }
 
-struct CheckedStage {
-    stage: Stage,
-    output_spans: Vec<(RelPath, Range<usize>)>,
+fn state_path(root: &Path, raw: &RawFile, diags: &mut Vec<Diagnostic>) -> PathBuf {
+    match &raw.pipeline.state {
+        Some(state) if state.get_ref().trim().is_empty() => {
+            diags.push(
+                Diagnostic::new("`state` is empty", Some(state.span()))
+                    .help("give a database path such as `.dagrun/state.db`"),
+            );
+            PathBuf::new()
+        }
+        Some(state) => root.join(state.get_ref()),
+        None => root.join(".dagrun").join("state.db"),
+    }
 }
 
+/// Where each validated input and output of a stage was written in the file.
+struct Spans {
+    inputs: Vec<Range<usize>>,
+    outputs: Vec<Range<usize>>,
+}
+
+#[allow(clippy::too_many_arguments)]
 fn check_stage(
     root: &Path,
+    text: &str,
     name: StageName,
     name_span: Range<usize>,
     raw: &RawStage,
     names: &[&str],
     builtins: &[&str],
     diags: &mut Vec<Diagnostic>,
-) -> CheckedStage {
-    let action = check_action(&name, name_span, raw, builtins, diags);
+) -> (Stage, Spans) {
+    let action = check_action(text, &name, name_span, raw, builtins, diags);
+    let mut spans = Spans { inputs: Vec::new(), outputs: Vec::new() };
 
     let mut inputs = Vec::new();
     for input in &raw.inputs {
         if let Some(path) = check_path(root, input, "input", diags) {
             inputs.push(if is_glob(input.get_ref()) { Input::Glob(path) } else { Input::Path(path) });
+            spans.inputs.push(input.span());
         }
     }
     let mut outputs = Vec::new();
-    let mut output_spans = Vec::new();
     for output in &raw.outputs {
         if is_glob(output.get_ref()) {
             diags.push(
@@ -98,8 +115,8 @@ fn check_stage(
                     .help("outputs must be named exactly; declare the directory that holds them instead"),
             );
         } else if let Some(path) = check_path(root, output, "output", diags) {
-            output_spans.push((path.clone(), output.span()));
             outputs.push(path);
+            spans.outputs.push(output.span());
         }
     }
 
@@ -133,10 +150,21 @@ fn check_stage(
         }
     }
 
+    let retries = match &raw.retries {
+        Some(r) if *r.get_ref() > MAX_RETRIES => {
+            diags.push(Diagnostic::new(format!("`retries` must be at most {MAX_RETRIES}"), Some(r.span())));
+            0
+        }
+        other => other.as_ref().map_or(0, |r| *r.get_ref()),
+    };
     let timeout = match &raw.timeout_sec {
-        Some(t) if *t.get_ref() == 0 => {
+        Some(t) if *t.get_ref() == 0 || *t.get_ref() > MAX_TIMEOUT_SEC => {
             diags.push(
-                Diagnostic::new("`timeout_sec` must be at least 1", Some(t.span())).help("leave it out for no timeout"),
+                Diagnostic::new(
+                    format!("`timeout_sec` must be between 1 and {MAX_TIMEOUT_SEC} (a week)"),
+                    Some(t.span()),
+                )
+                .help("leave it out for no timeout"),
             );
             None
         }
@@ -151,14 +179,15 @@ fn check_stage(
         after,
         params: raw.params.clone(),
         env: raw.env.iter().map(|v| v.get_ref().clone()).collect(),
-        retries: raw.retries,
+        retries,
         timeout,
         resources: raw.resources.clone(),
     };
-    CheckedStage { stage, output_spans }
+    (stage, spans)
 }
 
 fn check_action(
+    text: &str,
     name: &StageName,
     name_span: Range<usize>,
     raw: &RawStage,
@@ -167,14 +196,14 @@ fn check_action(
 ) -> Action {
     match (&raw.cmd, &raw.builtin) {
         (Some(cmd), None) => {
-            for (range, reference) in command_references(cmd.get_ref()) {
+            for (_, reference) in command_references(cmd.get_ref()) {
                 if let CommandRef::Param(key) = reference
                     && !raw.params.contains_key(key)
                 {
-                    // The span of the reference inside the command string (+1 for the opening quote).
-                    let at = cmd.span().start + 1 + range.start..cmd.span().start + 1 + range.end;
-                    let diag =
-                        Diagnostic::new(format!("`${{params.{key}}}` names no param of stage `{name}`"), Some(at));
+                    let diag = Diagnostic::new(
+                        format!("`${{params.{key}}}` names no param of stage `{name}`"),
+                        Some(reference_span(text, cmd.span(), key)),
+                    );
                     diags.push(match suggest(key, raw.params.keys().map(String::as_str)) {
                         Some(near) => diag.help(format!("did you mean `${{params.{near}}}`?")),
                         None => diag.help(format!("add `params = {{ {key} = ... }}` to the stage")),
@@ -214,6 +243,16 @@ fn check_action(
     }
 }
 
+/// Where `${params.KEY}` is written inside a command string: found in the file's own text,
+/// so that escapes and quoting styles before it cannot shift the position.
+fn reference_span(text: &str, cmd_span: Range<usize>, key: &str) -> Range<usize> {
+    let written = text.get(cmd_span.clone()).unwrap_or("");
+    match written.find(&format!("${{params.{key}}}")) {
+        Some(at) => cmd_span.start + at..cmd_span.start + at + key.len() + 10,
+        None => cmd_span,
+    }
+}
+
 fn check_path(root: &Path, raw: &Spanned<String>, what: &str, diags: &mut Vec<Diagnostic>) -> Option<RelPath> {
     normalize(root, raw.get_ref())
         .map_err(|problem| {
@@ -226,61 +265,84 @@ fn check_path(root: &Path, raw: &Spanned<String>, what: &str, diags: &mut Vec<Di
 }
 
 /// Two stages writing one path, or one writing inside another's output directory.
-fn check_output_overlaps(stages: &[Stage], owners: &mut [(RelPath, usize, Range<usize>)], diags: &mut Vec<Diagnostic>) {
-    owners.sort_by(|a, b| a.0.cmp(&b.0));
-    // Sorted, a path inside a directory follows it, though not always directly (`a`, `a-b`, `a/c`),
-    // so keep the stack of enclosing outputs.
-    let mut enclosing: Vec<&(RelPath, usize, Range<usize>)> = Vec::new();
-    for owner in owners.iter() {
-        while enclosing.last().is_some_and(|outer| !owner.0.is_within(&outer.0)) {
-            enclosing.pop();
-        }
-        if let Some(outer) = enclosing.last() {
-            let (a, b) = (&stages[outer.1].name, &stages[owner.1].name);
-            let message = if outer.0 == owner.0 {
-                if a == b {
-                    format!("stage `{b}` lists output `{}` twice", owner.0)
-                } else {
-                    format!("stages `{a}` and `{b}` both write `{}`", owner.0)
+fn check_output_overlaps(stages: &[Stage], spans: &[Spans], diags: &mut Vec<Diagnostic>) {
+    let mut owners: BTreeMap<&str, usize> = BTreeMap::new();
+    let help = "each file may be written by one stage only; give each stage its own output path";
+    for (idx, stage) in stages.iter().enumerate() {
+        for (out, span) in stage.outputs.iter().zip(&spans[idx].outputs) {
+            let message = match owners.get(out.as_str()) {
+                Some(&first) if first == idx => format!("stage `{}` lists output `{out}` twice", stage.name),
+                Some(&first) => format!("stages `{}` and `{}` both write `{out}`", stages[first].name, stage.name),
+                None => {
+                    owners.insert(out.as_str(), idx);
+                    continue;
                 }
-            } else {
-                format!("output `{}` of stage `{b}` is inside output `{}` of stage `{a}`", owner.0, outer.0)
             };
-            diags.push(
-                Diagnostic::new(message, Some(owner.2.clone()))
-                    .help("each file may be written by one stage only; give each stage its own output path"),
-            );
+            diags.push(Diagnostic::new(message, Some(span.clone())).help(help));
         }
-        enclosing.push(owner);
+    }
+    // With every output known, a path with another output among its ancestors is nested.
+    for (idx, stage) in stages.iter().enumerate() {
+        for (out, span) in stage.outputs.iter().zip(&spans[idx].outputs) {
+            if let Some((dir, &outer)) = out.ancestors().find_map(|dir| owners.get_key_value(dir)) {
+                let message = format!(
+                    "output `{out}` of stage `{}` is inside output `{dir}` of stage `{}`",
+                    stage.name, stages[outer].name
+                );
+                diags.push(Diagnostic::new(message, Some(span.clone())).help(help));
+            }
+        }
     }
 }
 
 /// A stage may not read what it writes.
-fn check_own_inputs(raw: &RawFile, stages: &[Stage], diags: &mut Vec<Diagnostic>) {
-    let spans: BTreeMap<&str, &RawStage> = raw.stages.iter().map(|(k, v)| (k.get_ref().as_str(), v)).collect();
-    for stage in stages {
-        for (i, input) in stage.inputs.iter().enumerate() {
+fn check_own_inputs(stages: &[Stage], spans: &[Spans], diags: &mut Vec<Diagnostic>) {
+    for (idx, stage) in stages.iter().enumerate() {
+        for (input, span) in stage.inputs.iter().zip(&spans[idx].inputs) {
+            if let Input::Glob(pattern) = input
+                && let Err(err) = glob::Pattern::new(pattern.as_str())
+            {
+                diags.push(Diagnostic::new(format!("invalid glob `{pattern}`: {}", err.msg), Some(span.clone())));
+                continue;
+            }
             let clash = stage.outputs.iter().find(|out| match input {
                 Input::Path(p) => p.is_within(out) || out.is_within(p),
-                Input::Glob(p) => glob::Pattern::new(p.as_str()).is_ok_and(|pat| pat.matches(out.as_str())),
+                Input::Glob(p) => {
+                    glob_reaches(p.as_str(), out.as_str()) || out.ancestors().any(|dir| glob_reaches(p.as_str(), dir))
+                }
             });
             if let Some(out) = clash {
-                let span = spans.get(stage.name.as_str()).and_then(|r| r.inputs.get(i)).map(|s| s.span());
                 diags.push(
                     Diagnostic::new(
                         format!("stage `{}` reads `{}`, which is its own output `{out}`", stage.name, input.as_rel()),
-                        span,
+                        Some(span.clone()),
                     )
                     .help("a stage cannot depend on what it writes; split it into two stages or rename the output"),
                 );
             }
         }
-        for (i, input) in stage.inputs.iter().enumerate() {
-            if let Input::Glob(pattern) = input
-                && let Err(err) = glob::Pattern::new(pattern.as_str())
-            {
-                let span = spans.get(stage.name.as_str()).and_then(|r| r.inputs.get(i)).map(|s| s.span());
-                diags.push(Diagnostic::new(format!("invalid glob `{pattern}`: {}", err.msg), span));
+    }
+}
+
+/// Outputs are deleted before their stage runs: none may hold the state database.
+fn check_state_not_an_output(
+    root: &Path,
+    state: &Path,
+    stages: &[Stage],
+    spans: &[Spans],
+    diags: &mut Vec<Diagnostic>,
+) {
+    let Some(state_rel) = state.to_str().and_then(|s| normalize(root, s).ok()) else { return };
+    for (idx, stage) in stages.iter().enumerate() {
+        for (out, span) in stage.outputs.iter().zip(&spans[idx].outputs) {
+            if state_rel.is_within(out) {
+                diags.push(
+                    Diagnostic::new(
+                        format!("output `{out}` of stage `{}` holds the state database `{state_rel}`", stage.name),
+                        Some(span.clone()),
+                    )
+                    .help("outputs are deleted before their stage runs; keep `state` out of every output"),
+                );
             }
         }
     }

@@ -33,11 +33,11 @@ pub enum StateError {
     #[error("cannot open state database {}: {source}", path.display())]
     Open { path: PathBuf, source: rusqlite::Error },
     #[error(
-        "{} is not a dagrun state database (it holds other tables); point `state` in [pipeline] elsewhere, or pass --reset-state to replace it",
+        "{} is not a dagrun state database (it holds other tables); point `state` in [pipeline] elsewhere, or move that file aside",
         path.display()
     )]
     Foreign { path: PathBuf },
-    #[error("{} is not an SQLite database; move it aside or pass --reset-state to start a new state", path.display())]
+    #[error("{} is not an SQLite database; move it aside and dagrun starts a new state (every stage re-runs once)", path.display())]
     NotADatabase { path: PathBuf },
     #[error("{} has schema version {found}, newer than this dagrun knows ({known}); upgrade dagrun", path.display())]
     Newer { path: PathBuf, found: usize, known: usize },

@@ -278,3 +278,88 @@ fn a_dry_run_lists_what_would_run_and_runs_nothing() {
     );
     assert_eq!(sb.ran(), Vec::<String>::new());
 }
+
+#[test]
+fn changing_which_upstream_file_a_stage_reads_reruns_it() {
+    let sb = Sandbox::new().pipeline(
+        r#"
+        [stages.up]
+        cmd = "echo A > a.csv; echo B > b.csv"
+        outputs = ["a.csv", "b.csv"]
+        [stages.down]
+        cmd = "echo down >> ran.log; cat ${inputs} > down.txt"
+        inputs = ["a.csv"]
+        outputs = ["down.txt"]
+        "#,
+    );
+    sb.build().success();
+    sb.ran();
+    sb.edit("pipeline.toml", |t| t.replace(r#"inputs = ["a.csv"]"#, r#"inputs = ["b.csv"]"#));
+    let run = sb.build().success();
+    assert_eq!(sb.ran(), ["down"]);
+    assert!(run.stdout().contains("declared inputs changed"), "{}", run.stdout());
+    assert_eq!(sb.read("down.txt"), "B\n");
+}
+
+#[test]
+fn reordering_inputs_reruns_the_stage() {
+    let sb = Sandbox::new()
+        .pipeline(
+            r#"
+            [stages.join]
+            cmd = "echo join >> ran.log; cat ${inputs} > joined.txt"
+            inputs = ["x.txt", "y.txt"]
+            outputs = ["joined.txt"]
+            "#,
+        )
+        .file("x.txt", "x\n")
+        .file("y.txt", "y\n");
+    sb.build().success();
+    sb.ran();
+    sb.edit("pipeline.toml", |t| t.replace(r#"["x.txt", "y.txt"]"#, r#"["y.txt", "x.txt"]"#));
+    sb.build().success();
+    assert_eq!(sb.ran(), ["join"]);
+    assert_eq!(sb.read("joined.txt"), "y\nx\n");
+}
+
+#[test]
+fn a_glob_inside_another_stages_output_directory_waits_for_it_and_follows_it() {
+    let sb = Sandbox::new().pipeline(
+        r#"
+        [stages.gen]
+        cmd = "sleep 0.3; mkdir -p raw; echo ${params.v} > raw/a.csv"
+        outputs = ["raw"]
+        params = { v = 1 }
+        [stages.use]
+        cmd = "echo use >> ran.log; cat ${inputs} > use.txt"
+        inputs = ["raw/*.csv"]
+        outputs = ["use.txt"]
+        "#,
+    );
+    sb.dagrun(&["build", "-j", "2"]).success();
+    assert_eq!(sb.read("use.txt"), "1\n", "`use` waited for `gen`");
+    sb.ran();
+    sb.edit("pipeline.toml", |t| t.replace("v = 1", "v = 2"));
+    sb.build().success();
+    assert_eq!(sb.ran(), ["use"]);
+    assert_eq!(sb.read("use.txt"), "2\n");
+}
+
+#[test]
+fn a_star_glob_never_reads_dagruns_own_files() {
+    let sb = Sandbox::new()
+        .pipeline(
+            r#"
+            [stages.all]
+            cmd = "echo all >> ran.log; cat *.txt > out/all.log"
+            inputs = ["*.txt"]
+            outputs = ["out/all.log"]
+            "#,
+        )
+        .file("a.txt", "a\n");
+    sb.build().success();
+    sb.ran();
+    let second = sb.build().success();
+    assert_eq!(sb.ran(), Vec::<String>::new());
+    assert!(second.stderr().is_empty(), "{}", second.stderr());
+}

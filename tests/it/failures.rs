@@ -184,3 +184,45 @@ fn an_input_that_changes_while_its_stage_runs_keeps_the_stage_dirty() {
     sb.build().success();
     assert_eq!(sb.ran(), ["reader"]);
 }
+
+#[test]
+fn a_timed_out_stage_leaves_no_process_behind_even_one_ignoring_sigterm() {
+    let sb = Sandbox::new().pipeline(
+        r#"
+        [stages.stubborn]
+        cmd = "sh -c 'trap \"\" TERM; sleep 971; echo late > late.txt' ; true"
+        outputs = ["late.txt"]
+        timeout_sec = 1
+        "#,
+    );
+    sb.build().failure();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let left = std::process::Command::new("pgrep").args(["-f", "sleep 971"]).output();
+    if let Ok(out) = left {
+        assert!(out.stdout.is_empty(), "a process survived its stage: {}", String::from_utf8_lossy(&out.stdout));
+    }
+    assert_eq!(sb.column("SELECT status FROM stage_runs"), ["timed_out"]);
+}
+
+#[test]
+fn no_retry_starts_after_fail_fast_has_stopped_the_build() {
+    // `flaky` fails at once and waits 0.5 s before retrying; `broken` fails at 0.2 s.
+    let sb = Sandbox::new().pipeline(
+        r#"
+        [stages.broken]
+        cmd = "sleep 0.2; exit 1"
+        outputs = ["broken.out"]
+        [stages.flaky]
+        cmd = "echo attempt >> ran.log; exit 1"
+        outputs = ["flaky.out"]
+        retries = 3
+        "#,
+    );
+    sb.dagrun(&["build", "-j", "2", "--fail-fast"]).failure();
+    assert_eq!(sb.ran(), ["attempt"], "only the first attempt ran");
+    assert_eq!(
+        sb.column("SELECT component || ':' || status FROM stage_runs ORDER BY component, id"),
+        ["broken:failed", "flaky:failed"]
+    );
+    assert_eq!(sb.column("SELECT stages_failed FROM runs"), ["2"]);
+}

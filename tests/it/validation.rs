@@ -138,3 +138,48 @@ fn a_missing_pipeline_file_names_the_file() {
     let run = sb.build().usage_error();
     assert!(run.stderr().starts_with("error: cannot read pipeline file pipeline.toml: "), "{}", run.stderr());
 }
+
+#[test]
+fn an_output_nested_in_another_is_refused_even_with_a_sibling_between() {
+    // `data.csv` sorts between `data` and `data/part.csv`.
+    let err = refused(
+        r#"
+        [stages.a]
+        cmd = "true"
+        outputs = ["data"]
+        [stages.b]
+        cmd = "true"
+        outputs = ["data.csv"]
+        [stages.c]
+        cmd = "true"
+        outputs = ["data/part.csv"]
+        "#,
+    );
+    assert!(err.contains("error: output `data/part.csv` of stage `c` is inside output `data` of stage `a`"), "{err}");
+}
+
+#[test]
+fn retries_and_timeouts_beyond_their_limits_are_refused() {
+    let err = refused("[stages.a]\ncmd = \"true\"\nretries = 4294967295\ntimeout_sec = 9223372036854775807\n");
+    assert!(err.contains("error: `retries` must be at most 10"), "{err}");
+    assert!(err.contains("error: `timeout_sec` must be between 1 and 604800 (a week)"), "{err}");
+}
+
+#[test]
+fn an_output_holding_the_state_database_is_refused() {
+    let err = refused("[pipeline]\nstate = \"build/state.db\"\n[stages.a]\ncmd = \"true\"\noutputs = [\"build\"]\n");
+    assert!(err.contains("error: output `build` of stage `a` holds the state database `build/state.db`"), "{err}");
+}
+
+#[test]
+fn a_missing_param_is_pointed_at_even_after_escapes_and_wide_characters() {
+    let err = refused("[stages.a]\ncmd = \"printf '\\\\n\\tü' ${params.nope}\"\n");
+    assert!(err.contains(" --> pipeline.toml:2:24\n"), "{err}");
+    assert!(err.contains(" ^^^^^^^^^^^^^^\n"), "the caret covers `${{params.nope}}`: {err}");
+}
+
+#[test]
+fn a_glob_reaching_into_the_stages_own_output_directory_is_refused() {
+    let err = refused("[stages.a]\ncmd = \"true\"\ninputs = [\"out/*.txt\"]\noutputs = [\"out\"]\n");
+    assert!(err.contains("error: stage `a` reads `out/*.txt`, which is its own output `out`"), "{err}");
+}
