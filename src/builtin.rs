@@ -23,6 +23,9 @@ pub struct BuiltinContext<'a> {
     pub cancel: &'a AtomicBool,
     /// The pipeline's state database, for stages that report on the pipeline (read it only).
     pub state_path: &'a Path,
+    /// Numbers worth keeping (accuracy, PnL...): recorded in `stage_runs.metrics` and shown
+    /// when the stage finishes.
+    pub metrics: &'a mut BTreeMap<String, f64>,
 }
 
 pub type BuiltinError = Box<dyn std::error::Error + Send + Sync>;

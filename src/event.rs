@@ -33,6 +33,8 @@ pub enum Event<'a> {
         stage: &'a str,
         duration: Duration,
         output_changed: bool,
+        /// What the stage reported, e.g. a model's accuracy.
+        metrics: &'a std::collections::BTreeMap<String, f64>,
     },
     /// Its upstream re-ran but produced the outputs it had before, so this stage did not run.
     StageCutOff {

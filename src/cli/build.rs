@@ -88,9 +88,11 @@ fn print_event(event: &Event<'_>, width: usize) {
         Event::BuildStarted { .. } => Ok(()),
         Event::StageStarted { stage, attempt: 1, reason } => writeln!(out, "run      {stage:width$}  ({reason})"),
         Event::StageStarted { stage, attempt, .. } => writeln!(out, "retry    {stage:width$}  (attempt {attempt})"),
-        Event::StageSucceeded { stage, duration, output_changed } => {
+        Event::StageSucceeded { stage, duration, output_changed, metrics } => {
             let note = if *output_changed { "" } else { "  (outputs unchanged)" };
-            writeln!(out, "done     {stage:width$}  {}{note}", seconds(*duration))
+            let shown: Vec<String> = metrics.iter().map(|(k, v)| format!("{k} {}", format_metric(*v))).collect();
+            let metrics = if shown.is_empty() { String::new() } else { format!("  [{}]", shown.join(", ")) };
+            writeln!(out, "done     {stage:width$}  {}{note}{metrics}", seconds(*duration))
         }
         Event::StageCutOff { stage } => writeln!(out, "cut off  {stage:width$}  (upstream outputs unchanged)"),
         Event::StageFailed { stage, error, log_path, will_retry, .. } => {
@@ -109,6 +111,15 @@ fn print_event(event: &Event<'_>, width: usize) {
         }
         Event::BuildFinished { summary } => print_summary(&mut out, &mut err, summary),
     };
+}
+
+/// A metric with four significant digits, without exponent for everyday magnitudes.
+fn format_metric(value: f64) -> String {
+    if value != 0.0 && (value.abs() >= 1e6 || value.abs() < 1e-3) {
+        format!("{value:.3e}")
+    } else {
+        format!("{:.4}", value)
+    }
 }
 
 fn print_summary(out: &mut impl Write, err: &mut impl Write, summary: &BuildSummary) -> std::io::Result<()> {

@@ -102,6 +102,7 @@ enum TaskResult {
 
 struct Success {
     eval: Evaluation,
+    metrics: BTreeMap<String, f64>,
     outputs: BTreeMap<String, FileHash>,
     output_hash: OutputHash,
     duration: Duration,
@@ -388,6 +389,7 @@ impl Coordinator<'_, '_> {
                 output_hash: success.output_hash,
                 outputs: &success.outputs,
                 still_dirty: !success.moved.is_empty(),
+                metrics: &success.metrics,
             },
             &fresh,
         )?;
@@ -401,6 +403,7 @@ impl Coordinator<'_, '_> {
             stage: name,
             duration: success.duration,
             output_changed: previous != Some(success.output_hash),
+            metrics: &success.metrics,
         });
         self.release(idx);
         Ok(())
@@ -556,13 +559,15 @@ fn run_task(shared: &Shared<'_>, task: Task, tx: &Sender<Message>) {
             at,
         });
         let started = Instant::now();
-        let result = run_attempt(shared, idx, &eval, &log_path).and_then(|()| collect_outputs(shared, idx, &eval));
+        let result = run_attempt(shared, idx, &eval, &log_path)
+            .and_then(|metrics| collect_outputs(shared, idx, &eval).map(|(outputs, moved)| (outputs, moved, metrics)));
         let duration = started.elapsed();
         match result {
-            Ok((outputs, moved)) => {
+            Ok((outputs, moved, metrics)) => {
                 let output_hash = output_hash(&outputs);
                 return finish(TaskResult::Succeeded(Box::new(Success {
                     eval,
+                    metrics,
                     outputs,
                     output_hash,
                     duration,
@@ -606,7 +611,13 @@ fn retry_backoff(shared: &Shared<'_>, attempt: u32) {
 }
 
 /// One attempt: clear the old outputs, then run the command or built-in with its log.
-fn run_attempt(shared: &Shared<'_>, idx: StageIdx, eval: &Evaluation, log_path: &str) -> Result<(), AttemptFailure> {
+/// Returns the metrics the stage reported (built-ins only).
+fn run_attempt(
+    shared: &Shared<'_>,
+    idx: StageIdx,
+    eval: &Evaluation,
+    log_path: &str,
+) -> Result<BTreeMap<String, f64>, AttemptFailure> {
     let spec = shared.eval.spec;
     let stage = &spec.stages[idx];
     for output in &stage.outputs {
@@ -635,7 +646,7 @@ fn run_attempt(shared: &Shared<'_>, idx: StageIdx, eval: &Evaluation, log_path: 
                 log,
                 timeout: stage.timeout,
             };
-            runner::run_shell(job, &shared.watchdog)
+            runner::run_shell(job, &shared.watchdog).map(|()| BTreeMap::new())
         }
         Action::Builtin { name } => {
             let builtin = shared
@@ -644,6 +655,7 @@ fn run_attempt(shared: &Shared<'_>, idx: StageIdx, eval: &Evaluation, log_path: 
                 .get(name)
                 .ok_or_else(|| AttemptFailure::failed(format!("unknown built-in `{name}`")))?;
             let mut log = log;
+            let mut metrics = BTreeMap::new();
             let ctx = BuiltinContext {
                 stage: stage.name.as_str(),
                 root: &spec.root,
@@ -653,8 +665,9 @@ fn run_attempt(shared: &Shared<'_>, idx: StageIdx, eval: &Evaluation, log_path: 
                 log: &mut log,
                 cancel: shared.watchdog.cancel_flag(),
                 state_path: &spec.state_path,
+                metrics: &mut metrics,
             };
-            runner::run_builtin(builtin, ctx)
+            runner::run_builtin(builtin, ctx).map(|()| metrics)
         }
     }
 }

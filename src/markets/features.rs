@@ -21,23 +21,24 @@ pub struct Series<'a> {
 pub fn compute_features(s: &Series<'_>) -> [Vec<f64>; FEATURES.len()] {
     let n = s.price.len();
     let log_ret = |t: usize, k: usize| if t >= k { (s.price[t] / s.price[t - k]).ln() } else { f64::NAN };
+    // Per-tick terms computed once; each window below reads only ticks at or before its end.
+    let ret_1: Vec<f64> = (0..n).map(|t| log_ret(t, 1)).collect();
+    let signed_volume: Vec<f64> =
+        (0..n).map(|t| if t == 0 { 0.0 } else { (s.price[t] - s.price[t - 1]).signum() * s.volume[t] }).collect();
     let mut cols: [Vec<f64>; FEATURES.len()] = std::array::from_fn(|_| Vec::with_capacity(n));
     for t in 0..n {
-        let full = t >= WINDOW;
-        let window = t + 1 - WINDOW.min(t + 1)..t + 1;
-        let (vol, zscore, imbalance) = if full {
-            let rets: Vec<f64> = window.clone().map(|i| log_ret(i, 1)).collect();
-            let prices = &s.price[window.clone()];
-            let signed: f64 = window.clone().map(|i| (s.price[i] - s.price[i - 1]).signum() * s.volume[i]).sum();
+        let (vol, zscore, imbalance) = if t >= WINDOW {
+            let window = t + 1 - WINDOW..t + 1;
+            let (mean, sd) = mean_sd(&s.price[window.clone()]);
             let total: f64 = s.volume[window.clone()].iter().sum();
-            let (mean, sd) = mean_sd(prices);
+            let signed: f64 = signed_volume[window.clone()].iter().sum();
             let z = if sd > 0.0 { (s.price[t] - mean) / sd } else { 0.0 };
-            (mean_sd(&rets).1, z, if total > 0.0 { signed / total } else { 0.0 })
+            (mean_sd(&ret_1[window]).1, z, if total > 0.0 { signed / total } else { 0.0 })
         } else {
             (f64::NAN, f64::NAN, f64::NAN)
         };
         let mid = (s.bid[t] + s.ask[t]) / 2.0;
-        cols[0].push(log_ret(t, 1));
+        cols[0].push(ret_1[t]);
         cols[1].push(log_ret(t, 5));
         cols[2].push(log_ret(t, WINDOW));
         cols[3].push(vol);

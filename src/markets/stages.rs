@@ -259,6 +259,11 @@ pub fn model(ctx: &mut BuiltinContext<'_>) -> Result<(), StageError> {
         max_iterations,
     };
     log(ctx, format!("held out: accuracy {accuracy:.4}, log loss {log_loss:.4}, AUC {auc:.4}"));
+    ctx.metrics.extend([
+        ("accuracy".to_string(), accuracy),
+        ("auc".to_string(), auc),
+        ("log_loss".to_string(), log_loss),
+    ]);
     table::write_json(&outputs[0], &model)?;
     table::write_json(&outputs[1], &metrics)
 }
@@ -288,25 +293,38 @@ pub fn inference(ctx: &mut BuiltinContext<'_>) -> Result<(), StageError> {
     table::write_batch(&outputs[0], &b)
 }
 
-/// Legs for a set of (market, ts, position) rows, with returns and costs from ticks and markets.
+/// A market's positions: (ts, position) in time order.
+type Positions<'a> = (&'a str, Vec<(i64, f64)>);
+
+/// Groups per-row positions by market (every table here is sorted by market, then time).
+fn positions_by_market<'a>(
+    ids: &'a arrow_array::StringArray,
+    position: impl Fn(usize) -> Option<(i64, f64)>,
+) -> Vec<Positions<'a>> {
+    market_runs(ids).into_iter().map(|run| (ids.value(run.start), run.filter_map(&position).collect())).collect()
+}
+
+/// Legs with returns and costs from ticks and markets.
 fn legs(
-    rows: &[(String, i64, f64)],
+    positions: &[Positions<'_>],
     ticks: &TickTable,
     markets: &[Market],
     slippage_bps: f64,
 ) -> Result<Vec<Leg>, StageError> {
     let (ids, ts, price) = (ticks.ids()?, ticks.ts()?, ticks.f("price")?);
-    let mut legs = Vec::new();
-    for run in market_runs(ids) {
-        let id = ids.value(run.start);
-        let fee = markets.iter().find(|m| m.id == id).map_or(0.0, |m| m.fee_bps);
+    let runs: std::collections::HashMap<&str, std::ops::Range<usize>> =
+        market_runs(ids).into_iter().map(|r| (ids.value(r.start), r)).collect();
+    let mut legs = Vec::with_capacity(positions.len());
+    for (id, rows) in positions {
+        let Some(run) = runs.get(id) else { continue };
+        let fee = markets.iter().find(|m| m.id == *id).map_or(0.0, |m| m.fee_bps);
         let (mts, mprice) = (&ts[run.clone()], &price[run.clone()]);
         let mut leg = Leg { ts: Vec::new(), positions: Vec::new(), returns: Vec::new(), cost_bps: fee + slippage_bps };
-        for (_, t, position) in rows.iter().filter(|r| r.0 == id) {
-            let Ok(i) = mts.binary_search(t) else { continue };
+        for &(t, position) in rows {
+            let Ok(i) = mts.binary_search(&t) else { continue };
             if i + 1 < mts.len() {
-                leg.ts.push(*t);
-                leg.positions.push(*position);
+                leg.ts.push(t);
+                leg.positions.push(position);
                 leg.returns.push(mprice[i + 1] / mprice[i] - 1.0);
             }
         }
@@ -315,7 +333,17 @@ fn legs(
     Ok(legs)
 }
 
-fn write_backtest(outputs: &[PathBuf], result: &Backtest, params: serde_json::Value) -> Result<(), StageError> {
+fn write_backtest(
+    ctx: &mut BuiltinContext<'_>,
+    outputs: &[PathBuf],
+    result: &Backtest,
+    params: serde_json::Value,
+) -> Result<(), StageError> {
+    ctx.metrics.extend([
+        ("pnl".to_string(), result.pnl),
+        ("sharpe".to_string(), result.sharpe),
+        ("max_drawdown".to_string(), result.max_drawdown),
+    ]);
     let mut json = serde_json::to_value(result).expect("backtest serialises");
     json["params"] = params;
     table::write_json(&outputs[0], &json)?;
@@ -338,21 +366,19 @@ pub fn backtest(ctx: &mut BuiltinContext<'_>) -> Result<(), StageError> {
         i64s(&predictions, "ts", &inputs[0])?,
         f64s(&predictions, "prob_up", &inputs[0])?,
     );
-    let rows: Vec<(String, i64, f64)> = (0..ts.len())
-        .map(|i| {
-            let position = if prob[i] > 0.5 + threshold {
-                1.0
-            } else if prob[i] < 0.5 - threshold {
-                -1.0
-            } else {
-                0.0
-            };
-            (ids.value(i).to_string(), ts[i], position)
-        })
-        .collect();
+    let rows = positions_by_market(ids, |i| {
+        let position = if prob[i] > 0.5 + threshold {
+            1.0
+        } else if prob[i] < 0.5 - threshold {
+            -1.0
+        } else {
+            0.0
+        };
+        Some((ts[i], position))
+    });
     let result = simulate(&legs(&rows, &TickTable::read(&inputs[1])?, &read_markets(&inputs[2])?, slippage_bps)?);
     log(ctx, format!("pnl {:.4}, sharpe {:.2}, max drawdown {:.4}", result.pnl, result.sharpe, result.max_drawdown));
-    write_backtest(&outputs, &result, serde_json::json!({ "threshold": threshold, "slippage_bps": slippage_bps }))
+    write_backtest(ctx, &outputs, &result, serde_json::json!({ "threshold": threshold, "slippage_bps": slippage_bps }))
 }
 
 /// A momentum baseline beside the model: hold the sign of the last 20-tick return, over the
@@ -370,13 +396,13 @@ pub fn baseline(ctx: &mut BuiltinContext<'_>) -> Result<(), StageError> {
         f64s(&features, "ret_20", &inputs[0])?,
     );
     let cutoff = split_cutoff(ts, train_fraction);
-    let rows: Vec<(String, i64, f64)> = (0..ts.len())
-        .filter(|&i| ts[i] >= cutoff && momentum[i].is_finite())
-        .map(|i| (ids.value(i).to_string(), ts[i], momentum[i].signum()))
-        .collect();
+    let rows = positions_by_market(ids, |i| {
+        (ts[i] >= cutoff && momentum[i].is_finite()).then(|| (ts[i], momentum[i].signum()))
+    });
     let result = simulate(&legs(&rows, &TickTable::read(&inputs[1])?, &read_markets(&inputs[2])?, slippage_bps)?);
     log(ctx, format!("momentum baseline: pnl {:.4}, sharpe {:.2}", result.pnl, result.sharpe));
     write_backtest(
+        ctx,
         &outputs,
         &result,
         serde_json::json!({ "strategy": "momentum (sign of 20-tick return)", "train_fraction": train_fraction, "slippage_bps": slippage_bps }),

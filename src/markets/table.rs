@@ -26,6 +26,8 @@ pub fn write_atomic(
         let mut out = BufWriter::new(File::create(&tmp).map_err(|e| StageError::io(&tmp, e))?);
         write(&mut out)?;
         let file = out.into_inner().map_err(|e| StageError::io(&tmp, e.into_error()))?;
+        // Durable before the rename: otherwise a power cut could leave the new name with
+        // lost content but the size and mtime the stat cache trusts.
         file.sync_all().map_err(|e| StageError::io(&tmp, e))?;
         std::fs::rename(&tmp, path).map_err(|e| StageError::io(path, e))
     })();

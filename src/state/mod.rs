@@ -20,12 +20,15 @@ pub use records::{
 /// The schema, one plain SQL file per version; `PRAGMA user_version` records how far a
 /// database has come (rusqlite_migration's scheme).
 fn migrations() -> Migrations<'static> {
-    Migrations::new(vec![M::up(include_str!("../../migrations/0001_initial.sql"))])
+    Migrations::new(vec![
+        M::up(include_str!("../../migrations/0001_initial.sql")),
+        M::up(include_str!("../../migrations/0002_stage_metrics.sql")),
+    ])
 }
 
 /// The newest schema version this dagrun knows.
 pub fn schema_version() -> usize {
-    1
+    2
 }
 
 #[derive(Debug, thiserror::Error)]

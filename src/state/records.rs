@@ -193,8 +193,15 @@ impl State {
         let tx = self.conn.transaction()?;
         tx.execute(
             "UPDATE stage_runs SET status = 'success', finished_at = ?2, duration_ms = ?3, fingerprint = ?4,
-                 output_hash = ?5 WHERE id = ?1",
-            params![success.row.0, finished, duration_ms, success.fingerprint.to_hex(), success.output_hash.to_hex()],
+                 output_hash = ?5, metrics = ?6 WHERE id = ?1",
+            params![
+                success.row.0,
+                finished,
+                duration_ms,
+                success.fingerprint.to_hex(),
+                success.output_hash.to_hex(),
+                metrics_json(success.metrics)
+            ],
         )?;
         tx.execute(
             "INSERT INTO orchestrator_state (component, last_run_at, is_dirty, run_count, failure_count, fingerprint,
@@ -269,6 +276,8 @@ pub struct StageSuccess<'a> {
     pub outputs: &'a BTreeMap<String, FileHash>,
     /// An input changed while the stage ran: keep it dirty so the next build re-runs it.
     pub still_dirty: bool,
+    /// What the stage reported (built-ins only), stored as a JSON object when not empty.
+    pub metrics: &'a BTreeMap<String, f64>,
 }
 
 /// What a failed stage execution records.
@@ -280,6 +289,11 @@ pub struct StageFailure<'a> {
     pub finished_at: SystemTime,
     pub duration: Duration,
     pub error: &'a str,
+}
+
+/// Metrics as JSON; non-finite numbers (which JSON cannot hold) become null.
+fn metrics_json(metrics: &BTreeMap<String, f64>) -> Option<String> {
+    (!metrics.is_empty()).then(|| serde_json::to_string(metrics).expect("a map of numbers serialises"))
 }
 
 pub(super) fn put_cache_entries(tx: &Transaction<'_>, entries: &[(String, CacheEntry)]) -> Result<(), StateError> {

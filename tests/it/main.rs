@@ -5,6 +5,8 @@ mod sandbox;
 mod build;
 mod examples;
 mod failures;
+#[cfg(feature = "markets")]
+mod markets;
 mod parallel;
 mod property;
 mod state;

@@ -1,0 +1,192 @@
+//! The market pipeline (the main job) through the real binary: end to end, deterministic,
+//! early cutoff, real CSV exports, and malformed ones.
+
+use crate::sandbox::Sandbox;
+
+const STAGES: [&str; 8] = ["backtest", "baseline", "features", "inference", "markets", "model", "publish", "ticks"];
+
+/// The repository's own pipeline.toml, scaled down for a debug binary.
+fn small_market_pipeline() -> Sandbox {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/pipeline.toml")).unwrap();
+    let text =
+        text.replace("n_markets = 12", "n_markets = 3").replace("ticks_per_market = 20000", "ticks_per_market = 3000");
+    assert!(text.contains("n_markets = 3") && text.contains("ticks_per_market = 3000"), "pipeline.toml params moved");
+    Sandbox::new().pipeline(&text)
+}
+
+fn completed(sb: &Sandbox) -> Vec<String> {
+    sb.column("SELECT component FROM orchestrator_state WHERE last_status = 'success' ORDER BY component")
+}
+
+#[test]
+fn the_market_pipeline_runs_end_to_end_and_a_second_build_runs_nothing() {
+    let sb = small_market_pipeline();
+    let run = sb.dagrun(&["build", "-j", "2"]).success();
+    assert!(run.stdout().contains("8 ran, 0 cut off, 0 up to date"), "{}", run.stdout());
+    assert_eq!(completed(&sb), STAGES);
+    let report: serde_json::Value = serde_json::from_str(&sb.read("artifacts/report.json")).unwrap();
+    assert_eq!(report["model"]["markets"], 3);
+    assert_eq!(report["model"]["ticks"], 9000);
+    for key in ["accuracy", "log_loss", "auc"] {
+        assert!(report["model"][key].as_f64().unwrap().is_finite(), "{key}");
+    }
+    for key in ["pnl", "sharpe", "max_drawdown", "hit_rate", "turnover"] {
+        assert!(report["backtest"][key].as_f64().unwrap().is_finite(), "backtest {key}");
+        assert!(report["baseline"][key].as_f64().unwrap().is_finite(), "baseline {key}");
+    }
+    let md = sb.read("artifacts/report.md");
+    for section in
+        ["## Model (held-out period)", "| model threshold |", "| momentum baseline |", "| ticks | 9000 |", "| model |"]
+    {
+        assert!(md.contains(section), "report.md lacks {section}:\n{md}");
+    }
+    let svg = sb.read("artifacts/equity.svg");
+    assert!(
+        svg.starts_with("<svg") && svg.contains("<polyline") && svg.contains("momentum baseline"),
+        "{}",
+        &svg[..200]
+    );
+
+    let auc = sb.column("SELECT json_extract(metrics, '$.auc') FROM stage_runs WHERE component = 'model'");
+    assert_eq!(auc, [report["model"]["auc"].as_f64().unwrap().to_string()], "the model's metrics are in SQL");
+    assert!(run.stdout().contains("done     model") && run.stdout().contains("[accuracy "), "{}", run.stdout());
+
+    let again = sb.build().success();
+    assert!(again.stdout().contains("0 ran, 0 cut off, 8 up to date"), "{}", again.stdout());
+}
+
+#[test]
+fn the_model_path_and_the_baseline_run_side_by_side() {
+    let sb = small_market_pipeline();
+    sb.dagrun(&["build", "-j", "2"]).success();
+    let db = sb.db();
+    let span = |stage: &str| -> (String, String) {
+        db.query_row("SELECT started_at, finished_at FROM stage_runs WHERE component = ?1", [stage], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap()
+    };
+    let (baseline, model) = (span("baseline"), span("model"));
+    assert!(baseline.0 < model.1 && model.0 < baseline.1, "baseline {baseline:?} and model {model:?} overlap");
+}
+
+#[test]
+fn the_same_seed_gives_byte_identical_data() {
+    let (one, two) = (small_market_pipeline(), small_market_pipeline());
+    one.build().success();
+    two.build().success();
+    for file in [
+        "markets.arrow",
+        "ticks.arrow",
+        "features.arrow",
+        "model.json",
+        "metrics.json",
+        "predictions.arrow",
+        "backtest.json",
+        "equity.arrow",
+    ] {
+        let path = format!("data/{file}");
+        assert_eq!(std::fs::read(one.path(&path)).unwrap(), std::fs::read(two.path(&path)).unwrap(), "{file} differs");
+    }
+    assert_eq!(one.read("artifacts/report.json"), two.read("artifacts/report.json"));
+}
+
+#[test]
+fn invalidating_features_reruns_it_and_cuts_off_everything_downstream() {
+    let sb = small_market_pipeline();
+    sb.build().success();
+    sb.dagrun(&["invalidate", "features"]).success();
+    let run = sb.build().success();
+    let out = run.stdout();
+    assert!(out.contains("run      features   (invalidated)"), "{out}");
+    assert!(out.contains("done     features") && out.contains("(outputs unchanged)"), "{out}");
+    assert!(out.contains("cut off  model") && out.contains("cut off  publish"), "{out}");
+    assert!(out.contains("1 ran, 5 cut off, 2 up to date"), "everything downstream of features is cut off: {out}");
+}
+
+#[test]
+fn a_new_seed_reruns_from_ticks_down() {
+    let sb = small_market_pipeline();
+    sb.build().success();
+    sb.edit("pipeline.toml", |t| {
+        t.replacen("params = { seed = 42, ticks_per_market", "params = { seed = 43, ticks_per_market", 1)
+    });
+    let run = sb.build().success();
+    assert!(run.stdout().contains("run      ticks      (param `seed` changed: 42 -> 43)"), "{}", run.stdout());
+    assert!(run.stdout().contains("7 ran, 0 cut off, 1 up to date"), "{}", run.stdout());
+}
+
+const CSV_PIPELINE: &str = r#"
+[stages.markets]
+fn = "markets.markets"
+inputs = ["exports/markets.csv"]
+outputs = ["data/markets.arrow"]
+params = { source = "exports/markets.csv" }
+
+[stages.ticks]
+fn = "markets.ticks"
+inputs = ["data/markets.arrow", "exports/ticks.csv"]
+outputs = ["data/ticks.arrow"]
+params = { source = "exports/ticks.csv" }
+
+[stages.features]
+fn = "markets.features"
+inputs = ["data/ticks.arrow"]
+outputs = ["data/features.arrow"]
+
+[stages.model]
+fn = "markets.model"
+inputs = ["data/features.arrow", "data/ticks.arrow"]
+outputs = ["data/model.json", "data/metrics.json"]
+"#;
+
+fn fixture(name: &str) -> String {
+    std::fs::read_to_string(format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+}
+
+#[test]
+fn a_real_csv_export_is_ingested() {
+    let sb = Sandbox::new()
+        .pipeline(CSV_PIPELINE)
+        .file("exports/markets.csv", &fixture("markets.csv"))
+        .file("exports/ticks.csv", &fixture("ticks.csv"));
+    sb.build().success();
+    let metrics: serde_json::Value = serde_json::from_str(&sb.read("data/metrics.json")).unwrap();
+    assert_eq!(metrics["markets"], 3);
+    assert_eq!(metrics["ticks"], 1200);
+    assert!(sb.read(".dagrun/logs/1/ticks.log").contains("1200 ticks over 3 markets"));
+}
+
+#[test]
+fn a_malformed_csv_names_the_line_and_column_and_records_no_success() {
+    let ticks = fixture("ticks.csv");
+    // Line 6 of the file (the header is line 1) gets a price of `abc`.
+    let mut lines: Vec<String> = ticks.lines().map(str::to_string).collect();
+    let mut fields: Vec<&str> = lines[5].split(',').collect();
+    fields[2] = "abc";
+    lines[5] = fields.join(",");
+    let sb = Sandbox::new()
+        .pipeline(CSV_PIPELINE)
+        .file("exports/markets.csv", &fixture("markets.csv"))
+        .file("exports/ticks.csv", &(lines.join("\n") + "\n"));
+    let run = sb.build().failure();
+    assert!(
+        run.stdout().contains("exports/ticks.csv line 6, column `price`: `abc` is not a positive number"),
+        "{}",
+        run.stdout()
+    );
+    assert_eq!(completed(&sb), ["markets"]);
+    assert_eq!(sb.column("SELECT last_status FROM orchestrator_state WHERE component = 'ticks'"), ["failed"]);
+    assert!(!sb.exists("data/ticks.arrow"), "no partial output is left behind");
+}
+
+#[test]
+fn a_csv_missing_a_column_says_which() {
+    let markets = fixture("markets.csv").replace("fee_bps", "fees");
+    let sb = Sandbox::new()
+        .pipeline(CSV_PIPELINE)
+        .file("exports/markets.csv", &markets)
+        .file("exports/ticks.csv", &fixture("ticks.csv"));
+    let run = sb.dagrun(&["build", "markets"]).failure();
+    assert!(run.stdout().contains("exports/markets.csv: missing column `fee_bps`"), "{}", run.stdout());
+}
