@@ -27,6 +27,8 @@ pub struct BuildOptions {
     pub wait_for_lock: bool,
     /// Recorded in `runs.trigger`: `build`, `agent-once`, ...
     pub trigger: String,
+    /// Move the state database aside (kept, renamed) and start a new one.
+    pub reset_state: bool,
     /// Cancel it (e.g. on Ctrl-C) to stop the build: running stages are killed.
     pub cancel: CancelToken,
 }
@@ -40,6 +42,7 @@ impl Default for BuildOptions {
             fail_fast: false,
             wait_for_lock: true,
             trigger: "build".into(),
+            reset_state: false,
             cancel: CancelToken::new(),
         }
     }
@@ -92,6 +95,11 @@ impl Engine {
         let _lock = acquire_lock(&lock_path, opts.wait_for_lock, |holder| {
             on_event(&Event::LockWaiting { path: &lock_path, holder })
         })?;
+        if opts.reset_state
+            && let Some(moved_to) = self.move_state_aside()?
+        {
+            on_event(&Event::StateReset { moved_to: &moved_to });
+        }
         let mut state = State::open(&self.spec.state_path)?;
         let swept = state.sweep_unfinished()?;
         if !swept.is_empty() {
@@ -194,6 +202,27 @@ impl Engine {
     /// Creates or upgrades the state database; returns (version before, version after).
     pub fn migrate(&self) -> Result<(usize, usize), Error> {
         Ok(State::open_unmigrated(&self.spec.state_path)?.migrate()?)
+    }
+
+    /// Renames the state database (and its WAL files) to `<name>.reset-<unix time>`; only
+    /// while holding the build lock.
+    fn move_state_aside(&self) -> Result<Option<std::path::PathBuf>, Error> {
+        let path = &self.spec.state_path;
+        if !path.exists() {
+            return Ok(None);
+        }
+        let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("state.db");
+        let moved_to = path.with_file_name(format!("{name}.reset-{stamp}"));
+        let io = |source| Error::Io { path: path.display().to_string(), source };
+        for suffix in ["-wal", "-shm"] {
+            let side = std::path::PathBuf::from(format!("{}{suffix}", path.display()));
+            if side.exists() {
+                std::fs::rename(&side, format!("{}{suffix}", moved_to.display())).map_err(io)?;
+            }
+        }
+        std::fs::rename(path, &moved_to).map_err(io)?;
+        Ok(Some(moved_to))
     }
 
     fn existing_state(&self) -> Result<Option<State>, Error> {

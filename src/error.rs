@@ -23,6 +23,14 @@ pub enum Error {
 }
 
 impl Error {
+    /// Names the state database in errors that lack it (see [`StateError::at`]).
+    pub fn at_state(self, path: &std::path::Path) -> Error {
+        match self {
+            Error::State(err) => Error::State(err.at(path)),
+            other => other,
+        }
+    }
+
     /// Whether the error is the user's input (a bad pipeline file or stage name): exit code 2.
     pub fn is_usage(&self) -> bool {
         matches!(self, Error::Load(_) | Error::Cycle { .. } | Error::UnknownStage { .. })

@@ -14,6 +14,10 @@ pub enum Event<'a> {
         path: &'a Path,
         holder: &'a LockHolder,
     },
+    /// `--reset-state`: the old state database was moved here.
+    StateReset {
+        moved_to: &'a Path,
+    },
     /// Stages a dead build left running, now recorded as interrupted.
     SweptInterrupted {
         stages: &'a [String],

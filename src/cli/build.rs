@@ -27,6 +27,10 @@ pub struct BuildArgs {
     /// Fail at once if another build holds the lock, instead of waiting for it.
     #[arg(long)]
     no_wait: bool,
+    /// Move the state database aside (renamed, not deleted) and start a new one; every
+    /// stage runs once. For a corrupt or foreign state file.
+    #[arg(long)]
+    reset_state: bool,
 }
 
 pub fn run(engine: &Engine, args: BuildArgs) -> Result<u8, Error> {
@@ -42,6 +46,7 @@ pub fn run(engine: &Engine, args: BuildArgs) -> Result<u8, Error> {
         fail_fast: args.fail_fast,
         wait_for_lock: !args.no_wait,
         trigger: "build".into(),
+        reset_state: args.reset_state,
         cancel,
     };
     let width = engine.spec().stage_names().map(str::len).max().unwrap_or(0);
@@ -77,6 +82,9 @@ fn print_event(event: &Event<'_>, width: usize) {
     let _ = match event {
         Event::LockWaiting { path, holder } => {
             writeln!(err, "another build holds {} ({holder}); waiting (pass --no-wait to fail at once)", path.display())
+        }
+        Event::StateReset { moved_to } => {
+            writeln!(err, "moved the old state database to {}; starting a new one", moved_to.display())
         }
         Event::SweptInterrupted { stages } => {
             writeln!(

@@ -81,9 +81,14 @@ pub fn run() -> u8 {
 fn dispatch(cli: Cli) -> Result<u8, Error> {
     let file = pipeline_file(&cli);
     let engine = Engine::load(&file, registry())?;
-    match cli.command {
-        Command::Build(args) => build::run(&engine, args),
-        Command::Status(args) => status::run(&engine, args),
+    let state_path = engine.spec().state_path.clone();
+    run_command(&engine, cli.command).map_err(|e| e.at_state(&state_path))
+}
+
+fn run_command(engine: &Engine, command: Command) -> Result<u8, Error> {
+    match command {
+        Command::Build(args) => build::run(engine, args),
+        Command::Status(args) => status::run(engine, args),
         Command::Invalidate(args) => {
             let names = engine.invalidate(&args.stages, args.downstream)?;
             println!(

@@ -575,9 +575,19 @@ fn run_task(shared: &Shared<'_>, task: Task, tx: &Sender<Message>) {
                     moved,
                 })));
             }
-            Err(failure) => {
+            Err(mut failure) => {
+                if disk_is_full(&shared.eval.spec.root) {
+                    failure.message.push_str(
+                        "; the disk holding the pipeline directory is full (No space left on device): free some space and build again",
+                    );
+                }
                 let final_attempt =
                     attempt == attempts || failure.status == StageStatus::Interrupted || shared.stopped();
+                if final_attempt {
+                    // Before reporting: on a full disk, recording the failure needs the space
+                    // a partial output took. Best effort: the failure is what gets reported.
+                    let _ = remove_outputs(shared, idx);
+                }
                 let _ = tx.send(Message::Finished {
                     idx,
                     result: TaskResult::AttemptFailed {
@@ -620,14 +630,9 @@ fn run_attempt(
 ) -> Result<BTreeMap<String, f64>, AttemptFailure> {
     let spec = shared.eval.spec;
     let stage = &spec.stages[idx];
+    remove_outputs(shared, idx)?;
     for output in &stage.outputs {
         let path = output.to_path(&spec.root);
-        let removed = match std::fs::symlink_metadata(&path) {
-            Ok(meta) if meta.is_dir() => std::fs::remove_dir_all(&path),
-            Ok(_) => std::fs::remove_file(&path),
-            Err(_) => Ok(()),
-        };
-        removed.map_err(|e| AttemptFailure::failed(format!("cannot remove old output `{output}`: {e}")))?;
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)
                 .map_err(|e| AttemptFailure::failed(format!("cannot create directory for `{output}`: {e}")))?;
@@ -670,6 +675,29 @@ fn run_attempt(
             runner::run_builtin(builtin, ctx).map(|()| metrics)
         }
     }
+}
+
+/// Whether the filesystem holding `dir` has no space left for ordinary users. A stage that
+/// failed for lack of space could not even log why; this is checked before its partial
+/// outputs are removed, while the disk is still full.
+fn disk_is_full(dir: &std::path::Path) -> bool {
+    rustix::fs::statvfs(dir).is_ok_and(|fs| fs.f_bavail == 0)
+}
+
+/// Deletes a stage's declared outputs: before it runs, so that a stale file cannot pass for
+/// a new one, and after it has failed for good, so that a partial one cannot either.
+fn remove_outputs(shared: &Shared<'_>, idx: StageIdx) -> Result<(), AttemptFailure> {
+    let spec = shared.eval.spec;
+    for output in &spec.stages[idx].outputs {
+        let path = output.to_path(&spec.root);
+        let removed = match std::fs::symlink_metadata(&path) {
+            Ok(meta) if meta.is_dir() => std::fs::remove_dir_all(&path),
+            Ok(_) => std::fs::remove_file(&path),
+            Err(_) => Ok(()),
+        };
+        removed.map_err(|e| AttemptFailure::failed(format!("cannot remove output `{output}`: {e}")))?;
+    }
+    Ok(())
 }
 
 fn open_log(path: &std::path::Path) -> std::io::Result<File> {

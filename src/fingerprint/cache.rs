@@ -61,6 +61,10 @@ pub enum HashError {
     Io { path: String, source: io::Error },
     #[error("cannot walk directory `{path}`: {message}")]
     Walk { path: String, message: String },
+    #[error(
+        "`{path}` is not a regular file or directory (a FIFO, socket or device); dagrun hashes only files and directories"
+    )]
+    NotAFile { path: String },
 }
 
 impl HashError {
@@ -96,7 +100,13 @@ impl HashCache {
     pub fn hash_path(&self, rel: &str) -> Result<FileHash, HashError> {
         let full = self.root.join(rel);
         let meta = std::fs::metadata(&full).map_err(|e| HashError::io(rel, e))?;
-        if meta.is_dir() { self.hash_dir(rel, &full) } else { self.hash_file(rel, &full, &meta) }
+        if meta.is_dir() {
+            self.hash_dir(rel, &full)
+        } else if meta.is_file() {
+            self.hash_file(rel, &full, &meta)
+        } else {
+            Err(HashError::NotAFile { path: rel.to_string() })
+        }
     }
 
     /// Hashes many paths, in parallel, in the order given.
@@ -137,7 +147,16 @@ impl HashCache {
     fn hash_dir(&self, rel: &str, full: &Path) -> Result<FileHash, HashError> {
         let mut files: Vec<String> = Vec::new();
         for entry in walkdir::WalkDir::new(full).follow_links(true).sort_by_file_name() {
-            let entry = entry.map_err(|e| HashError::Walk { path: rel.to_string(), message: e.to_string() })?;
+            let entry = entry.map_err(|e| {
+                let message = match e.loop_ancestor() {
+                    Some(_) => format!(
+                        "a symbolic link loop at {}; remove the link or point the input elsewhere",
+                        e.path().map_or_else(String::new, |p| p.display().to_string())
+                    ),
+                    None => e.to_string(),
+                };
+                HashError::Walk { path: rel.to_string(), message }
+            })?;
             if entry.file_type().is_dir() {
                 continue;
             }
@@ -145,7 +164,10 @@ impl HashCache {
             let Some(inner) = inner.to_str() else {
                 return Err(HashError::Walk {
                     path: rel.to_string(),
-                    message: format!("file name {} is not UTF-8", inner.display()),
+                    message: format!(
+                        "the name {} is not UTF-8; rename the file (dagrun records paths as text)",
+                        inner.display()
+                    ),
                 });
             };
             files.push(format!("{rel}/{inner}"));
@@ -155,6 +177,9 @@ impl HashCache {
             .map(|file| {
                 let full = self.root.join(file);
                 let meta = std::fs::metadata(&full).map_err(|e| HashError::io(file, e))?;
+                if !meta.is_file() {
+                    return Err(HashError::NotAFile { path: file.clone() });
+                }
                 self.hash_file(file, &full, &meta)
             })
             .collect();

@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use diagnostic::{Diagnostic, SpecError, suggest};
-pub use path::{GLOB_OPTIONS, RelPath, glob_reaches, is_glob, normalize};
+pub use path::{GLOB_OPTIONS, RelPath, glob_reaches, is_glob, normalize, normalize_with};
 
 /// A validated stage name: the component name shown everywhere.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

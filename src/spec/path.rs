@@ -72,7 +72,7 @@ impl PathProblem {
         match self {
             PathProblem::Empty => "give a file, directory or glob relative to the pipeline file",
             PathProblem::Escapes => {
-                "inputs and outputs must lie under the directory of pipeline.toml; move the file there or run from a parent directory"
+                "inputs and outputs must lie under the directory of pipeline.toml; move the file there, or set `allow_outside_paths = true` in [pipeline]"
             }
             PathProblem::IsRoot => "name the files or subdirectories the stage reads or writes",
             PathProblem::InStateDir => "`.dagrun/` holds dagrun's state; keep stage files elsewhere",
@@ -83,6 +83,37 @@ impl PathProblem {
 /// Normalises a path as written in pipeline.toml. Absolute paths are accepted when they
 /// lie inside `root` (which must itself be absolute and normalised).
 pub fn normalize(root: &Path, raw: &str) -> Result<RelPath, PathProblem> {
+    normalize_with(root, raw, false)
+}
+
+/// [`normalize`], but with `allow_outside` a path outside the root is kept (as `../x` or
+/// an absolute path) instead of refused: `[pipeline] allow_outside_paths = true`.
+pub fn normalize_with(root: &Path, raw: &str, allow_outside: bool) -> Result<RelPath, PathProblem> {
+    match normalize_inside(root, raw) {
+        Err(PathProblem::Escapes) if allow_outside => Ok(RelPath(outside(raw))),
+        other => other,
+    }
+}
+
+/// A path outside the root, lexically normalised: absolute stays absolute; a relative one
+/// keeps its leading `..` components.
+fn outside(raw: &str) -> String {
+    let absolute = raw.starts_with('/');
+    let mut parts: Vec<&str> = Vec::new();
+    for part in raw.split('/') {
+        match part {
+            "" | "." => {}
+            ".." if parts.last().is_some_and(|p| *p != "..") => {
+                parts.pop();
+            }
+            ".." if absolute => {}
+            other => parts.push(other),
+        }
+    }
+    if absolute { format!("/{}", parts.join("/")) } else { parts.join("/") }
+}
+
+fn normalize_inside(root: &Path, raw: &str) -> Result<RelPath, PathProblem> {
     if raw.trim().is_empty() {
         return Err(PathProblem::Empty);
     }
@@ -146,6 +177,15 @@ mod tests {
         for raw in ["a/b", "./a/b", "a//b/", "a/c/../b", "/work/p/a/b"] {
             assert_eq!(norm(raw).unwrap(), "a/b", "{raw}");
         }
+    }
+
+    #[test]
+    fn paths_outside_the_root_are_kept_when_the_pipeline_allows_them() {
+        let norm = |raw| normalize_with(Path::new("/work/p"), raw, true).map(|p| p.0);
+        assert_eq!(norm("../shared/x.csv").unwrap(), "../shared/x.csv");
+        assert_eq!(norm("a/../../b/./c").unwrap(), "../b/c");
+        assert_eq!(norm("/etc//hosts").unwrap(), "/etc/hosts");
+        assert_eq!(norm("./in/side").unwrap(), "in/side");
     }
 
     #[test]

@@ -20,6 +20,9 @@ pub(super) struct RawPipeline {
     pub name: Option<String>,
     pub state: Option<Spanned<String>>,
     pub jobs: Option<Spanned<u32>>,
+    /// Let inputs and outputs name paths outside the pipeline directory.
+    #[serde(default)]
+    pub allow_outside_paths: bool,
 }
 
 #[derive(Deserialize)]

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use toml::Spanned;
 
-use super::path::{glob_reaches, is_glob, normalize};
+use super::path::{glob_reaches, is_glob, normalize, normalize_with};
 use super::raw::{RawFile, RawStage};
 use super::{Action, CommandRef, Diagnostic, Input, RelPath, Spec, Stage, StageName, command_references, suggest};
 
@@ -38,7 +38,8 @@ pub(super) fn validate(
             );
             continue;
         };
-        let (stage, spans) = check_stage(root, text, name, key.span(), stage, &names, builtins, &mut diags);
+        let places = Places { root, text, allow_outside: raw.pipeline.allow_outside_paths };
+        let (stage, spans) = check_stage(&places, name, key.span(), stage, &names, builtins, &mut diags);
         stages.push(stage);
         checked.push(spans);
     }
@@ -86,10 +87,15 @@ struct Spans {
     outputs: Vec<Range<usize>>,
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What checking a stage's paths and spans needs to know about the file.
+struct Places<'a> {
+    root: &'a Path,
+    text: &'a str,
+    allow_outside: bool,
+}
+
 fn check_stage(
-    root: &Path,
-    text: &str,
+    places: &Places<'_>,
     name: StageName,
     name_span: Range<usize>,
     raw: &RawStage,
@@ -97,12 +103,12 @@ fn check_stage(
     builtins: &[&str],
     diags: &mut Vec<Diagnostic>,
 ) -> (Stage, Spans) {
-    let action = check_action(text, &name, name_span, raw, builtins, diags);
+    let action = check_action(places.text, &name, name_span, raw, builtins, diags);
     let mut spans = Spans { inputs: Vec::new(), outputs: Vec::new() };
 
     let mut inputs = Vec::new();
     for input in &raw.inputs {
-        if let Some(path) = check_path(root, input, "input", diags) {
+        if let Some(path) = check_path(places, input, "input", diags) {
             inputs.push(if is_glob(input.get_ref()) { Input::Glob(path) } else { Input::Path(path) });
             spans.inputs.push(input.span());
         }
@@ -114,7 +120,7 @@ fn check_stage(
                 Diagnostic::new(format!("output `{}` is a glob", output.get_ref()), Some(output.span()))
                     .help("outputs must be named exactly; declare the directory that holds them instead"),
             );
-        } else if let Some(path) = check_path(root, output, "output", diags) {
+        } else if let Some(path) = check_path(places, output, "output", diags) {
             outputs.push(path);
             spans.outputs.push(output.span());
         }
@@ -253,8 +259,8 @@ fn reference_span(text: &str, cmd_span: Range<usize>, key: &str) -> Range<usize>
     }
 }
 
-fn check_path(root: &Path, raw: &Spanned<String>, what: &str, diags: &mut Vec<Diagnostic>) -> Option<RelPath> {
-    normalize(root, raw.get_ref())
+fn check_path(places: &Places<'_>, raw: &Spanned<String>, what: &str, diags: &mut Vec<Diagnostic>) -> Option<RelPath> {
+    normalize_with(places.root, raw.get_ref(), places.allow_outside)
         .map_err(|problem| {
             diags.push(
                 Diagnostic::new(format!("{what} {}", problem.describe(raw.get_ref())), Some(raw.span()))

@@ -36,18 +36,40 @@ pub enum StateError {
     #[error("cannot open state database {}: {source}", path.display())]
     Open { path: PathBuf, source: rusqlite::Error },
     #[error(
-        "{} is not a dagrun state database (it holds other tables); point `state` in [pipeline] elsewhere, or move that file aside",
+        "{} is not a dagrun state database (it holds other tables); point `state` in [pipeline] elsewhere, or run `dagrun build --reset-state` to move it aside",
         path.display()
     )]
     Foreign { path: PathBuf },
-    #[error("{} is not an SQLite database; move it aside and dagrun starts a new state (every stage re-runs once)", path.display())]
+    #[error("{} is not an SQLite database; run `dagrun build --reset-state` to move it aside and start a new state (every stage re-runs once)", path.display())]
     NotADatabase { path: PathBuf },
     #[error("{} has schema version {found}, newer than this dagrun knows ({known}); upgrade dagrun", path.display())]
     Newer { path: PathBuf, found: usize, known: usize },
     #[error("cannot migrate state database {}: {source}", path.display())]
     Migrate { path: PathBuf, source: rusqlite_migration::Error },
+    #[error("the disk holding {} is full; free some space and build again (what was recorded before is intact)", path.display())]
+    DiskFull { path: PathBuf },
+    #[error(
+        "{} is corrupted ({message}); run `dagrun build --reset-state` to move it aside and start a new state (every stage re-runs once)",
+        path.display()
+    )]
+    Corrupt { path: PathBuf, message: String },
     #[error("state database error: {0}")]
     Sql(#[from] rusqlite::Error),
+}
+
+impl StateError {
+    /// Names the database in errors SQLite reports without it: a full disk, a corrupt file.
+    pub fn at(self, path: &Path) -> StateError {
+        let StateError::Sql(err) = &self else { return self };
+        match err.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::DiskFull) => StateError::DiskFull { path: path.to_path_buf() },
+            Some(rusqlite::ErrorCode::DatabaseCorrupt) => {
+                StateError::Corrupt { path: path.to_path_buf(), message: err.to_string() }
+            }
+            Some(rusqlite::ErrorCode::NotADatabase) => StateError::NotADatabase { path: path.to_path_buf() },
+            _ => self,
+        }
+    }
 }
 
 /// An open, migrated state database.

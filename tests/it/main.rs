@@ -5,6 +5,8 @@ mod sandbox;
 mod build;
 mod examples;
 mod failures;
+mod faults;
+mod fuzz;
 #[cfg(feature = "markets")]
 mod markets;
 mod parallel;
