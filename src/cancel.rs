@@ -1,5 +1,6 @@
-//! Stopping a build from outside: the first request stops it cleanly (running stages get
-//! SIGTERM, then SIGKILL after a grace period); a second kills running stages at once.
+//! Stopping a build from outside, in three degrees: drain (start nothing new, let running
+//! stages finish), cancel (running stages get SIGTERM, then SIGKILL after a grace period),
+//! and cancel now (SIGKILL at once).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -9,6 +10,7 @@ pub struct CancelToken(Arc<Flags>);
 
 #[derive(Debug, Default)]
 struct Flags {
+    draining: AtomicBool,
     requested: AtomicBool,
     urgent: AtomicBool,
 }
@@ -16,6 +18,16 @@ struct Flags {
 impl CancelToken {
     pub fn new() -> CancelToken {
         CancelToken::default()
+    }
+
+    /// Start no new stage; let running ones finish.
+    pub fn drain(&self) {
+        self.0.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether the build should start nothing new (drained or cancelled).
+    pub fn is_stopping(&self) -> bool {
+        self.0.draining.load(Ordering::SeqCst) || self.is_cancelled()
     }
 
     /// Stop starting stages; terminate running ones with a grace period.

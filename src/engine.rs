@@ -61,6 +61,18 @@ pub struct StageReport {
     pub last_status: Option<StageStatus>,
     pub last_duration_ms: Option<i64>,
     pub last_error: Option<String>,
+    /// The fingerprint now, and the one recorded at the last success (hex).
+    pub fingerprint: String,
+    pub recorded_fingerprint: Option<String>,
+}
+
+/// The answer to `dagrun why STAGE`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct WhyReport {
+    pub stage: StageReport,
+    /// For a stage waiting on a dirty upstream: each dirty stage back to the one that
+    /// changed first (the root cause last).
+    pub chain: Vec<StageReport>,
 }
 
 /// A loaded, validated pipeline.
@@ -182,9 +194,105 @@ impl Engine {
                 }),
             };
             let record = records.get(name).cloned().unwrap_or_default();
-            reports.push(report(name, reason, record));
+            reports.push(report(name, reason, eval.fingerprint.to_hex(), record));
         }
         Ok(reports)
+    }
+
+    /// Why a stage is or is not dirty, following a dirty upstream back to its cause.
+    pub fn why(&self, stage: &str) -> Result<WhyReport, Error> {
+        self.stage_index(stage)?;
+        let mut reports: std::collections::HashMap<String, StageReport> =
+            self.status(&[stage.to_string()], false)?.into_iter().map(|r| (r.stage.clone(), r)).collect();
+        let target = reports.remove(stage).expect("status covers the stage asked about");
+        let mut chain = Vec::new();
+        let mut next = target.reason.clone();
+        while let Some(DirtyReason::UpstreamDirty { stage: up }) = next {
+            let Some(report) = reports.remove(&up) else { break };
+            next = report.reason.clone();
+            chain.push(report);
+        }
+        Ok(WhyReport { stage: target, chain })
+    }
+
+    /// Records the stages' current inputs and outputs as up to date without running them
+    /// (DVC's `commit`, Snakemake's `--touch`), in dependency order, so that a stage
+    /// accepted after its upstream sees the upstream's new output hash. Every output must
+    /// exist. Returns the stages accepted.
+    pub fn accept(&self, stages: &[String], on_event: &mut dyn FnMut(&Event<'_>)) -> Result<Vec<String>, Error> {
+        let wanted = stages.iter().map(|s| self.stage_index(s)).collect::<Result<Vec<_>, _>>()?;
+        let lock_path = self.spec.dagrun_dir().join("lock");
+        let _lock =
+            acquire_lock(&lock_path, true, |holder| on_event(&Event::LockWaiting { path: &lock_path, holder }))?;
+        let mut state = State::open(&self.spec.state_path)?;
+        let records = state.load_records()?;
+        let cache = HashCache::new(&self.spec.root, state.load_hash_cache()?);
+        let ctx = self.eval_context(&records, &cache, false);
+        let run = state.begin_run("accept", &stages.iter().map(String::as_str).collect::<Vec<_>>(), 1)?;
+        let mut hashes: std::collections::HashMap<StageIdx, crate::fingerprint::OutputHash> =
+            std::collections::HashMap::new();
+        let mut accepted = Vec::new();
+        for &idx in self.dag.topo_order().iter().filter(|i| wanted.contains(i)) {
+            let stage = &self.spec.stages[idx];
+            let upstream = |up: StageIdx| {
+                hashes
+                    .get(&up)
+                    .copied()
+                    .or_else(|| records.get(self.spec.stages[up].name.as_str()).and_then(|r| r.output_hash))
+            };
+            let eval = crate::planner::evaluate_stage(&ctx, idx, &upstream);
+            if let Verdict::Dirty(reason @ (DirtyReason::InputUnavailable { .. } | DirtyReason::UpstreamDirty { .. })) =
+                &eval.verdict
+            {
+                let _ = state.finish_run(run, RunOutcome::Failed, &Default::default());
+                return Err(Error::Accept { stage: stage.name.to_string(), reason: reason.to_string() });
+            }
+            let mut outputs = std::collections::BTreeMap::new();
+            let paths: Vec<&str> = stage.outputs.iter().map(|o| o.as_str()).collect();
+            for (path, hashed) in cache.hash_paths(&paths) {
+                match hashed {
+                    Ok(hash) => {
+                        outputs.insert(path.to_string(), hash);
+                    }
+                    Err(err) => {
+                        let _ = state.finish_run(run, RunOutcome::Failed, &Default::default());
+                        return Err(Error::Accept {
+                            stage: stage.name.to_string(),
+                            reason: format!("output {err}; build it instead"),
+                        });
+                    }
+                }
+            }
+            let output_hash = crate::fingerprint::output_hash(&outputs);
+            let now = std::time::SystemTime::now();
+            let reason = "accepted as up to date (dagrun accept)";
+            let row = state.stage_started(&crate::state::StageAttempt {
+                run,
+                component: stage.name.as_str(),
+                attempt: 1,
+                reason,
+                started_at: now,
+                log_path: "",
+            })?;
+            let success = crate::state::StageSuccess {
+                row,
+                component: stage.name.as_str(),
+                finished_at: now,
+                duration: std::time::Duration::ZERO,
+                fingerprint: eval.fingerprint,
+                fingerprint_inputs: &eval.inputs,
+                output_hash,
+                outputs: &outputs,
+                still_dirty: false,
+                metrics: &Default::default(),
+                status: StageStatus::Accepted,
+            };
+            state.record_success(&success, &cache.take_fresh())?;
+            hashes.insert(idx, output_hash);
+            accepted.push(stage.name.to_string());
+        }
+        state.finish_run(run, RunOutcome::Success, &Default::default())?;
+        Ok(accepted)
     }
 
     /// Marks stages (and with `downstream`, everything after them) dirty. Returns their names.
@@ -197,6 +305,17 @@ impl Engine {
         let mut state = State::open(&self.spec.state_path)?;
         state.invalidate(&names)?;
         Ok(names.into_iter().map(str::to_string).collect())
+    }
+
+    /// The latest `limit` runs, newest first; with `stage`, that stage's part in them.
+    pub fn history(&self, stage: Option<&str>, limit: usize) -> Result<Vec<crate::state::RunRow>, Error> {
+        if let Some(stage) = stage {
+            self.stage_index(stage)?;
+        }
+        match self.existing_state()? {
+            Some(state) => Ok(state.history(stage, limit)?),
+            None => Ok(Vec::new()),
+        }
     }
 
     /// Creates or upgrades the state database; returns (version before, version after).
@@ -255,8 +374,10 @@ impl Engine {
     }
 }
 
-fn report(stage: &str, reason: Option<DirtyReason>, record: StageRecord) -> StageReport {
+fn report(stage: &str, reason: Option<DirtyReason>, fingerprint: String, record: StageRecord) -> StageReport {
     StageReport {
+        fingerprint,
+        recorded_fingerprint: record.fingerprint.map(|f| f.to_hex()),
         stage: stage.to_string(),
         dirty: reason.is_some(),
         reason,

@@ -20,6 +20,10 @@ pub enum Error {
     State(#[from] StateError),
     #[error("cannot write {path}: {source}")]
     Io { path: String, source: std::io::Error },
+    #[error("cannot accept `{stage}`: {reason}")]
+    Accept { stage: String, reason: String },
+    #[error("cannot watch inputs: {message}")]
+    Watch { message: String },
 }
 
 impl Error {

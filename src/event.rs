@@ -66,6 +66,45 @@ pub enum Event<'a> {
     },
 }
 
+impl Event<'_> {
+    /// The event as one JSON object, `{"event": "...", ...}`: the `--json` output format.
+    pub fn to_json(&self) -> serde_json::Value {
+        use serde_json::json;
+        match self {
+            Event::LockWaiting { path, holder } => {
+                json!({ "event": "lock_waiting", "path": path, "pid": holder.pid, "since": holder.since })
+            }
+            Event::StateReset { moved_to } => json!({ "event": "state_reset", "moved_to": moved_to }),
+            Event::SweptInterrupted { stages } => json!({ "event": "swept_interrupted", "stages": stages }),
+            Event::BuildStarted { run, selected, to_check, jobs } => {
+                json!({ "event": "build_started", "run_id": run.0, "selected": selected, "to_check": to_check, "jobs": jobs })
+            }
+            Event::StageStarted { stage, attempt, reason } => {
+                json!({ "event": "stage_started", "stage": stage, "attempt": attempt, "reason": reason, "reason_text": reason.to_string() })
+            }
+            Event::StageSucceeded { stage, duration, output_changed, metrics } => json!({
+                "event": "stage_finished", "stage": stage, "duration_s": duration.as_secs_f64(),
+                "output_changed": output_changed, "metrics": metrics,
+            }),
+            Event::StageCutOff { stage } => json!({ "event": "stage_cut_off", "stage": stage }),
+            Event::StageFailed { stage, status, error, log_path, will_retry } => json!({
+                "event": "stage_failed", "stage": stage, "status": status, "error": error,
+                "log_path": log_path, "will_retry": will_retry,
+            }),
+            Event::StageBlocked { stage, upstream } => {
+                json!({ "event": "stage_blocked", "stage": stage, "upstream": upstream })
+            }
+            Event::InputMoved { stage, path } => json!({ "event": "input_moved", "stage": stage, "path": path }),
+            Event::BuildFinished { summary } => {
+                let mut value = serde_json::to_value(summary).expect("the summary serialises");
+                value["event"] = json!("summary");
+                value["succeeded"] = json!(summary.succeeded());
+                value
+            }
+        }
+    }
+}
+
 /// One failed stage, for the end-of-build summary.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct FailedStage {

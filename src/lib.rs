@@ -5,6 +5,7 @@
 //! The library never prints: [`Engine`] methods return values and report progress as
 //! [`Event`]s. See ARCHITECTURE.md for the map.
 
+pub mod agent;
 pub mod builtin;
 pub mod cancel;
 pub mod engine;
@@ -18,10 +19,11 @@ pub mod markets;
 pub mod planner;
 pub mod spec;
 pub mod state;
+mod watch;
 
 pub use builtin::{Builtin, BuiltinContext, Registry};
 pub use cancel::CancelToken;
-pub use engine::{BuildOptions, Engine, StageReport};
+pub use engine::{BuildOptions, Engine, StageReport, WhyReport};
 pub use error::Error;
 pub use event::{BuildSummary, Event};
 pub use planner::DirtyReason;

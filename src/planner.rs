@@ -53,7 +53,7 @@ pub enum DirtyReason {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Change {
-    Command,
+    Command { old: String, new: String },
     Builtin { old: String, new: String },
     Param { key: String, old: Option<String>, new: Option<String> },
     Env { name: String },
@@ -62,14 +62,14 @@ pub enum Change {
     InputRemoved { path: String },
     DeclaredInputs,
     Outputs,
-    Upstream { stage: String },
+    Upstream { stage: String, old: String, new: String },
 }
 
 impl fmt::Display for Change {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let shown = |v: &Option<String>| v.clone().unwrap_or_else(|| "(unset)".into());
         match self {
-            Change::Command => f.write_str("command changed"),
+            Change::Command { .. } => f.write_str("command changed"),
             Change::Builtin { old, new } => write!(f, "built-in changed: {old} -> {new}"),
             Change::Param { key, old, new } => write!(f, "param `{key}` changed: {} -> {}", shown(old), shown(new)),
             Change::Env { name } => write!(f, "env `{name}` changed"),
@@ -78,7 +78,7 @@ impl fmt::Display for Change {
             Change::InputRemoved { path } => write!(f, "input `{path}` removed"),
             Change::DeclaredInputs => f.write_str("declared inputs changed"),
             Change::Outputs => f.write_str("declared outputs changed"),
-            Change::Upstream { stage } => write!(f, "upstream `{stage}` output changed"),
+            Change::Upstream { stage, .. } => write!(f, "upstream `{stage}` output changed"),
         }
     }
 }
@@ -302,7 +302,9 @@ pub fn explain_change(old: &FingerprintInputs, new: &FingerprintInputs) -> Vec<C
         (ActionId::Builtin { name: on, version: ov }, ActionId::Builtin { name: nn, version: nv }) => {
             changes.push(Change::Builtin { old: format!("{on} {ov}"), new: format!("{nn} {nv}") })
         }
-        _ => changes.push(Change::Command),
+        (old_action, new_action) => {
+            changes.push(Change::Command { old: action_text(old_action), new: action_text(new_action) })
+        }
     }
     let keys: std::collections::BTreeSet<&String> = old.params.keys().chain(new.params.keys()).collect();
     for key in keys {
@@ -341,11 +343,20 @@ pub fn explain_change(old: &FingerprintInputs, new: &FingerprintInputs) -> Vec<C
     }
     let stages: std::collections::BTreeSet<&String> = old.upstream.keys().chain(new.upstream.keys()).collect();
     for stage in stages {
-        if old.upstream.get(stage) != new.upstream.get(stage) {
-            changes.push(Change::Upstream { stage: stage.clone() });
+        let (was, now) = (old.upstream.get(stage), new.upstream.get(stage));
+        if was != now {
+            let short = |h: Option<&OutputHash>| h.map_or_else(|| "(none)".to_string(), OutputHash::short);
+            changes.push(Change::Upstream { stage: stage.clone(), old: short(was), new: short(now) });
         }
     }
     changes
+}
+
+fn action_text(action: &ActionId) -> String {
+    match action {
+        ActionId::Shell { cmd } => cmd.clone(),
+        ActionId::Builtin { name, version } => format!("fn {name} {version}"),
+    }
 }
 
 /// The verdict for every selected stage, before anything runs.

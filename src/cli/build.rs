@@ -2,10 +2,10 @@
 
 use std::io::Write;
 
-use dagrun::event::BuildSummary;
-use dagrun::{BuildOptions, CancelToken, Engine, Error, Event};
+use dagrun::{BuildOptions, CancelToken, Engine, Error};
 
-use super::{EXIT_FAILED, EXIT_OK, seconds};
+use super::output::Output;
+use super::{EXIT_FAILED, EXIT_OK};
 
 #[derive(clap::Args, Debug)]
 pub struct BuildArgs {
@@ -31,6 +31,12 @@ pub struct BuildArgs {
     /// stage runs once. For a corrupt or foreign state file.
     #[arg(long)]
     reset_state: bool,
+    /// Print only failures and the summary.
+    #[arg(short, long)]
+    quiet: bool,
+    /// Print one JSON object per event (stage started, finished, cut off, failed, summary).
+    #[arg(long, conflicts_with = "quiet")]
+    json: bool,
 }
 
 pub fn run(engine: &Engine, args: BuildArgs) -> Result<u8, Error> {
@@ -50,7 +56,8 @@ pub fn run(engine: &Engine, args: BuildArgs) -> Result<u8, Error> {
         cancel,
     };
     let width = engine.spec().stage_names().map(str::len).max().unwrap_or(0);
-    let summary = engine.build(&opts, &mut |event| print_event(event, width))?;
+    let mut output = Output::choose(width, args.quiet, args.json);
+    let summary = engine.build(&opts, &mut |event| output.event(event))?;
     Ok(if summary.succeeded() { EXIT_OK } else { EXIT_FAILED })
 }
 
@@ -76,87 +83,6 @@ fn register_interrupts(cancel: &CancelToken) {
     });
 }
 
-fn print_event(event: &Event<'_>, width: usize) {
-    let mut out = std::io::stdout().lock();
-    let mut err = std::io::stderr().lock();
-    let _ = match event {
-        Event::LockWaiting { path, holder } => {
-            writeln!(err, "another build holds {} ({holder}); waiting (pass --no-wait to fail at once)", path.display())
-        }
-        Event::StateReset { moved_to } => {
-            writeln!(err, "moved the old state database to {}; starting a new one", moved_to.display())
-        }
-        Event::SweptInterrupted { stages } => {
-            writeln!(
-                err,
-                "note: a previous build died while running {}; recorded as interrupted, will re-run",
-                stages.join(", ")
-            )
-        }
-        Event::BuildStarted { .. } => Ok(()),
-        Event::StageStarted { stage, attempt: 1, reason } => writeln!(out, "run      {stage:width$}  ({reason})"),
-        Event::StageStarted { stage, attempt, .. } => writeln!(out, "retry    {stage:width$}  (attempt {attempt})"),
-        Event::StageSucceeded { stage, duration, output_changed, metrics } => {
-            let note = if *output_changed { "" } else { "  (outputs unchanged)" };
-            let shown: Vec<String> = metrics.iter().map(|(k, v)| format!("{k} {}", format_metric(*v))).collect();
-            let metrics = if shown.is_empty() { String::new() } else { format!("  [{}]", shown.join(", ")) };
-            writeln!(out, "done     {stage:width$}  {}{note}{metrics}", seconds(*duration))
-        }
-        Event::StageCutOff { stage } => writeln!(out, "cut off  {stage:width$}  (upstream outputs unchanged)"),
-        Event::StageFailed { stage, error, log_path, will_retry, .. } => {
-            let log = log_path.map(|p| format!("; log: {p}")).unwrap_or_default();
-            let retry = if *will_retry { "; retrying" } else { "" };
-            writeln!(out, "FAILED   {stage:width$}  {error}{log}{retry}")
-        }
-        Event::StageBlocked { stage, upstream: Some(up) } => {
-            writeln!(out, "blocked  {stage:width$}  (upstream `{up}` failed)")
-        }
-        Event::StageBlocked { stage, upstream: None } => {
-            writeln!(out, "skipped  {stage:width$}  (the build stopped first)")
-        }
-        Event::InputMoved { stage, path } => {
-            writeln!(err, "warning: `{path}` changed while `{stage}` ran; `{stage}` stays dirty and re-runs next build")
-        }
-        Event::BuildFinished { summary } => print_summary(&mut out, &mut err, summary),
-    };
-}
-
-/// A metric with four significant digits, without exponent for everyday magnitudes.
-fn format_metric(value: f64) -> String {
-    if value != 0.0 && (value.abs() >= 1e6 || value.abs() < 1e-3) {
-        format!("{value:.3e}")
-    } else {
-        format!("{:.4}", value)
-    }
-}
-
-fn print_summary(out: &mut impl Write, err: &mut impl Write, summary: &BuildSummary) -> std::io::Result<()> {
-    for failure in &summary.failures {
-        writeln!(err, "\nstage `{}` failed: {}", failure.stage, failure.error)?;
-        if let Some(log) = &failure.log_path {
-            writeln!(err, "  log: {log}")?;
-        }
-        for line in failure.log_tail.lines() {
-            writeln!(err, "  | {line}")?;
-        }
-    }
-    let c = &summary.counts;
-    let mut parts =
-        vec![format!("{} ran", c.ran), format!("{} cut off", c.cut_off), format!("{} up to date", c.up_to_date)];
-    if c.failed > 0 {
-        parts.push(format!("{} failed", c.failed));
-    }
-    if c.blocked > 0 {
-        parts.push(format!("{} blocked", c.blocked));
-    }
-    let verdict = match (summary.interrupted, summary.succeeded()) {
-        (true, _) => "build interrupted: ",
-        (false, false) => "build failed: ",
-        (false, true) => "",
-    };
-    writeln!(out, "{verdict}{} in {}", parts.join(", "), seconds(summary.elapsed))
-}
-
 fn dry_run(engine: &Engine, args: &BuildArgs) -> Result<u8, Error> {
     let reports = engine.status(&args.stages, args.force)?;
     let width = reports.iter().map(|r| r.stage.len()).max().unwrap_or(0);
@@ -168,6 +94,28 @@ fn dry_run(engine: &Engine, args: &BuildArgs) -> Result<u8, Error> {
             let _ = writeln!(out, "would run  {:width$}  ({reason})", report.stage);
         }
     }
+    for (wave, stages) in waves(engine, &reports).iter().enumerate() {
+        let _ = writeln!(out, "wave {}    {}", wave + 1, stages.join(", "));
+    }
     let _ = writeln!(out, "{would_run} would run, {} up to date (dry run: nothing was run)", reports.len() - would_run);
     Ok(EXIT_OK)
+}
+
+/// The stages that would run, grouped in the order they could start: a stage is in the
+/// wave after the latest of its upstream stages that would run too. Stages of one wave
+/// can run in parallel (up to -j at once).
+fn waves(engine: &Engine, reports: &[dagrun::StageReport]) -> Vec<Vec<String>> {
+    let spec = engine.spec();
+    let mut wave_of = vec![0usize; spec.stages.len()];
+    let mut waves: Vec<Vec<String>> = Vec::new();
+    for report in reports.iter().filter(|r| r.dirty) {
+        let Some(idx) = spec.stage_index(&report.stage) else { continue };
+        let wave = engine.dag().upstream(idx).map(|up| wave_of[up]).max().unwrap_or(0) + 1;
+        wave_of[idx] = wave;
+        if waves.len() < wave {
+            waves.resize(wave, Vec::new());
+        }
+        waves[wave - 1].push(report.stage.clone());
+    }
+    waves
 }

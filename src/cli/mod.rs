@@ -1,7 +1,12 @@
 //! The command line: clap types, turned into library calls; all printing happens here.
 
+mod agent;
 mod build;
+mod graph;
+mod history;
+mod output;
 mod status;
+mod why;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -42,6 +47,23 @@ enum Command {
     Invalidate(InvalidateArgs),
     /// Create or upgrade the state database.
     Migrate,
+    /// Run the pipeline once, every N seconds, or whenever an input changes.
+    Agent(agent::AgentArgs),
+    /// Runs newest first: trigger, outcome, and what happened to each stage and why.
+    History(history::HistoryArgs),
+    /// Why a stage is dirty (which input, param, command or upstream changed) or not.
+    Why(why::WhyArgs),
+    /// The DAG as Graphviz dot, Mermaid or text, stages marked by state.
+    Graph(graph::GraphArgs),
+    /// Record stages as up to date with their current inputs and outputs, without running them.
+    Accept(AcceptArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct AcceptArgs {
+    /// Stages to accept; their outputs must exist.
+    #[arg(required = true, value_name = "STAGE")]
+    stages: Vec<String>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -80,6 +102,10 @@ pub fn run() -> u8 {
 
 fn dispatch(cli: Cli) -> Result<u8, Error> {
     let file = pipeline_file(&cli);
+    if let Command::Agent(args) = cli.command {
+        // The agent loads (and reloads) the pipeline itself.
+        return agent::run(file, args);
+    }
     let engine = Engine::load(&file, registry())?;
     let state_path = engine.spec().state_path.clone();
     run_command(&engine, cli.command).map_err(|e| e.at_state(&state_path))
@@ -98,6 +124,15 @@ fn run_command(engine: &Engine, command: Command) -> Result<u8, Error> {
             );
             Ok(EXIT_OK)
         }
+        Command::History(args) => history::run(engine, args),
+        Command::Why(args) => why::run(engine, args),
+        Command::Graph(args) => graph::run(engine, args),
+        Command::Accept(args) => {
+            let accepted = engine.accept(&args.stages, &mut |_| {})?;
+            println!("accepted {} as up to date with their current inputs and outputs", accepted.join(", "));
+            Ok(EXIT_OK)
+        }
+        Command::Agent(_) => unreachable!("handled before the pipeline is loaded"),
         Command::Migrate => {
             let (from, to) = engine.migrate()?;
             if from == to {

@@ -121,7 +121,7 @@ struct Shared<'a> {
 
 impl Shared<'_> {
     fn stopped(&self) -> bool {
-        self.stop.load(Ordering::SeqCst) || self.watchdog.is_cancelled()
+        self.stop.load(Ordering::SeqCst) || self.watchdog.is_stopping()
     }
 }
 
@@ -247,7 +247,7 @@ pub fn execute(
         }
         drop(task_tx);
     });
-    coordinator.outcome.interrupted = opts.cancel.is_cancelled();
+    coordinator.outcome.interrupted = opts.cancel.is_stopping();
     match coordinator.first_error {
         Some(err) => Err(err),
         None => Ok(coordinator.outcome),
@@ -339,6 +339,8 @@ impl Coordinator<'_, '_> {
     fn finished(&mut self, idx: StageIdx, result: TaskResult, stop: &AtomicBool) -> Result<(), StateError> {
         match result {
             TaskResult::Clean => {
+                let name = self.eval.spec.stages[idx].name.as_str();
+                self.state.record_not_run(self.run, name, StageStatus::CutOff, "upstream outputs unchanged")?;
                 let recorded = self.eval.records.get(self.name(idx)).and_then(|r| r.output_hash);
                 self.hashes[idx] = recorded;
                 self.outcome.counts.cut_off += 1;
@@ -390,6 +392,7 @@ impl Coordinator<'_, '_> {
                 outputs: &success.outputs,
                 still_dirty: !success.moved.is_empty(),
                 metrics: &success.metrics,
+                status: StageStatus::Success,
             },
             &fresh,
         )?;
@@ -490,6 +493,9 @@ impl Coordinator<'_, '_> {
     fn not_started(&mut self, idx: StageIdx) {
         self.slots[idx] = Slot::Done;
         self.outcome.counts.blocked += 1;
+        let recorded =
+            self.state.record_not_run(self.run, self.name(idx), StageStatus::Skipped, "the build stopped first");
+        self.keep_error(recorded);
         (self.on_event)(&Event::StageBlocked { stage: self.eval.spec.stages[idx].name.as_str(), upstream: None });
         self.block_downstream(idx, None);
     }
@@ -504,8 +510,24 @@ impl Coordinator<'_, '_> {
             self.slots[down] = Slot::Done;
             self.outcome.counts.blocked += 1;
             let upstream = failed.map(|f| self.eval.spec.stages[f].name.as_str());
+            let (status, reason) = match upstream {
+                Some(up) => (StageStatus::Blocked, format!("upstream `{up}` failed")),
+                None => (StageStatus::Skipped, "the build stopped first".to_string()),
+            };
+            let recorded =
+                self.state.record_not_run(self.run, self.eval.spec.stages[down].name.as_str(), status, &reason);
+            if let Err(err) = recorded {
+                self.first_error.get_or_insert(err);
+            }
             (self.on_event)(&Event::StageBlocked { stage: self.eval.spec.stages[down].name.as_str(), upstream });
             stack.extend(self.eval.dag.downstream(down));
+        }
+    }
+
+    /// Keeps the first database error; the build reports it at the end.
+    fn keep_error(&mut self, result: Result<(), StateError>) {
+        if let Err(err) = result {
+            self.first_error.get_or_insert(err);
         }
     }
 

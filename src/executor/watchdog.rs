@@ -53,6 +53,11 @@ impl Watchdog {
         self.cancel.is_cancelled()
     }
 
+    /// Drained or cancelled: start nothing new.
+    pub fn is_stopping(&self) -> bool {
+        self.cancel.is_stopping()
+    }
+
     pub fn watch(&self, pid: u32, timeout: Option<Duration>) {
         let watched =
             Watched { deadline: timeout.and_then(|t| Instant::now().checked_add(t)), cause: None, term_sent: None };

@@ -3,6 +3,7 @@
 //! WAL mode lets `status` and the dashboard read while a build writes; every change a
 //! finished stage makes is one transaction, so a crash loses at most the stage in flight.
 
+mod history;
 mod lock;
 mod records;
 
@@ -12,6 +13,7 @@ use std::time::{Duration, SystemTime};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use rusqlite_migration::{M, Migrations};
 
+pub use history::{RunRow, StageRunRow};
 pub use lock::{BuildLock, LockError, LockHolder, acquire as acquire_lock};
 pub use records::{
     RunCounts, RunId, RunOutcome, StageAttempt, StageFailure, StageRecord, StageRunId, StageStatus, StageSuccess,

@@ -43,6 +43,14 @@ pub enum StageStatus {
     Failed,
     TimedOut,
     Interrupted,
+    /// Not run: its upstream re-ran with identical outputs.
+    CutOff,
+    /// Not run: an upstream stage failed.
+    Blocked,
+    /// Not run: the build stopped first.
+    Skipped,
+    /// Recorded as up to date by `dagrun accept`, without running.
+    Accepted,
 }
 
 impl StageStatus {
@@ -53,16 +61,24 @@ impl StageStatus {
             StageStatus::Failed => "failed",
             StageStatus::TimedOut => "timed_out",
             StageStatus::Interrupted => "interrupted",
+            StageStatus::CutOff => "cut_off",
+            StageStatus::Blocked => "blocked",
+            StageStatus::Skipped => "skipped",
+            StageStatus::Accepted => "accepted",
         }
     }
 
-    fn parse(text: &str) -> Option<StageStatus> {
+    pub fn parse(text: &str) -> Option<StageStatus> {
         Some(match text {
             "running" => StageStatus::Running,
             "success" => StageStatus::Success,
             "failed" => StageStatus::Failed,
             "timed_out" => StageStatus::TimedOut,
             "interrupted" => StageStatus::Interrupted,
+            "cut_off" => StageStatus::CutOff,
+            "blocked" => StageStatus::Blocked,
+            "skipped" => StageStatus::Skipped,
+            "accepted" => StageStatus::Accepted,
             _ => return None,
         })
     }
@@ -180,6 +196,24 @@ impl State {
         Ok(StageRunId(self.conn.last_insert_rowid()))
     }
 
+    /// A stage the build considered but did not run (cut off, blocked, skipped): one
+    /// finished `stage_runs` row, so `history` can say what happened to it.
+    pub fn record_not_run(
+        &self,
+        run: RunId,
+        component: &str,
+        status: StageStatus,
+        reason: &str,
+    ) -> Result<(), StateError> {
+        let now = timestamp(SystemTime::now());
+        self.conn.execute(
+            "INSERT INTO stage_runs (run_id, component, status, reason, started_at, finished_at, duration_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?5, 0)",
+            params![run.0, component, status.as_str(), reason, now],
+        )?;
+        Ok(())
+    }
+
     /// One transaction: the execution row, the stage's state with its new fingerprint and
     /// output hashes, and the stat-cache entries hashed so far.
     pub fn record_success(
@@ -192,7 +226,7 @@ impl State {
         let manifest = serde_json::to_string(success.fingerprint_inputs).expect("fingerprint inputs serialise");
         let tx = self.conn.transaction()?;
         tx.execute(
-            "UPDATE stage_runs SET status = 'success', finished_at = ?2, duration_ms = ?3, fingerprint = ?4,
+            "UPDATE stage_runs SET status = ?7, finished_at = ?2, duration_ms = ?3, fingerprint = ?4,
                  output_hash = ?5, metrics = ?6 WHERE id = ?1",
             params![
                 success.row.0,
@@ -200,15 +234,16 @@ impl State {
                 duration_ms,
                 success.fingerprint.to_hex(),
                 success.output_hash.to_hex(),
-                metrics_json(success.metrics)
+                metrics_json(success.metrics),
+                success.status.as_str()
             ],
         )?;
         tx.execute(
             "INSERT INTO orchestrator_state (component, last_run_at, is_dirty, run_count, failure_count, fingerprint,
                  output_hash, last_status, last_duration_ms, last_error, fingerprint_inputs)
-             VALUES (?1, ?2, ?3, 1, 0, ?4, ?5, 'success', ?6, NULL, ?7)
+             VALUES (?1, ?2, ?3, ?8, 0, ?4, ?5, 'success', ?6, NULL, ?7)
              ON CONFLICT (component) DO UPDATE SET last_run_at = excluded.last_run_at, is_dirty = excluded.is_dirty,
-                 run_count = run_count + 1, fingerprint = excluded.fingerprint, output_hash = excluded.output_hash,
+                 run_count = run_count + excluded.run_count, fingerprint = excluded.fingerprint, output_hash = excluded.output_hash,
                  last_status = 'success', last_duration_ms = excluded.last_duration_ms, last_error = NULL,
                  fingerprint_inputs = excluded.fingerprint_inputs",
             params![
@@ -218,7 +253,8 @@ impl State {
                 success.fingerprint.to_hex(),
                 success.output_hash.to_hex(),
                 duration_ms,
-                manifest
+                manifest,
+                i64::from(success.status != StageStatus::Accepted)
             ],
         )?;
         tx.execute("DELETE FROM stage_outputs WHERE component = ?1", [success.component])?;
@@ -278,6 +314,8 @@ pub struct StageSuccess<'a> {
     pub still_dirty: bool,
     /// What the stage reported (built-ins only), stored as a JSON object when not empty.
     pub metrics: &'a BTreeMap<String, f64>,
+    /// `Success` for a run; `Accepted` for `dagrun accept`, which does not count as a run.
+    pub status: StageStatus,
 }
 
 /// What a failed stage execution records.

@@ -2,8 +2,10 @@
 
 mod sandbox;
 
+mod agent;
 mod build;
 mod examples;
+mod explain;
 mod failures;
 mod faults;
 mod fuzz;

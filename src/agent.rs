@@ -1,0 +1,157 @@
+//! The agent: builds the pipeline once, on a schedule, or when inputs change, and keeps
+//! going through failed cycles and broken pipeline files. Each cycle is a `runs` row with
+//! its trigger (`agent-once`, `agent-scheduled`, `agent-watch`).
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use crate::builtin::Registry;
+use crate::cancel::CancelToken;
+use crate::engine::{BuildOptions, Engine};
+use crate::error::Error;
+use crate::event::{BuildSummary, Event};
+
+/// When the agent runs a cycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Schedule {
+    /// One cycle, then stop.
+    Once,
+    /// A cycle every `interval`, measured start to start; a cycle that overruns delays the
+    /// next one (cycles never overlap or queue up).
+    Every(Duration),
+    /// A cycle at start, then one whenever a source input or the pipeline file changes
+    /// (changes within `debounce` of each other make one cycle).
+    Watch { debounce: Duration },
+}
+
+impl Schedule {
+    fn trigger(self) -> &'static str {
+        match self {
+            Schedule::Once => "agent-once",
+            Schedule::Every(_) => "agent-scheduled",
+            Schedule::Watch { .. } => "agent-watch",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct AgentOptions {
+    pub file: PathBuf,
+    pub schedule: Schedule,
+    pub jobs: Option<usize>,
+    /// Drain it to stop after running stages finish; cancel it to kill them.
+    pub cancel: CancelToken,
+}
+
+/// What the agent reports.
+#[derive(Debug)]
+pub enum AgentEvent<'a> {
+    CycleStarted {
+        cycle: u64,
+    },
+    /// Progress inside a cycle's build.
+    Build(&'a Event<'a>),
+    CycleFinished {
+        cycle: u64,
+        summary: &'a BuildSummary,
+    },
+    /// The cycle could not build at all (e.g. the state database is unavailable).
+    CycleFailed {
+        cycle: u64,
+        error: &'a Error,
+    },
+    /// The pipeline file is invalid; the agent keeps using the last good one, if any.
+    PipelineInvalid {
+        error: &'a Error,
+        keeping_last_good: bool,
+    },
+    /// The pipeline file changed and was loaded.
+    PipelineReloaded,
+    /// Nothing to do until this much time has passed (or an input changes).
+    Idle {
+        next_in: Option<Duration>,
+    },
+}
+
+/// Runs cycles until the schedule ends or `cancel` stops it; returns how many ran.
+pub fn run_agent(
+    opts: &AgentOptions,
+    registry: &Registry,
+    on_event: &mut dyn FnMut(&AgentEvent<'_>),
+) -> Result<u64, Error> {
+    let mut engine: Option<Engine> = None;
+    let mut loaded_text: Option<String> = None;
+    let mut watcher = match opts.schedule {
+        Schedule::Watch { .. } => Some(crate::watch::InputWatcher::new()?),
+        _ => None,
+    };
+    let mut cycle = 0;
+    while !opts.cancel.is_stopping() {
+        reload(opts, registry, &mut engine, &mut loaded_text, on_event);
+        let started = Instant::now();
+        if let Some(engine) = &engine {
+            cycle += 1;
+            on_event(&AgentEvent::CycleStarted { cycle });
+            let build = BuildOptions {
+                jobs: opts.jobs,
+                trigger: opts.schedule.trigger().into(),
+                cancel: opts.cancel.clone(),
+                ..BuildOptions::default()
+            };
+            match engine.build(&build, &mut |event| on_event(&AgentEvent::Build(event))) {
+                Ok(summary) => on_event(&AgentEvent::CycleFinished { cycle, summary: &summary }),
+                Err(error) => on_event(&AgentEvent::CycleFailed { cycle, error: &error }),
+            }
+            if let Some(watcher) = &mut watcher {
+                watcher.watch(engine)?;
+            }
+        }
+        match opts.schedule {
+            Schedule::Once => break,
+            Schedule::Every(interval) => {
+                let next = started + interval;
+                on_event(&AgentEvent::Idle { next_in: next.checked_duration_since(Instant::now()) });
+                sleep_until(next, &opts.cancel);
+            }
+            Schedule::Watch { debounce } => {
+                on_event(&AgentEvent::Idle { next_in: None });
+                if let Some(watcher) = &mut watcher {
+                    watcher.wait_for_change(debounce, &opts.cancel);
+                }
+            }
+        }
+    }
+    Ok(cycle)
+}
+
+/// Loads the pipeline file when its text changed; an invalid file keeps the last good one.
+fn reload(
+    opts: &AgentOptions,
+    registry: &Registry,
+    engine: &mut Option<Engine>,
+    loaded_text: &mut Option<String>,
+    on_event: &mut dyn FnMut(&AgentEvent<'_>),
+) {
+    let text = std::fs::read_to_string(&opts.file).ok();
+    if engine.is_some() && text.is_some() && text == *loaded_text {
+        return;
+    }
+    match Engine::load(&opts.file, registry.clone()) {
+        Ok(new) => {
+            if engine.is_some() {
+                on_event(&AgentEvent::PipelineReloaded);
+            }
+            *engine = Some(new);
+            *loaded_text = text;
+        }
+        Err(error) => on_event(&AgentEvent::PipelineInvalid { error: &error, keeping_last_good: engine.is_some() }),
+    }
+}
+
+/// Sleeps until `deadline`, waking early when the agent is asked to stop.
+fn sleep_until(deadline: Instant, cancel: &CancelToken) {
+    while !cancel.is_stopping() {
+        let Some(left) = deadline.checked_duration_since(Instant::now()) else { return };
+        std::thread::sleep(left.min(Duration::from_millis(50)));
+    }
+}

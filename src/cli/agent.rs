@@ -1,0 +1,136 @@
+//! `dagrun agent`: run the pipeline once, on a schedule, or on input changes; one line per cycle.
+
+use std::time::Duration;
+
+use dagrun::agent::{AgentEvent, AgentOptions, Schedule, run_agent};
+use dagrun::{CancelToken, Error};
+
+use super::{EXIT_FAILED, EXIT_OK, EXIT_USAGE, registry, seconds};
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// One cycle, then exit (with 1 if a stage failed).
+    Once,
+    /// A cycle every --interval-sec seconds until SIGINT/SIGTERM.
+    Scheduled,
+    /// A cycle now and whenever a source input or the pipeline file changes.
+    Watch,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct AgentArgs {
+    #[arg(long, value_enum, default_value_t = Mode::Scheduled)]
+    mode: Mode,
+    /// Seconds from the start of one cycle to the start of the next (scheduled mode).
+    #[arg(long, value_name = "N", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..))]
+    interval_sec: u64,
+    /// Shorthand for --mode watch.
+    #[arg(long)]
+    watch: bool,
+    /// Stages run at once (default: the pipeline's `jobs`, else the number of cores).
+    #[arg(short, long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    jobs: Option<u32>,
+    /// On SIGINT/SIGTERM, seconds to let running stages finish before killing them.
+    #[arg(long, value_name = "N", default_value_t = 30)]
+    grace_sec: u64,
+}
+
+pub fn run(file: std::path::PathBuf, args: AgentArgs) -> Result<u8, Error> {
+    let schedule = match (args.watch, args.mode) {
+        (true, _) | (false, Mode::Watch) => Schedule::Watch { debounce: Duration::from_millis(300) },
+        (false, Mode::Once) => Schedule::Once,
+        (false, Mode::Scheduled) => Schedule::Every(Duration::from_secs(args.interval_sec)),
+    };
+    let cancel = CancelToken::new();
+    stop_on_signals(&cancel, Duration::from_secs(args.grace_sec));
+    let opts = AgentOptions { file, schedule, jobs: args.jobs.map(|j| j as usize), cancel };
+    let mut exit = EXIT_OK;
+    run_agent(&opts, &registry(), &mut |event| {
+        if let Some(code) = print_event(event, schedule) {
+            exit = exit.max(code);
+        }
+    })?;
+    if schedule != Schedule::Once {
+        eprintln!("{} agent stopped", now());
+        return Ok(EXIT_OK);
+    }
+    Ok(exit)
+}
+
+/// First SIGINT/SIGTERM: start no new stage, let running ones finish for up to `grace`,
+/// then terminate them. A second: kill them at once.
+fn stop_on_signals(cancel: &CancelToken, grace: Duration) {
+    let Ok(mut signals) =
+        signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])
+    else {
+        return;
+    };
+    let cancel = cancel.clone();
+    std::thread::spawn(move || {
+        for (count, _) in signals.forever().enumerate() {
+            if count == 0 {
+                eprintln!("{} stopping: no new stages; running ones get {}s to finish", now(), grace.as_secs());
+                cancel.drain();
+                let cancel = cancel.clone();
+                std::thread::spawn(move || {
+                    std::thread::sleep(grace);
+                    cancel.cancel();
+                });
+            } else {
+                cancel.cancel_now();
+            }
+        }
+    });
+}
+
+fn now() -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+}
+
+/// Prints one line per cycle (and per problem); returns an exit code for `--mode once`.
+fn print_event(event: &AgentEvent<'_>, schedule: Schedule) -> Option<u8> {
+    match event {
+        AgentEvent::CycleFinished { cycle, summary } => {
+            let c = &summary.counts;
+            let mut line = format!(
+                "{} cycle {cycle} (run {}): {} ran, {} cut off, {} up to date",
+                now(),
+                summary.run_id.unwrap_or_default(),
+                c.ran,
+                c.cut_off,
+                c.up_to_date
+            );
+            if c.failed > 0 || c.blocked > 0 {
+                let failed: Vec<&str> = summary.failures.iter().map(|f| f.stage.as_str()).collect();
+                line.push_str(&format!(", {} failed ({}), {} blocked", c.failed, failed.join(", "), c.blocked));
+            }
+            if summary.interrupted {
+                line.push_str(", interrupted");
+            }
+            println!("{line} in {}", seconds(summary.elapsed));
+            Some(if summary.succeeded() { EXIT_OK } else { EXIT_FAILED })
+        }
+        AgentEvent::CycleFailed { cycle, error } => {
+            println!("{} cycle {cycle} could not run: {}", now(), first_line(&error.to_string()));
+            Some(EXIT_FAILED)
+        }
+        AgentEvent::PipelineInvalid { error, keeping_last_good } => {
+            let keeping = if *keeping_last_good { "keeping the last good pipeline" } else { "waiting for a valid one" };
+            eprintln!("{} the pipeline file is invalid; {keeping}:\n{error}", now());
+            Some(if schedule == Schedule::Once { EXIT_USAGE } else { EXIT_OK })
+        }
+        AgentEvent::PipelineReloaded => {
+            println!("{} pipeline file changed; reloaded", now());
+            None
+        }
+        AgentEvent::Build(dagrun::Event::LockWaiting { holder, .. }) => {
+            eprintln!("{} another build holds the lock ({holder}); waiting", now());
+            None
+        }
+        AgentEvent::CycleStarted { .. } | AgentEvent::Build(_) | AgentEvent::Idle { .. } => None,
+    }
+}
+
+fn first_line(text: &str) -> &str {
+    text.lines().next().unwrap_or(text)
+}

@@ -1,0 +1,149 @@
+//! `dagrun agent`: once, scheduled, watch; surviving failures and broken pipeline files;
+//! stopping cleanly on SIGTERM.
+
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::sandbox::Sandbox;
+
+fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn runs(sb: &Sandbox) -> usize {
+    if !sb.exists(".dagrun/state.db") {
+        return 0;
+    }
+    sb.column("SELECT count(*) FROM runs WHERE finished_at IS NOT NULL")[0].parse().unwrap()
+}
+
+fn agent(sb: &Sandbox, args: &[&str]) -> Child {
+    let mut all = vec!["agent"];
+    all.extend_from_slice(args);
+    sb.command(&all).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
+}
+
+fn terminate(child: &Child) {
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+}
+
+fn finish(child: Child) -> (i32, String, String) {
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `tick` copies `src.txt`; it sleeps 30 s (after saying so) while `slow` exists.
+const TICK: &str = r#"
+[stages.tick]
+cmd = "echo tick >> ran.log; if [ -e slow ]; then touch slow-started; sleep 30; fi; cp src.txt tick.out"
+inputs = ["src.txt"]
+outputs = ["tick.out"]
+"#;
+
+#[test]
+fn once_runs_one_recorded_cycle_and_exits_with_its_outcome() {
+    let sb = Sandbox::new().pipeline(TICK).file("src.txt", "1\n");
+    let (code, out, _) = finish(agent(&sb, &["--mode", "once"]));
+    assert_eq!(code, 0);
+    assert!(out.contains("cycle 1 (run 1): 1 ran, 0 cut off, 0 up to date in"), "{out}");
+    assert_eq!(sb.column("SELECT trigger || ':' || outcome FROM runs"), ["agent-once:success"]);
+
+    sb.write("pipeline.toml", &TICK.replace("cp src.txt", "false && cp src.txt"));
+    let (code, out, _) = finish(agent(&sb, &["--mode", "once"]));
+    assert_eq!(code, 1, "a failed stage makes `--mode once` exit 1: {out}");
+    assert!(out.contains("1 failed (tick)"), "{out}");
+}
+
+#[test]
+fn the_scheduled_agent_runs_cycles_and_stops_on_sigterm_interrupting_a_running_stage() {
+    let sb = Sandbox::new().pipeline(TICK).file("src.txt", "1\n");
+    let child = agent(&sb, &["--mode", "scheduled", "--interval-sec", "1", "--grace-sec", "1"]);
+    wait_until("three cycles", Duration::from_secs(20), || runs(&sb) >= 3);
+    assert_eq!(sb.ran(), ["tick"], "later cycles found nothing to do");
+
+    sb.write("slow", "");
+    sb.write("src.txt", "2\n");
+    wait_until("the slow stage to start", Duration::from_secs(20), || sb.exists("slow-started"));
+    let stopping = Instant::now();
+    terminate(&child);
+    let (code, out, err) = finish(child);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(stopping.elapsed() < Duration::from_secs(15), "the grace period was honoured, not the 30 s stage");
+    assert!(
+        err.contains("stopping: no new stages; running ones get 1s to finish") && err.contains("agent stopped"),
+        "{err}"
+    );
+    assert!(out.lines().filter(|l| l.contains(" cycle ")).count() >= 4, "{out}");
+    assert_eq!(
+        sb.column("SELECT status FROM stage_runs WHERE component = 'tick' ORDER BY id DESC LIMIT 1"),
+        ["interrupted"]
+    );
+    assert_eq!(sb.column("SELECT DISTINCT trigger FROM runs"), ["agent-scheduled"]);
+
+    sb.remove("slow");
+    let next = sb.build().success();
+    assert!(next.stdout().contains("run      tick  (last run was interrupted)"), "{}", next.stdout());
+    assert_eq!(sb.read("tick.out"), "2\n");
+}
+
+#[test]
+fn the_agent_survives_a_failing_cycle_and_an_invalid_pipeline_file() {
+    let sb = Sandbox::new()
+        .pipeline(
+            r#"
+            [stages.check]
+            cmd = "test ! -e broken && cp src.txt check.out"
+            inputs = ["src.txt"]
+            outputs = ["check.out"]
+            "#,
+        )
+        .file("src.txt", "1\n")
+        .file("broken", "");
+    let child = agent(&sb, &["--interval-sec", "1"]);
+    wait_until("a failed cycle", Duration::from_secs(20), || runs(&sb) >= 1);
+    let good = sb.read("pipeline.toml");
+    sb.write("pipeline.toml", "[stages.check\ncmd = ");
+    let before = runs(&sb);
+    wait_until("two cycles on the last good pipeline", Duration::from_secs(20), || runs(&sb) >= before + 2);
+    sb.remove("broken");
+    sb.write("pipeline.toml", &format!("# fixed\n{good}"));
+    wait_until("a successful cycle", Duration::from_secs(20), || {
+        sb.column("SELECT count(*) FROM runs WHERE outcome = 'success'")[0] != "0"
+    });
+    terminate(&child);
+    let (code, out, err) = finish(child);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("1 failed (check)"), "{out}");
+    assert!(
+        err.contains("the pipeline file is invalid; keeping the last good pipeline:") && err.contains("--> "),
+        "{err}"
+    );
+    assert!(out.contains("pipeline file changed; reloaded"), "{out}");
+    assert_eq!(sb.read("check.out"), "1\n");
+}
+
+#[test]
+fn watch_runs_a_cycle_when_a_source_input_changes() {
+    let sb = Sandbox::new().pipeline(TICK).file("src.txt", "1\n");
+    let child = agent(&sb, &["--watch"]);
+    wait_until("the first cycle", Duration::from_secs(20), || runs(&sb) >= 1);
+    std::thread::sleep(Duration::from_millis(300));
+    sb.write("src.txt", "changed\n");
+    wait_until("a cycle after the change", Duration::from_secs(20), || runs(&sb) >= 2);
+    wait_until("the new output", Duration::from_secs(20), || sb.read("tick.out") == "changed\n");
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(runs(&sb), 2, "its own outputs do not trigger more cycles");
+    terminate(&child);
+    let (code, _, err) = finish(child);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(sb.column("SELECT DISTINCT trigger FROM runs"), ["agent-watch"]);
+}
