@@ -274,7 +274,7 @@ fn a_dry_run_lists_what_would_run_and_runs_nothing() {
     let run = sb.dagrun(&["build", "-n"]).success();
     assert_eq!(
         run.stdout(),
-        "would run  b  (param `window` changed: 20 -> 21)\nwould run  c  (upstream `b` is dirty)\n2 would run, 1 up to date (dry run: nothing was run)\n"
+        "would run  b  (param `window` changed: 20 -> 21)\nwould run  c  (upstream `b` is dirty)\nwave 1    b\nwave 2    c\n2 would run, 1 up to date (dry run: nothing was run)\n"
     );
     assert_eq!(sb.ran(), Vec::<String>::new());
 }
