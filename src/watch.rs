@@ -16,6 +16,8 @@ pub struct InputWatcher {
     watcher: RecommendedWatcher,
     events: Receiver<notify::Result<notify::Event>>,
     watched: Vec<PathBuf>,
+    /// The source inputs and the pipeline file: a change at or under one starts a cycle.
+    interesting: Vec<PathBuf>,
     /// Paths whose changes are the pipeline's own doing: outputs and `.dagrun/`.
     ignored: Vec<PathBuf>,
 }
@@ -24,37 +26,46 @@ impl InputWatcher {
     pub fn new() -> Result<InputWatcher, Error> {
         let (tx, events) = channel();
         let watcher = notify::recommended_watcher(tx).map_err(|e| Error::Watch { message: e.to_string() })?;
-        Ok(InputWatcher { watcher, events, watched: Vec::new(), ignored: Vec::new() })
+        Ok(InputWatcher { watcher, events, watched: Vec::new(), interesting: Vec::new(), ignored: Vec::new() })
     }
 
     /// Watches the pipeline file and every source input of `engine` (a glob: its directory).
+    /// Files are watched through their directory, so a save that replaces the file (as most
+    /// editors do: write a new file, rename it over the old) is still seen.
     pub fn watch(&mut self, engine: &Engine) -> Result<(), Error> {
         let spec = engine.spec();
-        let mut paths = vec![spec.file.canonicalize().unwrap_or_else(|_| spec.file.clone())];
+        let root = &spec.root;
+        let mut interesting = vec![root.join(spec.file.file_name().unwrap_or_default())];
         for stage in &spec.stages {
             for input in &stage.inputs {
-                let path = match input {
-                    Input::Path(p) if engine.dag().producer_of(p).is_none() => p.to_path(&spec.root),
-                    Input::Path(_) => continue,
+                match input {
+                    Input::Path(p) if engine.dag().producer_of(p).is_none() => interesting.push(p.to_path(root)),
+                    Input::Path(_) => {}
                     Input::Glob(p) => {
                         let literal = p.as_str().split(['*', '?', '[']).next().unwrap_or("");
-                        spec.root.join(literal.rsplit_once('/').map_or("", |(dir, _)| dir))
+                        interesting.push(root.join(literal.rsplit_once('/').map_or("", |(dir, _)| dir)));
                     }
-                };
-                paths.push(path);
+                }
             }
         }
-        self.ignored = spec.stages.iter().flat_map(|s| s.outputs.iter().map(|o| o.to_path(&spec.root))).collect();
+        self.ignored = spec.stages.iter().flat_map(|s| s.outputs.iter().map(|o| o.to_path(root))).collect();
         self.ignored.push(spec.dagrun_dir());
-        for path in paths {
-            if self.watched.contains(&path) || !path.exists() {
+        for path in &interesting {
+            // A directory is watched whole; a file (or a path not there yet) through its parent.
+            let (target, mode) = if path.is_dir() {
+                (path.clone(), RecursiveMode::Recursive)
+            } else {
+                (path.parent().map_or_else(|| root.clone(), std::path::Path::to_path_buf), RecursiveMode::NonRecursive)
+            };
+            if self.watched.contains(&target) || !target.exists() {
                 continue;
             }
             self.watcher
-                .watch(&path, RecursiveMode::Recursive)
-                .map_err(|e| Error::Watch { message: format!("{}: {e}", path.display()) })?;
-            self.watched.push(path);
+                .watch(&target, mode)
+                .map_err(|e| Error::Watch { message: format!("{}: {e}", target.display()) })?;
+            self.watched.push(target);
         }
+        self.interesting = interesting;
         Ok(())
     }
 
@@ -81,6 +92,9 @@ impl InputWatcher {
                 | EventKind::Remove(_)
                 | EventKind::Modify(ModifyKind::Data(_) | ModifyKind::Name(_) | ModifyKind::Any)
         );
-        kind && event.paths.iter().any(|p| !self.ignored.iter().any(|ignored| p.starts_with(ignored)))
+        kind && event.paths.iter().any(|p| {
+            self.interesting.iter().any(|i| p.starts_with(i))
+                && !self.ignored.iter().any(|ignored| p.starts_with(ignored))
+        })
     }
 }

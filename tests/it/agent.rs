@@ -14,11 +14,14 @@ fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
     }
 }
 
+/// Finished runs so far; none while the agent has not yet created (and migrated) its state.
 fn runs(sb: &Sandbox) -> usize {
     if !sb.exists(".dagrun/state.db") {
         return 0;
     }
-    sb.column("SELECT count(*) FROM runs WHERE finished_at IS NOT NULL")[0].parse().unwrap()
+    let db = sb.db();
+    db.query_row("SELECT count(*) FROM runs WHERE finished_at IS NOT NULL", [], |r| r.get::<_, i64>(0))
+        .map_or(0, |n| n as usize)
 }
 
 fn agent(sb: &Sandbox, args: &[&str]) -> Child {
@@ -137,7 +140,9 @@ fn watch_runs_a_cycle_when_a_source_input_changes() {
     let child = agent(&sb, &["--watch"]);
     wait_until("the first cycle", Duration::from_secs(20), || runs(&sb) >= 1);
     std::thread::sleep(Duration::from_millis(300));
-    sb.write("src.txt", "changed\n");
+    // As editors save: a new file renamed over the old one.
+    sb.write("src.txt.swp", "changed\n");
+    std::fs::rename(sb.path("src.txt.swp"), sb.path("src.txt")).unwrap();
     wait_until("a cycle after the change", Duration::from_secs(20), || runs(&sb) >= 2);
     wait_until("the new output", Duration::from_secs(20), || sb.read("tick.out") == "changed\n");
     std::thread::sleep(Duration::from_millis(800));
