@@ -67,6 +67,11 @@ pub enum AgentEvent<'a> {
     },
     /// The pipeline file changed and was loaded.
     PipelineReloaded,
+    /// Some inputs could not be watched (e.g. the system's inotify limit); the agent goes
+    /// on, watching what it could.
+    WatchFailed {
+        error: &'a Error,
+    },
     /// Nothing to do until this much time has passed (or an input changes).
     Idle {
         next_in: Option<Duration>,
@@ -82,13 +87,19 @@ pub fn run_agent(
     let mut engine: Option<Engine> = None;
     let mut loaded_text: Option<String> = None;
     let mut watcher = match opts.schedule {
-        Schedule::Watch { .. } => Some(crate::watch::InputWatcher::new()?),
+        Schedule::Watch { .. } => Some(crate::watch::InputWatcher::new(&opts.file)?),
         _ => None,
     };
     let mut cycle = 0;
     while !opts.cancel.is_stopping() {
         reload(opts, registry, &mut engine, &mut loaded_text, on_event);
         let started = Instant::now();
+        // Watch before building, so that an input edited during the cycle starts another.
+        if let (Some(watcher), Some(engine)) = (&mut watcher, &engine)
+            && let Err(error) = watcher.watch(engine)
+        {
+            on_event(&AgentEvent::WatchFailed { error: &error });
+        }
         if let Some(engine) = &engine {
             cycle += 1;
             on_event(&AgentEvent::CycleStarted { cycle });
@@ -101,9 +112,6 @@ pub fn run_agent(
             match engine.build(&build, &mut |event| on_event(&AgentEvent::Build(event))) {
                 Ok(summary) => on_event(&AgentEvent::CycleFinished { cycle, summary: &summary }),
                 Err(error) => on_event(&AgentEvent::CycleFailed { cycle, error: &error }),
-            }
-            if let Some(watcher) = &mut watcher {
-                watcher.watch(engine)?;
             }
         }
         match opts.schedule {

@@ -104,9 +104,12 @@ impl Engine {
         let started = Instant::now();
         let selected = self.select(&opts.targets)?;
         let lock_path = self.spec.dagrun_dir().join("lock");
-        let _lock = acquire_lock(&lock_path, opts.wait_for_lock, |holder| {
-            on_event(&Event::LockWaiting { path: &lock_path, holder })
-        })?;
+        let _lock = acquire_lock(
+            &lock_path,
+            opts.wait_for_lock,
+            |holder| on_event(&Event::LockWaiting { path: &lock_path, holder }),
+            || opts.cancel.is_stopping(),
+        )?;
         if opts.reset_state
             && let Some(moved_to) = self.move_state_aside()?
         {
@@ -222,12 +225,39 @@ impl Engine {
     pub fn accept(&self, stages: &[String], on_event: &mut dyn FnMut(&Event<'_>)) -> Result<Vec<String>, Error> {
         let wanted = stages.iter().map(|s| self.stage_index(s)).collect::<Result<Vec<_>, _>>()?;
         let lock_path = self.spec.dagrun_dir().join("lock");
-        let _lock =
-            acquire_lock(&lock_path, true, |holder| on_event(&Event::LockWaiting { path: &lock_path, holder }))?;
+        let _lock = acquire_lock(
+            &lock_path,
+            true,
+            |holder| on_event(&Event::LockWaiting { path: &lock_path, holder }),
+            || false,
+        )?;
         let mut state = State::open(&self.spec.state_path)?;
+        state.sweep_unfinished()?;
         let records = state.load_records()?;
         let cache = HashCache::new(&self.spec.root, state.load_hash_cache()?);
         let ctx = self.eval_context(&records, &cache, false);
+        // Accepting a stage vouches for its outputs given its upstream's recorded outputs:
+        // every upstream stage outside the accepted set must itself be up to date.
+        let plan = plan_build(&ctx, &self.dag.with_upstream(&wanted));
+        for &idx in &wanted {
+            let dirty_upstream = self.dag.upstream(idx).filter(|up| !wanted.contains(up)).find_map(|up| {
+                let eval = plan.evaluations[up].as_ref()?;
+                match &eval.verdict {
+                    Verdict::Dirty(reason) => Some((
+                        up,
+                        explain_reason(&state, self.spec.stages[up].name.as_str(), reason.clone(), &eval.inputs),
+                    )),
+                    Verdict::UpToDate => None,
+                }
+            });
+            if let Some((up, reason)) = dirty_upstream {
+                let up = &self.spec.stages[up].name;
+                return Err(Error::Accept {
+                    stage: self.spec.stages[idx].name.to_string(),
+                    reason: format!("its upstream `{up}` is dirty ({reason}); build `{up}` first, or accept it too"),
+                });
+            }
+        }
         let run = state.begin_run("accept", &stages.iter().map(String::as_str).collect::<Vec<_>>(), 1)?;
         let mut hashes: std::collections::HashMap<StageIdx, crate::fingerprint::OutputHash> =
             std::collections::HashMap::new();
@@ -332,7 +362,17 @@ impl Engine {
         }
         let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("state.db");
-        let moved_to = path.with_file_name(format!("{name}.reset-{stamp}"));
+        // Never over an earlier reset's file, even within the same second.
+        let moved_to = (0..)
+            .map(|n| {
+                path.with_file_name(if n == 0 {
+                    format!("{name}.reset-{stamp}")
+                } else {
+                    format!("{name}.reset-{stamp}-{n}")
+                })
+            })
+            .find(|candidate| !candidate.exists())
+            .expect("some name is free");
         let io = |source| Error::Io { path: path.display().to_string(), source };
         for suffix in ["-wal", "-shm"] {
             let side = std::path::PathBuf::from(format!("{}{suffix}", path.display()));

@@ -72,9 +72,11 @@ impl Event<'_> {
         use serde_json::json;
         match self {
             Event::LockWaiting { path, holder } => {
-                json!({ "event": "lock_waiting", "path": path, "pid": holder.pid, "since": holder.since })
+                json!({ "event": "lock_waiting", "path": path.display().to_string(), "pid": holder.pid, "since": holder.since })
             }
-            Event::StateReset { moved_to } => json!({ "event": "state_reset", "moved_to": moved_to }),
+            Event::StateReset { moved_to } => {
+                json!({ "event": "state_reset", "moved_to": moved_to.display().to_string() })
+            }
             Event::SweptInterrupted { stages } => json!({ "event": "swept_interrupted", "stages": stages }),
             Event::BuildStarted { run, selected, to_check, jobs } => {
                 json!({ "event": "build_started", "run_id": run.0, "selected": selected, "to_check": to_check, "jobs": jobs })

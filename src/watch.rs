@@ -1,6 +1,7 @@
 //! Waiting for a pipeline's source inputs (or its file) to change, for `agent --watch`.
 
-use std::path::PathBuf;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
 use std::time::{Duration, Instant};
 
@@ -10,62 +11,102 @@ use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 use crate::cancel::CancelToken;
 use crate::engine::Engine;
 use crate::error::Error;
-use crate::spec::Input;
+use crate::spec::{GLOB_OPTIONS, Input};
+
+/// What a change must touch to start a cycle.
+enum Interest {
+    /// A file, or anything under a directory.
+    Path(PathBuf),
+    /// A path matching a glob input (absolute pattern).
+    Glob(glob::Pattern),
+}
+
+impl Interest {
+    fn covers(&self, path: &Path) -> bool {
+        match self {
+            Interest::Path(p) => path.starts_with(p),
+            Interest::Glob(pattern) => pattern.matches_path_with(path, GLOB_OPTIONS),
+        }
+    }
+}
 
 pub struct InputWatcher {
     watcher: RecommendedWatcher,
     events: Receiver<notify::Result<notify::Event>>,
-    watched: Vec<PathBuf>,
-    /// The source inputs and the pipeline file: a change at or under one starts a cycle.
-    interesting: Vec<PathBuf>,
-    /// Paths whose changes are the pipeline's own doing: outputs and `.dagrun/`.
+    watched: HashMap<PathBuf, RecursiveMode>,
+    interesting: Vec<Interest>,
+    /// The pipeline's own doing: outputs, `.dagrun/`, the state database.
     ignored: Vec<PathBuf>,
 }
 
 impl InputWatcher {
-    pub fn new() -> Result<InputWatcher, Error> {
+    /// Starts watching the pipeline file (through its directory), so that even a pipeline
+    /// that does not load yet is retried when it is edited.
+    pub fn new(pipeline_file: &Path) -> Result<InputWatcher, Error> {
         let (tx, events) = channel();
         let watcher = notify::recommended_watcher(tx).map_err(|e| Error::Watch { message: e.to_string() })?;
-        Ok(InputWatcher { watcher, events, watched: Vec::new(), interesting: Vec::new(), ignored: Vec::new() })
+        let file = std::path::absolute(pipeline_file).unwrap_or_else(|_| pipeline_file.to_path_buf());
+        let mut watcher =
+            InputWatcher { watcher, events, watched: HashMap::new(), interesting: Vec::new(), ignored: Vec::new() };
+        watcher.add(file.parent().unwrap_or(Path::new("/")), RecursiveMode::NonRecursive)?;
+        watcher.interesting.push(Interest::Path(file));
+        Ok(watcher)
     }
 
-    /// Watches the pipeline file and every source input of `engine` (a glob: its directory).
-    /// Files are watched through their directory, so a save that replaces the file (as most
-    /// editors do: write a new file, rename it over the old) is still seen.
+    /// Watches every source input of `engine` (and its pipeline file). Files are watched
+    /// through their directory, so a save that replaces the file (as most editors do) is
+    /// seen; directories and globs recursively.
     pub fn watch(&mut self, engine: &Engine) -> Result<(), Error> {
         let spec = engine.spec();
         let root = &spec.root;
-        let mut interesting = vec![root.join(spec.file.file_name().unwrap_or_default())];
+        self.interesting = vec![Interest::Path(root.join(spec.file.file_name().unwrap_or_default()))];
         for stage in &spec.stages {
             for input in &stage.inputs {
                 match input {
-                    Input::Path(p) if engine.dag().producer_of(p).is_none() => interesting.push(p.to_path(root)),
+                    Input::Path(p) if engine.dag().producer_of(p).is_none() => {
+                        let path = p.to_path(root);
+                        if path.is_dir() {
+                            self.add(&path, RecursiveMode::Recursive)?;
+                        } else if let Some(dir) = path.parent().filter(|d| d.exists()) {
+                            self.add(dir, RecursiveMode::NonRecursive)?;
+                        }
+                        self.interesting.push(Interest::Path(path));
+                    }
                     Input::Path(_) => {}
                     Input::Glob(p) => {
                         let literal = p.as_str().split(['*', '?', '[']).next().unwrap_or("");
-                        interesting.push(root.join(literal.rsplit_once('/').map_or("", |(dir, _)| dir)));
+                        let dir = root.join(literal.rsplit_once('/').map_or("", |(dir, _)| dir));
+                        if dir.exists() {
+                            self.add(&dir, RecursiveMode::Recursive)?;
+                        }
+                        let pattern = format!("{}/{}", glob::Pattern::escape(&root.to_string_lossy()), p.as_str());
+                        if let Ok(pattern) = glob::Pattern::new(&pattern) {
+                            self.interesting.push(Interest::Glob(pattern));
+                        }
                     }
                 }
             }
         }
         self.ignored = spec.stages.iter().flat_map(|s| s.outputs.iter().map(|o| o.to_path(root))).collect();
         self.ignored.push(spec.dagrun_dir());
-        for path in &interesting {
-            // A directory is watched whole; a file (or a path not there yet) through its parent.
-            let (target, mode) = if path.is_dir() {
-                (path.clone(), RecursiveMode::Recursive)
-            } else {
-                (path.parent().map_or_else(|| root.clone(), std::path::Path::to_path_buf), RecursiveMode::NonRecursive)
-            };
-            if self.watched.contains(&target) || !target.exists() {
-                continue;
-            }
-            self.watcher
-                .watch(&target, mode)
-                .map_err(|e| Error::Watch { message: format!("{}: {e}", target.display()) })?;
-            self.watched.push(target);
+        for suffix in ["", "-wal", "-shm", "-journal"] {
+            self.ignored.push(PathBuf::from(format!("{}{suffix}", spec.state_path.display())));
         }
-        self.interesting = interesting;
+        Ok(())
+    }
+
+    /// Watches `dir`, upgrading an earlier non-recursive watch when recursion is needed.
+    fn add(&mut self, dir: &Path, mode: RecursiveMode) -> Result<(), Error> {
+        match self.watched.get(dir) {
+            Some(RecursiveMode::Recursive) => return Ok(()),
+            Some(RecursiveMode::NonRecursive) if mode == RecursiveMode::NonRecursive => return Ok(()),
+            Some(RecursiveMode::NonRecursive) => {
+                let _ = self.watcher.unwatch(dir);
+            }
+            None => {}
+        }
+        self.watcher.watch(dir, mode).map_err(|e| Error::Watch { message: format!("{}: {e}", dir.display()) })?;
+        self.watched.insert(dir.to_path_buf(), mode);
         Ok(())
     }
 
@@ -92,9 +133,13 @@ impl InputWatcher {
                 | EventKind::Remove(_)
                 | EventKind::Modify(ModifyKind::Data(_) | ModifyKind::Name(_) | ModifyKind::Any)
         );
-        kind && event.paths.iter().any(|p| {
-            self.interesting.iter().any(|i| p.starts_with(i))
-                && !self.ignored.iter().any(|ignored| p.starts_with(ignored))
-        })
+        kind && event.paths.iter().any(|p| self.interesting.iter().any(|i| i.covers(p)) && !self.is_own(p))
+    }
+
+    /// Changes the pipeline makes itself: outputs, dagrun's files, and the temporary files
+    /// built-ins write next to an output before renaming it (`.NAME.tmp-PID`).
+    fn is_own(&self, path: &Path) -> bool {
+        let temp = path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.') && n.contains(".tmp-"));
+        temp || self.ignored.iter().any(|ignored| path.starts_with(ignored))
     }
 }

@@ -50,7 +50,8 @@ pub fn run(file: std::path::PathBuf, args: AgentArgs) -> Result<u8, Error> {
             exit = exit.max(code);
         }
     })?;
-    if schedule != Schedule::Once {
+    // Stopped by a signal (any mode), or a schedule that only ends that way: exit 0.
+    if schedule != Schedule::Once || opts.cancel.is_stopping() {
         eprintln!("{} agent stopped", now());
         return Ok(EXIT_OK);
     }
@@ -118,6 +119,10 @@ fn print_event(event: &AgentEvent<'_>, schedule: Schedule) -> Option<u8> {
             let keeping = if *keeping_last_good { "keeping the last good pipeline" } else { "waiting for a valid one" };
             eprintln!("{} the pipeline file is invalid; {keeping}:\n{error}", now());
             Some(if schedule == Schedule::Once { EXIT_USAGE } else { EXIT_OK })
+        }
+        AgentEvent::WatchFailed { error } => {
+            eprintln!("{} {error}; watching the rest", now());
+            None
         }
         AgentEvent::PipelineReloaded => {
             println!("{} pipeline file changed; reloaded", now());

@@ -80,18 +80,14 @@ fn write_dot(out: &mut impl Write, name: &str, reports: &[StageReport], edges: &
 }
 
 fn write_mermaid(out: &mut impl Write, reports: &[StageReport], edges: &[(&str, &str)]) -> std::io::Result<()> {
+    // Ids `s0`, `s1`, ...: stage names may collide once sanitised, or be Mermaid keywords.
+    let id = |stage: &str| reports.iter().position(|r| r.stage == stage).map_or_else(String::new, |i| format!("s{i}"));
     writeln!(out, "graph LR")?;
     for report in reports {
-        writeln!(
-            out,
-            "  {}[\"{}\"]:::{}",
-            report.stage.replace(['.', '-'], "_"),
-            report.stage,
-            state(report).replace('-', "_")
-        )?;
+        writeln!(out, "  {}[\"{}\"]:::{}", id(&report.stage), report.stage, state(report).replace('-', "_"))?;
     }
     for (from, to) in edges {
-        writeln!(out, "  {} --> {}", from.replace(['.', '-'], "_"), to.replace(['.', '-'], "_"))?;
+        writeln!(out, "  {} --> {}", id(from), id(to))?;
     }
     for state in ["up-to-date", "dirty", "failed", "never-run"] {
         writeln!(out, "  classDef {} fill:{}", state.replace('-', "_"), colour(state))?;

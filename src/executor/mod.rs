@@ -366,6 +366,13 @@ impl Coordinator<'_, '_> {
             TaskResult::RetryAbandoned => {
                 let (failure, log_path) =
                     self.last_failure[idx].take().unwrap_or_else(|| (AttemptFailure::failed("retry abandoned"), None));
+                (self.on_event)(&Event::StageFailed {
+                    stage: self.eval.spec.stages[idx].name.as_str(),
+                    status: failure.status,
+                    error: "the build stopped before the next attempt",
+                    log_path: log_path.as_deref(),
+                    will_retry: false,
+                });
                 self.final_failure(idx, failure, log_path, String::new(), stop);
             }
             TaskResult::Succeeded(success) => self.succeeded(idx, *success)?,
@@ -564,6 +571,10 @@ fn run_task(shared: &Shared<'_>, task: Task, tx: &Sender<Message>) {
         }
         Verdict::Dirty(reason) => reason.clone(),
     };
+    // Evaluating can take a while (hashing large inputs): look again before starting.
+    if shared.stopped() {
+        return finish(TaskResult::NotStarted);
+    }
     let stage = &shared.eval.spec.stages[idx];
     let attempts = stage.retries.saturating_add(1);
     for attempt in 1..=attempts {

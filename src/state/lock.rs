@@ -28,6 +28,8 @@ impl std::fmt::Display for LockHolder {
 pub enum LockError {
     #[error("another build holds {} ({holder}); wait for it to finish, or run without --no-wait to queue behind it", path.display())]
     Busy { path: PathBuf, holder: LockHolder },
+    #[error("stopped while waiting for another build to release {}", path.display())]
+    Stopped { path: PathBuf },
     #[error("cannot lock {}: {source}", path.display())]
     Io { path: PathBuf, source: std::io::Error },
 }
@@ -39,8 +41,14 @@ pub struct BuildLock {
 }
 
 /// Takes the build lock. When another process holds it, calls `on_wait` with the holder
-/// and then blocks until it is free, or fails with [`LockError::Busy`] when `wait` is false.
-pub fn acquire(path: &Path, wait: bool, on_wait: impl FnOnce(&LockHolder)) -> Result<BuildLock, LockError> {
+/// and then waits until it is free (giving up with [`LockError::Stopped`] as soon as
+/// `stop()` says so), or fails with [`LockError::Busy`] when `wait` is false.
+pub fn acquire(
+    path: &Path,
+    wait: bool,
+    on_wait: impl FnOnce(&LockHolder),
+    stop: impl Fn() -> bool,
+) -> Result<BuildLock, LockError> {
     let io_err = |source| LockError::Io { path: path.to_path_buf(), source };
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(io_err)?;
@@ -54,7 +62,19 @@ pub fn acquire(path: &Path, wait: bool, on_wait: impl FnOnce(&LockHolder)) -> Re
                 return Err(LockError::Busy { path: path.to_path_buf(), holder });
             }
             on_wait(&holder);
-            file.lock().map_err(io_err)?;
+            // Polled rather than blocking, so that a stop request (Ctrl-C, an agent's
+            // SIGTERM) is honoured while waiting.
+            loop {
+                if stop() {
+                    return Err(LockError::Stopped { path: path.to_path_buf() });
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                match file.try_lock() {
+                    Ok(()) => break,
+                    Err(TryLockError::WouldBlock) => {}
+                    Err(TryLockError::Error(source)) => return Err(io_err(source)),
+                }
+            }
         }
         Err(TryLockError::Error(source)) => return Err(io_err(source)),
     }

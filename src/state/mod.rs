@@ -169,7 +169,13 @@ impl State {
                 [stage],
             )?;
         }
-        tx.execute("UPDATE runs SET outcome = 'interrupted', finished_at = ?1 WHERE outcome = 'running'", [&now])?;
+        // A dead run ended when its last stage did, not when it is found.
+        tx.execute(
+            "UPDATE runs SET outcome = 'interrupted',
+                 finished_at = (SELECT max(finished_at) FROM stage_runs WHERE stage_runs.run_id = runs.run_id AND status != 'interrupted')
+             WHERE outcome = 'running'",
+            [],
+        )?;
         tx.commit()?;
         Ok(stages)
     }

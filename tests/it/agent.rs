@@ -152,3 +152,34 @@ fn watch_runs_a_cycle_when_a_source_input_changes() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(sb.column("SELECT DISTINCT trigger FROM runs"), ["agent-watch"]);
 }
+
+#[test]
+fn an_agent_waiting_for_another_builds_lock_still_stops_on_sigterm() {
+    let sb = Sandbox::new().pipeline(TICK).file("src.txt", "1\n").file("slow", "");
+    let mut holder = sb.spawn(&["build"]);
+    wait_until("the other build to start its stage", Duration::from_secs(20), || sb.exists("slow-started"));
+    let child = agent(&sb, &["--interval-sec", "1"]);
+    std::thread::sleep(Duration::from_millis(500));
+    let stopping = Instant::now();
+    terminate(&child);
+    let (code, _, err) = finish(child);
+    assert_eq!(code, 0, "{err}");
+    assert!(stopping.elapsed() < Duration::from_secs(5), "it stopped waiting at once, not after the 30 s build");
+    assert!(err.contains("another build holds the lock"), "{err}");
+    let _ = holder.kill();
+    let _ = holder.wait();
+}
+
+#[test]
+fn watch_retries_a_pipeline_file_that_was_invalid_at_start() {
+    let sb = Sandbox::new().pipeline("[stages.tick\n").file("src.txt", "1\n");
+    let child = agent(&sb, &["--watch"]);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(runs(&sb), 0);
+    sb.write("pipeline.toml", TICK);
+    wait_until("a cycle once the file is fixed", Duration::from_secs(20), || runs(&sb) >= 1);
+    terminate(&child);
+    let (code, _, err) = finish(child);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("the pipeline file is invalid; waiting for a valid one"), "{err}");
+}

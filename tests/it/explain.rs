@@ -141,10 +141,8 @@ fn graph_dot_parses_with_graphviz_and_has_an_edge_per_dependency() {
     let text = sb.dagrun(&["graph"]).success().stdout();
     assert_eq!(text, "a  [up-to-date]\nb  [up-to-date]  <- a\nc  [never-run]  <- a, b\nd  [never-run]  <- c\n");
     let mermaid = sb.dagrun(&["graph", "--format", "mermaid"]).success().stdout();
-    assert!(
-        mermaid.starts_with("graph LR\n") && mermaid.contains("  a --> b\n") && mermaid.contains("  c --> d\n"),
-        "{mermaid}"
-    );
+    assert!(mermaid.starts_with("graph LR\n  s0[\"a\"]:::up_to_date\n"), "{mermaid}");
+    assert!(mermaid.contains("  s0 --> s1\n") && mermaid.contains("  s2 --> s3\n"), "{mermaid}");
 }
 
 #[test]
@@ -205,6 +203,15 @@ fn accept_records_existing_outputs_as_up_to_date_without_running() {
     );
     assert_eq!(sb.column("SELECT DISTINCT status FROM stage_runs"), ["accepted"]);
 
+    sb.write("src.txt", "changed\n");
+    let dirty_upstream = sb.dagrun(&["accept", "b"]).failure();
+    assert!(
+        dirty_upstream.stderr().contains("cannot accept `b`: its upstream `a` is dirty (input `src.txt` changed"),
+        "{}",
+        dirty_upstream.stderr()
+    );
+
+    sb.write("src.txt", "hello\n");
     sb.remove("c.out");
     let refused = sb.dagrun(&["accept", "c"]).failure();
     assert_eq!(refused.stderr(), "error: cannot accept `c`: output `c.out` does not exist; build it instead\n");
