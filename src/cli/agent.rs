@@ -61,26 +61,14 @@ pub fn run(file: std::path::PathBuf, args: AgentArgs) -> Result<u8, Error> {
 /// First SIGINT/SIGTERM: start no new stage, let running ones finish for up to `grace`,
 /// then terminate them. A second: kill them at once.
 fn stop_on_signals(cancel: &CancelToken, grace: Duration) {
-    let Ok(mut signals) =
-        signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])
-    else {
-        return;
-    };
-    let cancel = cancel.clone();
-    std::thread::spawn(move || {
-        for (count, _) in signals.forever().enumerate() {
-            if count == 0 {
-                eprintln!("{} stopping: no new stages; running ones get {}s to finish", now(), grace.as_secs());
-                cancel.drain();
-                let cancel = cancel.clone();
-                std::thread::spawn(move || {
-                    std::thread::sleep(grace);
-                    cancel.cancel();
-                });
-            } else {
-                cancel.cancel_now();
-            }
-        }
+    super::signals::on_stop_signals(cancel, move |cancel| {
+        eprintln!("{} stopping: no new stages; running ones get {}s to finish", now(), grace.as_secs());
+        cancel.drain();
+        let cancel = cancel.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(grace);
+            cancel.cancel();
+        });
     });
 }
 

@@ -65,21 +65,9 @@ pub fn run(engine: &Engine, args: BuildArgs) -> Result<u8, Error> {
 /// after a grace period, and are recorded as interrupted). A second: kill them at once. The
 /// build still records what happened and exits 1.
 fn register_interrupts(cancel: &CancelToken) {
-    let Ok(mut signals) =
-        signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])
-    else {
-        return;
-    };
-    let cancel = cancel.clone();
-    std::thread::spawn(move || {
-        for (count, _) in signals.forever().enumerate() {
-            if count == 0 {
-                eprintln!("stopping: running stages get SIGTERM (press Ctrl-C again to kill them now)");
-                cancel.cancel();
-            } else {
-                cancel.cancel_now();
-            }
-        }
+    super::signals::on_stop_signals(cancel, |cancel| {
+        eprintln!("stopping: running stages get SIGTERM (press Ctrl-C again to kill them now)");
+        cancel.cancel();
     });
 }
 

@@ -5,6 +5,7 @@ mod build;
 mod graph;
 mod history;
 mod output;
+mod signals;
 mod status;
 mod why;
 
