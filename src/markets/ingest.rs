@@ -10,7 +10,7 @@ use super::synth::{Market, Ticks};
 pub const MARKET_COLUMNS: [&str; 7] =
     ["market_id", "venue", "instrument", "category", "listed_at", "tick_size", "fee_bps"];
 /// One tick as read: (ts, price, volume, bid, ask).
-type TickRow = (i64, f64, f64, f64, f64);
+pub type TickRow = (i64, f64, f64, f64, f64);
 
 pub const TICK_COLUMNS: [&str; 6] = ["market_id", "ts", "price", "volume", "bid", "ask"];
 
@@ -120,11 +120,44 @@ pub fn read_markets(path: &Path) -> Result<Vec<Market>, StageError> {
         });
         Ok(())
     })?;
+    sorted_unique_markets(path, markets)
+}
+
+/// Markets sorted by id; an id listed twice is an error.
+pub fn sorted_unique_markets(path: &Path, mut markets: Vec<Market>) -> Result<Vec<Market>, StageError> {
     markets.sort_by(|a, b| a.id.cmp(&b.id));
     if let Some(dup) = markets.windows(2).find(|w| w[0].id == w[1].id) {
         return Err(StageError::msg(format!("{}: market `{}` is listed twice", path.display(), dup[0].id)));
     }
     Ok(markets)
+}
+
+/// Reads a `source` export by its extension: `.csv`, or `.parquet` / `.pq`.
+pub fn read_markets_export(path: &Path) -> Result<Vec<Market>, StageError> {
+    match export_kind(path)? {
+        Export::Csv => read_markets(path),
+        Export::Parquet => super::parquet_ingest::read_markets(path),
+    }
+}
+
+pub fn read_ticks_export(path: &Path, markets: &[Market]) -> Result<Vec<Ticks>, StageError> {
+    match export_kind(path)? {
+        Export::Csv => read_ticks(path, markets),
+        Export::Parquet => super::parquet_ingest::read_ticks(path, markets),
+    }
+}
+
+enum Export {
+    Csv,
+    Parquet,
+}
+
+fn export_kind(path: &Path) -> Result<Export, StageError> {
+    match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
+        Some("csv") => Ok(Export::Csv),
+        Some("parquet" | "pq") => Ok(Export::Parquet),
+        _ => Err(StageError::msg(format!("{}: a `source` must be a .csv or .parquet file", path.display()))),
+    }
 }
 
 /// Ticks per market (sorted by id), each sorted by time; every market must be known.
@@ -149,7 +182,12 @@ pub fn read_ticks(path: &Path, markets: &[Market]) -> Result<Vec<Ticks>, StageEr
         }
         Ok(())
     })?;
-    Ok(by_market
+    Ok(group_ticks(by_market))
+}
+
+/// Each market's ticks sorted by time (a repeated time keeps its first row).
+pub fn group_ticks(by_market: BTreeMap<String, Vec<TickRow>>) -> Vec<Ticks> {
+    by_market
         .into_values()
         .map(|mut rows| {
             rows.sort_by_key(|r| r.0);
@@ -162,5 +200,5 @@ pub fn read_ticks(path: &Path, markets: &[Market]) -> Result<Vec<Ticks>, StageEr
                 ask: rows.iter().map(|r| r.4).collect(),
             }
         })
-        .collect())
+        .collect()
 }

@@ -12,6 +12,7 @@ mod features;
 mod ingest;
 mod model;
 mod params;
+mod parquet_ingest;
 mod report;
 mod stages;
 mod synth;

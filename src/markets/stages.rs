@@ -56,7 +56,7 @@ pub fn markets(ctx: &mut BuiltinContext<'_>) -> Result<(), StageError> {
     let params = Params::new(ctx.stage, ctx.params);
     let (_, outputs) = files(ctx, &[], &["markets table"])?;
     let markets = match source(ctx, &params)? {
-        Some(csv) => ingest::read_markets(&csv)?,
+        Some(export) => ingest::read_markets_export(&export)?,
         None => generate_markets(params.u64_or("seed", 42)?, params.u64_or("n_markets", 12)? as usize),
     };
     if markets.is_empty() {
@@ -106,7 +106,7 @@ pub fn ticks(ctx: &mut BuiltinContext<'_>) -> Result<(), StageError> {
     let (inputs, outputs) = files(ctx, &["markets table"], &["ticks table"])?;
     let markets = read_markets(&inputs[0])?;
     let series = match source(ctx, &params)? {
-        Some(csv) => ingest::read_ticks(&csv, &markets)?,
+        Some(export) => ingest::read_ticks_export(&export, &markets)?,
         None => generate_all_ticks(
             params.u64_or("seed", 42)?,
             &markets,
