@@ -342,10 +342,35 @@ impl Engine {
         if let Some(stage) = stage {
             self.stage_index(stage)?;
         }
-        match self.existing_state()? {
-            Some(state) => Ok(state.history(stage, limit)?),
-            None => Ok(Vec::new()),
+        let Some(state) = self.existing_state()? else { return Ok(Vec::new()) };
+        let mut runs = state.history(stage, limit)?;
+        if let Some(stage) = stage {
+            // A finished build that covered the stage and has no row for it found it up to
+            // date: those rows are not stored (a no-op on 10,000 stages would write 10,000).
+            let idx = self.stage_index(stage)?;
+            for run in &mut runs {
+                let finished = matches!(run.outcome.as_str(), "success" | "failed");
+                let covered = run.targets.is_empty() || {
+                    let targets: Vec<StageIdx> = run.targets.iter().filter_map(|t| self.spec.stage_index(t)).collect();
+                    self.dag.with_upstream(&targets)[idx]
+                };
+                if run.stages.is_empty() && finished && covered && run.trigger != "accept" {
+                    run.stages.push(crate::state::StageRunRow {
+                        run_id: run.run_id,
+                        component: stage.to_string(),
+                        attempt: 1,
+                        status: "up_to_date".into(),
+                        reason: "nothing it depends on changed".into(),
+                        started_at: run.started_at.clone(),
+                        duration_ms: None,
+                        error: None,
+                        metrics: None,
+                    });
+                }
+            }
+            runs.retain(|run| !run.stages.is_empty());
         }
+        Ok(runs)
     }
 
     /// Creates or upgrades the state database; returns (version before, version after).

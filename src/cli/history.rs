@@ -61,6 +61,7 @@ fn write_run(out: &mut impl Write, run: &RunRow, width: usize) -> std::io::Resul
         let word = match stage.status.as_str() {
             "success" => "ran",
             "cut_off" => "cut off",
+            "up_to_date" => "up to date",
             "timed_out" => "timed out",
             other => other,
         };
@@ -69,7 +70,7 @@ fn write_run(out: &mut impl Write, run: &RunRow, width: usize) -> std::io::Resul
             (Some(error), _) => error.lines().next().unwrap_or("").to_string(),
             (None, _) => stage.reason.clone(),
         };
-        let took = if matches!(stage.status.as_str(), "cut_off" | "blocked" | "skipped") {
+        let took = if matches!(stage.status.as_str(), "cut_off" | "blocked" | "skipped" | "up_to_date") {
             String::new()
         } else {
             ms(stage.duration_ms)

@@ -13,6 +13,8 @@ pub struct RunRow {
     pub finished_at: Option<String>,
     pub duration_ms: Option<i64>,
     pub outcome: String,
+    /// The stages asked for (their upstream was built too); empty for all.
+    pub targets: Vec<String>,
     pub counts: RunCounts,
     /// The stages it ran or considered (up-to-date stages are not listed).
     pub stages: Vec<StageRunRow>,
@@ -49,19 +51,17 @@ fn stage_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<StageRunRow> {
 }
 
 impl State {
-    /// The latest `limit` runs, newest first, each with its stage rows; with `stage`, only
-    /// runs in which that stage appears, and only its rows.
+    /// The latest `limit` runs, newest first, each with its stage rows (with `stage`, only
+    /// that stage's rows).
     pub fn history(&self, stage: Option<&str>, limit: usize) -> Result<Vec<RunRow>, StateError> {
         let mut runs_stmt = self.conn.prepare(
             "SELECT run_id, trigger, started_at, finished_at,
                     CAST(round((julianday(finished_at) - julianday(started_at)) * 86400000) AS INTEGER),
-                    outcome, stages_ran, stages_cut_off, stages_up_to_date, stages_failed, stages_blocked
-             FROM runs
-             WHERE ?1 IS NULL OR run_id IN (SELECT run_id FROM stage_runs WHERE component = ?1)
-             ORDER BY run_id DESC LIMIT ?2",
+                    outcome, stages_ran, stages_cut_off, stages_up_to_date, stages_failed, stages_blocked, targets
+             FROM runs ORDER BY run_id DESC LIMIT ?1",
         )?;
         let mut runs: Vec<RunRow> = runs_stmt
-            .query_map(params![stage, limit as i64], |r| {
+            .query_map(params![limit as i64], |r| {
                 Ok(RunRow {
                     run_id: r.get(0)?,
                     trigger: r.get(1)?,
@@ -69,6 +69,7 @@ impl State {
                     finished_at: r.get(3)?,
                     duration_ms: r.get(4)?,
                     outcome: r.get(5)?,
+                    targets: r.get::<_, String>(11)?.split_whitespace().map(str::to_string).collect(),
                     counts: RunCounts {
                         ran: r.get(6)?,
                         cut_off: r.get(7)?,

@@ -79,6 +79,18 @@ fn history_lists_what_each_run_did_with_each_stage() {
     assert_eq!(runs.as_array().unwrap().len(), 2);
     assert_eq!(runs[0]["stages"][0]["reason"], "invalidated");
     assert_eq!(runs[1]["stages"][0]["reason"], "never succeeded");
+
+    // A later no-op build: `c` was up to date in it.
+    sb.build().success();
+    let only_c = sb.dagrun(&["history", "c"]).success().stdout();
+    let lines: Vec<&str> = only_c.lines().collect();
+    assert!(lines[0].starts_with("run 3  build"), "{only_c}");
+    assert!(
+        lines[1].starts_with("  up to date   c") && lines[1].ends_with("nothing it depends on changed"),
+        "{only_c}"
+    );
+    assert!(lines[3].starts_with("  cut off      c"), "{only_c}");
+    assert!(lines[5].starts_with("  ran          c"), "{only_c}");
 }
 
 #[test]
