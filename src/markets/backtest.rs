@@ -4,13 +4,14 @@
 use std::collections::BTreeMap;
 
 /// One market's trading: at bar `i` the strategy holds `positions[i]` (−1, 0 or 1) over the
-/// simple return `returns[i]` to the next bar. Changing position costs `cost_bps` of notional.
+/// simple return `returns[i]` to the next tick. Changing position by one unit at bar `i`
+/// costs `costs_bps[i]` of notional (fees, slippage, half the bid/ask spread).
 #[derive(Debug, Clone)]
 pub struct Leg {
     pub ts: Vec<i64>,
     pub positions: Vec<f64>,
     pub returns: Vec<f64>,
-    pub cost_bps: f64,
+    pub costs_bps: Vec<f64>,
 }
 
 /// What a backtest found.
@@ -18,33 +19,38 @@ pub struct Leg {
 pub struct Backtest {
     /// Final equity − 1, starting from 1.0 (compounded portfolio returns).
     pub pnl: f64,
-    /// Mean over standard deviation of bar returns, annualised from the median bar spacing.
+    /// Mean over standard deviation of bar returns, annualised assuming trading around the
+    /// clock (365 × 24 h) at the median bar length.
     pub sharpe: f64,
     pub max_drawdown: f64,
-    /// Of market-bars with a position, the share that made money.
+    /// Of market-bars with a position, the share whose return (before costs) had its sign.
     pub hit_rate: f64,
     /// Mean absolute change of position per market-bar.
     pub turnover: f64,
     pub bars: usize,
     pub trades: usize,
-    /// (ts, equity) after each bar.
+    /// (bar start, equity) after each bar.
     #[serde(skip)]
     pub equity: Vec<(i64, f64)>,
 }
 
-/// Runs every leg and combines them into an equal-weight portfolio by timestamp.
+/// Runs every leg and combines them into an equal-weight portfolio on a common bar grid:
+/// bars as long as the median gap between ticks; a market's returns within one bar are
+/// compounded, and the bar's portfolio return is the mean over the markets trading in it.
+/// (Markets whose ticks fall at different instants still share bars.)
 pub fn simulate(legs: &[Leg]) -> Backtest {
-    let mut by_ts: BTreeMap<i64, (f64, usize)> = BTreeMap::new();
+    let bar_ms = median_gap(legs).max(1);
+    let mut by_bar: BTreeMap<i64, (f64, usize)> = BTreeMap::new();
     let (mut held, mut hits, mut trades, mut turnover, mut market_bars) = (0usize, 0usize, 0usize, 0.0, 0usize);
     for leg in legs {
         let mut previous = 0.0;
+        let mut bars: BTreeMap<i64, f64> = BTreeMap::new();
         for i in 0..leg.ts.len() {
             let position = leg.positions[i];
             let change = (position - previous).abs();
-            let pnl = position * leg.returns[i] - change * leg.cost_bps / 1e4;
-            let slot = by_ts.entry(leg.ts[i]).or_insert((0.0, 0));
-            slot.0 += pnl;
-            slot.1 += 1;
+            let pnl = position * leg.returns[i] - change * leg.costs_bps[i] / 1e4;
+            let growth = bars.entry(leg.ts[i].div_euclid(bar_ms)).or_insert(1.0);
+            *growth *= 1.0 + pnl;
             turnover += change;
             market_bars += 1;
             if change > 0.0 {
@@ -58,8 +64,13 @@ pub fn simulate(legs: &[Leg]) -> Backtest {
             }
             previous = position;
         }
+        for (bar, growth) in bars {
+            let slot = by_bar.entry(bar).or_insert((0.0, 0));
+            slot.0 += growth - 1.0;
+            slot.1 += 1;
+        }
     }
-    let returns: Vec<(i64, f64)> = by_ts.into_iter().map(|(ts, (sum, n))| (ts, sum / n as f64)).collect();
+    let returns: Vec<(i64, f64)> = by_bar.into_iter().map(|(bar, (sum, n))| (bar * bar_ms, sum / n as f64)).collect();
     let mut equity = Vec::with_capacity(returns.len());
     let (mut value, mut peak, mut max_drawdown) = (1.0f64, 1.0f64, 0.0f64);
     for &(ts, r) in &returns {
@@ -70,7 +81,7 @@ pub fn simulate(legs: &[Leg]) -> Backtest {
     }
     Backtest {
         pnl: value - 1.0,
-        sharpe: sharpe(&returns),
+        sharpe: sharpe(&returns, bar_ms),
         max_drawdown,
         hit_rate: if held > 0 { hits as f64 / held as f64 } else { 0.0 },
         turnover: if market_bars > 0 { turnover / market_bars as f64 } else { 0.0 },
@@ -80,17 +91,25 @@ pub fn simulate(legs: &[Leg]) -> Backtest {
     }
 }
 
-fn sharpe(returns: &[(i64, f64)]) -> f64 {
+/// The median gap between consecutive ticks of a market, over all markets.
+fn median_gap(legs: &[Leg]) -> i64 {
+    let mut gaps: Vec<i64> =
+        legs.iter().flat_map(|l| l.ts.windows(2).map(|w| w[1] - w[0])).filter(|g| *g > 0).collect();
+    if gaps.is_empty() {
+        return 60_000;
+    }
+    let middle = gaps.len() / 2;
+    *gaps.select_nth_unstable(middle).1
+}
+
+fn sharpe(returns: &[(i64, f64)], bar_ms: i64) -> f64 {
     if returns.len() < 2 {
         return 0.0;
     }
     let n = returns.len() as f64;
     let mean = returns.iter().map(|r| r.1).sum::<f64>() / n;
     let sd = (returns.iter().map(|r| (r.1 - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt();
-    let mut gaps: Vec<i64> = returns.windows(2).map(|w| w[1].0 - w[0].0).filter(|g| *g > 0).collect();
-    gaps.sort_unstable();
-    let Some(&median_gap) = gaps.get(gaps.len() / 2) else { return 0.0 };
-    let bars_per_year = 365.0 * 86_400_000.0 / median_gap as f64;
+    let bars_per_year = 365.0 * 86_400_000.0 / bar_ms as f64;
     if sd > 0.0 { mean / sd * bars_per_year.sqrt() } else { 0.0 }
 }
 
@@ -106,7 +125,7 @@ mod tests {
             ts: vec![0, 60_000, 120_000, 180_000],
             positions: vec![1.0, 1.0, 0.0, -1.0],
             returns: vec![0.5, -0.25, 0.125, -0.5],
-            cost_bps: 625.0,
+            costs_bps: vec![625.0; 4],
         };
         let bt = simulate(&[leg]);
         // Bar returns: 0.5 − 1/16; −0.25; 0 − 1/16; +0.5 − 1/16.
@@ -122,8 +141,22 @@ mod tests {
 
     #[test]
     fn markets_are_weighted_equally_per_bar() {
-        let leg = |r: f64| Leg { ts: vec![0], positions: vec![1.0], returns: vec![r], cost_bps: 0.0 };
+        let leg = |r: f64| Leg { ts: vec![0], positions: vec![1.0], returns: vec![r], costs_bps: vec![0.0] };
         let bt = simulate(&[leg(0.5), leg(-0.25)]);
         assert_eq!(bt.pnl, 0.125);
+    }
+
+    #[test]
+    fn markets_ticking_at_different_instants_share_bars() {
+        // A ticks on the minute, B on the half minute: two markets per bar, not one per tick.
+        let leg = |offset: i64, r: f64| Leg {
+            ts: vec![offset, 60_000 + offset, 120_000 + offset],
+            positions: vec![1.0; 3],
+            returns: vec![r; 3],
+            costs_bps: vec![0.0; 3],
+        };
+        let bt = simulate(&[leg(0, 0.5), leg(30_000, -0.25)]);
+        assert_eq!(bt.bars, 3);
+        assert_eq!(bt.equity.iter().map(|e| e.1).collect::<Vec<_>>(), [1.125, 1.265625, 1.423828125]);
     }
 }

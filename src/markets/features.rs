@@ -24,7 +24,7 @@ pub fn compute_features(s: &Series<'_>) -> [Vec<f64>; FEATURES.len()] {
     // Per-tick terms computed once; each window below reads only ticks at or before its end.
     let ret_1: Vec<f64> = (0..n).map(|t| log_ret(t, 1)).collect();
     let signed_volume: Vec<f64> =
-        (0..n).map(|t| if t == 0 { 0.0 } else { (s.price[t] - s.price[t - 1]).signum() * s.volume[t] }).collect();
+        (0..n).map(|t| if t == 0 { 0.0 } else { direction(s.price[t] - s.price[t - 1]) * s.volume[t] }).collect();
     let mut cols: [Vec<f64>; FEATURES.len()] = std::array::from_fn(|_| Vec::with_capacity(n));
     for t in 0..n {
         let (vol, zscore, imbalance) = if t >= WINDOW {
@@ -48,6 +48,17 @@ pub fn compute_features(s: &Series<'_>) -> [Vec<f64>; FEATURES.len()] {
         cols[7].push(s.ts[t].rem_euclid(DAY_MS) as f64 / DAY_MS as f64);
     }
     cols
+}
+
+/// The tick rule: an up move is a buy, a down move a sell, no move neither.
+fn direction(change: f64) -> f64 {
+    if change > 0.0 {
+        1.0
+    } else if change < 0.0 {
+        -1.0
+    } else {
+        0.0
+    }
 }
 
 fn mean_sd(values: &[f64]) -> (f64, f64) {

@@ -95,7 +95,12 @@ impl Field<'_> {
     fn time_ms(&self, column: &'static str) -> Result<i64, StageError> {
         let value = self.record.get(self.index[column]).unwrap_or("");
         if let Ok(ms) = value.parse::<i64>() {
-            return Ok(ms);
+            return match implausible_time(ms) {
+                Some(problem) => {
+                    Err(StageError::msg(format!("{} line {}, column `{column}`: {problem}", self.path, self.line)))
+                }
+                None => Ok(ms),
+            };
         }
         humantime::parse_rfc3339_weak(value)
             .ok()
@@ -140,7 +145,8 @@ pub fn read_markets_export(path: &Path) -> Result<Vec<Market>, StageError> {
     }
 }
 
-pub fn read_ticks_export(path: &Path, markets: &[Market]) -> Result<Vec<Ticks>, StageError> {
+/// Ticks per market in the order of `markets`, and the number of duplicate rows dropped.
+pub fn read_ticks_export(path: &Path, markets: &[Market]) -> Result<(Vec<Ticks>, usize), StageError> {
     match export_kind(path)? {
         Export::Csv => read_ticks(path, markets),
         Export::Parquet => super::parquet_ingest::read_ticks(path, markets),
@@ -161,7 +167,7 @@ fn export_kind(path: &Path) -> Result<Export, StageError> {
 }
 
 /// Ticks per market (sorted by id), each sorted by time; every market must be known.
-pub fn read_ticks(path: &Path, markets: &[Market]) -> Result<Vec<Ticks>, StageError> {
+pub fn read_ticks(path: &Path, markets: &[Market]) -> Result<(Vec<Ticks>, usize), StageError> {
     let mut csv = Csv::open(path, &TICK_COLUMNS)?;
     let mut by_market: BTreeMap<String, Vec<TickRow>> = markets.iter().map(|m| (m.id.clone(), Vec::new())).collect();
     csv.for_each(|f| {
@@ -182,16 +188,21 @@ pub fn read_ticks(path: &Path, markets: &[Market]) -> Result<Vec<Ticks>, StageEr
         }
         Ok(())
     })?;
-    Ok(group_ticks(by_market))
+    Ok(group_ticks(markets, by_market))
 }
 
-/// Each market's ticks sorted by time (a repeated time keeps its first row).
-pub fn group_ticks(by_market: BTreeMap<String, Vec<TickRow>>) -> Vec<Ticks> {
-    by_market
-        .into_values()
-        .map(|mut rows| {
+/// Each market's ticks sorted by time, in the order of `markets`, and how many rows were
+/// dropped for repeating a market's time (the first row of a time is kept).
+pub fn group_ticks(markets: &[Market], mut by_market: BTreeMap<String, Vec<TickRow>>) -> (Vec<Ticks>, usize) {
+    let mut dropped = 0;
+    let ticks = markets
+        .iter()
+        .map(|m| {
+            let mut rows = by_market.remove(&m.id).unwrap_or_default();
             rows.sort_by_key(|r| r.0);
+            let before = rows.len();
             rows.dedup_by_key(|r| r.0);
+            dropped += before - rows.len();
             Ticks {
                 ts: rows.iter().map(|r| r.0).collect(),
                 price: rows.iter().map(|r| r.1).collect(),
@@ -200,5 +211,15 @@ pub fn group_ticks(by_market: BTreeMap<String, Vec<TickRow>>) -> Vec<Ticks> {
                 ask: rows.iter().map(|r| r.4).collect(),
             }
         })
-        .collect()
+        .collect();
+    (ticks, dropped)
+}
+
+/// Times before 1973 in milliseconds are far more likely seconds (or microseconds gone
+/// wrong): refuse them rather than silently misreading the timeline.
+pub const EARLIEST_PLAUSIBLE_MS: i64 = 100_000_000_000;
+
+pub fn implausible_time(ms: i64) -> Option<String> {
+    (ms < EARLIEST_PLAUSIBLE_MS)
+        .then(|| format!("`{ms}` is before 1973 as milliseconds since 1970; if it counts seconds, multiply by 1000"))
 }

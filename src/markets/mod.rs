@@ -62,14 +62,14 @@ impl Builtin for MarketStage {
 /// the same inputs, so pipelines using it re-run.
 pub fn register(registry: &mut Registry) {
     let stages: [(&str, &'static str, StageFn); 8] = [
-        ("markets.markets", "1", stages::markets),
-        ("markets.ticks", "2", stages::ticks),
-        ("markets.features", "1", stages::features),
-        ("markets.model", "1", stages::model),
-        ("markets.inference", "1", stages::inference),
-        ("markets.backtest", "1", stages::backtest),
-        ("markets.baseline", "1", stages::baseline),
-        ("markets.publish", "1", stages::publish),
+        ("markets.markets", "2", stages::markets),
+        ("markets.ticks", "4", stages::ticks),
+        ("markets.features", "2", stages::features),
+        ("markets.model", "2", stages::model),
+        ("markets.inference", "2", stages::inference),
+        ("markets.backtest", "2", stages::backtest),
+        ("markets.baseline", "2", stages::baseline),
+        ("markets.publish", "2", stages::publish),
     ];
     for (name, version, run) in stages {
         registry.register(name, MarketStage { version, run });

@@ -83,12 +83,15 @@ pub fn train(
         .max_iterations(max_iterations)
         .fit(&dataset)
         .map_err(|e| StageError::msg(format!("logistic regression did not fit: {e}")))?;
+    // linfa models the probability of the *more frequent* training class; when that is
+    // "down", flip the weights so that `probability` is always P(up).
+    let sign = if fitted.labels().pos.class { 1.0 } else { -1.0 };
     Ok(Model {
         features: FEATURES.iter().map(|f| f.to_string()).collect(),
         mean,
         sd,
-        coef: fitted.params().to_vec(),
-        intercept: fitted.intercept(),
+        coef: fitted.params().iter().map(|w| sign * w).collect(),
+        intercept: sign * fitted.intercept(),
         cutoff_ts,
     })
 }
@@ -157,6 +160,20 @@ mod tests {
         let probabilities: Vec<f64> = x.iter().map(|r| model.probability(r)).collect();
         let (accuracy, _, auc) = evaluate(&probabilities, &up);
         assert!(accuracy > 0.9 && auc > 0.95, "accuracy {accuracy}, auc {auc}");
+        assert!(model.coef[0] > 0.0);
+    }
+
+    #[test]
+    fn probabilities_mean_up_even_when_down_moves_are_the_majority() {
+        // 70% of samples are down; up exactly when the first feature exceeds 0.4.
+        let x: Vec<[f64; FEATURES.len()]> =
+            (0..300).map(|i| [(i % 100) as f64 / 100.0 * 2.0 - 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]).collect();
+        let up: Vec<bool> = x.iter().map(|r| r[0] > 0.4).collect();
+        assert!(up.iter().filter(|&&u| u).count() < 100, "the majority is down");
+        let model = train(&x, &up, 200, 0).unwrap();
+        let high = model.probability(&[0.9, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]);
+        let low = model.probability(&[-0.9, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]);
+        assert!(high > 0.5 && low < 0.5, "P(up) is {high} for a clear up case and {low} for a clear down one");
         assert!(model.coef[0] > 0.0);
     }
 

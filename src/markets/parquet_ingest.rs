@@ -15,7 +15,7 @@ use arrow_schema::{DataType, TimeUnit};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use super::StageError;
-use super::ingest::{MARKET_COLUMNS, TICK_COLUMNS, TickRow, group_ticks};
+use super::ingest::{MARKET_COLUMNS, TICK_COLUMNS, TickRow, group_ticks, implausible_time};
 use super::synth::{Market, Ticks};
 
 /// A Parquet file's batches, with the header checked.
@@ -30,20 +30,19 @@ impl ParquetTable {
         let file = File::open(path).map_err(|e| StageError::io(path, e))?;
         let bad =
             |e: parquet::errors::ParquetError| StageError::msg(format!("{shown} is not a readable Parquet file: {e}"));
-        let reader = ParquetRecordBatchReaderBuilder::try_new(file).map_err(bad)?.build().map_err(bad)?;
+        let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(bad)?;
+        // The schema comes from the file's footer: checked even when it holds no rows.
+        let have: Vec<String> = builder.schema().fields().iter().map(|f| f.name().clone()).collect();
+        if let Some(missing) = columns.iter().find(|c| !have.iter().any(|h| h == *c)) {
+            return Err(StageError::msg(format!(
+                "{shown}: missing column `{missing}` (the file has: {}); expected columns: {}",
+                have.join(", "),
+                columns.join(", ")
+            )));
+        }
+        let reader = builder.build().map_err(bad)?;
         let batches: Vec<RecordBatch> =
             reader.collect::<Result<_, _>>().map_err(|e| StageError::msg(format!("cannot read {shown}: {e}")))?;
-        if let Some(first) = batches.first() {
-            let schema = first.schema();
-            let have: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
-            if let Some(missing) = columns.iter().find(|c| !have.contains(c)) {
-                return Err(StageError::msg(format!(
-                    "{shown}: missing column `{missing}` (the file has: {}); expected columns: {}",
-                    have.join(", "),
-                    columns.join(", ")
-                )));
-            }
-        }
         Ok(ParquetTable { path: shown, batches })
     }
 
@@ -113,7 +112,7 @@ impl Row<'_> {
     /// Milliseconds since the epoch: from an integer column (ms) or a timestamp column.
     fn time_ms(&self, name: &str) -> Result<i64, StageError> {
         let col = self.column(name)?;
-        Ok(match col.data_type() {
+        let ms = match col.data_type() {
             DataType::Int64 => col.as_primitive::<Int64Type>().value(self.i),
             DataType::Timestamp(TimeUnit::Second, _) => col.as_primitive::<TimestampSecondType>().value(self.i) * 1000,
             DataType::Timestamp(TimeUnit::Millisecond, _) => {
@@ -130,7 +129,11 @@ impl Row<'_> {
                     self.bad(name, &format!("the column is {other}, expected a time (ms since 1970, or a timestamp)"))
                 );
             }
-        })
+        };
+        match implausible_time(ms) {
+            Some(problem) => Err(self.bad(name, &problem)),
+            None => Ok(ms),
+        }
     }
 }
 
@@ -152,7 +155,7 @@ pub fn read_markets(path: &Path) -> Result<Vec<Market>, StageError> {
     super::ingest::sorted_unique_markets(path, markets)
 }
 
-pub fn read_ticks(path: &Path, markets: &[Market]) -> Result<Vec<Ticks>, StageError> {
+pub fn read_ticks(path: &Path, markets: &[Market]) -> Result<(Vec<Ticks>, usize), StageError> {
     let table = ParquetTable::open(path, &TICK_COLUMNS)?;
     let mut by_market: BTreeMap<String, Vec<TickRow>> = markets.iter().map(|m| (m.id.clone(), Vec::new())).collect();
     table.for_each(|r| {
@@ -173,5 +176,5 @@ pub fn read_ticks(path: &Path, markets: &[Market]) -> Result<Vec<Ticks>, StageEr
         }
         Ok(())
     })?;
-    Ok(group_ticks(by_market))
+    Ok(group_ticks(markets, by_market))
 }

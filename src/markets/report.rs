@@ -23,9 +23,11 @@ pub struct StageSummary {
     pub params: String,
 }
 
-/// Every stage's last duration and params, from the state database (read-only use).
+/// Every stage's last duration and params, from the state database, opened read-only.
+/// This makes report.md the one output that is not a pure function of the stage's inputs:
+/// its timings change from run to run.
 pub fn stage_summaries(state_path: &Path) -> Vec<StageSummary> {
-    let Ok(state) = crate::state::State::open(state_path) else { return Vec::new() };
+    let Ok(state) = crate::state::State::open_read_only(state_path) else { return Vec::new() };
     let Ok(records) = state.load_records() else { return Vec::new() };
     let mut names: Vec<&String> = records.keys().collect();
     names.sort();
@@ -79,6 +81,13 @@ pub fn markdown(report: &Report, stages: &[StageSummary]) -> String {
     );
     let _ = writeln!(md, "{}", backtest_row("model threshold", &report.backtest));
     let _ = writeln!(md, "{}", backtest_row("momentum baseline", &report.baseline));
+    let baseline_cutoff = report.baseline.pointer("/params/cutoff_ts").and_then(serde_json::Value::as_i64);
+    if baseline_cutoff.is_some_and(|cutoff| cutoff != m.cutoff_ts) {
+        let _ = writeln!(
+            md,
+            "\n**Note:** the baseline's held-out period does not start where the model's does; give `baseline` the same `train_fraction` as `model` to compare them."
+        );
+    }
     let _ = writeln!(md, "\n![equity curve](equity.svg)\n");
     let _ = writeln!(md, "## Data\n");
     let _ = writeln!(md, "| | count |\n|---|---:|");

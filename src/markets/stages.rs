@@ -14,6 +14,25 @@ use super::table::{self, batch, f64_col, f64s, i64_col, i64s, market_runs, str_c
 use super::{StageError, ingest, report};
 use crate::builtin::BuiltinContext;
 
+/// −1, 0 or 1: unlike `f64::signum`, no move is no position.
+fn sign(x: f64) -> f64 {
+    if x > 0.0 {
+        1.0
+    } else if x < 0.0 {
+        -1.0
+    } else {
+        0.0
+    }
+}
+
+/// Fails the stage when the build is being stopped; called between a stage's steps.
+fn check_cancel(ctx: &BuiltinContext<'_>) -> Result<(), StageError> {
+    if ctx.cancel.load(std::sync::atomic::Ordering::SeqCst) {
+        return Err(StageError::msg("interrupted"));
+    }
+    Ok(())
+}
+
 /// The stage's declared inputs and outputs, checked against what this built-in needs.
 fn files(
     ctx: &BuiltinContext<'_>,
@@ -106,16 +125,24 @@ pub fn ticks(ctx: &mut BuiltinContext<'_>) -> Result<(), StageError> {
     let (inputs, outputs) = files(ctx, &["markets table"], &["ticks table"])?;
     let markets = read_markets(&inputs[0])?;
     let series = match source(ctx, &params)? {
-        Some(export) => ingest::read_ticks_export(&export, &markets)?,
+        Some(export) => {
+            let (series, dropped) = ingest::read_ticks_export(&export, &markets)?;
+            if dropped > 0 {
+                log(ctx, format!("dropped {dropped} rows that repeated a market's time (kept the first of each)"));
+            }
+            series
+        }
         None => generate_all_ticks(
             params.u64_or("seed", 42)?,
             &markets,
             params.u64_or("ticks_per_market", 20_000)? as usize,
         ),
     };
+    check_cancel(ctx)?;
     let rows: usize = series.iter().map(|t| t.ts.len()).sum();
     let mut ids = Vec::with_capacity(rows);
     let mut all = Ticks::default();
+    // `series[i]` belongs to `markets[i]`, however the markets are ordered.
     for (market, t) in markets.iter().zip(&series) {
         ids.extend(std::iter::repeat_n(market.id.as_str(), t.ts.len()));
         all.ts.extend(&t.ts);
@@ -160,6 +187,7 @@ impl TickTable {
 pub fn features(ctx: &mut BuiltinContext<'_>) -> Result<(), StageError> {
     let (inputs, outputs) = files(ctx, &["ticks table"], &["features table"])?;
     let ticks = TickTable::read(&inputs[0])?;
+    check_cancel(ctx)?;
     let (ids, ts, price, volume, bid, ask) =
         (ticks.ids()?, ticks.ts()?, ticks.f("price")?, ticks.f("volume")?, ticks.f("bid")?, ticks.f("ask")?);
     let runs = market_runs(ids);
@@ -193,6 +221,8 @@ struct Rows {
     ts: Vec<i64>,
     x: Vec<[f64; FEATURES.len()]>,
     next_return: Vec<f64>,
+    /// Time of the same market's next tick (`i64::MAX` at its last).
+    next_ts: Vec<i64>,
 }
 
 fn load_rows(features_path: &Path, ticks_path: &Path) -> Result<Rows, StageError> {
@@ -211,12 +241,14 @@ fn load_rows(features_path: &Path, ticks_path: &Path) -> Result<Rows, StageError
     let x = (0..ts.len()).map(|i| std::array::from_fn(|f| columns[f][i])).collect();
     let ids = ticks.ids()?.clone();
     let mut next_return = vec![f64::NAN; ts.len()];
+    let mut next_ts = vec![i64::MAX; ts.len()];
     for run in market_runs(&ids) {
         for i in run.start..run.end - 1 {
             next_return[i] = price[i + 1] / price[i] - 1.0;
+            next_ts[i] = ts[i + 1];
         }
     }
-    Ok(Rows { ids, ts: ts.to_vec(), x, next_return })
+    Ok(Rows { ids, ts: ts.to_vec(), x, next_return, next_ts })
 }
 
 pub fn model(ctx: &mut BuiltinContext<'_>) -> Result<(), StageError> {
@@ -226,11 +258,14 @@ pub fn model(ctx: &mut BuiltinContext<'_>) -> Result<(), StageError> {
     let max_train_rows = params.u64_or("max_train_rows", 1_000_000)?.max(1) as usize;
     let (inputs, outputs) = files(ctx, &["features table", "ticks table"], &["model (json)", "metrics (json)"])?;
     let rows = load_rows(&inputs[0], &inputs[1])?;
+    check_cancel(ctx)?;
     let cutoff = split_cutoff(&rows.ts, train_fraction);
     let usable = |i: usize| {
         rows.next_return[i].is_finite() && rows.next_return[i] != 0.0 && rows.x[i].iter().all(|v| v.is_finite())
     };
-    let train_idx: Vec<usize> = (0..rows.ts.len()).filter(|&i| rows.ts[i] < cutoff && usable(i)).collect();
+    // A training row's label is the move to the next tick: that tick must be before the
+    // cutoff too, or the label would carry test-period information.
+    let train_idx: Vec<usize> = (0..rows.ts.len()).filter(|&i| rows.next_ts[i] < cutoff && usable(i)).collect();
     let test_idx: Vec<usize> = (0..rows.ts.len()).filter(|&i| rows.ts[i] >= cutoff && usable(i)).collect();
     // A deterministic stride keeps training time bounded on large inputs.
     let stride = train_idx.len().div_ceil(max_train_rows).max(1);
@@ -241,7 +276,9 @@ pub fn model(ctx: &mut BuiltinContext<'_>) -> Result<(), StageError> {
         ctx,
         format!("training on {} of {} rows before the cutoff, testing on {}", x.len(), train_idx.len(), test_idx.len()),
     );
+    check_cancel(ctx)?;
     let model = train(&x, &up, max_iterations, cutoff)?;
+    check_cancel(ctx)?;
     let probabilities: Vec<f64> = test_idx.iter().map(|&i| model.probability(&rows.x[i])).collect();
     let test_up: Vec<bool> = test_idx.iter().map(|&i| rows.next_return[i] > 0.0).collect();
     let (accuracy, log_loss, auc) = evaluate(&probabilities, &test_up);
@@ -311,21 +348,25 @@ fn legs(
     markets: &[Market],
     slippage_bps: f64,
 ) -> Result<Vec<Leg>, StageError> {
-    let (ids, ts, price) = (ticks.ids()?, ticks.ts()?, ticks.f("price")?);
+    let (ids, ts, price, bid, ask) = (ticks.ids()?, ticks.ts()?, ticks.f("price")?, ticks.f("bid")?, ticks.f("ask")?);
     let runs: std::collections::HashMap<&str, std::ops::Range<usize>> =
         market_runs(ids).into_iter().map(|r| (ids.value(r.start), r)).collect();
     let mut legs = Vec::with_capacity(positions.len());
     for (id, rows) in positions {
         let Some(run) = runs.get(id) else { continue };
         let fee = markets.iter().find(|m| m.id == *id).map_or(0.0, |m| m.fee_bps);
-        let (mts, mprice) = (&ts[run.clone()], &price[run.clone()]);
-        let mut leg = Leg { ts: Vec::new(), positions: Vec::new(), returns: Vec::new(), cost_bps: fee + slippage_bps };
+        let (mts, mprice, mbid, mask) = (&ts[run.clone()], &price[run.clone()], &bid[run.clone()], &ask[run.clone()]);
+        let mut leg = Leg { ts: Vec::new(), positions: Vec::new(), returns: Vec::new(), costs_bps: Vec::new() };
         for &(t, position) in rows {
             let Ok(i) = mts.binary_search(&t) else { continue };
             if i + 1 < mts.len() {
+                // Trading crosses half the quoted spread, on top of fees and slippage.
+                let mid = (mbid[i] + mask[i]) / 2.0;
+                let half_spread_bps = if mid > 0.0 { (mask[i] - mbid[i]) / mid / 2.0 * 1e4 } else { 0.0 };
                 leg.ts.push(t);
                 leg.positions.push(position);
                 leg.returns.push(mprice[i + 1] / mprice[i] - 1.0);
+                leg.costs_bps.push(fee + slippage_bps + half_spread_bps);
             }
         }
         legs.push(leg);
@@ -366,16 +407,26 @@ pub fn backtest(ctx: &mut BuiltinContext<'_>) -> Result<(), StageError> {
         i64s(&predictions, "ts", &inputs[0])?,
         f64s(&predictions, "prob_up", &inputs[0])?,
     );
-    let rows = positions_by_market(ids, |i| {
-        let position = if prob[i] > 0.5 + threshold {
-            1.0
-        } else if prob[i] < 0.5 - threshold {
-            -1.0
-        } else {
-            0.0
-        };
-        Some((ts[i], position))
-    });
+    // Go long above 0.5 + threshold, short below 0.5 - threshold, and in between keep the
+    // position held (hysteresis): flat-long-flat churn would pay the spread on every wobble.
+    let rows: Vec<Positions<'_>> = market_runs(ids)
+        .into_iter()
+        .map(|run| {
+            let id = ids.value(run.start);
+            let mut held = 0.0;
+            let positions = run
+                .map(|i| {
+                    if prob[i] > 0.5 + threshold {
+                        held = 1.0;
+                    } else if prob[i] < 0.5 - threshold {
+                        held = -1.0;
+                    }
+                    (ts[i], held)
+                })
+                .collect();
+            (id, positions)
+        })
+        .collect();
     let result = simulate(&legs(&rows, &TickTable::read(&inputs[1])?, &read_markets(&inputs[2])?, slippage_bps)?);
     log(ctx, format!("pnl {:.4}, sharpe {:.2}, max drawdown {:.4}", result.pnl, result.sharpe, result.max_drawdown));
     write_backtest(ctx, &outputs, &result, serde_json::json!({ "threshold": threshold, "slippage_bps": slippage_bps }))
@@ -396,16 +447,18 @@ pub fn baseline(ctx: &mut BuiltinContext<'_>) -> Result<(), StageError> {
         f64s(&features, "ret_20", &inputs[0])?,
     );
     let cutoff = split_cutoff(ts, train_fraction);
-    let rows = positions_by_market(ids, |i| {
-        (ts[i] >= cutoff && momentum[i].is_finite()).then(|| (ts[i], momentum[i].signum()))
-    });
+    let rows =
+        positions_by_market(ids, |i| (ts[i] >= cutoff && momentum[i].is_finite()).then(|| (ts[i], sign(momentum[i]))));
     let result = simulate(&legs(&rows, &TickTable::read(&inputs[1])?, &read_markets(&inputs[2])?, slippage_bps)?);
     log(ctx, format!("momentum baseline: pnl {:.4}, sharpe {:.2}", result.pnl, result.sharpe));
     write_backtest(
         ctx,
         &outputs,
         &result,
-        serde_json::json!({ "strategy": "momentum (sign of 20-tick return)", "train_fraction": train_fraction, "slippage_bps": slippage_bps }),
+        serde_json::json!({
+            "strategy": "momentum (sign of 20-tick return)", "train_fraction": train_fraction,
+            "slippage_bps": slippage_bps, "cutoff_ts": cutoff,
+        }),
     )
 }
 

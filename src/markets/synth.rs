@@ -41,9 +41,10 @@ fn rng_for(seed: u64, stream: u64) -> ChaCha8Rng {
     rng
 }
 
+/// `n` markets, sorted by id (as every table of the pipeline is).
 pub fn generate_markets(seed: u64, n: usize) -> Vec<Market> {
     let mut rng = rng_for(seed, 0);
-    (0..n)
+    let mut markets: Vec<Market> = (0..n)
         .map(|i| {
             let (category, code) = CATEGORIES[i % CATEGORIES.len()];
             let venue = VENUES[rng.gen_range(0..VENUES.len())];
@@ -57,7 +58,9 @@ pub fn generate_markets(seed: u64, n: usize) -> Vec<Market> {
                 fee_bps: [0.5, 1.0, 2.0][rng.gen_range(0..3)],
             }
         })
-        .collect()
+        .collect();
+    markets.sort_by(|a, b| a.id.cmp(&b.id));
+    markets
 }
 
 /// Ticks for every market, generated in parallel; each market has its own random stream,
@@ -104,7 +107,8 @@ fn generate_ticks(seed: u64, stream: u64, tick_size: f64, n: usize) -> Ticks {
         burst = if rng.gen_bool(0.003) { 4.0 + 4.0 * rng.gen_range(0.0..1.0) } else { 1.0 + (burst - 1.0) * 0.92 };
         let volume = (4.6 + 0.5 * normal(&mut rng)).exp() * burst * (1.0 + 200.0 * r.abs());
         let price = log_p.exp();
-        let ticks_wide = (price * (0.0002 + 0.4 * sigma) / tick_size).ceil().max(1.0);
+        // A liquid market's quote: about 1 bp plus a little more when volatile.
+        let ticks_wide = (price * (0.00008 + 0.08 * sigma) / tick_size).ceil().max(1.0);
         let bid = ((price / tick_size) - ticks_wide / 2.0).floor() * tick_size;
         let ask = bid + ticks_wide * tick_size;
         ticks.ts.push(START_MS + i as i64 * BAR_MS);

@@ -94,6 +94,15 @@ impl State {
         Ok(state)
     }
 
+    /// Opens an existing database for reading only: no migration, no write, no lock taken
+    /// beyond SQLite's own (WAL readers never block the build that writes).
+    pub fn open_read_only(path: &Path) -> Result<State, StateError> {
+        let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(|source| StateError::Open { path: path.to_path_buf(), source })?;
+        conn.busy_timeout(Duration::from_secs(10))?;
+        Ok(State { conn, path: path.to_path_buf() })
+    }
+
     /// Opens (creating if needed) the database at `path` without touching its schema.
     pub fn open_unmigrated(path: &Path) -> Result<State, StateError> {
         if let Some(dir) = path.parent() {

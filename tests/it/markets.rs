@@ -292,3 +292,18 @@ fn a_parquet_column_of_the_wrong_type_is_named() {
         run.stdout()
     );
 }
+
+#[test]
+fn times_in_seconds_are_refused_instead_of_misread() {
+    let ticks = fixture("ticks.csv");
+    let mut lines: Vec<String> = ticks.lines().map(str::to_string).collect();
+    let mut fields: Vec<&str> = lines[1].split(',').collect();
+    fields[1] = "1772461920";
+    lines[1] = fields.join(",");
+    let sb = Sandbox::new()
+        .pipeline(CSV_PIPELINE)
+        .file("exports/markets.csv", &fixture("markets.csv"))
+        .file("exports/ticks.csv", &(lines.join("\n") + "\n"));
+    let run = sb.build().failure();
+    assert!(run.stdout().contains("exports/ticks.csv line 2, column `ts`: `1772461920` is before 1973 as milliseconds since 1970; if it counts seconds, multiply by 1000"), "{}", run.stdout());
+}
