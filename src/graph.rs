@@ -187,7 +187,7 @@ fn topological_order(graph: &DiGraph<(), ()>) -> Option<Vec<StageIdx>> {
 }
 
 /// The part of a glob before its first wildcard, cut back to a directory boundary.
-fn literal_prefix(pattern: &str) -> &str {
+pub(crate) fn literal_prefix(pattern: &str) -> &str {
     let wildcard = pattern.find(['*', '?', '[']).unwrap_or(pattern.len());
     pattern[..wildcard].rfind('/').map_or("", |slash| &pattern[..=slash])
 }

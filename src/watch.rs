@@ -74,8 +74,7 @@ impl InputWatcher {
                     }
                     Input::Path(_) => {}
                     Input::Glob(p) => {
-                        let literal = p.as_str().split(['*', '?', '[']).next().unwrap_or("");
-                        let dir = root.join(literal.rsplit_once('/').map_or("", |(dir, _)| dir));
+                        let dir = root.join(crate::graph::literal_prefix(p.as_str()).trim_end_matches('/'));
                         if dir.exists() {
                             self.add(&dir, RecursiveMode::Recursive)?;
                         }

@@ -264,8 +264,7 @@ impl Drop for StopOnDrop<'_> {
 }
 
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    let text = panic.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| panic.downcast_ref::<String>().cloned());
-    format!("dagrun's worker panicked: {}", text.unwrap_or_default())
+    format!("dagrun's worker panicked: {}", runner::panic_text(panic))
 }
 
 /// The coordinator's bookkeeping: which stage is where, and the database.

@@ -132,15 +132,20 @@ pub fn run_builtin(builtin: &Arc<dyn Builtin>, mut ctx: BuiltinContext<'_>) -> R
             Err(AttemptFailure::failed(err.to_string()))
         }
         Err(panic) => {
-            let text = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
+            let text = panic_text(panic.as_ref());
             let _ = writeln!(ctx.log, "panic: {text}");
             Err(AttemptFailure::failed(format!("panicked: {text}")))
         }
     }
+}
+
+/// The message a panic carried (`panic!("...")` gives a `&str` or a `String`).
+pub fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_default()
 }
 
 /// The last `lines` lines of a log file (at most 8 KiB of it).

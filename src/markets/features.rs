@@ -24,7 +24,7 @@ pub fn compute_features(s: &Series<'_>) -> [Vec<f64>; FEATURES.len()] {
     // Per-tick terms computed once; each window below reads only ticks at or before its end.
     let ret_1: Vec<f64> = (0..n).map(|t| log_ret(t, 1)).collect();
     let signed_volume: Vec<f64> =
-        (0..n).map(|t| if t == 0 { 0.0 } else { direction(s.price[t] - s.price[t - 1]) * s.volume[t] }).collect();
+        (0..n).map(|t| if t == 0 { 0.0 } else { sign(s.price[t] - s.price[t - 1]) * s.volume[t] }).collect();
     let mut cols: [Vec<f64>; FEATURES.len()] = std::array::from_fn(|_| Vec::with_capacity(n));
     for t in 0..n {
         let (vol, zscore, imbalance) = if t >= WINDOW {
@@ -50,8 +50,9 @@ pub fn compute_features(s: &Series<'_>) -> [Vec<f64>; FEATURES.len()] {
     cols
 }
 
-/// The tick rule: an up move is a buy, a down move a sell, no move neither.
-fn direction(change: f64) -> f64 {
+/// −1, 0 or 1. Unlike `f64::signum`, zero is zero: in the tick rule no move is neither a
+/// buy nor a sell, and in a strategy no signal is no position.
+pub(super) fn sign(change: f64) -> f64 {
     if change > 0.0 {
         1.0
     } else if change < 0.0 {

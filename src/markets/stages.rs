@@ -6,24 +6,13 @@ use arrow_array::RecordBatch;
 use rayon::prelude::*;
 
 use super::backtest::{Backtest, Leg, simulate};
-use super::features::{FEATURES, Series, compute_features};
+use super::features::{FEATURES, Series, compute_features, sign};
 use super::model::{Metrics, Model, evaluate, split_cutoff, train};
 use super::params::Params;
 use super::synth::{Market, Ticks, generate_all_ticks, generate_markets};
 use super::table::{self, batch, f64_col, f64s, i64_col, i64s, market_runs, str_col, strs};
 use super::{StageError, ingest, report};
 use crate::builtin::BuiltinContext;
-
-/// −1, 0 or 1: unlike `f64::signum`, no move is no position.
-fn sign(x: f64) -> f64 {
-    if x > 0.0 {
-        1.0
-    } else if x < 0.0 {
-        -1.0
-    } else {
-        0.0
-    }
-}
 
 /// Fails the stage when the build is being stopped; called between a stage's steps.
 fn check_cancel(ctx: &BuiltinContext<'_>) -> Result<(), StageError> {
