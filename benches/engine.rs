@@ -48,7 +48,7 @@ fn planning(c: &mut Criterion) {
     let cache_entries = state.load_hash_cache().unwrap();
     c.bench_function("plan 500 up-to-date stages", |b| {
         b.iter(|| {
-            let cache = HashCache::new(dir.path(), cache_entries.clone());
+            let cache = HashCache::new(dir.path(), cache_entries.clone(), &dagrun::fingerprint::CacheClock::Local);
             let ctx = EvalContext {
                 spec: engine.spec(),
                 dag: engine.dag(),

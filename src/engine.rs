@@ -7,8 +7,8 @@ use crate::builtin::Registry;
 use crate::cancel::CancelToken;
 use crate::error::Error;
 use crate::event::{BuildSummary, Event};
-use crate::executor::{ExecOptions, execute};
-use crate::fingerprint::HashCache;
+use crate::executor::{ExecOptions, ProcessGroup, execute};
+use crate::fingerprint::{CacheClock, HashCache};
 use crate::graph::Dag;
 use crate::planner::{DirtyReason, EvalContext, Verdict, explain_reason, plan_build};
 use crate::spec::{Spec, StageIdx, load_spec, suggest};
@@ -116,13 +116,14 @@ impl Engine {
             on_event(&Event::StateReset { moved_to: &moved_to });
         }
         let mut state = State::open(&self.spec.state_path)?;
+        end_orphans(&state, on_event)?;
         let swept = state.sweep_unfinished()?;
         if !swept.is_empty() {
             on_event(&Event::SweptInterrupted { stages: &swept });
         }
 
         let records = state.load_records()?;
-        let cache = HashCache::new(&self.spec.root, state.load_hash_cache()?);
+        let cache = HashCache::new(&self.spec.root, state.load_hash_cache()?, &self.writer_clock());
         let ctx = self.eval_context(&records, &cache, opts.force);
         let plan = plan_build(&ctx, &selected);
 
@@ -163,28 +164,22 @@ impl Engine {
     }
 
     /// Every selected stage in dependency order, up to date or dirty and why, without
-    /// running anything. Reads the state database while a build runs (WAL) without
-    /// blocking it; creates nothing when there is no database yet.
+    /// running anything. Opens the state read-only (WAL: never blocking a build, never
+    /// written to, migrated or cached into); creates nothing when there is no database yet.
     pub fn status(&self, targets: &[String], force: bool) -> Result<Vec<StageReport>, Error> {
         let selected = self.select(targets)?;
-        let mut state = self.existing_state()?;
+        let state = State::open_reader(&self.spec.state_path)?;
         let records = match &state {
             Some(state) => state.load_records()?,
             None => Default::default(),
         };
-        let cache = HashCache::new(
-            &self.spec.root,
-            match &state {
-                Some(state) => state.load_hash_cache()?,
-                None => Default::default(),
-            },
-        );
+        let entries = match &state {
+            Some(state) => state.load_hash_cache()?,
+            None => Default::default(),
+        };
+        let cache = HashCache::new(&self.spec.root, entries, &CacheClock::Local);
         let ctx = self.eval_context(&records, &cache, force);
         let mut plan = plan_build(&ctx, &selected);
-        if let Some(state) = &mut state {
-            // Best effort: a status that cannot save its hashes is still a correct status.
-            let _ = state.save_hash_cache(&cache.take_fresh());
-        }
         let mut reports = Vec::new();
         for &idx in self.dag.topo_order() {
             let Some(eval) = plan.evaluations[idx].take() else { continue };
@@ -232,9 +227,10 @@ impl Engine {
             || false,
         )?;
         let mut state = State::open(&self.spec.state_path)?;
+        end_orphans(&state, on_event)?;
         state.sweep_unfinished()?;
         let records = state.load_records()?;
-        let cache = HashCache::new(&self.spec.root, state.load_hash_cache()?);
+        let cache = HashCache::new(&self.spec.root, state.load_hash_cache()?, &self.writer_clock());
         let ctx = self.eval_context(&records, &cache, false);
         // Accepting a stage vouches for its outputs given its upstream's recorded outputs:
         // every upstream stage outside the accepted set must itself be up to date.
@@ -303,6 +299,7 @@ impl Engine {
                 reason,
                 started_at: now,
                 log_path: "",
+                resources: None,
             })?;
             let success = crate::state::StageSuccess {
                 row,
@@ -316,6 +313,7 @@ impl Engine {
                 still_dirty: false,
                 metrics: &Default::default(),
                 status: StageStatus::Accepted,
+                invalidations_seen: records.get(stage.name.as_str()).map_or(0, |r| r.invalidations),
             };
             state.record_success(&success, &cache.take_fresh())?;
             hashes.insert(idx, output_hash);
@@ -342,7 +340,7 @@ impl Engine {
         if let Some(stage) = stage {
             self.stage_index(stage)?;
         }
-        let Some(state) = self.existing_state()? else { return Ok(Vec::new()) };
+        let Some(state) = State::open_reader(&self.spec.state_path)? else { return Ok(Vec::new()) };
         let mut runs = state.history(stage, limit)?;
         if let Some(stage) = stage {
             // A finished build that covered the stage and has no row for it found it up to
@@ -409,8 +407,9 @@ impl Engine {
         Ok(Some(moved_to))
     }
 
-    fn existing_state(&self) -> Result<Option<State>, Error> {
-        if self.spec.state_path.exists() { Ok(Some(State::open(&self.spec.state_path)?)) } else { Ok(None) }
+    /// The clock of commands that save the stat cache: the filesystem's own.
+    fn writer_clock(&self) -> CacheClock {
+        CacheClock::Filesystem(self.spec.root.join(&self.spec.own_dir).join("clock"))
     }
 
     fn eval_context<'a>(
@@ -437,6 +436,21 @@ impl Engine {
         let indices = targets.iter().map(|t| self.stage_index(t)).collect::<Result<Vec<_>, _>>()?;
         Ok(self.dag.with_upstream(&indices))
     }
+}
+
+/// Ends what the stages of a killed build left running, before anything runs: an output
+/// such a process could still write is never trusted, and never raced by a new run.
+/// Call only while holding the build lock.
+fn end_orphans(state: &State, on_event: &mut dyn FnMut(&Event<'_>)) -> Result<(), Error> {
+    for unfinished in state.unfinished_groups()? {
+        let group = ProcessGroup { pgid: unfinished.pgid, identity: unfinished.identity };
+        match group.end_survivors() {
+            Ok(0) => {}
+            Ok(processes) => on_event(&Event::OrphansEnded { stage: &unfinished.component, processes }),
+            Err(source) => return Err(Error::Orphans { stage: unfinished.component, source }),
+        }
+    }
+    Ok(())
 }
 
 fn report(stage: &str, reason: Option<DirtyReason>, fingerprint: String, record: StageRecord) -> StageReport {

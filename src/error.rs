@@ -22,6 +22,8 @@ pub enum Error {
     Io { path: String, source: std::io::Error },
     #[error("cannot accept `{stage}`: {reason}")]
     Accept { stage: String, reason: String },
+    #[error("stage `{stage}` of a killed build is still running: {source}")]
+    Orphans { stage: String, source: crate::executor::GroupSurvives },
     #[error("cannot watch inputs: {message}")]
     Watch { message: String },
 }

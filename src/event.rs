@@ -22,6 +22,11 @@ pub enum Event<'a> {
     SweptInterrupted {
         stages: &'a [String],
     },
+    /// Processes a dead build's stage left running, ended before anything runs.
+    OrphansEnded {
+        stage: &'a str,
+        processes: usize,
+    },
     BuildStarted {
         run: RunId,
         selected: usize,
@@ -78,6 +83,9 @@ impl Event<'_> {
                 json!({ "event": "state_reset", "moved_to": moved_to.display().to_string() })
             }
             Event::SweptInterrupted { stages } => json!({ "event": "swept_interrupted", "stages": stages }),
+            Event::OrphansEnded { stage, processes } => {
+                json!({ "event": "orphans_ended", "stage": stage, "processes": processes })
+            }
             Event::BuildStarted { run, selected, to_check, jobs } => {
                 json!({ "event": "build_started", "run_id": run.0, "selected": selected, "to_check": to_check, "jobs": jobs })
             }

@@ -6,7 +6,7 @@ use petgraph::Direction;
 use petgraph::graph::{DiGraph, NodeIndex};
 use petgraph::visit::{Dfs, Reversed};
 
-use crate::spec::{Input, RelPath, Spec, StageIdx, glob_reaches};
+use crate::spec::{Input, RelPath, Spec, StageIdx};
 
 /// The pipeline's dependency graph. Node `i` is `spec.stages[i]`; edges point downstream.
 #[derive(Debug, Clone)]
@@ -99,6 +99,15 @@ impl Dag {
     pub fn producer_of(&self, path: &RelPath) -> Option<StageIdx> {
         self.producers.producer_of(path)
     }
+
+    /// The stages whose outputs `input` may read: for a glob, every output it reaches.
+    pub fn writers_of(&self, input: &Input) -> Vec<StageIdx> {
+        let mut found = Vec::new();
+        self.producers.upstream_of(input, &mut found);
+        found.sort_unstable();
+        found.dedup();
+        found
+    }
 }
 
 /// Which stage writes which path, for turning inputs into edges.
@@ -137,9 +146,8 @@ impl Producers {
                 found.extend(self.producer_of(path));
                 found.extend(self.within(path.as_str()).map(|(_, &idx)| idx));
             }
-            Input::Glob(pattern) => {
-                let pattern = pattern.as_str();
-                let prefix = literal_prefix(pattern).trim_end_matches('/');
+            Input::Glob(glob) => {
+                let prefix = glob.base();
                 // Outputs that are directories above the glob's literal part, then outputs
                 // below it; either may be read through the glob.
                 let above = RelPath::parse_normalized(prefix).into_iter().flat_map(|p| {
@@ -149,7 +157,7 @@ impl Producers {
                 });
                 for dir in above {
                     if let Some(&idx) = self.by_path.get(&dir)
-                        && glob_reaches(pattern, &dir)
+                        && glob.reaches(&dir)
                     {
                         found.push(idx);
                     }
@@ -159,7 +167,7 @@ impl Producers {
                 } else {
                     self.by_path.range(format!("{prefix}/")..format!("{prefix}0"))
                 };
-                found.extend(below.filter(|(p, _)| glob_reaches(pattern, p)).map(|(_, &idx)| idx));
+                found.extend(below.filter(|(p, _)| glob.reaches(p)).map(|(_, &idx)| idx));
             }
         }
     }
@@ -184,12 +192,6 @@ fn topological_order(graph: &DiGraph<(), ()>) -> Option<Vec<StageIdx>> {
         }
     }
     (order.len() == pending.len()).then_some(order)
-}
-
-/// The part of a glob before its first wildcard, cut back to a directory boundary.
-pub(crate) fn literal_prefix(pattern: &str) -> &str {
-    let wildcard = pattern.find(['*', '?', '[']).unwrap_or(pattern.len());
-    pattern[..wildcard].rfind('/').map_or("", |slash| &pattern[..=slash])
 }
 
 /// Finds a cycle in a graph known to have one, as the path that closes it, starting at
@@ -293,5 +295,26 @@ mod tests {
             assert_eq!(dag.upstream(idx).collect::<Vec<_>>(), [gen_idx], "{name}");
         }
         assert_eq!(dag.upstream(s.stage_index("unrelated").unwrap()).count(), 0);
+    }
+
+    #[test]
+    fn issue_13_a_double_star_glob_makes_an_edge_from_an_output_two_directories_deep() {
+        let s = spec(
+            r#"
+            [stages.deep]
+            cmd = "x"
+            outputs = ["data/a/b/deep.csv"]
+            [stages.hidden]
+            cmd = "x"
+            outputs = ["data/.cache/c.csv"]
+            [stages.read]
+            cmd = "x"
+            inputs = ["data/**/*.csv"]
+            "#,
+        );
+        let dag = Dag::build(&s).unwrap();
+        let read = s.stage_index("read").unwrap();
+        assert_eq!(dag.upstream(read).collect::<Vec<_>>(), [s.stage_index("deep").unwrap()]);
+        assert_eq!(dag.writers_of(&s.stages[read].inputs[0]), [s.stage_index("deep").unwrap()]);
     }
 }

@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::builtin::Registry;
 use crate::fingerprint::{ActionId, Fingerprint, FingerprintInputs, HashCache, HashError, OutputHash};
 use crate::graph::Dag;
-use crate::spec::{Action, Input, Spec, StageIdx};
+use crate::spec::{Action, GlobPattern, Input, Spec, StageIdx};
 use crate::state::{StageRecord, StageStatus};
 
 /// Why a stage must run (or cannot).
@@ -150,8 +150,11 @@ pub fn evaluate_stage(
     let stage = &ctx.spec.stages[idx];
     let record = ctx.records.get(stage.name.as_str());
 
-    let (source_inputs, input_paths) = resolve_inputs(ctx, idx);
-    let mut unavailable = None;
+    let (source_inputs, input_paths, empty_glob) = resolve_inputs(ctx, idx);
+    let mut unavailable = empty_glob.map(|glob| DirtyReason::InputUnavailable {
+        path: glob.to_string(),
+        error: format!("glob `{glob}` matches no file and no stage writes one; add a matching file or fix the pattern"),
+    });
     let mut inputs = BTreeMap::new();
     let refs: Vec<&str> = source_inputs.iter().map(String::as_str).collect();
     for (path, hashed) in ctx.cache.hash_paths(&refs) {
@@ -250,9 +253,13 @@ fn check_outputs(ctx: &EvalContext<'_>, idx: StageIdx, record: &StageRecord) -> 
 
 /// Splits a stage's inputs into source paths to hash (no stage writes them) and the full
 /// expanded list. Inputs another stage writes are covered by that stage's output hash.
-fn resolve_inputs(ctx: &EvalContext<'_>, idx: StageIdx) -> (Vec<String>, Vec<String>) {
+/// Also returns the first glob that matches nothing and that no stage's output reaches:
+/// like a missing literal input, it means the stage cannot run. (One a stage writes into
+/// may be empty until that stage has run.)
+fn resolve_inputs<'s>(ctx: &EvalContext<'s>, idx: StageIdx) -> (Vec<String>, Vec<String>, Option<&'s GlobPattern>) {
     let mut sources = Vec::new();
     let mut all = Vec::new();
+    let mut empty_glob = None;
     for input in &ctx.spec.stages[idx].inputs {
         match input {
             Input::Path(path) => {
@@ -261,8 +268,12 @@ fn resolve_inputs(ctx: &EvalContext<'_>, idx: StageIdx) -> (Vec<String>, Vec<Str
                 }
                 all.push(path.to_string());
             }
-            Input::Glob(pattern) => {
-                for path in expand_glob(ctx.spec, pattern.as_str()) {
+            Input::Glob(glob) => {
+                let paths = expand_glob(ctx.spec, glob);
+                if paths.is_empty() && empty_glob.is_none() && ctx.dag.writers_of(input).is_empty() {
+                    empty_glob = Some(glob);
+                }
+                for path in paths {
                     let produced =
                         crate::spec::normalize(&ctx.spec.root, &path).is_ok_and(|p| ctx.dag.producer_of(&p).is_some());
                     if !produced {
@@ -273,24 +284,18 @@ fn resolve_inputs(ctx: &EvalContext<'_>, idx: StageIdx) -> (Vec<String>, Vec<Str
             }
         }
     }
-    (sources, all)
+    (sources, all, empty_glob)
 }
 
 /// Files matching a glob, relative to the root, sorted; never the state database's files.
-fn expand_glob(spec: &Spec, pattern: &str) -> Vec<String> {
+fn expand_glob(spec: &Spec, glob: &GlobPattern) -> Vec<String> {
     let root = &spec.root;
-    let full = format!("{}/{pattern}", glob::Pattern::escape(&root.to_string_lossy()));
-    let Ok(paths) = glob::glob_with(&full, crate::spec::GLOB_OPTIONS) else { return Vec::new() };
     let state = spec.state_path.strip_prefix(root).ok().and_then(|p| p.to_str()).unwrap_or("");
     let is_state = |p: &str| {
         !state.is_empty() && p.starts_with(state) && matches!(&p[state.len()..], "" | "-wal" | "-shm" | "-journal")
     };
-    let mut found: Vec<String> = paths
-        .filter_map(Result::ok)
-        .filter_map(|p| p.strip_prefix(root).ok().and_then(|p| p.to_str()).map(str::to_string))
-        .filter(|p| !is_state(p))
-        .collect();
-    found.sort();
+    let mut found = glob.expand(root);
+    found.retain(|p| !is_state(p));
     found
 }
 

@@ -11,21 +11,27 @@ use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 use crate::cancel::CancelToken;
 use crate::engine::Engine;
 use crate::error::Error;
-use crate::spec::{GLOB_OPTIONS, Input};
+use crate::spec::{GlobPattern, Input};
 
 /// What a change must touch to start a cycle.
 enum Interest {
     /// A file, or anything under a directory.
     Path(PathBuf),
-    /// A path matching a glob input (absolute pattern).
-    Glob(glob::Pattern),
+    /// A path matching a glob input (relative to the root), or inside a directory it matches.
+    Glob { root: PathBuf, glob: GlobPattern },
 }
 
 impl Interest {
     fn covers(&self, path: &Path) -> bool {
         match self {
             Interest::Path(p) => path.starts_with(p),
-            Interest::Glob(pattern) => pattern.matches_path_with(path, GLOB_OPTIONS),
+            Interest::Glob { root, glob } => {
+                let rel = path.strip_prefix(root).ok().and_then(Path::to_str).unwrap_or_default();
+                !rel.is_empty()
+                    && (glob.matches(rel)
+                        || crate::spec::RelPath::parse_normalized(rel)
+                            .is_some_and(|rel| rel.ancestors().any(|dir| glob.matches(dir))))
+            }
         }
     }
 }
@@ -73,15 +79,12 @@ impl InputWatcher {
                         self.interesting.push(Interest::Path(path));
                     }
                     Input::Path(_) => {}
-                    Input::Glob(p) => {
-                        let dir = root.join(crate::graph::literal_prefix(p.as_str()).trim_end_matches('/'));
+                    Input::Glob(glob) => {
+                        let dir = root.join(glob.base());
                         if dir.exists() {
                             self.add(&dir, RecursiveMode::Recursive)?;
                         }
-                        let pattern = format!("{}/{}", glob::Pattern::escape(&root.to_string_lossy()), p.as_str());
-                        if let Ok(pattern) = glob::Pattern::new(&pattern) {
-                            self.interesting.push(Interest::Glob(pattern));
-                        }
+                        self.interesting.push(Interest::Glob { root: root.clone(), glob: glob.clone() });
                     }
                 }
             }

@@ -42,7 +42,7 @@ pub fn run(file: std::path::PathBuf, args: AgentArgs) -> Result<u8, Error> {
         (false, Mode::Scheduled) => Schedule::Every(Duration::from_secs(args.interval_sec)),
     };
     let cancel = CancelToken::new();
-    stop_on_signals(&cancel, Duration::from_secs(args.grace_sec));
+    stop_on_signals(&cancel, Duration::from_secs(args.grace_sec), &file);
     let opts = AgentOptions { file, schedule, jobs: args.jobs.map(|j| j as usize), cancel };
     let mut exit = EXIT_OK;
     run_agent(&opts, &registry(), &mut |event| {
@@ -58,18 +58,28 @@ pub fn run(file: std::path::PathBuf, args: AgentArgs) -> Result<u8, Error> {
     Ok(exit)
 }
 
-/// First SIGINT/SIGTERM: start no new stage, let running ones finish for up to `grace`,
-/// then terminate them. A second: kill them at once.
-fn stop_on_signals(cancel: &CancelToken, grace: Duration) {
-    super::signals::on_stop_signals(cancel, move |cancel| {
-        eprintln!("{} stopping: no new stages; running ones get {}s to finish", now(), grace.as_secs());
-        cancel.drain();
-        let cancel = cancel.clone();
-        std::thread::spawn(move || {
-            std::thread::sleep(grace);
-            cancel.cancel();
-        });
-    });
+/// First SIGINT/SIGTERM/SIGHUP: start no new stage, let running ones finish for up to
+/// `grace`, then terminate them. A second: kill them at once. A third: end the process.
+fn stop_on_signals(cancel: &CancelToken, grace: Duration, file: &std::path::Path) {
+    let state_path = dagrun::Engine::load(file, registry()).map(|engine| engine.spec().state_path.clone());
+    let exit_now = super::signals::exit_now(state_path.unwrap_or_default());
+    super::signals::on_stop_signals(
+        cancel,
+        move |cancel| {
+            cancel.drain();
+            super::signals::note(&format!(
+                "{} stopping: no new stages; running ones get {}s to finish",
+                now(),
+                grace.as_secs()
+            ));
+            let cancel = cancel.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(grace);
+                cancel.cancel();
+            });
+        },
+        exit_now,
+    );
 }
 
 fn now() -> String {

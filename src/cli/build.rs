@@ -2,7 +2,7 @@
 
 use std::io::Write;
 
-use dagrun::{BuildOptions, CancelToken, Engine, Error};
+use dagrun::{BuildOptions, CancelToken, DirtyReason, Engine, Error};
 
 use super::output::Output;
 use super::{EXIT_FAILED, EXIT_OK};
@@ -44,7 +44,7 @@ pub fn run(engine: &Engine, args: BuildArgs) -> Result<u8, Error> {
         return dry_run(engine, &args);
     }
     let cancel = CancelToken::new();
-    register_interrupts(&cancel);
+    register_interrupts(&cancel, engine.spec().state_path.clone());
     let opts = BuildOptions {
         targets: args.stages,
         jobs: args.jobs.map(|j| j as usize),
@@ -61,32 +61,48 @@ pub fn run(engine: &Engine, args: BuildArgs) -> Result<u8, Error> {
     Ok(if summary.succeeded() { EXIT_OK } else { EXIT_FAILED })
 }
 
-/// First SIGINT/SIGTERM: stop the build cleanly (running stages get SIGTERM, then SIGKILL
-/// after a grace period, and are recorded as interrupted). A second: kill them at once. The
-/// build still records what happened and exits 1.
-fn register_interrupts(cancel: &CancelToken) {
-    super::signals::on_stop_signals(cancel, |cancel| {
-        eprintln!("stopping: running stages get SIGTERM (press Ctrl-C again to kill them now)");
-        cancel.cancel();
-    });
+/// First SIGINT/SIGTERM/SIGHUP: stop the build cleanly (running stages get SIGTERM, then
+/// SIGKILL after a grace period, and are recorded as interrupted). A second: kill them at
+/// once. The build still records what happened and exits 1. A third ends the process (for
+/// a built-in that ignores being stopped).
+fn register_interrupts(cancel: &CancelToken, state_path: std::path::PathBuf) {
+    super::signals::on_stop_signals(
+        cancel,
+        |cancel| {
+            cancel.cancel();
+            super::signals::note("stopping: running stages get SIGTERM (press Ctrl-C again to kill them now)");
+        },
+        super::signals::exit_now(state_path),
+    );
 }
 
 fn dry_run(engine: &Engine, args: &BuildArgs) -> Result<u8, Error> {
     let reports = engine.status(&args.stages, args.force)?;
     let width = reports.iter().map(|r| r.stage.len()).max().unwrap_or(0);
     let mut out = std::io::stdout().lock();
-    let mut would_run = 0;
+    let (mut would_run, mut cannot_run) = (0, 0);
     for report in &reports {
-        if let Some(reason) = &report.reason {
-            would_run += 1;
-            let _ = writeln!(out, "would run  {:width$}  ({reason})", report.stage);
+        match &report.reason {
+            // A missing input (literal or an empty glob): `build` would fail this stage
+            // without running it, so the dry run says so and fails too.
+            Some(reason @ DirtyReason::InputUnavailable { .. }) => {
+                cannot_run += 1;
+                let _ = writeln!(out, "cannot run  {:width$}  ({reason})", report.stage);
+            }
+            Some(reason) => {
+                would_run += 1;
+                let _ = writeln!(out, "would run  {:width$}  ({reason})", report.stage);
+            }
+            None => {}
         }
     }
     for (wave, stages) in waves(engine, &reports).iter().enumerate() {
         let _ = writeln!(out, "wave {}    {}", wave + 1, stages.join(", "));
     }
-    let _ = writeln!(out, "{would_run} would run, {} up to date (dry run: nothing was run)", reports.len() - would_run);
-    Ok(EXIT_OK)
+    let cannot = if cannot_run > 0 { format!(", {cannot_run} cannot run") } else { String::new() };
+    let up_to_date = reports.len() - would_run - cannot_run;
+    let _ = writeln!(out, "{would_run} would run{cannot}, {up_to_date} up to date (dry run: nothing was run)");
+    Ok(if cannot_run > 0 { EXIT_FAILED } else { EXIT_OK })
 }
 
 /// The stages that would run, grouped in the order they could start: a stage is in the

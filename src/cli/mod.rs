@@ -2,6 +2,8 @@
 
 mod agent;
 mod build;
+#[cfg(debug_assertions)]
+mod debug_stages;
 mod graph;
 mod history;
 mod output;
@@ -157,6 +159,8 @@ fn registry() -> Registry {
     let mut registry = Registry::new();
     #[cfg(feature = "markets")]
     dagrun::markets::register(&mut registry);
+    #[cfg(debug_assertions)]
+    debug_stages::register(&mut registry);
     registry
 }
 

@@ -61,7 +61,7 @@ fn emit(line: Line) {
             let mut out = std::io::stdout().lock();
             let _ = writeln!(out, "{text}");
         }
-        Line::Err(text) => eprintln!("{text}"),
+        Line::Err(text) => super::signals::note(&text),
     }
 }
 
@@ -73,6 +73,7 @@ fn is_essential(event: &Event<'_>) -> bool {
             | Event::InputMoved { .. }
             | Event::LockWaiting { .. }
             | Event::SweptInterrupted { .. }
+            | Event::OrphansEnded { .. }
             | Event::StateReset { .. }
             | Event::BuildFinished { .. }
     )
@@ -92,6 +93,10 @@ pub fn lines(event: &Event<'_>, width: usize) -> Vec<Line> {
         Event::SweptInterrupted { stages } => one(Line::Err(format!(
             "note: a previous build died while running {}; recorded as interrupted, will re-run",
             stages.join(", ")
+        ))),
+        Event::OrphansEnded { stage, processes } => one(Line::Err(format!(
+            "note: ended {processes} process{} of stage `{stage}` that a killed build left running; its outputs are not trusted and it will re-run",
+            if *processes == 1 { "" } else { "es" }
         ))),
         Event::BuildStarted { .. } => Vec::new(),
         Event::StageStarted { stage, attempt: 1, reason } => {
@@ -189,7 +194,7 @@ impl Live {
             Line::Out(text) => {
                 let _ = self.multi.println(text);
             }
-            Line::Err(text) => self.multi.suspend(|| eprintln!("{text}")),
+            Line::Err(text) => self.multi.suspend(|| super::signals::note(&text)),
         }
     }
 

@@ -10,6 +10,7 @@
 //! a parallel hash steal a whole other stage and run it inline, delaying the first.
 //! Rayon still does the data-parallel hashing inside each stage.
 
+mod group;
 mod runner;
 mod watchdog;
 
@@ -21,7 +22,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Sender};
 use std::time::{Duration, Instant, SystemTime};
 
-pub use runner::{expand_command, log_tail, shell_quote};
+pub use group::{GroupSurvives, ProcessGroup};
+pub use runner::{ShellCommand, expand_command, log_tail, shell_quote};
 pub use watchdog::KILL_GRACE;
 
 use crate::builtin::BuiltinContext;
@@ -68,6 +70,13 @@ enum Message {
         inputs: Box<FingerprintInputs>,
         log_path: String,
         at: SystemTime,
+    },
+    /// A shell attempt's process group exists; its command waits until the coordinator
+    /// has recorded the group and answered.
+    GroupStarted {
+        idx: StageIdx,
+        group: ProcessGroup,
+        recorded: Sender<Result<(), String>>,
     },
     Finished {
         idx: StageIdx,
@@ -187,6 +196,8 @@ pub fn execute(
         return Ok(coordinator.outcome);
     }
 
+    // Orphans of a stage (children that outlive its shell) come to dagrun to be reaped.
+    group::become_subreaper();
     let shared =
         Shared { eval: *eval, watchdog: Watchdog::new(opts.cancel.clone()), stop: AtomicBool::new(false), run };
     let workers = opts.jobs.clamp(1, candidates);
@@ -296,6 +307,11 @@ impl Coordinator<'_, '_> {
             Message::Started { idx, attempt, reason, inputs, log_path, at } => {
                 self.started(idx, attempt, reason, &inputs, &log_path, at)
             }
+            Message::GroupStarted { idx, group, recorded } => {
+                let result = self.group_started(idx, &group);
+                let _ = recorded.send(result.as_ref().map(|_| ()).map_err(ToString::to_string));
+                result
+            }
             Message::Finished { idx, result } => self.finished(idx, result, stop),
         };
         if let Err(err) = recorded {
@@ -318,6 +334,9 @@ impl Coordinator<'_, '_> {
         let name = self.eval.spec.stages[idx].name.as_str();
         let reason = explain_reason(self.state, name, reason, inputs);
         let reason_text = reason.to_string();
+        let resources = &self.eval.spec.stages[idx].resources;
+        let resources =
+            (*resources != Default::default()).then(|| serde_json::to_string(resources).expect("resources serialise"));
         let row = self.state.stage_started(&StageAttempt {
             run: self.run_id(),
             component: name,
@@ -325,10 +344,20 @@ impl Coordinator<'_, '_> {
             reason: &reason_text,
             started_at: at,
             log_path,
+            resources: resources.as_deref(),
         })?;
         self.row[idx] = Some(row);
         (self.on_event)(&Event::StageStarted { stage: name, attempt, reason: &reason });
         Ok(())
+    }
+
+    /// Records the running attempt's process group, so that a later build can end it
+    /// should this one die.
+    fn group_started(&mut self, idx: StageIdx, group: &ProcessGroup) -> Result<(), StateError> {
+        match self.row[idx] {
+            Some(row) => self.state.record_group(row, group.pgid, &group.identity),
+            None => Ok(()), // its start could not be recorded: the attempt fails anyway
+        }
     }
 
     fn run_id(&self) -> RunId {
@@ -399,6 +428,7 @@ impl Coordinator<'_, '_> {
                 still_dirty: !success.moved.is_empty(),
                 metrics: &success.metrics,
                 status: StageStatus::Success,
+                invalidations_seen: self.eval.records.get(name).map_or(0, |r| r.invalidations),
             },
             &fresh,
         )?;
@@ -493,6 +523,7 @@ impl Coordinator<'_, '_> {
             reason: "could not start",
             started_at: SystemTime::now(),
             log_path: "",
+            resources: None,
         })
     }
 
@@ -578,8 +609,8 @@ fn run_task(shared: &Shared<'_>, task: Task, tx: &Sender<Message>) {
     let attempts = stage.retries.saturating_add(1);
     for attempt in 1..=attempts {
         let log_path = match attempt {
-            1 => format!(".dagrun/logs/{}/{}.log", shared.run.0, stage.name),
-            n => format!(".dagrun/logs/{}/{}.attempt{n}.log", shared.run.0, stage.name),
+            1 => format!("{}/logs/{}/{}.log", shared.eval.spec.own_dir, shared.run.0, stage.name),
+            n => format!("{}/logs/{}/{}.attempt{n}.log", shared.eval.spec.own_dir, shared.run.0, stage.name),
         };
         let at = SystemTime::now();
         let _ = tx.send(Message::Started {
@@ -591,7 +622,7 @@ fn run_task(shared: &Shared<'_>, task: Task, tx: &Sender<Message>) {
             at,
         });
         let started = Instant::now();
-        let result = run_attempt(shared, idx, &eval, &log_path)
+        let result = run_attempt(shared, idx, &eval, &log_path, tx)
             .and_then(|metrics| collect_outputs(shared, idx, &eval).map(|(outputs, moved)| (outputs, moved, metrics)));
         let duration = started.elapsed();
         match result {
@@ -659,6 +690,7 @@ fn run_attempt(
     idx: StageIdx,
     eval: &Evaluation,
     log_path: &str,
+    tx: &Sender<Message>,
 ) -> Result<BTreeMap<String, f64>, AttemptFailure> {
     let spec = shared.eval.spec;
     let stage = &spec.stages[idx];
@@ -676,12 +708,20 @@ fn run_attempt(
     match &stage.action {
         Action::Shell { cmd } => {
             let command = expand_command(cmd, &stage.params, &eval.input_paths, &outputs);
+            let record_group = |group: &ProcessGroup| {
+                let (answer, recorded) = mpsc::channel();
+                tx.send(Message::GroupStarted { idx, group: group.clone(), recorded: answer })
+                    .map_err(|_| "the build is ending".to_string())?;
+                recorded.recv().map_err(|_| "the build is ending".to_string())?
+            };
             let job = ShellJob {
                 stage: stage.name.as_str(),
-                command: &command,
+                command: &command.script,
+                env: &command.env,
                 root: &spec.root,
                 log,
                 timeout: stage.timeout,
+                record_group: &record_group,
             };
             runner::run_shell(job, &shared.watchdog).map(|()| BTreeMap::new())
         }
@@ -693,6 +733,7 @@ fn run_attempt(
                 .ok_or_else(|| AttemptFailure::failed(format!("unknown built-in `{name}`")))?;
             let mut log = log;
             let mut metrics = BTreeMap::new();
+            let watch = shared.watchdog.watch_builtin(stage.timeout);
             let ctx = BuiltinContext {
                 stage: stage.name.as_str(),
                 root: &spec.root,
@@ -700,11 +741,15 @@ fn run_attempt(
                 inputs: eval.input_paths.iter().map(|p| spec.root.join(p)).collect(),
                 outputs: outputs.iter().map(|p| spec.root.join(p)).collect::<Vec<PathBuf>>(),
                 log: &mut log,
-                cancel: shared.watchdog.cancel_flag(),
+                cancel: &watch.flag,
                 state_path: &spec.state_path,
                 metrics: &mut metrics,
             };
-            runner::run_builtin(builtin, ctx).map(|()| metrics)
+            let result = runner::run_builtin(builtin, ctx);
+            match shared.watchdog.unwatch_builtin(&watch) {
+                Some(cause) => Err(AttemptFailure::stopped(cause, stage.timeout, "the built-in was told to stop")),
+                None => result.map(|()| metrics),
+            }
         }
     }
 }
@@ -720,6 +765,10 @@ fn disk_is_full(dir: &std::path::Path) -> bool {
 /// a new one, and after it has failed for good, so that a partial one cannot either.
 fn remove_outputs(shared: &Shared<'_>, idx: StageIdx) -> Result<(), AttemptFailure> {
     let spec = shared.eval.spec;
+    // Every output is checked before any is deleted.
+    for output in &spec.stages[idx].outputs {
+        refuse_deleting_outside(spec, output)?;
+    }
     for output in &spec.stages[idx].outputs {
         let path = output.to_path(&spec.root);
         let removed = match std::fs::symlink_metadata(&path) {
@@ -730,6 +779,23 @@ fn remove_outputs(shared: &Shared<'_>, idx: StageIdx) -> Result<(), AttemptFailu
         removed.map_err(|e| AttemptFailure::failed(format!("cannot remove output `{output}`: {e}")))?;
     }
     Ok(())
+}
+
+/// The spec refused outputs that resolve outside the pipeline directory when it was loaded,
+/// but an earlier stage may have made a directory on an output's path a symbolic link since:
+/// deleting through it would delete a file that is not the stage's. An output written outside
+/// (`allow_outside_paths`) is where the pipeline says it is.
+fn refuse_deleting_outside(spec: &crate::spec::Spec, output: &crate::spec::RelPath) -> Result<(), AttemptFailure> {
+    if output.is_outside() {
+        return Ok(());
+    }
+    match crate::spec::deletes_outside(&spec.root, &output.to_path(&spec.root)) {
+        Some(target) => Err(AttemptFailure::failed(format!(
+            "refusing to delete output `{output}`: it resolves to {}, outside the pipeline directory, through a symbolic link; replace the link with a directory",
+            target.display()
+        ))),
+        None => Ok(()),
+    }
 }
 
 fn open_log(path: &std::path::Path) -> std::io::Result<File> {

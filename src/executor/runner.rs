@@ -1,16 +1,17 @@
 //! Runs one attempt of one stage: a shell command or a built-in, with its log.
 
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::group::{self, ProcessGroup};
 use super::watchdog::{KillCause, Watchdog};
 use crate::builtin::{Builtin, BuiltinContext};
-use crate::spec::{CommandRef, command_references};
+use crate::spec::{CommandRef, Quoting, scan_command};
 use crate::state::StageStatus;
 
 /// Why an attempt did not succeed.
@@ -24,6 +25,20 @@ impl AttemptFailure {
     pub fn failed(message: impl Into<String>) -> AttemptFailure {
         AttemptFailure { status: StageStatus::Failed, message: message.into() }
     }
+
+    /// The watchdog stopped the attempt (`how`): its timeout passed, or the build was
+    /// interrupted.
+    pub fn stopped(cause: KillCause, timeout: Option<Duration>, how: &str) -> AttemptFailure {
+        match cause {
+            KillCause::TimedOut => AttemptFailure {
+                status: StageStatus::TimedOut,
+                message: format!("timed out after {}s; {how}", timeout.map_or(0, |t| t.as_secs())),
+            },
+            KillCause::Interrupted => {
+                AttemptFailure { status: StageStatus::Interrupted, message: format!("interrupted; {how}") }
+            }
+        }
+    }
 }
 
 /// Quotes a word for `sh`: single quotes, with embedded single quotes closed and escaped.
@@ -34,81 +49,130 @@ pub fn shell_quote(word: &str) -> String {
     format!("'{}'", word.replace('\'', r"'\''"))
 }
 
-/// A param as a shell word: strings verbatim, other values as TOML writes them,
-/// arrays as one quoted word per element.
-fn param_words(value: &toml::Value) -> String {
+/// A stage's command ready for `sh -c`: the script refers to each substituted value as a
+/// variable, and the values travel in the environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShellCommand {
+    pub script: String,
+    /// `DAGRUN_ARG_1`, `DAGRUN_ARG_2`, ... in order of appearance.
+    pub env: Vec<(String, String)>,
+}
+
+/// A param's values: strings verbatim, other values as TOML writes them, arrays one value
+/// per element.
+fn param_values(value: &toml::Value) -> Vec<String> {
     match value {
-        toml::Value::String(s) => shell_quote(s),
-        toml::Value::Array(items) => items.iter().map(param_words).collect::<Vec<_>>().join(" "),
-        other => shell_quote(&other.to_string()),
+        toml::Value::String(s) => vec![s.clone()],
+        toml::Value::Array(items) => items.iter().flat_map(param_values).collect(),
+        other => vec![other.to_string()],
     }
 }
 
-/// Substitutes `${params.KEY}`, `${inputs}` and `${outputs}`, each shell-quoted, so a
-/// value can never be read as shell syntax.
-pub fn expand_command(cmd: &str, params: &toml::Table, inputs: &[String], outputs: &[String]) -> String {
-    let mut expanded = String::with_capacity(cmd.len());
+/// Substitutes `${params.KEY}`, `${inputs}` and `${outputs}`. No value is pasted into the
+/// script: each is passed in the environment and the placeholder becomes a reference to it,
+/// which the shell expands without parsing the result again, so no value can run whatever
+/// quoting surrounds it (the quoting only picks the most faithful reference form):
+/// - unquoted: `"$DAGRUN_ARG_1"`, one word per element of a list;
+/// - in `"..."` or a here-document body: `${DAGRUN_ARG_1}`, a list joined by spaces;
+/// - in `'...'`: `'"$DAGRUN_ARG_1"'`, the quote closed around the reference;
+/// - in `$((...))`: `$DAGRUN_ARG_1` if the value is an integer; otherwise a reference to an
+///   unset variable that stops the shell, since bash evaluates the text of a variable in
+///   arithmetic (and runs a `$(...)` in an array index there);
+/// - in a comment or a quoted here-document: left as written; the shell expands nothing there.
+pub fn expand_command(cmd: &str, params: &toml::Table, inputs: &[String], outputs: &[String]) -> ShellCommand {
+    let mut script = String::with_capacity(cmd.len());
+    let mut env: Vec<(String, String)> = Vec::new();
     let mut last = 0;
-    for (range, reference) in command_references(cmd) {
-        expanded.push_str(&cmd[last..range.start]);
-        match reference {
-            CommandRef::Param(key) => expanded.push_str(&params.get(key).map(param_words).unwrap_or_default()),
-            CommandRef::Inputs => {
-                expanded.push_str(&inputs.iter().map(|p| shell_quote(p)).collect::<Vec<_>>().join(" "))
+    for placeholder in scan_command(cmd) {
+        script.push_str(&cmd[last..placeholder.range.start]);
+        last = placeholder.range.end;
+        let values = match placeholder.reference {
+            CommandRef::Param(key) => params.get(key).map(param_values).unwrap_or_default(),
+            CommandRef::Inputs => inputs.to_vec(),
+            CommandRef::Outputs => outputs.to_vec(),
+        };
+        let mut bind = |value: String| {
+            let name = format!("DAGRUN_ARG_{}", env.len() + 1);
+            env.push((name.clone(), value));
+            name
+        };
+        let reference = match placeholder.quoting {
+            Quoting::Unquoted => values.into_iter().map(|v| format!("\"${}\"", bind(v))).collect::<Vec<_>>().join(" "),
+            Quoting::DoubleQuoted => format!("${{{}}}", bind(values.join(" "))),
+            Quoting::SingleQuoted => format!("'\"${}\"'", bind(values.join(" "))),
+            Quoting::Arithmetic => {
+                let value = values.join(" ");
+                let integer = value.strip_prefix('-').unwrap_or(&value);
+                let integer = !integer.is_empty() && integer.bytes().all(|b| b.is_ascii_digit());
+                let name = bind(value);
+                if integer { format!("${name}") } else { format!("${{{name}_IS_NOT_AN_INTEGER?}}") }
             }
-            CommandRef::Outputs => {
-                expanded.push_str(&outputs.iter().map(|p| shell_quote(p)).collect::<Vec<_>>().join(" "))
-            }
-        }
-        last = range.end;
+            Quoting::Inert => cmd[placeholder.range].to_string(),
+        };
+        script.push_str(&reference);
     }
-    expanded.push_str(&cmd[last..]);
-    expanded
+    script.push_str(&cmd[last..]);
+    ShellCommand { script, env }
 }
 
 /// What a shell attempt needs.
 pub struct ShellJob<'a> {
     pub stage: &'a str,
     pub command: &'a str,
+    /// Variables the command refers to (the substituted values).
+    pub env: &'a [(String, String)],
     pub root: &'a Path,
     pub log: File,
     pub timeout: Option<Duration>,
+    /// Records the attempt's process group; the command starts only once this returns Ok.
+    pub record_group: &'a dyn Fn(&ProcessGroup) -> Result<(), String>,
 }
 
+/// The shell dagrun starts first. It waits for one line on its stdin, a pipe dagrun holds,
+/// then replaces itself (same pid, same group) with `sh -c COMMAND`, stdin from /dev/null.
+/// dagrun writes that line only once the group is recorded; if dagrun dies before, the read
+/// sees end of file and nothing of the command ever runs.
+const START_GATE: &str = r#"IFS= read -r _ || exit 125; exec sh -c "$0" </dev/null"#;
+
 /// Runs `sh -c COMMAND` in the pipeline directory in a new process group, output to the log.
+/// Whatever the outcome, the whole group is dead when this returns.
 pub fn run_shell(job: ShellJob<'_>, watchdog: &Watchdog) -> Result<(), AttemptFailure> {
     let stderr = job.log.try_clone().map_err(|e| AttemptFailure::failed(format!("cannot open log: {e}")))?;
-    let mut child = Command::new("sh")
+    let mut command = Command::new("sh");
+    command
         .arg("-c")
+        .arg(START_GATE)
         .arg(job.command)
         .current_dir(job.root)
         .env("DAGRUN_STAGE", job.stage)
-        .stdin(Stdio::null())
+        .envs(job.env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::piped())
         .stdout(job.log)
         .stderr(stderr)
-        .process_group(0)
-        .spawn()
-        .map_err(|e| AttemptFailure::failed(format!("cannot start `sh`: {e}")))?;
+        .process_group(0);
+    die_with_dagrun(&mut command);
+    let mut child = command.spawn().map_err(|e| AttemptFailure::failed(format!("cannot start `sh`: {e}")))?;
     let pid = child.id();
+    let gate = child.stdin.take();
+    let recorded = ProcessGroup::led_by(pid)
+        .map_err(|e| format!("cannot read the stage's process: {e}"))
+        .and_then(|group| (job.record_group)(&group));
+    if let Err(message) = recorded {
+        drop(gate); // the gate never opens: the command does not run
+        end_group(&mut child, pid)?;
+        return Err(AttemptFailure::failed(format!("not started: {message}")));
+    }
     watchdog.watch(pid, job.timeout);
-    let waited = child.wait();
+    if let Some(mut gate) = gate {
+        // The shell may already be dead (killed by a Ctrl-C); its exit status says so.
+        let _ = gate.write_all(b"go\n");
+    }
+    let exited = wait_for_exit(pid);
     let killed = watchdog.unwatch(pid);
-    let status = waited.map_err(|e| AttemptFailure::failed(format!("lost track of the stage's process: {e}")))?;
-    match killed {
-        Some(KillCause::TimedOut) => {
-            let secs = job.timeout.map_or(0, |t| t.as_secs());
-            return Err(AttemptFailure {
-                status: StageStatus::TimedOut,
-                message: format!("timed out after {secs}s; its process group was killed"),
-            });
-        }
-        Some(KillCause::Interrupted) => {
-            return Err(AttemptFailure {
-                status: StageStatus::Interrupted,
-                message: "interrupted; its process group was killed".into(),
-            });
-        }
-        None => {}
+    let status = end_group(&mut child, pid)?;
+    exited.map_err(|e| AttemptFailure::failed(format!("lost track of the stage's process: {e}")))?;
+    if let Some(cause) = killed {
+        return Err(AttemptFailure::stopped(cause, job.timeout, "its process group was killed"));
     }
     if status.success() {
         return Ok(());
@@ -119,6 +183,44 @@ pub fn run_shell(job: ShellJob<'_>, watchdog: &Watchdog) -> Result<(), AttemptFa
         _ => "failed".to_string(),
     };
     Err(AttemptFailure::failed(message))
+}
+
+/// Waits until the group's leader has exited, without reaping it: its zombie keeps the
+/// group id from being reused while the rest of the group is killed.
+fn wait_for_exit(pid: u32) -> std::io::Result<()> {
+    use rustix::process::{Pid, WaitId, WaitIdOptions, waitid};
+    let pid = i32::try_from(pid).ok().and_then(Pid::from_raw).ok_or_else(|| std::io::Error::other("bad pid"))?;
+    loop {
+        match waitid(WaitId::Pid(pid), WaitIdOptions::EXITED | WaitIdOptions::NOWAIT) {
+            Ok(_) => return Ok(()),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(err) => return Err(err.into()),
+        }
+    }
+}
+
+/// Kills the attempt's whole group, reaps its leader, then waits for every other member:
+/// no background child may outlive the attempt and write an output after it is hashed
+/// (or while a retry runs). Returns the leader's exit status.
+fn end_group(child: &mut std::process::Child, pid: u32) -> Result<std::process::ExitStatus, AttemptFailure> {
+    group::kill_group(pid);
+    let status = child.wait().map_err(|e| AttemptFailure::failed(format!("lost track of the stage's process: {e}")))?;
+    group::reap_group(pid).map_err(|err| AttemptFailure::failed(err.to_string()))?;
+    Ok(status)
+}
+
+/// The shell gets SIGKILL if dagrun dies (a second line of defence: the next build also
+/// ends what a dead build left running, from the recorded group).
+#[allow(unsafe_code)]
+fn die_with_dagrun(command: &mut Command) {
+    // SAFETY: the closure runs in the forked child before exec; it makes one system call
+    // (prctl), which is async-signal-safe, and neither allocates nor takes a lock.
+    unsafe {
+        command.pre_exec(|| {
+            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
+                .map_err(std::io::Error::from)
+        });
+    }
 }
 
 /// Runs a built-in stage's function, turning a panic into a failure.
@@ -164,23 +266,66 @@ pub fn log_tail(path: &Path, lines: usize) -> String {
 mod tests {
     use super::*;
 
+    /// Runs an expanded command with `sh -c` and its environment; its stdout.
+    fn run(command: &ShellCommand) -> String {
+        let out = Command::new("sh").arg("-c").arg(&command.script).envs(command.env.clone()).output().unwrap();
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
     #[test]
-    fn hostile_param_values_stay_one_quoted_word() {
-        let params = toml::toml! { msg = "'; rm -rf ~" };
-        let cmd = expand_command("echo ${params.msg} > out", &params, &[], &[]);
-        assert_eq!(cmd, r#"echo ''\''; rm -rf ~' > out"#);
-        let out = Command::new("sh").arg("-c").arg(cmd.replace(" > out", "")).output().unwrap();
-        assert_eq!(String::from_utf8(out.stdout).unwrap(), "'; rm -rf ~\n");
+    fn a_param_is_passed_in_the_environment_and_referred_to_in_every_quoting() {
+        let params = toml::toml! { msg = "'; echo \"$(id)\" `id` '" };
+        let cmd = expand_command(r#"printf '%s|' ${params.msg} "${params.msg}" '${params.msg}'"#, &params, &[], &[]);
+        assert_eq!(cmd.script, r#"printf '%s|' "$DAGRUN_ARG_1" "${DAGRUN_ARG_2}" ''"$DAGRUN_ARG_3"''"#);
+        let value = "'; echo \"$(id)\" `id` '";
+        assert_eq!(cmd.env, env(&[("DAGRUN_ARG_1", value), ("DAGRUN_ARG_2", value), ("DAGRUN_ARG_3", value)]));
+        assert_eq!(run(&cmd), format!("{value}|{value}|{value}|"));
     }
 
     #[test]
     fn inputs_outputs_and_plain_shell_variables_expand_as_expected() {
         let cmd = expand_command(
-            "cat ${inputs} > ${outputs} # ${HOME}",
+            "cat ${inputs} > ${outputs} # ${HOME} ${inputs}",
             &toml::Table::new(),
             &["a b".into(), "c".into()],
             &["o".into()],
         );
-        assert_eq!(cmd, "cat 'a b' c > o # ${HOME}");
+        assert_eq!(cmd.script, r#"cat "$DAGRUN_ARG_1" "$DAGRUN_ARG_2" > "$DAGRUN_ARG_3" # ${HOME} ${inputs}"#);
+        assert_eq!(cmd.env, env(&[("DAGRUN_ARG_1", "a b"), ("DAGRUN_ARG_2", "c"), ("DAGRUN_ARG_3", "o")]));
+    }
+
+    #[test]
+    fn a_list_is_one_word_per_element_bare_and_one_string_in_quotes() {
+        let params = toml::toml! { words = ["a b", 2, true] };
+        let cmd = expand_command(r#"printf '[%s]' ${params.words} "${params.words}""#, &params, &[], &[]);
+        assert_eq!(run(&cmd), "[a b][2][true][a b 2 true]");
+    }
+
+    #[test]
+    fn an_integer_works_in_arithmetic_and_anything_else_stops_the_shell() {
+        let params = toml::toml! { n = 20 };
+        let cmd = expand_command("echo $(( ${params.n} * 2 ))", &params, &[], &[]);
+        assert_eq!(cmd.script, "echo $(( $DAGRUN_ARG_1 * 2 ))");
+        assert_eq!(run(&cmd), "40\n");
+        let params = toml::toml! { n = "a[$(echo INJECTED >&2)]" };
+        let cmd = expand_command("echo $(( ${params.n} * 2 )); echo after", &params, &[], &[]);
+        assert_eq!(cmd.script, "echo $(( ${DAGRUN_ARG_1_IS_NOT_AN_INTEGER?} * 2 )); echo after");
+        let out = Command::new("bash").arg("-c").arg(&cmd.script).envs(cmd.env).output().unwrap();
+        assert!(!out.status.success());
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "");
+        assert!(!String::from_utf8_lossy(&out.stderr).contains("INJECTED"), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    #[test]
+    fn a_placeholder_in_a_comment_or_quoted_here_document_is_left_as_written() {
+        let params = toml::toml! { v = "x\necho PWNED" };
+        let text = "cat <<'EOF'\n${params.v}\nEOF\n# ${params.v}\ncat <<EOF\n${params.v}\nEOF";
+        let cmd = expand_command(text, &params, &[], &[]);
+        assert_eq!(cmd.script, "cat <<'EOF'\n${params.v}\nEOF\n# ${params.v}\ncat <<EOF\n${DAGRUN_ARG_1}\nEOF");
+        assert_eq!(run(&cmd), "${params.v}\nx\necho PWNED\n");
     }
 }

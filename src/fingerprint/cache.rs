@@ -1,4 +1,5 @@
-//! Content hashes of files, cached by (size, mtime, inode) so an unchanged file is read once.
+//! Content hashes of files, cached by (size, mtime, ctime, inode, device) so an unchanged
+//! file is read once.
 
 use std::collections::HashMap;
 use std::io;
@@ -24,17 +25,27 @@ pub struct CacheEntry {
     pub mtime_ns: i64,
     pub inode: u64,
     pub hash: FileHash,
-    /// When the hash was computed, in ns since the epoch.
+    /// The filesystem's time shortly before the hash was computed, in ns since the epoch.
     pub cached_at_ns: i64,
+    /// ctime catches a same-size edit whose mtime was put back (`touch -r`, `cp -p`):
+    /// no one can set the ctime.
+    pub ctime_ns: i64,
+    pub dev: u64,
 }
 
 impl CacheEntry {
     fn matches(&self, stat: &FileStat) -> bool {
-        self.size == stat.size && self.mtime_ns == stat.mtime_ns && self.inode == stat.inode
+        self.size == stat.size
+            && self.mtime_ns == stat.mtime_ns
+            && self.ctime_ns == stat.ctime_ns
+            && self.inode == stat.inode
+            && self.dev == stat.dev
     }
 
+    /// Changed within the racy window before it was hashed: it may change again without
+    /// its timestamps moving, so it is read again.
     fn is_racy(&self) -> bool {
-        self.mtime_ns >= self.cached_at_ns - RACY_WINDOW_NS
+        self.mtime_ns.max(self.ctime_ns) >= self.cached_at_ns - RACY_WINDOW_NS
     }
 }
 
@@ -43,13 +54,56 @@ impl CacheEntry {
 pub struct FileStat {
     pub size: u64,
     pub mtime_ns: i64,
+    pub ctime_ns: i64,
     pub inode: u64,
+    pub dev: u64,
 }
 
 impl FileStat {
     fn of(meta: &std::fs::Metadata) -> FileStat {
-        FileStat { size: meta.size(), mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(), inode: meta.ino() }
+        FileStat {
+            size: meta.size(),
+            mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+            ctime_ns: meta.ctime() * 1_000_000_000 + meta.ctime_nsec(),
+            inode: meta.ino(),
+            dev: meta.dev(),
+        }
     }
+}
+
+/// Where the cache reads "now" for the racy check. File times come from the clock of the
+/// filesystem holding the files (an NFS server's, say), which may differ from this
+/// machine's; comparing them with the local clock could trust a racy entry.
+#[derive(Debug, Clone)]
+pub enum CacheClock {
+    /// Write this file and read back its mtime: the filesystem's own "now". Used by
+    /// commands that save the cache.
+    Filesystem(PathBuf),
+    /// The local clock: for readers, which never save what they hash.
+    Local,
+}
+
+impl CacheClock {
+    fn now_ns(&self) -> i64 {
+        match self {
+            CacheClock::Filesystem(stamp) => {
+                filesystem_now_ns(stamp).unwrap_or_else(|_| local_now_ns() - RACY_WINDOW_NS)
+            }
+            CacheClock::Local => local_now_ns(),
+        }
+    }
+}
+
+/// The mtime the filesystem gives a file written now.
+fn filesystem_now_ns(stamp: &Path) -> io::Result<i64> {
+    use std::io::Write;
+    if let Some(dir) = stamp.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut file = std::fs::File::create(stamp)?;
+    file.write_all(b"dagrun clock\n")?;
+    let meta = file.metadata()?;
+    Ok(meta.mtime() * 1_000_000_000 + meta.mtime_nsec())
 }
 
 /// Why a path could not be hashed.
@@ -82,13 +136,21 @@ impl HashError {
 #[derive(Debug)]
 pub struct HashCache {
     root: PathBuf,
+    /// The filesystem's time when the cache was made: every entry hashed by this cache
+    /// was hashed after it, so it is a safe `cached_at_ns`.
+    clock_ns: i64,
     entries: Mutex<HashMap<String, CacheEntry>>,
     fresh: Mutex<Vec<(String, CacheEntry)>>,
 }
 
 impl HashCache {
-    pub fn new(root: &Path, entries: HashMap<String, CacheEntry>) -> HashCache {
-        HashCache { root: root.to_path_buf(), entries: Mutex::new(entries), fresh: Mutex::new(Vec::new()) }
+    pub fn new(root: &Path, entries: HashMap<String, CacheEntry>, clock: &CacheClock) -> HashCache {
+        HashCache {
+            root: root.to_path_buf(),
+            clock_ns: clock.now_ns(),
+            entries: Mutex::new(entries),
+            fresh: Mutex::new(Vec::new()),
+        }
     }
 
     /// Entries hashed since the last call, to be written to the state database.
@@ -126,7 +188,7 @@ impl HashCache {
         {
             return Ok(entry.hash);
         }
-        let cached_at_ns = now_ns();
+        let cached_at_ns = self.clock_ns;
         let mut hasher = blake3::Hasher::new();
         // Memory-maps and hashes on several threads for large files; plain reads for small.
         hasher.update_mmap_rayon(full).map_err(|e| HashError::io(rel, e))?;
@@ -136,6 +198,8 @@ impl HashCache {
             inode: stat.inode,
             hash: FileHash(hasher.finalize()),
             cached_at_ns,
+            ctime_ns: stat.ctime_ns,
+            dev: stat.dev,
         };
         if cached != Some(entry) {
             self.entries.lock().expect("hash cache poisoned").insert(rel.to_string(), entry);
@@ -196,7 +260,7 @@ impl HashCache {
     }
 }
 
-fn now_ns() -> i64 {
+fn local_now_ns() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64)
 }
 
@@ -210,7 +274,7 @@ mod tests {
         std::fs::create_dir_all(dir.path().join("d/sub")).unwrap();
         std::fs::write(dir.path().join("d/a"), "1").unwrap();
         std::fs::write(dir.path().join("d/sub/b"), "2").unwrap();
-        let hash = |root: &Path| HashCache::new(root, HashMap::new()).hash_path("d").unwrap();
+        let hash = |root: &Path| HashCache::new(root, HashMap::new(), &CacheClock::Local).hash_path("d").unwrap();
         let first = hash(dir.path());
         assert_eq!(first, hash(dir.path()));
         std::fs::write(dir.path().join("d/sub/b"), "3").unwrap();
@@ -233,14 +297,45 @@ mod tests {
             inode: stat.inode,
             hash: bogus,
             cached_at_ns,
+            ctime_ns: stat.ctime_ns,
+            dev: stat.dev,
         };
 
-        let trusted =
-            HashCache::new(dir.path(), HashMap::from([("f".into(), entry(stat.mtime_ns + 2 * RACY_WINDOW_NS))]));
+        let trusted = HashCache::new(
+            dir.path(),
+            HashMap::from([("f".into(), entry(stat.ctime_ns + 2 * RACY_WINDOW_NS))]),
+            &CacheClock::Local,
+        );
         assert_eq!(trusted.hash_path("f").unwrap(), bogus, "a trusted entry is not re-read");
 
-        let racy = HashCache::new(dir.path(), HashMap::from([("f".into(), entry(stat.mtime_ns + 10))]));
+        let racy =
+            HashCache::new(dir.path(), HashMap::from([("f".into(), entry(stat.mtime_ns + 10))]), &CacheClock::Local);
         assert_eq!(racy.hash_path("f").unwrap(), FileHash(blake3::hash(b"real")));
         assert_eq!(racy.take_fresh().len(), 1);
+    }
+
+    #[test]
+    fn a_same_size_edit_with_its_mtime_put_back_is_hashed_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, "aaaa").unwrap();
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
+        std::fs::File::options().write(true).open(&path).unwrap().set_modified(old).unwrap();
+        let cache = HashCache::new(dir.path(), HashMap::new(), &CacheClock::Local);
+        let first = cache.hash_path("f").unwrap();
+        // Same size, same mtime (as `touch -r` or `cp -p` leave it); only the ctime moves,
+        // once the kernel's coarse clock has ticked.
+        let first_ctime = FileStat::of(&std::fs::metadata(&path).unwrap()).ctime_ns;
+        loop {
+            std::fs::write(&path, "bbbb").unwrap();
+            std::fs::File::options().write(true).open(&path).unwrap().set_modified(old).unwrap();
+            if FileStat::of(&std::fs::metadata(&path).unwrap()).ctime_ns != first_ctime {
+                break;
+            }
+        }
+        let entries = cache.entries.lock().unwrap().clone();
+        let again = HashCache::new(dir.path(), entries, &CacheClock::Local);
+        assert_ne!(again.hash_path("f").unwrap(), first);
+        assert_eq!(again.hash_path("f").unwrap(), FileHash(blake3::hash(b"bbbb")));
     }
 }

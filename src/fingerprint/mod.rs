@@ -4,6 +4,6 @@ mod cache;
 mod hashes;
 mod inputs;
 
-pub use cache::{CacheEntry, HashCache, HashError, RACY_WINDOW_NS};
+pub use cache::{CacheClock, CacheEntry, HashCache, HashError, RACY_WINDOW_NS};
 pub use hashes::{FileHash, Fingerprint, OutputHash};
 pub use inputs::{ActionId, FingerprintInputs, output_hash};

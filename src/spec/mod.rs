@@ -1,8 +1,12 @@
-//! pipeline.toml → a validated [`Spec`]. Reads only the pipeline file; touches no state.
+//! pipeline.toml → a validated [`Spec`]. Reads the pipeline file and, to resolve symbolic
+//! links, the directories along the paths it declares; touches no state.
 
+mod command;
 mod diagnostic;
+mod glob;
 mod path;
 mod raw;
+mod resolve;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -12,8 +16,11 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use command::{CommandRef, Placeholder, Quoting, command_references, scan_command};
 pub use diagnostic::{Diagnostic, SpecError, suggest};
-pub use path::{GLOB_OPTIONS, RelPath, glob_reaches, is_glob, normalize, normalize_with};
+pub use glob::{GlobPattern, InvalidGlob};
+pub use path::{RelPath, is_glob, normalize, normalize_with};
+pub(crate) use resolve::deletes_outside;
 
 /// A validated stage name: the component name shown everywhere.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -60,23 +67,24 @@ pub enum Action {
     Builtin { name: String },
 }
 
-/// A declared input: a literal path or a glob expanded at fingerprint time.
+/// A declared input: a literal path or a glob (compiled once, expanded at fingerprint time).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Input {
     Path(RelPath),
-    Glob(RelPath),
+    Glob(GlobPattern),
 }
 
 impl Input {
     pub fn as_rel(&self) -> &RelPath {
         match self {
-            Input::Path(p) | Input::Glob(p) => p,
+            Input::Path(p) => p,
+            Input::Glob(g) => g.as_rel(),
         }
     }
 }
 
 /// Resources a stage asks for; used by cluster executors, recorded otherwise.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Resources {
     pub cpus: Option<u32>,
@@ -108,6 +116,9 @@ pub struct Spec {
     pub name: String,
     /// Where the state database lives (absolute).
     pub state_path: PathBuf,
+    /// This pipeline file's own directory for logs (relative to `root`): `.dagrun` for
+    /// `pipeline.toml`, `.dagrun/pipelines/<file name>` for any other file.
+    pub own_dir: String,
     pub jobs: Option<usize>,
     /// Stages sorted by name.
     pub stages: Vec<Stage>,
@@ -122,7 +133,8 @@ impl Spec {
         self.stages.iter().map(|s| s.name.as_str())
     }
 
-    /// The directory dagrun keeps its own files in (logs, lock, default state).
+    /// The directory dagrun keeps its own files in: the build lock (one per directory, so
+    /// builds of two pipeline files there never overlap), and each file's own directory.
     pub fn dagrun_dir(&self) -> PathBuf {
         self.root.join(".dagrun")
     }
@@ -133,15 +145,72 @@ impl Spec {
 pub enum LoadError {
     #[error("cannot read pipeline file {}: {source}", path.display())]
     Read { path: PathBuf, source: std::io::Error },
+    #[error("`--file {}` is not a regular file but {kind}; give the path of a pipeline file", path.display())]
+    NotAFile { path: PathBuf, kind: &'static str },
+    #[error(
+        "`--file {}` is {size} bytes, more than the {} MiB a pipeline file may be; give the path of a pipeline file",
+        path.display(),
+        MAX_PIPELINE_BYTES >> 20
+    )]
+    TooLarge { path: PathBuf, size: u64 },
     #[error("{0}")]
     Invalid(#[from] SpecError),
 }
 
-/// Reads, parses and validates a pipeline file.
+/// The largest pipeline file dagrun reads: far beyond any real one, and a bound on memory.
+pub const MAX_PIPELINE_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Reads, parses and validates a pipeline file, then checks its declared paths with their
+/// symbolic links resolved.
 pub fn load_spec(file: &Path, builtins: &[&str]) -> Result<Spec, LoadError> {
-    let text = std::fs::read_to_string(file).map_err(|source| LoadError::Read { path: file.to_path_buf(), source })?;
+    let text = read_pipeline_file(file)?;
     let root = absolute_dir_of(file).map_err(|source| LoadError::Read { path: file.to_path_buf(), source })?;
-    Ok(parse_spec(file, &root, text, builtins)?)
+    let spec = parse_spec(file, &root, text.clone(), builtins)?;
+    let diagnostics = resolve::check_resolved(&spec, &text);
+    if !diagnostics.is_empty() {
+        return Err(SpecError { file: file.to_path_buf(), source_text: text, diagnostics }.into());
+    }
+    Ok(spec)
+}
+
+/// Reads the pipeline file after checking, by its metadata alone, that it is a regular file
+/// of sane size: opening a FIFO would block, and `/dev/zero` never ends.
+fn read_pipeline_file(file: &Path) -> Result<String, LoadError> {
+    use std::io::Read;
+    use std::os::unix::fs::FileTypeExt;
+
+    let read_error = |source| LoadError::Read { path: file.to_path_buf(), source };
+    let meta = std::fs::metadata(file).map_err(read_error)?;
+    let file_type = meta.file_type();
+    let kind = if file_type.is_file() {
+        None
+    } else if file_type.is_dir() {
+        Some("a directory")
+    } else if file_type.is_fifo() {
+        Some("a FIFO")
+    } else if file_type.is_socket() {
+        Some("a socket")
+    } else if file_type.is_char_device() || file_type.is_block_device() {
+        Some("a device")
+    } else {
+        Some("something else")
+    };
+    if let Some(kind) = kind {
+        return Err(LoadError::NotAFile { path: file.to_path_buf(), kind });
+    }
+    let too_large = |size| LoadError::TooLarge { path: file.to_path_buf(), size };
+    if meta.len() > MAX_PIPELINE_BYTES {
+        return Err(too_large(meta.len()));
+    }
+    // The file may grow after the check: read at most one byte more than allowed.
+    let mut text = String::new();
+    std::fs::File::open(file)
+        .and_then(|f| f.take(MAX_PIPELINE_BYTES + 1).read_to_string(&mut text))
+        .map_err(read_error)?;
+    if text.len() as u64 > MAX_PIPELINE_BYTES {
+        return Err(too_large(text.len() as u64));
+    }
+    Ok(text)
 }
 
 /// Parses and validates pipeline text as if it were `file` inside `root`.
@@ -184,39 +253,6 @@ fn toml_diagnostic(err: &toml::de::Error) -> Diagnostic {
         };
     }
     Diagnostic::new(message, span)
-}
-
-/// Shared by the validator and the executor: `${params.KEY}`, `${inputs}` and `${outputs}`
-/// references in a command, as (byte range, reference) pairs.
-pub fn command_references(cmd: &str) -> Vec<(std::ops::Range<usize>, CommandRef<'_>)> {
-    let mut refs = Vec::new();
-    let mut from = 0;
-    while let Some(start) = cmd[from..].find("${").map(|i| from + i) {
-        let Some(len) = cmd[start..].find('}') else { break };
-        let inner = &cmd[start + 2..start + len];
-        let reference = if let Some(key) = inner.strip_prefix("params.") {
-            Some(CommandRef::Param(key))
-        } else {
-            match inner {
-                "inputs" => Some(CommandRef::Inputs),
-                "outputs" => Some(CommandRef::Outputs),
-                _ => None, // a shell variable such as ${HOME}: left for the shell
-            }
-        };
-        if let Some(reference) = reference {
-            refs.push((start..start + len + 1, reference));
-        }
-        from = start + len + 1;
-    }
-    refs
-}
-
-/// A reference dagrun substitutes in a shell command.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CommandRef<'a> {
-    Param(&'a str),
-    Inputs,
-    Outputs,
 }
 
 /// Parameters of a stage, by name.

@@ -1,14 +1,17 @@
-//! Raw pipeline file → validated [`Spec`]: every check that needs no filesystem or state.
+//! Raw pipeline file → validated [`Spec`]: every check that needs no filesystem or state,
+//! except that `state` is compared with the pipeline file with links resolved.
 
 use std::collections::BTreeMap;
 use std::ops::Range;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 use toml::Spanned;
 
-use super::path::{glob_reaches, is_glob, normalize, normalize_with};
+use super::glob::GlobPattern;
+use super::path::{is_glob, normalize_with};
 use super::raw::{RawFile, RawStage};
+use super::resolve::resolve;
 use super::{Action, CommandRef, Diagnostic, Input, RelPath, Spec, Stage, StageName, command_references, suggest};
 
 /// More attempts than this is a loop, not a retry policy.
@@ -26,7 +29,7 @@ pub(super) fn validate(
 ) -> Result<Spec, Vec<Diagnostic>> {
     let mut diags = Vec::new();
     let names: Vec<&str> = raw.stages.keys().map(|k| k.get_ref().as_str()).collect();
-    let state_path = state_path(root, &raw, &mut diags);
+    let state_path = state_path(file, root, &raw, &mut diags);
 
     let mut stages = Vec::with_capacity(raw.stages.len());
     let mut checked = Vec::with_capacity(raw.stages.len());
@@ -64,10 +67,22 @@ pub(super) fn validate(
         .pipeline
         .name
         .unwrap_or_else(|| root.file_name().map_or_else(|| "pipeline".into(), |n| n.to_string_lossy().into_owned()));
-    Ok(Spec { file: file.to_path_buf(), root: root.to_path_buf(), name, state_path, jobs, stages })
+    let own_dir = own_dir(file);
+    Ok(Spec { file: file.to_path_buf(), root: root.to_path_buf(), name, state_path, own_dir, jobs, stages })
 }
 
-fn state_path(root: &Path, raw: &RawFile, diags: &mut Vec<Diagnostic>) -> PathBuf {
+/// Where a pipeline file keeps its state and logs, relative to its directory. Each
+/// pipeline file has its own, so that two files in one directory never mix their stages:
+/// `pipeline.toml` keeps the documented `.dagrun/`, any other file
+/// `.dagrun/pipelines/<file name>/`.
+fn own_dir(file: &Path) -> String {
+    match file.file_name().and_then(|name| name.to_str()) {
+        None | Some("pipeline.toml") => ".dagrun".to_string(),
+        Some(name) => format!(".dagrun/pipelines/{name}"),
+    }
+}
+
+fn state_path(file: &Path, root: &Path, raw: &RawFile, diags: &mut Vec<Diagnostic>) -> PathBuf {
     match &raw.pipeline.state {
         Some(state) if state.get_ref().trim().is_empty() => {
             diags.push(
@@ -76,8 +91,19 @@ fn state_path(root: &Path, raw: &RawFile, diags: &mut Vec<Diagnostic>) -> PathBu
             );
             PathBuf::new()
         }
-        Some(state) => root.join(state.get_ref()),
-        None => root.join(".dagrun").join("state.db"),
+        Some(state) => {
+            let path = root.join(state.get_ref());
+            // `--reset-state` moves the state database aside: it must not be the pipeline file.
+            let pipeline_file = root.join(file.file_name().unwrap_or_default());
+            if resolve(&path) == resolve(&pipeline_file) {
+                diags.push(
+                    Diagnostic::new(format!("`state` is the pipeline file `{}`", file.display()), Some(state.span()))
+                        .help("give the state database its own file, such as `.dagrun/state.db`"),
+                );
+            }
+            path
+        }
+        None => root.join(own_dir(file)).join("state.db"),
     }
 }
 
@@ -109,7 +135,21 @@ fn check_stage(
     let mut inputs = Vec::new();
     for input in &raw.inputs {
         if let Some(path) = check_path(places, input, "input", diags) {
-            inputs.push(if is_glob(input.get_ref()) { Input::Glob(path) } else { Input::Path(path) });
+            let input_kind = if is_glob(input.get_ref()) {
+                match GlobPattern::new(path) {
+                    Ok(glob) => Input::Glob(glob),
+                    Err(err) => {
+                        diags.push(
+                            Diagnostic::new(err.to_string(), Some(input.span()))
+                                .help("`*` and `?` match within one path component, `**/` any directories"),
+                        );
+                        continue;
+                    }
+                }
+            } else {
+                Input::Path(path)
+            };
+            inputs.push(input_kind);
             spans.inputs.push(input.span());
         }
     }
@@ -305,17 +345,10 @@ fn check_output_overlaps(stages: &[Stage], spans: &[Spans], diags: &mut Vec<Diag
 fn check_own_inputs(stages: &[Stage], spans: &[Spans], diags: &mut Vec<Diagnostic>) {
     for (idx, stage) in stages.iter().enumerate() {
         for (input, span) in stage.inputs.iter().zip(&spans[idx].inputs) {
-            if let Input::Glob(pattern) = input
-                && let Err(err) = glob::Pattern::new(pattern.as_str())
-            {
-                diags.push(Diagnostic::new(format!("invalid glob `{pattern}`: {}", err.msg), Some(span.clone())));
-                continue;
-            }
             let clash = stage.outputs.iter().find(|out| match input {
                 Input::Path(p) => p.is_within(out) || out.is_within(p),
-                Input::Glob(p) => {
-                    glob_reaches(p.as_str(), out.as_str()) || out.ancestors().any(|dir| glob_reaches(p.as_str(), dir))
-                }
+                // The glob could read the output, or a directory holding it.
+                Input::Glob(glob) => glob.reaches(out.as_str()) || out.ancestors().any(|dir| glob.matches(dir)),
             });
             if let Some(out) = clash {
                 diags.push(
@@ -338,13 +371,15 @@ fn check_state_not_an_output(
     spans: &[Spans],
     diags: &mut Vec<Diagnostic>,
 ) {
-    let Some(state_rel) = state.to_str().and_then(|s| normalize(root, s).ok()) else { return };
+    // Compared as absolute paths: either may lie outside the root (`allow_outside_paths`).
+    let state = lexical(state);
+    let shown = state.strip_prefix(root).unwrap_or(&state).display();
     for (idx, stage) in stages.iter().enumerate() {
         for (out, span) in stage.outputs.iter().zip(&spans[idx].outputs) {
-            if state_rel.is_within(out) {
+            if state.starts_with(lexical(&out.to_path(root))) {
                 diags.push(
                     Diagnostic::new(
-                        format!("output `{out}` of stage `{}` holds the state database `{state_rel}`", stage.name),
+                        format!("output `{out}` of stage `{}` holds the state database `{shown}`", stage.name),
                         Some(span.clone()),
                     )
                     .help("outputs are deleted before their stage runs; keep `state` out of every output"),
@@ -352,4 +387,19 @@ fn check_state_not_an_output(
             }
         }
     }
+}
+
+/// An absolute path with `.` and `..` removed by name alone (no links are followed).
+fn lexical(path: &Path) -> PathBuf {
+    let mut clean = PathBuf::new();
+    for component in path.components() {
+        match component {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                clean.pop();
+            }
+            other => clean.push(other),
+        }
+    }
+    clean
 }

@@ -25,12 +25,13 @@ fn migrations() -> Migrations<'static> {
     Migrations::new(vec![
         M::up(include_str!("../../migrations/0001_initial.sql")),
         M::up(include_str!("../../migrations/0002_stage_metrics.sql")),
+        M::up(include_str!("../../migrations/0003_trust.sql")),
     ])
 }
 
 /// The newest schema version this dagrun knows.
 pub fn schema_version() -> usize {
-    2
+    3
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +47,11 @@ pub enum StateError {
     NotADatabase { path: PathBuf },
     #[error("{} has schema version {found}, newer than this dagrun knows ({known}); upgrade dagrun", path.display())]
     Newer { path: PathBuf, found: usize, known: usize },
+    #[error(
+        "{} has schema version {found}, older than this dagrun's ({known}); run `dagrun migrate` (or a build) to upgrade it",
+        path.display()
+    )]
+    Older { path: PathBuf, found: usize, known: usize },
     #[error("cannot migrate state database {}: {source}", path.display())]
     Migrate { path: PathBuf, source: rusqlite_migration::Error },
     #[error("the disk holding {} is full; free some space and build again (what was recorded before is intact)", path.display())]
@@ -74,6 +80,10 @@ impl StateError {
     }
 }
 
+/// How long a write waits for another process's SQLite write lock (someone's long SQL
+/// transaction; builds themselves are serialised by the build lock) before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// An open, migrated state database.
 pub struct State {
     conn: Connection,
@@ -99,8 +109,34 @@ impl State {
     pub fn open_read_only(path: &Path) -> Result<State, StateError> {
         let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
             .map_err(|source| StateError::Open { path: path.to_path_buf(), source })?;
-        conn.busy_timeout(Duration::from_secs(10))?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
         Ok(State { conn, path: path.to_path_buf() })
+    }
+
+    /// What readers (`status`, `why`, `history`, `graph`, `build -n`, the dashboard) open:
+    /// the database read-only, at this dagrun's schema, or `None` when nothing was ever
+    /// recorded. A reader never migrates, writes or saves anything, so it can never make a
+    /// build wait or fail.
+    pub fn open_reader(path: &Path) -> Result<Option<State>, StateError> {
+        if !path.exists() {
+            return Ok(None);
+        }
+        let state = State::open_read_only(path)?;
+        let version: usize = state.conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if version == 0 {
+            let tables: i64 =
+                state.conn.query_row("SELECT count(*) FROM sqlite_master WHERE type = 'table'", [], |r| r.get(0))?;
+            return if tables == 0 { Ok(None) } else { Err(StateError::Foreign { path: path.to_path_buf() }) };
+        }
+        match version.cmp(&schema_version()) {
+            std::cmp::Ordering::Equal => Ok(Some(state)),
+            std::cmp::Ordering::Less => {
+                Err(StateError::Older { path: path.to_path_buf(), found: version, known: schema_version() })
+            }
+            std::cmp::Ordering::Greater => {
+                Err(StateError::Newer { path: path.to_path_buf(), found: version, known: schema_version() })
+            }
+        }
     }
 
     /// Opens (creating if needed) the database at `path` without touching its schema.
@@ -111,7 +147,7 @@ impl State {
         let open_err = |source| StateError::Open { path: path.to_path_buf(), source };
         let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE)
             .map_err(open_err)?;
-        let state = State { conn, path: path.to_path_buf() };
+        let mut state = State { conn, path: path.to_path_buf() };
         state.configure()?;
         Ok(state)
     }
@@ -120,9 +156,12 @@ impl State {
         &self.path
     }
 
-    fn configure(&self) -> Result<(), StateError> {
+    fn configure(&mut self) -> Result<(), StateError> {
         let is_not_db = |e: &rusqlite::Error| e.sqlite_error_code() == Some(rusqlite::ErrorCode::NotADatabase);
-        self.conn.busy_timeout(Duration::from_secs(10))?;
+        self.conn.busy_timeout(BUSY_TIMEOUT)?;
+        // Every transaction takes the write lock at BEGIN, where the busy timeout applies;
+        // a deferred one upgraded later would fail at once with "database is locked".
+        self.conn.set_transaction_behavior(rusqlite::TransactionBehavior::Immediate);
         // journal_mode is the first statement that reads the file: a non-database fails here.
         let mode: String = self.conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0)).map_err(|e| {
             if is_not_db(&e) { StateError::NotADatabase { path: self.path.clone() } } else { StateError::Sql(e) }
@@ -148,6 +187,9 @@ impl State {
                 return Err(StateError::Foreign { path: self.path.clone() });
             }
         }
+        if version == schema_version() {
+            return Ok((version, version));
+        }
         migrations()
             .to_latest(&mut self.conn)
             .map_err(|source| StateError::Migrate { path: self.path.clone(), source })?;
@@ -155,18 +197,32 @@ impl State {
     }
 
     /// Marks what a dead build left `running` as interrupted; returns the stages affected.
-    /// Call only while holding the build lock: then nothing is really running.
+    /// Call only while holding the build lock, after its process groups were ended: then
+    /// nothing is really running.
     pub fn sweep_unfinished(&mut self) -> Result<Vec<String>, StateError> {
+        self.sweep("status = 'running'")
+    }
+
+    /// Marks the running built-in stages (no process group) of this process as
+    /// interrupted, when it exits with them still running. Shell stages stay `running`:
+    /// the next build ends their process groups first, then sweeps them.
+    pub fn sweep_in_process(&mut self) -> Result<Vec<String>, StateError> {
+        self.sweep("status = 'running' AND pgid IS NULL")
+    }
+
+    fn sweep(&mut self, rows: &str) -> Result<Vec<String>, StateError> {
         let now = timestamp(SystemTime::now());
         let tx = self.conn.transaction()?;
         let stages: Vec<String> = {
             let mut stmt =
-                tx.prepare("SELECT DISTINCT component FROM stage_runs WHERE status = 'running' ORDER BY component")?;
+                tx.prepare(&format!("SELECT DISTINCT component FROM stage_runs WHERE {rows} ORDER BY component"))?;
             stmt.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?
         };
         tx.execute(
-            "UPDATE stage_runs SET status = 'interrupted', finished_at = ?1,
-                 error = 'the build running this stage died before it finished' WHERE status = 'running'",
+            &format!(
+                "UPDATE stage_runs SET status = 'interrupted', finished_at = ?1,
+                     error = 'the build running this stage died before it finished' WHERE {rows}"
+            ),
             [&now],
         )?;
         for stage in &stages {
@@ -194,13 +250,35 @@ impl State {
         let tx = self.conn.transaction()?;
         for component in components {
             tx.execute(
-                "INSERT INTO orchestrator_state (component, is_dirty) VALUES (?1, 1)
-                 ON CONFLICT (component) DO UPDATE SET is_dirty = 1",
+                "INSERT INTO orchestrator_state (component, is_dirty, invalidations) VALUES (?1, 1, 1)
+                 ON CONFLICT (component) DO UPDATE SET is_dirty = 1, invalidations = invalidations + 1",
                 [component],
             )?;
         }
         tx.commit()?;
         Ok(())
+    }
+
+    /// Records the process group of a running attempt: its id and its leader's identity
+    /// (see `executor::ProcessGroup`).
+    pub fn record_group(&self, row: StageRunId, pgid: i32, identity: &str) -> Result<(), StateError> {
+        self.conn.execute(
+            "UPDATE stage_runs SET pgid = ?2, pgid_identity = ?3 WHERE id = ?1",
+            params![row.0, pgid, identity],
+        )?;
+        Ok(())
+    }
+
+    /// The process groups of attempts a dead build left `running`, by stage. Call only
+    /// while holding the build lock: then none of them belongs to a live build.
+    pub fn unfinished_groups(&self) -> Result<Vec<UnfinishedGroup>, StateError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT component, pgid, pgid_identity FROM stage_runs
+             WHERE status = 'running' AND pgid IS NOT NULL AND pgid_identity IS NOT NULL ORDER BY id",
+        )?;
+        let rows =
+            stmt.query_map([], |r| Ok(UnfinishedGroup { component: r.get(0)?, pgid: r.get(1)?, identity: r.get(2)? }))?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// The JSON manifest of what the last successful fingerprint covered.
@@ -250,6 +328,14 @@ impl State {
         tx.commit()?;
         Ok(())
     }
+}
+
+/// A process group recorded for an attempt that never finished.
+#[derive(Debug, Clone)]
+pub struct UnfinishedGroup {
+    pub component: String,
+    pub pgid: i32,
+    pub identity: String,
 }
 
 /// RFC 3339 UTC with milliseconds: sorts as text, readable in plain SQL.

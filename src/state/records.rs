@@ -107,6 +107,8 @@ pub struct StageRecord {
     pub last_duration_ms: Option<i64>,
     pub last_error: Option<String>,
     pub outputs: BTreeMap<String, FileHash>,
+    /// How many times `dagrun invalidate` marked the stage (a generation counter).
+    pub invalidations: i64,
 }
 
 /// The start of one stage execution.
@@ -118,6 +120,8 @@ pub struct StageAttempt<'a> {
     pub reason: &'a str,
     pub started_at: SystemTime,
     pub log_path: &'a str,
+    /// The stage's `resources` as JSON, `None` when it declares none.
+    pub resources: Option<&'a str>,
 }
 
 fn parse_hash<T: std::str::FromStr>(text: Option<String>) -> Option<T> {
@@ -130,7 +134,7 @@ impl State {
         let mut records = HashMap::new();
         let mut stmt = self.conn.prepare_cached(
             "SELECT component, last_run_at, is_dirty, run_count, failure_count, fingerprint, output_hash,
-                    last_status, last_duration_ms, last_error FROM orchestrator_state",
+                    last_status, last_duration_ms, last_error, invalidations FROM orchestrator_state",
         )?;
         let mut rows = stmt.query([])?;
         while let Some(row) = rows.next()? {
@@ -145,6 +149,7 @@ impl State {
                 last_duration_ms: row.get(8)?,
                 last_error: row.get(9)?,
                 outputs: BTreeMap::new(),
+                invalidations: row.get(10)?,
             };
             records.insert(row.get(0)?, record);
         }
@@ -161,8 +166,9 @@ impl State {
 
     /// The whole stat cache.
     pub fn load_hash_cache(&self) -> Result<HashMap<String, CacheEntry>, StateError> {
-        let mut stmt =
-            self.conn.prepare_cached("SELECT path, size, mtime_ns, inode, hash, cached_at_ns FROM file_hashes")?;
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT path, size, mtime_ns, inode, hash, cached_at_ns, ctime_ns, dev FROM file_hashes")?;
         let mut rows = stmt.query([])?;
         let mut entries = HashMap::new();
         while let Some(row) = rows.next()? {
@@ -173,6 +179,8 @@ impl State {
                 inode: row.get::<_, i64>(3)? as u64,
                 hash,
                 cached_at_ns: row.get(5)?,
+                ctime_ns: row.get(6)?,
+                dev: row.get::<_, i64>(7)? as u64,
             };
             entries.insert(row.get(0)?, entry);
         }
@@ -182,15 +190,16 @@ impl State {
     /// Records that a stage execution started (status `running`).
     pub fn stage_started(&self, attempt: &StageAttempt<'_>) -> Result<StageRunId, StateError> {
         self.conn.execute(
-            "INSERT INTO stage_runs (run_id, component, attempt, status, reason, started_at, log_path)
-             VALUES (?1, ?2, ?3, 'running', ?4, ?5, ?6)",
+            "INSERT INTO stage_runs (run_id, component, attempt, status, reason, started_at, log_path, resources)
+             VALUES (?1, ?2, ?3, 'running', ?4, ?5, ?6, ?7)",
             params![
                 attempt.run.0,
                 attempt.component,
                 attempt.attempt,
                 attempt.reason,
                 timestamp(attempt.started_at),
-                attempt.log_path
+                attempt.log_path,
+                attempt.resources
             ],
         )?;
         Ok(StageRunId(self.conn.last_insert_rowid()))
@@ -242,7 +251,8 @@ impl State {
             "INSERT INTO orchestrator_state (component, last_run_at, is_dirty, run_count, failure_count, fingerprint,
                  output_hash, last_status, last_duration_ms, last_error, fingerprint_inputs)
              VALUES (?1, ?2, ?3, ?8, 0, ?4, ?5, 'success', ?6, NULL, ?7)
-             ON CONFLICT (component) DO UPDATE SET last_run_at = excluded.last_run_at, is_dirty = excluded.is_dirty,
+             ON CONFLICT (component) DO UPDATE SET last_run_at = excluded.last_run_at,
+                 is_dirty = excluded.is_dirty OR invalidations != ?9,
                  run_count = run_count + excluded.run_count, fingerprint = excluded.fingerprint, output_hash = excluded.output_hash,
                  last_status = 'success', last_duration_ms = excluded.last_duration_ms, last_error = NULL,
                  fingerprint_inputs = excluded.fingerprint_inputs",
@@ -254,7 +264,8 @@ impl State {
                 success.output_hash.to_hex(),
                 duration_ms,
                 manifest,
-                i64::from(success.status != StageStatus::Accepted)
+                i64::from(success.status != StageStatus::Accepted),
+                success.invalidations_seen
             ],
         )?;
         tx.execute("DELETE FROM stage_outputs WHERE component = ?1", [success.component])?;
@@ -316,6 +327,9 @@ pub struct StageSuccess<'a> {
     pub metrics: &'a BTreeMap<String, f64>,
     /// `Success` for a run; `Accepted` for `dagrun accept`, which does not count as a run.
     pub status: StageStatus,
+    /// The stage's invalidation count when the build read its record: an `invalidate`
+    /// made since (while the stage ran) keeps it dirty.
+    pub invalidations_seen: i64,
 }
 
 /// What a failed stage execution records.
@@ -336,7 +350,8 @@ fn metrics_json(metrics: &BTreeMap<String, f64>) -> Option<String> {
 
 pub(super) fn put_cache_entries(tx: &Transaction<'_>, entries: &[(String, CacheEntry)]) -> Result<(), StateError> {
     let mut stmt = tx.prepare_cached(
-        "INSERT OR REPLACE INTO file_hashes (path, size, mtime_ns, inode, hash, cached_at_ns) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        "INSERT OR REPLACE INTO file_hashes (path, size, mtime_ns, inode, hash, cached_at_ns, ctime_ns, dev)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?;
     for (path, entry) in entries {
         stmt.execute(params![
@@ -345,7 +360,9 @@ pub(super) fn put_cache_entries(tx: &Transaction<'_>, entries: &[(String, CacheE
             entry.mtime_ns,
             entry.inode as i64,
             entry.hash.to_hex(),
-            entry.cached_at_ns
+            entry.cached_at_ns,
+            entry.ctime_ns,
+            entry.dev as i64
         ])?;
     }
     Ok(())

@@ -1,18 +1,13 @@
 //! `dagrun agent`: once, scheduled, watch; surviving failures and broken pipeline files;
 //! stopping cleanly on SIGTERM.
 
+use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::sandbox::Sandbox;
-
-fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
+use crate::sandbox::{Sandbox, wait_until};
 
 /// Finished runs so far; none while the agent has not yet created (and migrated) its state.
 fn runs(sb: &Sandbox) -> usize {
@@ -24,24 +19,58 @@ fn runs(sb: &Sandbox) -> usize {
         .map_or(0, |n| n as usize)
 }
 
-fn agent(sb: &Sandbox, args: &[&str]) -> Child {
-    let mut all = vec!["agent"];
-    all.extend_from_slice(args);
-    sb.command(&all).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
+/// A running `dagrun agent`, its output collected as it comes so a test can wait for a line.
+struct Agent {
+    child: Child,
+    stdout: Arc<Mutex<String>>,
+    stderr: Arc<Mutex<String>>,
+    readers: [JoinHandle<()>; 2],
 }
 
-fn terminate(child: &Child) {
-    let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+impl Agent {
+    fn stdout(&self) -> String {
+        self.stdout.lock().unwrap().clone()
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+}
+
+fn agent(sb: &Sandbox, args: &[&str]) -> Agent {
+    let mut all = vec!["agent"];
+    all.extend_from_slice(args);
+    let mut child = sb.command(&all).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let (stdout, out_reader) = collect(child.stdout.take().unwrap());
+    let (stderr, err_reader) = collect(child.stderr.take().unwrap());
+    Agent { child, stdout, stderr, readers: [out_reader, err_reader] }
+}
+
+/// Appends each line read from `pipe` to a shared string, until the pipe closes.
+fn collect(pipe: impl Read + Send + 'static) -> (Arc<Mutex<String>>, JoinHandle<()>) {
+    let text = Arc::new(Mutex::new(String::new()));
+    let sink = Arc::clone(&text);
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+            let mut text = sink.lock().unwrap();
+            text.push_str(&line);
+            text.push('\n');
+        }
+    });
+    (text, reader)
+}
+
+fn terminate(agent: &Agent) {
+    let pid = rustix::process::Pid::from_raw(agent.child.id() as i32).unwrap();
     rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
 }
 
-fn finish(child: Child) -> (i32, String, String) {
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+fn finish(mut agent: Agent) -> (i32, String, String) {
+    let status = agent.child.wait().unwrap();
+    for reader in agent.readers {
+        reader.join().unwrap();
+    }
+    (status.code().unwrap_or(-1), agent.stdout.lock().unwrap().clone(), agent.stderr.lock().unwrap().clone())
 }
 
 /// `tick` copies `src.txt`; it sleeps 30 s (after saying so) while `slow` exists.
@@ -70,12 +99,12 @@ fn once_runs_one_recorded_cycle_and_exits_with_its_outcome() {
 fn the_scheduled_agent_runs_cycles_and_stops_on_sigterm_interrupting_a_running_stage() {
     let sb = Sandbox::new().pipeline(TICK).file("src.txt", "1\n");
     let child = agent(&sb, &["--mode", "scheduled", "--interval-sec", "1", "--grace-sec", "1"]);
-    wait_until("three cycles", Duration::from_secs(20), || runs(&sb) >= 3);
+    wait_until("three cycles", || runs(&sb) >= 3);
     assert_eq!(sb.ran(), ["tick"], "later cycles found nothing to do");
 
     sb.write("slow", "");
     sb.write("src.txt", "2\n");
-    wait_until("the slow stage to start", Duration::from_secs(20), || sb.exists("slow-started"));
+    wait_until("the slow stage to start", || sb.exists("slow-started"));
     let stopping = Instant::now();
     terminate(&child);
     let (code, out, err) = finish(child);
@@ -112,16 +141,14 @@ fn the_agent_survives_a_failing_cycle_and_an_invalid_pipeline_file() {
         .file("src.txt", "1\n")
         .file("broken", "");
     let child = agent(&sb, &["--interval-sec", "1"]);
-    wait_until("a failed cycle", Duration::from_secs(20), || runs(&sb) >= 1);
+    wait_until("a failed cycle", || runs(&sb) >= 1);
     let good = sb.read("pipeline.toml");
     sb.write("pipeline.toml", "[stages.check\ncmd = ");
     let before = runs(&sb);
-    wait_until("two cycles on the last good pipeline", Duration::from_secs(20), || runs(&sb) >= before + 2);
+    wait_until("two cycles on the last good pipeline", || runs(&sb) >= before + 2);
     sb.remove("broken");
     sb.write("pipeline.toml", &format!("# fixed\n{good}"));
-    wait_until("a successful cycle", Duration::from_secs(20), || {
-        sb.column("SELECT count(*) FROM runs WHERE outcome = 'success'")[0] != "0"
-    });
+    wait_until("a successful cycle", || sb.column("SELECT count(*) FROM runs WHERE outcome = 'success'")[0] != "0");
     terminate(&child);
     let (code, out, err) = finish(child);
     assert_eq!(code, 0, "{out}{err}");
@@ -138,15 +165,25 @@ fn the_agent_survives_a_failing_cycle_and_an_invalid_pipeline_file() {
 fn watch_runs_a_cycle_when_a_source_input_changes() {
     let sb = Sandbox::new().pipeline(TICK).file("src.txt", "1\n");
     let child = agent(&sb, &["--watch"]);
-    wait_until("the first cycle", Duration::from_secs(20), || runs(&sb) >= 1);
-    std::thread::sleep(Duration::from_millis(300));
+    wait_until("the first cycle's line", || child.stdout().contains(" cycle 1 (run 1): 1 ran"));
     // As editors save: a new file renamed over the old one.
     sb.write("src.txt.swp", "changed\n");
     std::fs::rename(sb.path("src.txt.swp"), sb.path("src.txt")).unwrap();
-    wait_until("a cycle after the change", Duration::from_secs(20), || runs(&sb) >= 2);
-    wait_until("the new output", Duration::from_secs(20), || sb.read("tick.out") == "changed\n");
-    std::thread::sleep(Duration::from_millis(800));
-    assert_eq!(runs(&sb), 2, "its own outputs do not trigger more cycles");
+    wait_until("a cycle after the change", || child.stdout().contains(" cycle 2 (run 2): 1 ran"));
+    assert_eq!(sb.read("tick.out"), "changed\n");
+    // Its own outputs do not trigger more cycles. That is an absence: nothing marks it, so it
+    // is watched for a window of five debounce periods (300 ms) after cycle 2 ended.
+    let quiet_until = Instant::now() + Duration::from_millis(1500);
+    while Instant::now() < quiet_until {
+        assert!(!child.stdout().contains(" cycle 3 "), "its own outputs started a cycle: {}", child.stdout());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // And it was still watching: a real change is the next cycle, and tick runs in it.
+    sb.write("src.txt", "third\n");
+    wait_until("a cycle after the second change", || child.stdout().contains(" cycle 3 "));
+    assert!(child.stdout().contains(" cycle 3 (run 3): 1 ran"), "the next cycle is the change's: {}", child.stdout());
+    assert_eq!(sb.read("tick.out"), "third\n");
+    assert_eq!(runs(&sb), 3);
     terminate(&child);
     let (code, _, err) = finish(child);
     assert_eq!(code, 0, "{err}");
@@ -157,9 +194,9 @@ fn watch_runs_a_cycle_when_a_source_input_changes() {
 fn an_agent_waiting_for_another_builds_lock_still_stops_on_sigterm() {
     let sb = Sandbox::new().pipeline(TICK).file("src.txt", "1\n").file("slow", "");
     let mut holder = sb.spawn(&["build"]);
-    wait_until("the other build to start its stage", Duration::from_secs(20), || sb.exists("slow-started"));
+    wait_until("the other build to start its stage", || sb.exists("slow-started"));
     let child = agent(&sb, &["--interval-sec", "1"]);
-    std::thread::sleep(Duration::from_millis(500));
+    wait_until("the agent to report the held lock", || child.stderr().contains("another build holds the lock"));
     let stopping = Instant::now();
     terminate(&child);
     let (code, _, err) = finish(child);
@@ -174,10 +211,12 @@ fn an_agent_waiting_for_another_builds_lock_still_stops_on_sigterm() {
 fn watch_retries_a_pipeline_file_that_was_invalid_at_start() {
     let sb = Sandbox::new().pipeline("[stages.tick\n").file("src.txt", "1\n");
     let child = agent(&sb, &["--watch"]);
-    std::thread::sleep(Duration::from_millis(500));
+    wait_until("the agent to report the invalid file", || {
+        child.stderr().contains("the pipeline file is invalid; waiting for a valid one")
+    });
     assert_eq!(runs(&sb), 0);
     sb.write("pipeline.toml", TICK);
-    wait_until("a cycle once the file is fixed", Duration::from_secs(20), || runs(&sb) >= 1);
+    wait_until("a cycle once the file is fixed", || runs(&sb) >= 1);
     terminate(&child);
     let (code, _, err) = finish(child);
     assert_eq!(code, 0, "{err}");

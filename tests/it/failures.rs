@@ -1,6 +1,17 @@
 //! Failing stages: isolation, records, timeouts, retries, and stages that lie.
 
-use crate::sandbox::Sandbox;
+use crate::sandbox::{Sandbox, wait_until};
+
+/// The processes whose command line contains `pattern` (`pgrep -af`). Panics when pgrep is
+/// missing: a check for surviving processes that cannot run must not pass.
+fn processes_matching(pattern: &str) -> String {
+    let out = std::process::Command::new("pgrep").args(["-a", "-f", pattern]).output().unwrap_or_else(|e| {
+        panic!("cannot run pgrep ({e}): install procps (`apt-get install procps`, as scripts/test.sh does)")
+    });
+    // pgrep exits 0 with matches, 1 without; anything else is its own failure.
+    assert!(matches!(out.status.code(), Some(0 | 1)), "pgrep failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
 
 /// `bad` fails; `after_bad` depends on it; `good` and `after_good` are independent.
 const BRANCHES: &str = r#"
@@ -126,7 +137,7 @@ fn a_timeout_kills_the_whole_process_group_and_is_recorded() {
     let sb = Sandbox::new().pipeline(
         r#"
         [stages.slow]
-        cmd = "(sleep 30; echo orphan > orphan.txt) & sleep 30"
+        cmd = "(sleep 300; echo orphan > orphan.txt) & sleep 300"
         outputs = ["slow.out"]
         timeout_sec = 1
         "#,
@@ -135,11 +146,10 @@ fn a_timeout_kills_the_whole_process_group_and_is_recorded() {
     assert!(run.stdout().contains("timed out after 1s; its process group was killed"), "{}", run.stdout());
     assert_eq!(sb.column("SELECT last_status FROM orchestrator_state"), ["timed_out"]);
     assert_eq!(sb.column("SELECT status FROM stage_runs"), ["timed_out"]);
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    let survivors = std::process::Command::new("pgrep").args(["-f", "echo orphan"]).output();
-    if let Ok(out) = survivors {
-        assert!(out.stdout.is_empty(), "the background child survived: {}", String::from_utf8_lossy(&out.stdout));
-    }
+    // The group is SIGKILLed as the stage ends; the kernel takes a moment to finish them off.
+    // A survivor would sleep for 300 s, well past the wait's 30 s deadline.
+    wait_until("the stage's background child to be gone", || processes_matching("echo orphan").is_empty());
+    assert!(!sb.exists("orphan.txt"));
 }
 
 #[test]
@@ -196,11 +206,8 @@ fn a_timed_out_stage_leaves_no_process_behind_even_one_ignoring_sigterm() {
         "#,
     );
     sb.build().failure();
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    let left = std::process::Command::new("pgrep").args(["-f", "sleep 971"]).output();
-    if let Ok(out) = left {
-        assert!(out.stdout.is_empty(), "a process survived its stage: {}", String::from_utf8_lossy(&out.stdout));
-    }
+    // A survivor would sleep for 971 s, well past the wait's 30 s deadline.
+    wait_until("the stage's processes to be gone", || processes_matching("sleep 971").is_empty());
     assert_eq!(sb.column("SELECT status FROM stage_runs"), ["timed_out"]);
 }
 

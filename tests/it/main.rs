@@ -9,9 +9,13 @@ mod explain;
 mod failures;
 mod faults;
 mod fuzz;
+mod globs;
 #[cfg(feature = "markets")]
 mod markets;
 mod parallel;
+mod paths;
 mod property;
+mod quoting;
 mod state;
+mod trust;
 mod validation;

@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 pub struct Sandbox {
     dir: tempfile::TempDir,
@@ -85,6 +85,28 @@ impl Sandbox {
         self.dagrun(&["build"])
     }
 
+    /// Runs `dagrun` like [`Sandbox::dagrun`], but kills it and fails the test if it runs
+    /// past `limit`: for a run that must end promptly rather than hang.
+    #[track_caller]
+    pub fn dagrun_within(&self, args: &[&str], limit: Duration) -> Run {
+        let mut child = self
+            .command(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn dagrun");
+        let deadline = Instant::now() + limit;
+        while child.try_wait().expect("wait for dagrun").is_none() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("`dagrun {}` did not finish within {limit:?}", args.join(" "));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Run::new(args, child.wait_with_output().expect("collect dagrun's output"))
+    }
+
     /// The stages that appended their name to `ran.log` since the last call, sorted
     /// (parallel stages finish in any order); the log is emptied.
     pub fn ran(&self) -> Vec<String> {
@@ -117,8 +139,10 @@ impl Sandbox {
     }
 }
 
-/// A finished `dagrun` process. Every test ends a run in `success()`, `failure()` or
-/// `code(n)`, so no test forgets the exit code.
+/// A finished `dagrun` process whose exit code no one has checked yet. Its output can be read
+/// only through `success()`, `failure()`, `usage_error()` or `code(n)`, and dropping it
+/// unchecked is a warning (an error under clippy `-D warnings`): no test forgets the exit code.
+#[must_use = "check the exit code with `.success()`, `.failure()`, `.usage_error()` or `.code(n)`"]
 pub struct Run {
     args: String,
     output: Output,
@@ -129,6 +153,45 @@ impl Run {
         Run { args: args.join(" "), output }
     }
 
+    #[track_caller]
+    pub fn code(self, expected: i32) -> CheckedRun {
+        let checked = CheckedRun { output: self.output };
+        assert_eq!(
+            checked.output.status.code(),
+            Some(expected),
+            "`dagrun {}` exited {:?}, expected {expected}\n--- stdout\n{}--- stderr\n{}",
+            self.args,
+            checked.output.status.code(),
+            checked.stdout(),
+            checked.stderr()
+        );
+        checked
+    }
+
+    #[track_caller]
+    pub fn success(self) -> CheckedRun {
+        self.code(0)
+    }
+
+    /// A stage failed: exit 1.
+    #[track_caller]
+    pub fn failure(self) -> CheckedRun {
+        self.code(1)
+    }
+
+    /// Bad usage or a bad pipeline file: exit 2.
+    #[track_caller]
+    pub fn usage_error(self) -> CheckedRun {
+        self.code(2)
+    }
+}
+
+/// A finished `dagrun` process with the exit code the test expected: its output, to assert on.
+pub struct CheckedRun {
+    output: Output,
+}
+
+impl CheckedRun {
     pub fn stdout(&self) -> String {
         String::from_utf8_lossy(&self.output.stdout).into_owned()
     }
@@ -136,36 +199,16 @@ impl Run {
     pub fn stderr(&self) -> String {
         String::from_utf8_lossy(&self.output.stderr).into_owned()
     }
+}
 
-    #[track_caller]
-    pub fn code(self, expected: i32) -> Run {
-        assert_eq!(
-            self.output.status.code(),
-            Some(expected),
-            "`dagrun {}` exited {:?}, expected {expected}\n--- stdout\n{}--- stderr\n{}",
-            self.args,
-            self.output.status.code(),
-            self.stdout(),
-            self.stderr()
-        );
-        self
-    }
-
-    #[track_caller]
-    pub fn success(self) -> Run {
-        self.code(0)
-    }
-
-    /// A stage failed: exit 1.
-    #[track_caller]
-    pub fn failure(self) -> Run {
-        self.code(1)
-    }
-
-    /// Bad usage or a bad pipeline file: exit 2.
-    #[track_caller]
-    pub fn usage_error(self) -> Run {
-        self.code(2)
+/// Polls `done` until it holds, failing the test (naming `what`) after 30 s: for waiting on
+/// a file, a database row or a line of output instead of sleeping and hoping.
+#[track_caller]
+pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out after 30 s waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

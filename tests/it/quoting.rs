@@ -1,0 +1,123 @@
+//! Issue 13, item 3: a param or input path substituted into `cmd` never runs as shell,
+//! whatever quoting surrounds its placeholder.
+
+use crate::sandbox::Sandbox;
+
+/// Values that ran `touch PWNED` when pasted into a command inside quotes.
+const HOSTILE: &[&str] = &[
+    "$(touch PWNED)",
+    "`touch PWNED`",
+    "'; touch PWNED; '",
+    "\"; touch PWNED; \"",
+    "x\ntouch PWNED",
+    "x\nEOF\ntouch PWNED",
+    "* ${HOME} \\ $0",
+];
+
+/// A placeholder in each context: (name, command writing `OUT`).
+const CONTEXTS: &[(&str, &str)] = &[
+    ("bare", "printf %s ${params.v} > OUT"),
+    ("double", "printf %s \"${params.v}\" > OUT"),
+    ("single", "printf %s '${params.v}' > OUT"),
+    ("subst", "printf %s \"$(printf %s ${params.v})\" > OUT"),
+    ("heredoc", "cat > OUT <<EOF\n${params.v}\nEOF"),
+    ("comment", "printf done > OUT # ${params.v}"),
+];
+
+/// What a context's output holds for a value.
+fn expected(context: &str, value: &str) -> String {
+    match context {
+        "heredoc" => format!("{value}\n"),
+        "comment" => "done".to_string(),
+        _ => value.to_string(),
+    }
+}
+
+fn toml_string(text: &str) -> String {
+    toml::Value::String(text.to_string()).to_string()
+}
+
+#[test]
+fn a_hostile_param_never_runs_whatever_quoting_surrounds_it() {
+    let mut pipeline = String::new();
+    for (context, cmd) in CONTEXTS {
+        for (i, value) in HOSTILE.iter().enumerate() {
+            let stage = format!("{context}_{i}");
+            let cmd = cmd.replace("OUT", &format!("{stage}.out"));
+            pipeline += &format!(
+                "[stages.{stage}]\ncmd = {}\noutputs = [\"{stage}.out\"]\n[stages.{stage}.params]\nv = {}\n\n",
+                toml_string(&cmd),
+                toml_string(value)
+            );
+        }
+    }
+    let sb = Sandbox::new().pipeline(&pipeline);
+    sb.build().success();
+    assert!(!sb.exists("PWNED"), "a value ran as shell");
+    for (context, _) in CONTEXTS {
+        for (i, value) in HOSTILE.iter().enumerate() {
+            assert_eq!(sb.read(&format!("{context}_{i}.out")), expected(context, value), "{context} {value:?}");
+        }
+    }
+}
+
+#[test]
+fn an_input_file_named_like_a_command_substitution_is_only_read() {
+    let sb = Sandbox::new()
+        .pipeline(
+            r#"
+            [stages.bare]
+            cmd = "cat ${inputs} > bare.txt"
+            inputs = ["in/*.txt"]
+            outputs = ["bare.txt"]
+
+            [stages.quoted]
+            cmd = "cat \"${inputs}\" > quoted.txt"
+            inputs = ["in/*.txt"]
+            outputs = ["quoted.txt"]
+            "#,
+        )
+        .file("in/$(touch PWNED).txt", "content\n");
+    sb.build().success();
+    assert!(!sb.exists("PWNED"), "a file name ran as shell");
+    assert_eq!(sb.read("bare.txt"), "content\n");
+    assert_eq!(sb.read("quoted.txt"), "content\n");
+}
+
+#[test]
+fn cat_inputs_gets_one_argument_per_path_even_with_a_space_in_a_name() {
+    let sb = Sandbox::new()
+        .pipeline(
+            r#"
+            [stages.join]
+            cmd = "cat ${inputs} > ${outputs}"
+            inputs = ["a b.txt", "c.txt"]
+            outputs = ["all out.txt"]
+            "#,
+        )
+        .file("a b.txt", "A\n")
+        .file("c.txt", "C\n");
+    sb.build().success();
+    assert_eq!(sb.read("all out.txt"), "A\nC\n");
+}
+
+#[test]
+fn an_integer_param_works_in_arithmetic_and_any_other_value_fails_the_stage() {
+    let sb = Sandbox::new().pipeline(
+        r#"
+        [stages.number]
+        cmd = "echo $(( ${params.n} * 2 )) > number.out"
+        outputs = ["number.out"]
+        params = { n = 21 }
+
+        [stages.text]
+        cmd = "echo $(( ${params.n} + 1 )) > text.out"
+        outputs = ["text.out"]
+        params = { n = "a[$(touch PWNED)]" }
+        "#,
+    );
+    sb.build().failure();
+    assert_eq!(sb.read("number.out"), "42\n");
+    assert!(!sb.exists("PWNED"), "a value ran as shell");
+    assert!(sb.read(".dagrun/logs/1/text.log").contains("DAGRUN_ARG_1_IS_NOT_AN_INTEGER"));
+}

@@ -1,0 +1,330 @@
+//! Issue 13: a recorded success is always a true success. Stage processes that outlive
+//! dagrun, retries, invalidations during a run, readers beside builds, the stat cache's
+//! key, one state per pipeline file, and settings that used to be ignored.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Stdio};
+
+use rustix::process::{Pid, Signal, kill_process};
+
+use crate::sandbox::{Sandbox, wait_until};
+
+fn signal(child: &Child, signal: Signal) {
+    kill_process(Pid::from_raw(child.id() as i32).unwrap(), signal).unwrap();
+}
+
+/// Live (not zombie) processes whose process group is `pgid`.
+fn group_members(pgid: i32) -> Vec<i32> {
+    let mut members = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap() {
+        let Some(pid) = entry.unwrap().file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 1..].split_whitespace().collect();
+        if fields[0] != "Z" && fields[2].parse::<i32>() == Ok(pgid) {
+            members.push(pid);
+        }
+    }
+    members
+}
+
+/// The process groups recorded for a stage's attempts, oldest first.
+fn recorded_groups(sb: &Sandbox, stage: &str) -> Vec<i32> {
+    sb.column(&format!("SELECT pgid FROM stage_runs WHERE component = '{stage}' AND pgid IS NOT NULL ORDER BY id"))
+        .iter()
+        .map(|p| p.parse().unwrap())
+        .collect()
+}
+
+fn running_rows(sb: &Sandbox) -> usize {
+    if !sb.exists(".dagrun/state.db") {
+        return 0;
+    }
+    let rows = std::panic::catch_unwind(|| sb.column("SELECT count(*) FROM stage_runs WHERE status = 'running'"));
+    rows.ok().and_then(|r| r.first().and_then(|n| n.parse().ok())).unwrap_or(0)
+}
+
+/// Writes `first`, waits for the test's `go` file, then appends `second`: a stage caught
+/// in the middle of writing its output, for as long as the test wants.
+const TWO_STEPS: &str = r#"
+[stages.s]
+cmd = "echo first > out.txt; while [ ! -e go ]; do sleep 0.02; done; echo second >> out.txt"
+outputs = ["out.txt"]
+"#;
+
+#[test]
+fn sighup_stops_a_build_like_sigterm_and_records_the_stage_interrupted() {
+    let sb = Sandbox::new().pipeline(TWO_STEPS);
+    let child = sb.spawn(&["build"]);
+    wait_until("the stage to write its first line", || sb.exists("out.txt"));
+    signal(&child, Signal::HUP);
+    let status = child.wait_with_output().unwrap().status;
+    assert_eq!(status.code(), Some(1), "a hung-up build records what happened and exits 1");
+    assert_eq!(sb.column("SELECT status FROM stage_runs"), ["interrupted"]);
+    let pgid = recorded_groups(&sb, "s")[0];
+    assert!(group_members(pgid).is_empty(), "the stage's process group was ended");
+
+    sb.write("go", "");
+    sb.build().success();
+    assert_eq!(sb.read("out.txt"), "first\nsecond\n");
+}
+
+/// Like TWO_STEPS, but the waiting is done by a background child, which outlives the
+/// stage's shell when dagrun is killed (the shell itself dies with dagrun).
+const ORPHANING: &str = r#"
+[stages.s]
+cmd = "echo first > out.txt; (while [ ! -e go ]; do sleep 0.02; done; echo second >> out.txt) & wait"
+outputs = ["out.txt"]
+"#;
+
+#[test]
+fn a_build_killed_with_sigkill_has_its_stage_ended_by_the_next_build_before_it_runs() {
+    let sb = Sandbox::new().pipeline(ORPHANING);
+    let mut child = sb.spawn(&["build"]);
+    wait_until("the stage to write its first line", || sb.exists("out.txt"));
+    signal(&child, Signal::KILL);
+    child.wait().unwrap();
+    let orphan = recorded_groups(&sb, "s")[0];
+    assert!(!group_members(orphan).is_empty(), "the stage's background child outlives the killed build");
+
+    // Were the old child alive when `go` appears, it would append to the new run's output.
+    let rebuild = sb.command(&["build"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    wait_until("the rebuild to start the stage", || recorded_groups(&sb, "s").len() == 2);
+    assert!(group_members(orphan).is_empty(), "the old group was ended before the stage started again");
+    sb.write("go", "");
+    let out = rebuild.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("note: ended ") && stderr.contains("of stage `s` that a killed build left running"),
+        "{stderr}"
+    );
+    assert_eq!(sb.read("out.txt"), "first\nsecond\n");
+    assert_eq!(
+        sb.column("SELECT status FROM stage_runs ORDER BY id"),
+        ["interrupted", "success"],
+        "the dead build's attempt is recorded as interrupted"
+    );
+    let again = sb.build().success();
+    assert!(again.stdout().contains("0 ran, 0 cut off, 1 up to date"), "{}", again.stdout());
+}
+
+#[test]
+fn a_stage_whose_background_child_outlives_it_is_hashed_only_after_the_child_is_dead() {
+    // The stage exits 0 while a child it left behind keeps appending to its output.
+    let sb = Sandbox::new().pipeline(
+        r#"
+        [stages.s]
+        cmd = "echo good > out.txt; (while true; do echo late >> out.txt; sleep 0.01; done) & exit 0"
+        outputs = ["out.txt"]
+        "#,
+    );
+    sb.build().success();
+    let pgid = recorded_groups(&sb, "s")[0];
+    assert!(group_members(pgid).is_empty(), "the child was killed with its group");
+    let recorded = sb.column("SELECT hash FROM stage_outputs WHERE path = 'out.txt'");
+    let content = std::fs::read(sb.path("out.txt")).unwrap();
+    assert_eq!(recorded, [blake3::hash(&content).to_hex().to_string()], "what was hashed is what stays");
+    let again = sb.build().success();
+    assert!(again.stdout().contains("0 ran, 0 cut off, 1 up to date"), "{}", again.stdout());
+}
+
+#[test]
+fn a_retry_never_records_lines_written_by_the_failed_attempts_children() {
+    let sb = Sandbox::new().pipeline(
+        r#"
+        [stages.s]
+        cmd = """
+        if [ -e tried ]; then echo good > out.txt; exit 0; fi
+        touch tried
+        (while true; do echo bad >> out.txt; sleep 0.01; done) &
+        exit 1
+        """
+        outputs = ["out.txt"]
+        retries = 1
+        "#,
+    );
+    sb.build().success();
+    assert_eq!(sb.read("out.txt"), "good\n");
+    for pgid in recorded_groups(&sb, "s") {
+        assert!(group_members(pgid).is_empty(), "attempt group {pgid} was ended");
+    }
+    assert_eq!(sb.column("SELECT status FROM stage_runs ORDER BY id"), ["failed", "success"]);
+}
+
+#[test]
+fn an_invalidation_made_while_the_stage_runs_survives_its_success() {
+    let sb = Sandbox::new().pipeline(TWO_STEPS);
+    let child = sb.spawn(&["build"]);
+    wait_until("the stage to start", || sb.exists("out.txt"));
+    sb.dagrun(&["invalidate", "s"]).success();
+    sb.write("go", "");
+    assert!(child.wait_with_output().unwrap().status.success());
+    let status = sb.dagrun(&["status"]).success();
+    assert!(status.stdout().contains("invalidated"), "{}", status.stdout());
+    let rebuild = sb.build().success();
+    assert!(rebuild.stdout().contains("run      s  (invalidated)"), "{}", rebuild.stdout());
+    let again = sb.build().success();
+    assert!(again.stdout().contains("0 ran"), "{}", again.stdout());
+}
+
+#[test]
+fn readers_never_write_the_state_database() {
+    let sb = Sandbox::new()
+        .pipeline(
+            r#"
+            [stages.s]
+            cmd = "cat in.txt > out.txt"
+            inputs = ["in.txt"]
+            outputs = ["out.txt"]
+            "#,
+        )
+        .file("in.txt", "x\n");
+    sb.build().success();
+    sb.touch("in.txt"); // a stat-cache miss: a reader hashes it, and must not save it
+    let cache_before = sb.column("SELECT mtime_ns FROM file_hashes WHERE path = 'in.txt'");
+    let rows_before = sb.column("SELECT count(*) FROM stage_runs");
+    // Another process holds SQLite's write lock the whole time: a reader needs none.
+    let db = sb.db();
+    db.execute_batch("BEGIN IMMEDIATE").unwrap();
+    for args in [&["status"][..], &["why", "s"], &["history"], &["graph"], &["build", "-n"]] {
+        sb.dagrun(args).success();
+    }
+    db.execute_batch("COMMIT").unwrap();
+    assert_eq!(sb.column("SELECT mtime_ns FROM file_hashes WHERE path = 'in.txt'"), cache_before);
+    assert_eq!(sb.column("SELECT count(*) FROM stage_runs"), rows_before);
+}
+
+#[test]
+fn a_reader_refuses_an_old_schema_instead_of_migrating_it() {
+    let sb = Sandbox::new().pipeline(TWO_STEPS);
+    std::fs::create_dir_all(sb.path(".dagrun")).unwrap();
+    let db = rusqlite::Connection::open(sb.path(".dagrun/state.db")).unwrap();
+    db.execute_batch(include_str!("../../migrations/0001_initial.sql")).unwrap();
+    db.execute_batch("PRAGMA user_version = 1").unwrap();
+    drop(db);
+    let status = sb.dagrun(&["status"]).failure();
+    assert!(status.stderr().contains("schema version 1, older than"), "{}", status.stderr());
+    assert!(status.stderr().contains("dagrun migrate"), "{}", status.stderr());
+    assert_eq!(sb.column("PRAGMA user_version"), ["1"], "a reader never migrates");
+}
+
+#[test]
+fn a_build_waits_for_another_processs_sqlite_write_lock_instead_of_failing() {
+    let sb = Sandbox::new().pipeline(TWO_STEPS).file("go", "");
+    sb.build().success();
+    let db = sb.db();
+    db.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let child = sb.command(&["build", "-f"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let pid = child.id().to_string();
+    // Once it holds the build lock, the build goes on to write its state, and waits.
+    wait_until("the build to take its lock", || {
+        std::fs::read_to_string(sb.path(".dagrun/lock")).is_ok_and(|t| t.starts_with(&pid))
+    });
+    std::thread::sleep(std::time::Duration::from_millis(1500)); // hold the lock a while
+    db.execute_batch("COMMIT").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(sb.column("SELECT status FROM stage_runs ORDER BY id DESC LIMIT 1"), ["success"]);
+}
+
+#[test]
+fn a_same_size_edit_whose_mtime_is_put_back_reruns_the_stage() {
+    let sb = Sandbox::new()
+        .pipeline(
+            r#"
+            [stages.s]
+            cmd = "cat in.txt > out.txt"
+            inputs = ["in.txt"]
+            outputs = ["out.txt"]
+            "#,
+        )
+        .file("in.txt", "aaaa\n");
+    // Age the file past the racy window (by the filesystem's own clock) so that the
+    // stat cache trusts its entry: only then does the cache key matter.
+    let probe = sb.path("probe");
+    let ctime = |path: &std::path::Path| {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(path).unwrap();
+        meta.ctime() * 1_000_000_000 + meta.ctime_nsec()
+    };
+    let written = ctime(&sb.path("in.txt"));
+    wait_until("the filesystem clock to pass the racy window", || {
+        std::fs::write(&probe, "").unwrap();
+        ctime(&probe) > written + 1_100_000_000
+    });
+    sb.build().success();
+    let again = sb.build().success();
+    assert!(again.stdout().contains("0 ran"), "{}", again.stdout());
+
+    // `cp -p` of a same-size file: content changes, size and mtime do not.
+    let mtime = std::fs::metadata(sb.path("in.txt")).unwrap().modified().unwrap();
+    sb.write("other.txt", "bbbb\n");
+    std::fs::File::options().write(true).open(sb.path("other.txt")).unwrap().set_modified(mtime).unwrap();
+    let status = std::process::Command::new("cp").args(["-p", "other.txt", "in.txt"]).current_dir(sb.root()).status();
+    assert!(status.unwrap().success());
+    let rebuild = sb.build().success();
+    assert!(rebuild.stdout().contains("1 ran"), "{}", rebuild.stdout());
+    assert_eq!(sb.read("out.txt"), "bbbb\n");
+}
+
+#[test]
+fn two_pipeline_files_in_one_directory_keep_separate_states() {
+    let stage = |text: &str| {
+        format!("[stages.s]\ncmd = \"echo {text} > {text}.out; echo {text} >> ran.log\"\noutputs = [\"{text}.out\"]\n")
+    };
+    let sb = Sandbox::new().pipeline(&stage("main")).file("b.toml", &stage("other"));
+    sb.build().success();
+    sb.dagrun(&["--file", "b.toml", "build"]).success();
+    assert_eq!(sb.ran(), ["main", "other"]);
+    let main = sb.build().success();
+    assert!(main.stdout().contains("0 ran, 0 cut off, 1 up to date"), "{}", main.stdout());
+    let other = sb.dagrun(&["--file", "b.toml", "build"]).success();
+    assert!(other.stdout().contains("0 ran, 0 cut off, 1 up to date"), "{}", other.stdout());
+    assert!(sb.exists(".dagrun/state.db"), "pipeline.toml keeps the documented path");
+    assert!(sb.exists(".dagrun/pipelines/b.toml/state.db"));
+}
+
+#[test]
+fn a_timeout_on_a_builtin_stage_stops_it_and_records_it_timed_out() {
+    let sb = Sandbox::new().pipeline(
+        r#"
+        [stages.w]
+        fn = "debug.wait"
+        params = { seconds = 60 }
+        outputs = ["w.out"]
+        timeout_sec = 1
+        resources = { cpus = 2, mem_mb = 100 }
+        "#,
+    );
+    let run = sb.build().failure();
+    assert!(run.stdout().contains("timed out after 1s"), "{}", run.stdout());
+    assert_eq!(sb.column("SELECT status FROM stage_runs"), ["timed_out"]);
+    assert_eq!(sb.column("SELECT resources FROM stage_runs"), [r#"{"cpus":2,"mem_mb":100}"#]);
+}
+
+#[test]
+fn a_third_stop_signal_ends_a_builtin_that_ignores_being_stopped() {
+    let sb = Sandbox::new().pipeline(
+        r#"
+        [stages.w]
+        fn = "debug.wait"
+        params = { seconds = 600, honour_cancel = false }
+        outputs = ["w.out"]
+        "#,
+    );
+    let mut child = sb.command(&["build"]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    wait_until("the built-in to start", || running_rows(&sb) == 1);
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    signal(&child, Signal::INT);
+    let mut line = String::new();
+    stderr.read_line(&mut line).unwrap();
+    assert!(line.contains("stopping"), "{line}");
+    // Three different signals, so that none merges with another pending one.
+    signal(&child, Signal::TERM);
+    signal(&child, Signal::HUP);
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(1));
+    assert_eq!(sb.column("SELECT status FROM stage_runs"), ["interrupted"]);
+    let status = sb.dagrun(&["status"]).success();
+    assert!(status.stdout().contains("last run was interrupted"), "{}", status.stdout());
+}
