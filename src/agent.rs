@@ -109,7 +109,10 @@ pub fn run_agent(
                 cancel: opts.cancel.clone(),
                 ..BuildOptions::default()
             };
-            match engine.build(&build, &mut |event| on_event(&AgentEvent::Build(event))) {
+            let built = engine
+                .build(&build, &mut |event| on_event(&AgentEvent::Build(event)))
+                .map_err(|error| error.at_state(&engine.spec().state_path));
+            match built {
                 Ok(summary) => on_event(&AgentEvent::CycleFinished { cycle, summary: &summary }),
                 Err(error) => on_event(&AgentEvent::CycleFailed { cycle, error: &error }),
             }

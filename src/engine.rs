@@ -115,7 +115,13 @@ impl Engine {
         {
             on_event(&Event::StateReset { moved_to: &moved_to });
         }
-        let mut state = State::open(&self.spec.state_path)?;
+        let state_path = &self.spec.state_path;
+        let mut state = State::open_for_build(
+            state_path,
+            opts.wait_for_lock,
+            || on_event(&Event::StateBusy { path: state_path }),
+            || opts.cancel.is_stopping(),
+        )?;
         end_orphans(&state, on_event)?;
         let swept = state.sweep_unfinished()?;
         if !swept.is_empty() {

@@ -22,6 +22,10 @@ pub enum Event<'a> {
     SweptInterrupted {
         stages: &'a [String],
     },
+    /// Another process holds SQLite's write lock on the state database; the build waits.
+    StateBusy {
+        path: &'a std::path::Path,
+    },
     /// Processes a dead build's stage left running, ended before anything runs.
     OrphansEnded {
         stage: &'a str,
@@ -83,6 +87,7 @@ impl Event<'_> {
                 json!({ "event": "state_reset", "moved_to": moved_to.display().to_string() })
             }
             Event::SweptInterrupted { stages } => json!({ "event": "swept_interrupted", "stages": stages }),
+            Event::StateBusy { path } => json!({ "event": "state_busy", "path": path.display().to_string() }),
             Event::OrphansEnded { stage, processes } => {
                 json!({ "event": "orphans_ended", "stage": stage, "processes": processes })
             }

@@ -74,6 +74,7 @@ fn is_essential(event: &Event<'_>) -> bool {
             | Event::LockWaiting { .. }
             | Event::SweptInterrupted { .. }
             | Event::OrphansEnded { .. }
+            | Event::StateBusy { .. }
             | Event::StateReset { .. }
             | Event::BuildFinished { .. }
     )
@@ -93,6 +94,10 @@ pub fn lines(event: &Event<'_>, width: usize) -> Vec<Line> {
         Event::SweptInterrupted { stages } => one(Line::Err(format!(
             "note: a previous build died while running {}; recorded as interrupted, will re-run",
             stages.join(", ")
+        ))),
+        Event::StateBusy { path } => one(Line::Err(format!(
+            "waiting: another process holds a write lock on {} (an open SQL transaction?); the build goes on when it ends",
+            path.display()
         ))),
         Event::OrphansEnded { stage, processes } => one(Line::Err(format!(
             "note: ended {processes} process{} of stage `{stage}` that a killed build left running; its outputs are not trusted and it will re-run",

@@ -151,7 +151,10 @@ pub fn run_shell(job: ShellJob<'_>, watchdog: &Watchdog) -> Result<(), AttemptFa
         .stderr(stderr)
         .process_group(0);
     die_with_dagrun(&mut command);
-    let mut child = command.spawn().map_err(|e| AttemptFailure::failed(format!("cannot start `sh`: {e}")))?;
+    let mut child = command.spawn().map_err(|e| {
+        let hint = if e.raw_os_error() == Some(24) { crate::state::open_file_limit_hint() } else { String::new() };
+        AttemptFailure::failed(format!("cannot start `sh`: {e}{hint}"))
+    })?;
     let pid = child.id();
     let gate = child.stdin.take();
     let recorded = ProcessGroup::led_by(pid)

@@ -32,6 +32,11 @@ pub enum LockError {
     Stopped { path: PathBuf },
     #[error("cannot lock {}: {source}", path.display())]
     Io { path: PathBuf, source: std::io::Error },
+    #[error(
+        "{} is a file, but dagrun keeps its lock, state and logs in a directory of that name: move the file away and try again",
+        path.display()
+    )]
+    NotADirectory { path: PathBuf },
 }
 
 /// Held for the whole build; released on drop (or by the OS if the process dies).
@@ -51,6 +56,9 @@ pub fn acquire(
 ) -> Result<BuildLock, LockError> {
     let io_err = |source| LockError::Io { path: path.to_path_buf(), source };
     if let Some(dir) = path.parent() {
+        if dir.exists() && !dir.is_dir() {
+            return Err(LockError::NotADirectory { path: dir.to_path_buf() });
+        }
         std::fs::create_dir_all(dir).map_err(io_err)?;
     }
     let mut file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path).map_err(io_err)?;

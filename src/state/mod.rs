@@ -36,7 +36,7 @@ pub fn schema_version() -> usize {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
-    #[error("cannot open state database {}: {source}", path.display())]
+    #[error("cannot open state database {}: {source}{}", path.display(), open_file_limit_hint())]
     Open { path: PathBuf, source: rusqlite::Error },
     #[error(
         "{} is not a dagrun state database (it holds other tables); point `state` in [pipeline] elsewhere, or run `dagrun build --reset-state` to move it aside",
@@ -52,30 +52,48 @@ pub enum StateError {
         path.display()
     )]
     Older { path: PathBuf, found: usize, known: usize },
+    #[error(
+        "another process holds a write lock on the state database {} (an open SQL transaction?); end it, or build without --no-wait to wait for it",
+        path.display()
+    )]
+    Busy { path: PathBuf },
+    #[error("stopped while waiting for another process's write lock on {}", path.display())]
+    BusyStopped { path: PathBuf },
     #[error("cannot migrate state database {}: {source}", path.display())]
     Migrate { path: PathBuf, source: rusqlite_migration::Error },
     #[error("the disk holding {} is full; free some space and build again (what was recorded before is intact)", path.display())]
     DiskFull { path: PathBuf },
+    /// Every symptom of a damaged file (a malformed schema or page, text that is not
+    /// UTF-8, a value of the wrong type, a failed integrity check) gives this one message.
     #[error(
-        "{} is corrupted ({message}); run `dagrun build --reset-state` to move it aside and start a new state (every stage re-runs once)",
+        "the state database at {} is damaged: run `dagrun build --reset-state` to move it aside and start a new state (every stage re-runs once)",
         path.display()
     )]
-    Corrupt { path: PathBuf, message: String },
+    Damaged { path: PathBuf },
+    #[error(
+        "the state database at {} is read-only ({source}): give dagrun write access to it and to its directory, or point `state` elsewhere",
+        path.display()
+    )]
+    ReadOnly { path: PathBuf, source: rusqlite::Error },
     #[error("state database error: {0}")]
     Sql(#[from] rusqlite::Error),
 }
 
 impl StateError {
-    /// Names the database in errors SQLite reports without it: a full disk, a corrupt file.
+    /// Names the database in errors SQLite reports without it: a full disk, a damaged or
+    /// read-only file.
     pub fn at(self, path: &Path) -> StateError {
-        let StateError::Sql(err) = &self else { return self };
+        let StateError::Sql(err) = self else { return self };
+        let path = path.to_path_buf();
+        if is_damage(&err) {
+            return StateError::Damaged { path };
+        }
         match err.sqlite_error_code() {
-            Some(rusqlite::ErrorCode::DiskFull) => StateError::DiskFull { path: path.to_path_buf() },
-            Some(rusqlite::ErrorCode::DatabaseCorrupt) => {
-                StateError::Corrupt { path: path.to_path_buf(), message: err.to_string() }
-            }
-            Some(rusqlite::ErrorCode::NotADatabase) => StateError::NotADatabase { path: path.to_path_buf() },
-            _ => self,
+            Some(rusqlite::ErrorCode::DiskFull) => StateError::DiskFull { path },
+            Some(rusqlite::ErrorCode::NotADatabase) => StateError::NotADatabase { path },
+            Some(rusqlite::ErrorCode::ReadOnly) => StateError::ReadOnly { path, source: err },
+            Some(rusqlite::ErrorCode::CannotOpen) => StateError::Open { path, source: err },
+            _ => StateError::Sql(err),
         }
     }
 }
@@ -83,6 +101,27 @@ impl StateError {
 /// How long a write waits for another process's SQLite write lock (someone's long SQL
 /// transaction; builds themselves are serialised by the build lock) before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// SQLite's "unable to open database file" does not say why; a tiny open-file limit
+/// (`ulimit -n 8`) is a cause worth naming.
+pub fn open_file_limit_hint() -> String {
+    match rustix::process::getrlimit(rustix::process::Resource::Nofile).current {
+        Some(limit) if limit < 64 => {
+            format!(" (the open-file limit is {limit}: raise it with `ulimit -n 1024` and try again)")
+        }
+        _ => String::new(),
+    }
+}
+
+/// Whether an SQLite error means the file is damaged: SQLite says so, or a value read back
+/// is not what dagrun ever writes (bytes that are not UTF-8, a text where a number was).
+fn is_damage(err: &rusqlite::Error) -> bool {
+    use rusqlite::Error as E;
+    matches!(
+        err,
+        E::FromSqlConversionFailure(..) | E::InvalidColumnType(..) | E::Utf8Error(..) | E::IntegralValueOutOfRange(..)
+    ) || err.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseCorrupt)
+}
 
 /// An open, migrated state database.
 pub struct State {
@@ -102,6 +141,54 @@ impl State {
         let mut state = State::open_unmigrated(path)?;
         state.migrate()?;
         Ok(state)
+    }
+
+    /// Opens (creating and migrating) the database for a build. Another process may hold
+    /// SQLite's write lock (someone's open SQL transaction): then `on_wait` is called and
+    /// the build waits until the lock is free (giving up as soon as `stop()` says so), or
+    /// fails at once when `wait` is false.
+    pub fn open_for_build(
+        path: &Path,
+        wait: bool,
+        on_wait: impl FnOnce(),
+        stop: impl Fn() -> bool,
+    ) -> Result<State, StateError> {
+        let mut state = State::open_unmigrated(path)?;
+        state.wait_for_write_lock(wait, on_wait, stop)?;
+        state.migrate()?;
+        Ok(state)
+    }
+
+    fn wait_for_write_lock(
+        &self,
+        wait: bool,
+        on_wait: impl FnOnce(),
+        stop: impl Fn() -> bool,
+    ) -> Result<(), StateError> {
+        let path = || self.path.clone();
+        self.conn.busy_timeout(Duration::ZERO)?;
+        let mut on_wait = Some(on_wait);
+        let result = loop {
+            match self.conn.execute_batch("BEGIN IMMEDIATE; ROLLBACK;") {
+                Ok(()) => break Ok(()),
+                Err(err) if err.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy) => {
+                    if !wait {
+                        break Err(StateError::Busy { path: path() });
+                    }
+                    if let Some(on_wait) = on_wait.take() {
+                        on_wait();
+                    }
+                    if stop() {
+                        break Err(StateError::BusyStopped { path: path() });
+                    }
+                    // Polled, so that a stop request is honoured while waiting.
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(err) => break Err(err.into()),
+            }
+        };
+        self.conn.busy_timeout(BUSY_TIMEOUT)?;
+        result
     }
 
     /// Opens an existing database for reading only: no migration, no write, no lock taken
@@ -133,9 +220,7 @@ impl State {
             std::cmp::Ordering::Less => {
                 Err(StateError::Older { path: path.to_path_buf(), found: version, known: schema_version() })
             }
-            std::cmp::Ordering::Greater => {
-                Err(StateError::Newer { path: path.to_path_buf(), found: version, known: schema_version() })
-            }
+            std::cmp::Ordering::Greater => Err(state.newer(version)),
         }
     }
 
@@ -154,6 +239,28 @@ impl State {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// A schema version above this dagrun's: a newer dagrun wrote it, unless the file is
+    /// damaged (a garbage header), which an integrity check tells.
+    fn newer(&self, found: usize) -> StateError {
+        if !self.passes_quick_check() {
+            return StateError::Damaged { path: self.path.clone() };
+        }
+        StateError::Newer { path: self.path.clone(), found, known: schema_version() }
+    }
+
+    /// `PRAGMA quick_check`: run only when something already looks wrong, as it reads the
+    /// whole file.
+    pub fn passes_quick_check(&self) -> bool {
+        let result: Result<String, _> = self.conn.query_row("PRAGMA quick_check", [], |r| r.get(0));
+        result.is_ok_and(|r| r == "ok")
+    }
+
+    /// A value that dagrun never writes (a hash that is not hex, an unknown status): the
+    /// file was damaged.
+    pub(crate) fn damaged(&self) -> StateError {
+        StateError::Damaged { path: self.path.clone() }
     }
 
     fn configure(&mut self) -> Result<(), StateError> {
@@ -178,7 +285,7 @@ impl State {
     pub fn migrate(&mut self) -> Result<(usize, usize), StateError> {
         let version: usize = self.conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
         if version > schema_version() {
-            return Err(StateError::Newer { path: self.path.clone(), found: version, known: schema_version() });
+            return Err(self.newer(version));
         }
         if version == 0 {
             let tables: i64 =

@@ -124,8 +124,9 @@ pub struct StageAttempt<'a> {
     pub resources: Option<&'a str>,
 }
 
-fn parse_hash<T: std::str::FromStr>(text: Option<String>) -> Option<T> {
-    text.and_then(|t| t.parse().ok())
+/// A recorded hash: `NULL` is none; any text must parse, or the file is damaged.
+fn parse_hash<T: std::str::FromStr>(state: &State, text: Option<String>) -> Result<Option<T>, StateError> {
+    text.map(|t| t.parse().map_err(|_| state.damaged())).transpose()
 }
 
 impl State {
@@ -143,9 +144,12 @@ impl State {
                 is_dirty: row.get(2)?,
                 run_count: row.get(3)?,
                 failure_count: row.get(4)?,
-                fingerprint: parse_hash(row.get(5)?),
-                output_hash: parse_hash(row.get(6)?),
-                last_status: row.get::<_, Option<String>>(7)?.as_deref().and_then(StageStatus::parse),
+                fingerprint: parse_hash(self, row.get(5)?)?,
+                output_hash: parse_hash(self, row.get(6)?)?,
+                last_status: match row.get::<_, Option<String>>(7)? {
+                    None => None,
+                    Some(text) => Some(StageStatus::parse(&text).ok_or_else(|| self.damaged())?),
+                },
                 last_duration_ms: row.get(8)?,
                 last_error: row.get(9)?,
                 outputs: BTreeMap::new(),
@@ -157,7 +161,7 @@ impl State {
         let mut rows = stmt.query([])?;
         while let Some(row) = rows.next()? {
             let component: String = row.get(0)?;
-            if let (Some(record), Some(hash)) = (records.get_mut(&component), parse_hash(row.get(2)?)) {
+            if let (Some(record), Some(hash)) = (records.get_mut(&component), parse_hash(self, row.get(2)?)?) {
                 record.outputs.insert(row.get(1)?, hash);
             }
         }
@@ -172,7 +176,7 @@ impl State {
         let mut rows = stmt.query([])?;
         let mut entries = HashMap::new();
         while let Some(row) = rows.next()? {
-            let Some(hash) = parse_hash(row.get(4)?) else { continue };
+            let Some(hash) = parse_hash(self, row.get(4)?)? else { continue };
             let entry = CacheEntry {
                 size: row.get::<_, i64>(1)? as u64,
                 mtime_ns: row.get(2)?,

@@ -209,22 +209,47 @@ fn a_reader_refuses_an_old_schema_instead_of_migrating_it() {
 }
 
 #[test]
-fn a_build_waits_for_another_processs_sqlite_write_lock_instead_of_failing() {
+fn a_build_waits_for_another_processs_sqlite_write_lock_and_says_so() {
     let sb = Sandbox::new().pipeline(TWO_STEPS).file("go", "");
     sb.build().success();
     let db = sb.db();
     db.execute_batch("BEGIN IMMEDIATE").unwrap();
-    let child = sb.command(&["build", "-f"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    let pid = child.id().to_string();
-    // Once it holds the build lock, the build goes on to write its state, and waits.
-    wait_until("the build to take its lock", || {
-        std::fs::read_to_string(sb.path(".dagrun/lock")).is_ok_and(|t| t.starts_with(&pid))
-    });
-    std::thread::sleep(std::time::Duration::from_millis(1500)); // hold the lock a while
+    let refused = sb.dagrun(&["build", "-f", "--no-wait"]).failure();
+    assert!(
+        refused.stderr().contains("another process holds a write lock on the state database"),
+        "{}",
+        refused.stderr()
+    );
+
+    let mut child = sb.command(&["build", "-f"]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    stderr.read_line(&mut line).unwrap();
+    assert!(line.starts_with("waiting: another process holds a write lock on"), "{line}");
     db.execute_batch("COMMIT").unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(child.wait().unwrap().success());
     assert_eq!(sb.column("SELECT status FROM stage_runs ORDER BY id DESC LIMIT 1"), ["success"]);
+}
+
+#[test]
+fn damage_and_a_misplaced_dagrun_file_get_one_clear_message_each() {
+    let sb = Sandbox::new().pipeline(TWO_STEPS).file("go", "");
+    sb.build().success();
+    // A value dagrun never writes (bytes that are not UTF-8) where it reads the state.
+    sb.db().execute_batch("UPDATE orchestrator_state SET last_error = CAST(x'ff00fe' AS TEXT)").unwrap();
+    for args in [&["status"][..], &["build"]] {
+        let run = sb.dagrun(args).failure();
+        assert!(
+            run.stderr().contains("/.dagrun/state.db is damaged: run `dagrun build --reset-state`"),
+            "{}",
+            run.stderr()
+        );
+    }
+    sb.dagrun(&["build", "--reset-state"]).success();
+
+    let other = Sandbox::new().pipeline(TWO_STEPS).file(".dagrun", "not a directory");
+    let run = other.build().failure();
+    assert!(run.stderr().contains("/.dagrun is a file, but dagrun keeps its lock, state and logs"), "{}", run.stderr());
 }
 
 #[test]
