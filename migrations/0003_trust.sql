@@ -1,7 +1,10 @@
 -- Schema version 3.
--- The process group of each running shell attempt, recorded before its command starts:
--- a later build ends what a killed build left running. pgid_identity is the group
--- leader's `BOOT_ID:START_TICKS` (/proc), so a reused pid is never mistaken for it.
+-- What a later build needs to end the processes of an attempt a killed build left
+-- running: attempt_token, recorded before the attempt starts and put in the environment of
+-- every process it runs (DAGRUN_ATTEMPT), and, once it has started, its session (pgid, the
+-- leader's pid) with the leader's identity `BOOT_ID:START_TICKS`, so that a reused pid is
+-- never mistaken for it.
+ALTER TABLE stage_runs ADD COLUMN attempt_token TEXT;
 ALTER TABLE stage_runs ADD COLUMN pgid INTEGER;
 ALTER TABLE stage_runs ADD COLUMN pgid_identity TEXT;
 -- Builds look for unfinished rows before they start: keep that lookup off the history.

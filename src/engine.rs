@@ -7,12 +7,12 @@ use crate::builtin::Registry;
 use crate::cancel::CancelToken;
 use crate::error::Error;
 use crate::event::{BuildSummary, Event};
-use crate::executor::{ExecOptions, ProcessGroup, execute};
+use crate::executor::{ExecOptions, ProcessGroup, Unfinished, execute};
 use crate::fingerprint::{CacheClock, HashCache};
 use crate::graph::Dag;
 use crate::planner::{DirtyReason, EvalContext, Verdict, explain_reason, plan_build};
 use crate::spec::{Spec, StageIdx, load_spec, suggest};
-use crate::state::{RunOutcome, StageRecord, StageStatus, State, acquire_lock};
+use crate::state::{RunOutcome, StageRecord, StageStatus, State, UnfinishedGroup, acquire_lock};
 
 /// How to build.
 #[derive(Debug, Clone)]
@@ -103,13 +103,16 @@ impl Engine {
     pub fn build(&self, opts: &BuildOptions, on_event: &mut dyn FnMut(&Event<'_>)) -> Result<BuildSummary, Error> {
         let started = Instant::now();
         let selected = self.select(&opts.targets)?;
-        let lock_path = self.spec.dagrun_dir().join("lock");
-        let _lock = acquire_lock(
-            &lock_path,
-            opts.wait_for_lock,
-            |holder| on_event(&Event::LockWaiting { path: &lock_path, holder }),
-            || opts.cancel.is_stopping(),
-        )?;
+        let _locks = self.lock(opts.wait_for_lock, on_event, &|| opts.cancel.is_stopping())?;
+        if opts.reset_state {
+            // The old state names what a killed build left running: end that before the
+            // state is moved aside (best effort: the file may be damaged, hence the reset).
+            if let Ok(old) = State::open_read_only(&self.spec.state_path)
+                && let Ok(groups) = old.unfinished_groups()
+            {
+                end_groups(groups, on_event)?;
+            }
+        }
         if opts.reset_state
             && let Some(moved_to) = self.move_state_aside()?
         {
@@ -225,13 +228,7 @@ impl Engine {
     /// exist. Returns the stages accepted.
     pub fn accept(&self, stages: &[String], on_event: &mut dyn FnMut(&Event<'_>)) -> Result<Vec<String>, Error> {
         let wanted = stages.iter().map(|s| self.stage_index(s)).collect::<Result<Vec<_>, _>>()?;
-        let lock_path = self.spec.dagrun_dir().join("lock");
-        let _lock = acquire_lock(
-            &lock_path,
-            true,
-            |holder| on_event(&Event::LockWaiting { path: &lock_path, holder }),
-            || false,
-        )?;
+        let _locks = self.lock(true, on_event, &|| false)?;
         let mut state = State::open(&self.spec.state_path)?;
         end_orphans(&state, on_event)?;
         state.sweep_unfinished()?;
@@ -306,6 +303,7 @@ impl Engine {
                 started_at: now,
                 log_path: "",
                 resources: None,
+                token: None,
             })?;
             let success = crate::state::StageSuccess {
                 row,
@@ -413,6 +411,27 @@ impl Engine {
         Ok(Some(moved_to))
     }
 
+    /// Takes the build lock of the pipeline's directory (`.dagrun/lock`), and, for a state
+    /// database kept elsewhere (`state = ...`), also the lock beside it (`<state>.lock`):
+    /// two directories sharing one state must not sweep, or end, each other's stages.
+    fn lock(
+        &self,
+        wait: bool,
+        on_event: &mut dyn FnMut(&Event<'_>),
+        stop: &dyn Fn() -> bool,
+    ) -> Result<Vec<crate::state::BuildLock>, Error> {
+        let dagrun_dir = self.spec.dagrun_dir();
+        let mut paths = vec![dagrun_dir.join("lock")];
+        if !self.spec.state_path.starts_with(&dagrun_dir) {
+            paths.push(std::path::PathBuf::from(format!("{}.lock", self.spec.state_path.display())));
+        }
+        let mut locks = Vec::new();
+        for path in &paths {
+            locks.push(acquire_lock(path, wait, |holder| on_event(&Event::LockWaiting { path, holder }), stop)?);
+        }
+        Ok(locks)
+    }
+
     /// The clock of commands that save the stat cache: the filesystem's own.
     fn writer_clock(&self) -> CacheClock {
         CacheClock::Filesystem(self.spec.root.join(&self.spec.own_dir).join("clock"))
@@ -448,9 +467,13 @@ impl Engine {
 /// such a process could still write is never trusted, and never raced by a new run.
 /// Call only while holding the build lock.
 fn end_orphans(state: &State, on_event: &mut dyn FnMut(&Event<'_>)) -> Result<(), Error> {
-    for unfinished in state.unfinished_groups()? {
-        let group = ProcessGroup { pgid: unfinished.pgid, identity: unfinished.identity };
-        match group.end_survivors() {
+    end_groups(state.unfinished_groups()?, on_event)
+}
+
+fn end_groups(groups: Vec<UnfinishedGroup>, on_event: &mut dyn FnMut(&Event<'_>)) -> Result<(), Error> {
+    for unfinished in groups {
+        let group = unfinished.pgid.zip(unfinished.identity).map(|(pgid, identity)| ProcessGroup { pgid, identity });
+        match (Unfinished { token: unfinished.token, group }).end_survivors() {
             Ok(0) => {}
             Ok(processes) => on_event(&Event::OrphansEnded { stage: &unfinished.component, processes }),
             Err(source) => return Err(Error::Orphans { stage: unfinished.component, source }),

@@ -52,8 +52,10 @@ fn sighup_ignored() -> bool {
 pub fn exit_now(state_path: std::path::PathBuf) -> impl Fn() + Send + 'static {
     move || {
         note("stopping now: a stage ignored two requests to stop; it is recorded as interrupted");
-        if let Ok(mut state) = dagrun::state::State::open(&state_path) {
-            let _ = state.sweep_in_process();
+        // Unmigrated: a build of this process is running, so the schema is current; and
+        // only this process's running builds are touched.
+        if let Ok(mut state) = dagrun::state::State::open_unmigrated(&state_path) {
+            let _ = state.sweep_in_process(std::process::id());
         }
         std::process::exit(i32::from(super::EXIT_FAILED));
     }

@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Sender};
 use std::time::{Duration, Instant, SystemTime};
 
-pub use group::{GroupSurvives, ProcessGroup};
+pub use group::{GroupSurvives, ProcessGroup, Unfinished};
 pub use runner::{ShellCommand, expand_command, log_tail, shell_quote};
 pub use watchdog::KILL_GRACE;
 
@@ -63,6 +63,8 @@ struct Task {
 
 /// What a worker reports.
 enum Message {
+    /// An attempt is about to start; it does only once the coordinator has recorded it
+    /// (with the token its processes will carry) and answered.
     Started {
         idx: StageIdx,
         attempt: u32,
@@ -70,13 +72,14 @@ enum Message {
         inputs: Box<FingerprintInputs>,
         log_path: String,
         at: SystemTime,
+        /// For a shell attempt: the token its processes will carry.
+        token: Option<String>,
+        recorded: Sender<Result<(), String>>,
     },
-    /// A shell attempt's process group exists; its command waits until the coordinator
-    /// has recorded the group and answered.
+    /// A shell attempt's process group exists.
     GroupStarted {
         idx: StageIdx,
         group: ProcessGroup,
-        recorded: Sender<Result<(), String>>,
     },
     Finished {
         idx: StageIdx,
@@ -208,6 +211,9 @@ pub fn execute(
         // Owned here so that even a panic below drops it (ending the workers) and stops the
         // watchdog: the scope then joins every thread instead of waiting forever.
         let task_tx = task_tx;
+        // Likewise: a worker waiting for the coordinator's answer to `GroupStarted` gets
+        // an error, not a hang, if the coordinator unwinds.
+        let msg_rx = msg_rx;
         let _watchdog_guard = StopOnDrop(&shared.watchdog);
         let (task_rx, shared_ref) = (&task_rx, &shared);
         for _ in 0..workers {
@@ -304,14 +310,12 @@ impl Coordinator<'_, '_> {
 
     fn handle(&mut self, message: Message, stop: &AtomicBool) {
         let recorded = match message {
-            Message::Started { idx, attempt, reason, inputs, log_path, at } => {
-                self.started(idx, attempt, reason, &inputs, &log_path, at)
-            }
-            Message::GroupStarted { idx, group, recorded } => {
-                let result = self.group_started(idx, &group);
+            Message::Started { idx, attempt, reason, inputs, log_path, at, token, recorded } => {
+                let result = self.started(idx, attempt, reason, &inputs, &log_path, at, token.as_deref());
                 let _ = recorded.send(result.as_ref().map(|_| ()).map_err(ToString::to_string));
                 result
             }
+            Message::GroupStarted { idx, group } => self.group_started(idx, &group),
             Message::Finished { idx, result } => self.finished(idx, result, stop),
         };
         if let Err(err) = recorded {
@@ -330,6 +334,7 @@ impl Coordinator<'_, '_> {
         inputs: &FingerprintInputs,
         log_path: &str,
         at: SystemTime,
+        token: Option<&str>,
     ) -> Result<(), StateError> {
         let name = self.eval.spec.stages[idx].name.as_str();
         let reason = explain_reason(self.state, name, reason, inputs);
@@ -345,18 +350,19 @@ impl Coordinator<'_, '_> {
             started_at: at,
             log_path,
             resources: resources.as_deref(),
+            token,
         })?;
         self.row[idx] = Some(row);
         (self.on_event)(&Event::StageStarted { stage: name, attempt, reason: &reason });
         Ok(())
     }
 
-    /// Records the running attempt's process group, so that a later build can end it
-    /// should this one die.
+    /// Records the running attempt's group, so that a later build can end it should this
+    /// one die (its token, recorded at the start, finds it too).
     fn group_started(&mut self, idx: StageIdx, group: &ProcessGroup) -> Result<(), StateError> {
         match self.row[idx] {
             Some(row) => self.state.record_group(row, group.pgid, &group.identity),
-            None => Ok(()), // its start could not be recorded: the attempt fails anyway
+            None => Ok(()), // not started: its start was never recorded (see `run_task`)
         }
     }
 
@@ -524,6 +530,7 @@ impl Coordinator<'_, '_> {
             started_at: SystemTime::now(),
             log_path: "",
             resources: None,
+            token: None,
         })
     }
 
@@ -613,6 +620,8 @@ fn run_task(shared: &Shared<'_>, task: Task, tx: &Sender<Message>) {
             n => format!("{}/logs/{}/{}.attempt{n}.log", shared.eval.spec.own_dir, shared.run.0, stage.name),
         };
         let at = SystemTime::now();
+        let token = matches!(stage.action, Action::Shell { .. }).then(|| group::attempt_token(stage.name.as_str()));
+        let (answer, recorded) = mpsc::channel();
         let _ = tx.send(Message::Started {
             idx,
             attempt,
@@ -620,9 +629,15 @@ fn run_task(shared: &Shared<'_>, task: Task, tx: &Sender<Message>) {
             inputs: Box::new(eval.inputs.clone()),
             log_path: log_path.clone(),
             at,
+            token: token.clone(),
+            recorded: answer,
         });
+        // Nothing runs that the state does not name: a later build must be able to find it.
+        if !matches!(recorded.recv(), Ok(Ok(()))) {
+            return finish(TaskResult::NotStarted);
+        }
         let started = Instant::now();
-        let result = run_attempt(shared, idx, &eval, &log_path, tx)
+        let result = run_attempt(shared, idx, &eval, &log_path, token.as_deref().unwrap_or_default(), tx)
             .and_then(|metrics| collect_outputs(shared, idx, &eval).map(|(outputs, moved)| (outputs, moved, metrics)));
         let duration = started.elapsed();
         match result {
@@ -690,6 +705,7 @@ fn run_attempt(
     idx: StageIdx,
     eval: &Evaluation,
     log_path: &str,
+    token: &str,
     tx: &Sender<Message>,
 ) -> Result<BTreeMap<String, f64>, AttemptFailure> {
     let spec = shared.eval.spec;
@@ -708,11 +724,8 @@ fn run_attempt(
     match &stage.action {
         Action::Shell { cmd } => {
             let command = expand_command(cmd, &stage.params, &eval.input_paths, &outputs);
-            let record_group = |group: &ProcessGroup| {
-                let (answer, recorded) = mpsc::channel();
-                tx.send(Message::GroupStarted { idx, group: group.clone(), recorded: answer })
-                    .map_err(|_| "the build is ending".to_string())?;
-                recorded.recv().map_err(|_| "the build is ending".to_string())?
+            let on_spawn = |group: ProcessGroup| {
+                let _ = tx.send(Message::GroupStarted { idx, group });
             };
             let job = ShellJob {
                 stage: stage.name.as_str(),
@@ -721,7 +734,8 @@ fn run_attempt(
                 root: &spec.root,
                 log,
                 timeout: stage.timeout,
-                record_group: &record_group,
+                token,
+                on_spawn: &on_spawn,
             };
             runner::run_shell(job, &shared.watchdog).map(|()| BTreeMap::new())
         }

@@ -1,7 +1,7 @@
 //! Runs one attempt of one stage: a shell command or a built-in, with its log.
 
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -105,9 +105,10 @@ pub fn expand_command(cmd: &str, params: &toml::Table, inputs: &[String], output
                 let integer = value.strip_prefix('-').unwrap_or(&value);
                 let integer = !integer.is_empty() && integer.bytes().all(|b| b.is_ascii_digit());
                 let name = bind(value);
-                if integer { format!("${name}") } else { format!("${{{name}_IS_NOT_AN_INTEGER?}}") }
+                // Braced, so that digits after the placeholder (`${params.n}0`) stay out of it.
+                if integer { format!("${{{name}}}") } else { format!("${{{name}_IS_NOT_AN_INTEGER?}}") }
             }
-            Quoting::Inert => cmd[placeholder.range].to_string(),
+            Quoting::Comment | Quoting::QuotedHeredoc => cmd[placeholder.range].to_string(),
         };
         script.push_str(&reference);
     }
@@ -124,55 +125,43 @@ pub struct ShellJob<'a> {
     pub root: &'a Path,
     pub log: File,
     pub timeout: Option<Duration>,
-    /// Records the attempt's process group; the command starts only once this returns Ok.
-    pub record_group: &'a dyn Fn(&ProcessGroup) -> Result<(), String>,
+    /// The attempt's token, recorded before it starts; in its environment (see
+    /// `group::TOKEN_VAR`).
+    pub token: &'a str,
+    /// Told the attempt's process group once it has started, to record it.
+    pub on_spawn: &'a dyn Fn(ProcessGroup),
 }
 
-/// The shell dagrun starts first. It waits for one line on its stdin, a pipe dagrun holds,
-/// then replaces itself (same pid, same group) with `sh -c COMMAND`, stdin from /dev/null.
-/// dagrun writes that line only once the group is recorded; if dagrun dies before, the read
-/// sees end of file and nothing of the command ever runs.
-const START_GATE: &str = r#"IFS= read -r _ || exit 125; exec sh -c "$0" </dev/null"#;
-
-/// Runs `sh -c COMMAND` in the pipeline directory in a new process group, output to the log.
-/// Whatever the outcome, the whole group is dead when this returns.
+/// Runs `sh -c COMMAND` in the pipeline directory in a process group of its own, output to
+/// the log. Whatever the outcome, every process of the attempt is dead when this returns.
 pub fn run_shell(job: ShellJob<'_>, watchdog: &Watchdog) -> Result<(), AttemptFailure> {
     let stderr = job.log.try_clone().map_err(|e| AttemptFailure::failed(format!("cannot open log: {e}")))?;
     let mut command = Command::new("sh");
     command
         .arg("-c")
-        .arg(START_GATE)
         .arg(job.command)
         .current_dir(job.root)
         .env("DAGRUN_STAGE", job.stage)
+        .env(group::TOKEN_VAR, job.token)
         .envs(job.env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::piped())
+        .stdin(Stdio::null())
         .stdout(job.log)
         .stderr(stderr)
         .process_group(0);
-    die_with_dagrun(&mut command);
     let mut child = command.spawn().map_err(|e| {
         let hint = if e.raw_os_error() == Some(24) { crate::state::open_file_limit_hint() } else { String::new() };
         AttemptFailure::failed(format!("cannot start `sh`: {e}{hint}"))
     })?;
     let pid = child.id();
-    let gate = child.stdin.take();
-    let recorded = ProcessGroup::led_by(pid)
-        .map_err(|e| format!("cannot read the stage's process: {e}"))
-        .and_then(|group| (job.record_group)(&group));
-    if let Err(message) = recorded {
-        drop(gate); // the gate never opens: the command does not run
-        end_group(&mut child, pid)?;
-        return Err(AttemptFailure::failed(format!("not started: {message}")));
-    }
     watchdog.watch(pid, job.timeout);
-    if let Some(mut gate) = gate {
-        // The shell may already be dead (killed by a Ctrl-C); its exit status says so.
-        let _ = gate.write_all(b"go\n");
+    // The leader is unreaped until `end_group`, so its /proc entry is there to read. The
+    // token, recorded before the spawn, already identifies the attempt's processes.
+    if let Ok(group) = ProcessGroup::led_by(pid) {
+        (job.on_spawn)(group);
     }
     let exited = wait_for_exit(pid);
     let killed = watchdog.unwatch(pid);
-    let status = end_group(&mut child, pid)?;
+    let status = end_group(&mut child, pid, job.token)?;
     exited.map_err(|e| AttemptFailure::failed(format!("lost track of the stage's process: {e}")))?;
     if let Some(cause) = killed {
         return Err(AttemptFailure::stopped(cause, job.timeout, "its process group was killed"));
@@ -202,28 +191,18 @@ fn wait_for_exit(pid: u32) -> std::io::Result<()> {
     }
 }
 
-/// Kills the attempt's whole group, reaps its leader, then waits for every other member:
-/// no background child may outlive the attempt and write an output after it is hashed
-/// (or while a retry runs). Returns the leader's exit status.
-fn end_group(child: &mut std::process::Child, pid: u32) -> Result<std::process::ExitStatus, AttemptFailure> {
-    group::kill_group(pid);
+/// Kills the attempt's whole group, reaps its leader, then ends every other process of the
+/// attempt: no background child may outlive it and write an output after it is hashed (or
+/// while a retry runs). Returns the leader's exit status.
+fn end_group(
+    child: &mut std::process::Child,
+    pid: u32,
+    token: &str,
+) -> Result<std::process::ExitStatus, AttemptFailure> {
+    group::signal_group(pid, rustix::process::Signal::KILL);
     let status = child.wait().map_err(|e| AttemptFailure::failed(format!("lost track of the stage's process: {e}")))?;
-    group::reap_group(pid).map_err(|err| AttemptFailure::failed(err.to_string()))?;
+    group::reap_attempt(pid, token).map_err(|err| AttemptFailure::failed(err.to_string()))?;
     Ok(status)
-}
-
-/// The shell gets SIGKILL if dagrun dies (a second line of defence: the next build also
-/// ends what a dead build left running, from the recorded group).
-#[allow(unsafe_code)]
-fn die_with_dagrun(command: &mut Command) {
-    // SAFETY: the closure runs in the forked child before exec; it makes one system call
-    // (prctl), which is async-signal-safe, and neither allocates nor takes a lock.
-    unsafe {
-        command.pre_exec(|| {
-            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
-                .map_err(std::io::Error::from)
-        });
-    }
 }
 
 /// Runs a built-in stage's function, turning a panic into a failure.
@@ -312,7 +291,7 @@ mod tests {
     fn an_integer_works_in_arithmetic_and_anything_else_stops_the_shell() {
         let params = toml::toml! { n = 20 };
         let cmd = expand_command("echo $(( ${params.n} * 2 ))", &params, &[], &[]);
-        assert_eq!(cmd.script, "echo $(( $DAGRUN_ARG_1 * 2 ))");
+        assert_eq!(cmd.script, "echo $(( ${DAGRUN_ARG_1} * 2 ))");
         assert_eq!(run(&cmd), "40\n");
         let params = toml::toml! { n = "a[$(echo INJECTED >&2)]" };
         let cmd = expand_command("echo $(( ${params.n} * 2 )); echo after", &params, &[], &[]);

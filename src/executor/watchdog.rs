@@ -11,7 +11,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rustix::process::{Pid, Signal, kill_process_group};
+use rustix::process::Signal;
+
+use super::group::signal_group;
 
 use crate::cancel::CancelToken;
 
@@ -147,12 +149,5 @@ impl Watchdog {
                 }
             }
         }
-    }
-}
-
-fn signal_group(pid: u32, signal: Signal) {
-    if let Some(pid) = i32::try_from(pid).ok().and_then(Pid::from_raw) {
-        // The group may already be gone; nothing to do then.
-        let _ = kill_process_group(pid, signal);
     }
 }

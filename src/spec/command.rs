@@ -32,8 +32,11 @@ pub enum Quoting {
     SingleQuoted,
     /// Inside `$((...))`: the shell evaluates the value as an arithmetic expression.
     Arithmetic,
-    /// In a comment or a quoted here-document body (`<<'EOF'`): the shell expands nothing.
-    Inert,
+    /// In a comment: the shell reads nothing there.
+    Comment,
+    /// In a quoted here-document body (`<<'EOF'`): the shell expands nothing, so no value
+    /// can reach it; the validator refuses a placeholder there.
+    QuotedHeredoc,
 }
 
 /// One placeholder: its byte range in the command, what it names, and its quoting.
@@ -133,7 +136,7 @@ impl<'a> Scanner<'a> {
             },
             b'#' if self.starts_word() => {
                 let end = self.line_end(self.pos);
-                self.placeholders_in(self.pos..end, Quoting::Inert);
+                self.placeholders_in(self.pos..end, Quoting::Comment);
                 self.pos = end;
             }
             b'<' if self.rest().starts_with(b"<<<") => self.pos += 3,
@@ -298,7 +301,7 @@ impl<'a> Scanner<'a> {
                     break;
                 }
                 if doc.quoted {
-                    self.placeholders_in(self.pos..end, Quoting::Inert);
+                    self.placeholders_in(self.pos..end, Quoting::QuotedHeredoc);
                 } else {
                     self.heredoc_line(end);
                 }
@@ -408,7 +411,7 @@ mod tests {
             quoting("echo a#${params.a} # ${params.b} 'x\necho ${params.c}; echo $# ${params.d}"),
             [
                 ("${params.a}", Quoting::Unquoted),
-                ("${params.b}", Quoting::Inert),
+                ("${params.b}", Quoting::Comment),
                 ("${params.c}", Quoting::Unquoted),
                 ("${params.d}", Quoting::Unquoted),
             ]
@@ -431,8 +434,8 @@ mod tests {
             [
                 ("${outputs}", Quoting::Unquoted),
                 ("${params.a}", Quoting::DoubleQuoted),
-                ("${params.b}", Quoting::Inert),
-                ("${params.c}", Quoting::Inert),
+                ("${params.b}", Quoting::QuotedHeredoc),
+                ("${params.c}", Quoting::QuotedHeredoc),
                 ("${params.d}", Quoting::Unquoted),
             ]
         );

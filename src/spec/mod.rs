@@ -120,6 +120,8 @@ pub struct Spec {
     /// `pipeline.toml`, `.dagrun/pipelines/<file name>` for any other file.
     pub own_dir: String,
     pub jobs: Option<usize>,
+    /// `[pipeline] allow_outside_paths`: inputs and outputs may name paths outside `root`.
+    pub allow_outside_paths: bool,
     /// Stages sorted by name.
     pub stages: Vec<Stage>,
 }
@@ -165,8 +167,8 @@ pub const MAX_PIPELINE_BYTES: u64 = 16 * 1024 * 1024;
 pub fn load_spec(file: &Path, builtins: &[&str]) -> Result<Spec, LoadError> {
     let text = read_pipeline_file(file)?;
     let root = absolute_dir_of(file).map_err(|source| LoadError::Read { path: file.to_path_buf(), source })?;
-    let spec = parse_spec(file, &root, text.clone(), builtins)?;
-    let diagnostics = resolve::check_resolved(&spec, &text);
+    let (spec, spans, text) = parse_with_spans(file, &root, text, builtins)?;
+    let diagnostics = resolve::check_resolved(&spec, &spans);
     if !diagnostics.is_empty() {
         return Err(SpecError { file: file.to_path_buf(), source_text: text, diagnostics }.into());
     }
@@ -215,6 +217,16 @@ fn read_pipeline_file(file: &Path) -> Result<String, LoadError> {
 
 /// Parses and validates pipeline text as if it were `file` inside `root`.
 pub fn parse_spec(file: &Path, root: &Path, text: String, builtins: &[&str]) -> Result<Spec, SpecError> {
+    parse_with_spans(file, root, text, builtins).map(|(spec, _, _)| spec)
+}
+
+/// [`parse_spec`], also returning where each stage's paths were written, and the text.
+fn parse_with_spans(
+    file: &Path,
+    root: &Path,
+    text: String,
+    builtins: &[&str],
+) -> Result<(Spec, Vec<validate::Spans>, String), SpecError> {
     let raw: raw::RawFile = match toml::from_str(&text) {
         Ok(raw) => raw,
         Err(err) => {
@@ -222,11 +234,10 @@ pub fn parse_spec(file: &Path, root: &Path, text: String, builtins: &[&str]) -> 
             return Err(SpecError::single(file.to_path_buf(), text, diag));
         }
     };
-    validate::validate(file, root, &text, raw, builtins).map_err(|diagnostics| SpecError {
-        file: file.to_path_buf(),
-        source_text: text,
-        diagnostics,
-    })
+    match validate::validate(file, root, &text, raw, builtins) {
+        Ok((spec, spans)) => Ok((spec, spans, text)),
+        Err(diagnostics) => Err(SpecError { file: file.to_path_buf(), source_text: text, diagnostics }),
+    }
 }
 
 fn absolute_dir_of(file: &Path) -> std::io::Result<PathBuf> {

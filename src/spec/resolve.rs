@@ -10,18 +10,75 @@
 //! The executor asks [`deletes_outside`] again before deleting. An input may resolve
 //! outside only with `allow_outside_paths`, as it may be written outside only with it.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
 
-use toml::Spanned;
-
-use super::raw::RawFile;
-use super::{Diagnostic, GlobPattern, RelPath, Spec, is_glob, normalize_with};
+use super::validate::Spans;
+use super::{Diagnostic, Input, Spec};
 
 /// `path` made absolute with every symbolic link in its existing part resolved, component by
 /// component, so that `..` after a link leaves the link's target as the kernel would. The
 /// part that does not exist yet (or lies behind a dangling link) is kept as written.
 pub(super) fn resolve(path: &Path) -> PathBuf {
-    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    Resolver::default().resolve(path)
+}
+
+/// Resolves paths, remembering every prefix it has resolved: a pipeline declares many paths
+/// in a few directories, so checking them all costs about one `lstat` per directory and
+/// per file, not a `readlink` per component of every path.
+#[derive(Default)]
+struct Resolver {
+    /// Absolute path (no `.` or `..`) -> (resolved, whether it exists).
+    known: RefCell<HashMap<PathBuf, (PathBuf, bool)>>,
+}
+
+impl Resolver {
+    fn resolve(&self, path: &Path) -> PathBuf {
+        let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+        if absolute.components().any(|c| matches!(c, Component::ParentDir | Component::CurDir)) {
+            return resolve_with_parents(&absolute);
+        }
+        self.real(&absolute).0
+    }
+
+    /// What deleting `path` acts on: its directory resolved, its own name kept (deleting a
+    /// link removes the link, not what it points to).
+    fn resolve_for_delete(&self, path: &Path) -> PathBuf {
+        match (path.parent(), path.file_name()) {
+            (Some(dir), Some(name)) => self.resolve(dir).join(name),
+            _ => self.resolve(path),
+        }
+    }
+
+    /// An absolute path without `.` or `..`, resolved: its parent (remembered), then one
+    /// `lstat` of its last component, following it only when it is a link.
+    fn real(&self, path: &Path) -> (PathBuf, bool) {
+        if let Some(known) = self.known.borrow().get(path) {
+            return known.clone();
+        }
+        let real = match (path.parent(), path.file_name()) {
+            (Some(parent), Some(name)) => {
+                let (dir, exists) = self.real(parent);
+                let joined = dir.join(name);
+                match exists.then(|| std::fs::symlink_metadata(&joined)) {
+                    Some(Ok(meta)) if meta.file_type().is_symlink() => match std::fs::canonicalize(&joined) {
+                        Ok(target) => (target, true),
+                        Err(_) => (joined, false), // a dangling link
+                    },
+                    Some(Ok(_)) => (joined, true),
+                    Some(Err(_)) | None => (joined, false),
+                }
+            }
+            _ => (path.to_path_buf(), true), // the root directory
+        };
+        self.known.borrow_mut().insert(path.to_path_buf(), real.clone());
+        real
+    }
+}
+
+/// [`resolve`] for a path with `..` in it: each existing prefix canonicalized in turn.
+fn resolve_with_parents(absolute: &Path) -> PathBuf {
     let mut resolved = PathBuf::new();
     let mut exists = true;
     for component in absolute.components() {
@@ -46,19 +103,26 @@ pub(super) fn resolve(path: &Path) -> PathBuf {
     resolved
 }
 
-/// What deleting `path` acts on: its directory resolved, its own name kept (deleting a link
-/// removes the link, not what it points to).
+/// What deleting `path` acts on: its directory resolved, its own name kept.
+#[cfg(test)]
 fn resolve_for_delete(path: &Path) -> PathBuf {
-    match (path.parent(), path.file_name()) {
-        (Some(dir), Some(name)) => resolve(dir).join(name),
-        _ => resolve(path),
-    }
+    Resolver::default().resolve_for_delete(path)
 }
 
 /// Where deleting the output `path` would act, when that is outside the directory `root`.
 pub(crate) fn deletes_outside(root: &Path, path: &Path) -> Option<PathBuf> {
-    let target = resolve_for_delete(path);
-    (!target.starts_with(resolve(root))).then_some(target)
+    let resolver = Resolver::default();
+    let target = resolver.resolve_for_delete(path);
+    (!within(&target, &resolver.resolve(root))).then_some(target)
+}
+
+/// `path` is `dir` or lies inside it: `Path::starts_with` on the bytes, as both are
+/// absolute and free of `.` and `..` (much cheaper than comparing component by component).
+fn within(path: &Path, dir: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let (path, dir) = (path.as_os_str().as_bytes(), dir.as_os_str().as_bytes());
+    let dir = dir.strip_suffix(b"/").unwrap_or(dir);
+    path.starts_with(dir) && matches!(path.get(dir.len()), None | Some(b'/'))
 }
 
 /// A file no output may be or hold: how messages name it, and the paths an output must not
@@ -69,41 +133,41 @@ struct Protected {
 }
 
 impl Protected {
-    fn new(what: String, path: &Path) -> Protected {
-        Protected { what, paths: [resolve_for_delete(path), resolve(path)] }
+    fn new(resolver: &Resolver, what: String, path: &Path) -> Protected {
+        Protected { what, paths: [resolver.resolve_for_delete(path), resolver.resolve(path)] }
     }
 }
 
-/// Checks a validated pipeline's declared paths against the filesystem as it is now.
-/// `text` is the pipeline file the spec came from, parsed again here for the spans.
-pub(super) fn check_resolved(spec: &Spec, text: &str) -> Vec<Diagnostic> {
-    let Ok(raw) = toml::from_str::<RawFile>(text) else { return Vec::new() };
-    let allow_outside = raw.pipeline.allow_outside_paths;
-    let root = resolve(&spec.root);
-    let dagrun_dir = resolve(&spec.dagrun_dir());
+/// Checks a validated pipeline's declared paths against the filesystem as it is now;
+/// `spans` (from validation) place each path in the file.
+pub(super) fn check_resolved(spec: &Spec, spans: &[Spans]) -> Vec<Diagnostic> {
+    let resolver = Resolver::default();
+    let root = resolver.resolve(&spec.root);
+    let dagrun_dir = resolver.resolve(&spec.dagrun_dir());
     let file = spec.root.join(spec.file.file_name().unwrap_or_default());
     let protected = [
-        Protected::new(format!("the pipeline file `{}`", spec.file.display()), &file),
-        Protected::new(format!("the state database `{}`", spec.state_path.display()), &spec.state_path),
+        Protected::new(&resolver, format!("the pipeline file `{}`", spec.file.display()), &file),
+        Protected::new(&resolver, format!("the state database `{}`", spec.state_path.display()), &spec.state_path),
     ];
+    let outputs: std::collections::HashSet<&str> =
+        spec.stages.iter().flat_map(|stage| stage.outputs.iter().map(|o| o.as_str())).collect();
     let mut diags = Vec::new();
-    for (name, stage) in &raw.stages {
-        let name = name.get_ref();
-        for output in &stage.outputs {
-            let Some((rel, path)) = declared(spec, output, allow_outside) else { continue };
-            let target = resolve_for_delete(&path);
+    for (stage, spans) in spec.stages.iter().zip(spans) {
+        let name = &stage.name;
+        for (rel, span) in stage.outputs.iter().zip(&spans.outputs) {
+            let target = resolver.resolve_for_delete(&rel.to_path(&spec.root));
             let elsewhere = "outputs are deleted before their stage runs; write the stage's output elsewhere";
             let (message, help) = if let Some(victim) =
-                protected.iter().find(|p| p.paths.iter().any(|v| v.starts_with(&target)))
+                protected.iter().find(|p| p.paths.iter().any(|v| within(v, &target)))
             {
                 let verb = if victim.paths.contains(&target) { "is" } else { "holds" };
                 (format!("output `{rel}` of stage `{name}` {verb} {}", victim.what), elsewhere)
-            } else if target.starts_with(&dagrun_dir) {
+            } else if within(&target, &dagrun_dir) {
                 let message = format!(
                     "output `{rel}` of stage `{name}` resolves into dagrun's own `.dagrun/` directory, through a symbolic link"
                 );
                 (message, elsewhere)
-            } else if !rel.is_outside() && !target.starts_with(&root) {
+            } else if !rel.is_outside() && !within(&target, &root) {
                 let message = format!(
                     "output `{rel}` of stage `{name}` resolves to `{}`, outside the pipeline directory, through a symbolic link",
                     target.display()
@@ -115,39 +179,34 @@ pub(super) fn check_resolved(spec: &Spec, text: &str) -> Vec<Diagnostic> {
             } else {
                 continue;
             };
-            diags.push(Diagnostic::new(message, Some(output.span())).help(help));
+            diags.push(Diagnostic::new(message, Some(span.clone())).help(help));
         }
-        if allow_outside {
+        if spec.allow_outside_paths {
             continue;
         }
-        for input in &stage.inputs {
-            let Some((rel, path)) = declared(spec, input, false) else { continue };
-            // A glob is resolved through the literal directory it starts in.
-            let start = match is_glob(input.get_ref()).then(|| GlobPattern::new(rel.clone())) {
-                Some(Ok(glob)) => spec.root.join(glob.base()),
-                Some(Err(_)) => continue,
-                None => path,
+        for (input, span) in stage.inputs.iter().zip(&spans.inputs) {
+            // A glob is resolved through the literal directory it starts in; another stage's
+            // output through its directory (it is checked as that stage's output).
+            let target = match input {
+                Input::Glob(glob) => resolver.resolve(&spec.root.join(glob.base())),
+                Input::Path(path) if outputs.contains(path.as_str()) => {
+                    resolver.resolve_for_delete(&path.to_path(&spec.root))
+                }
+                Input::Path(path) => resolver.resolve(&path.to_path(&spec.root)),
             };
-            let target = resolve(&start);
-            if !target.starts_with(&root) {
+            if !within(&target, &root) {
                 let message = format!(
-                    "input `{rel}` of stage `{name}` resolves to `{}`, outside the pipeline directory, through a symbolic link",
+                    "input `{}` of stage `{name}` resolves to `{}`, outside the pipeline directory, through a symbolic link",
+                    input.as_rel(),
                     target.display()
                 );
-                diags.push(Diagnostic::new(message, Some(input.span())).help(
+                diags.push(Diagnostic::new(message, Some(span.clone())).help(
                     "set `allow_outside_paths = true` in [pipeline] to read files outside the pipeline directory",
                 ));
             }
         }
     }
     diags
-}
-
-/// A declared path as validation normalised it, and where it is on disk.
-fn declared(spec: &Spec, raw: &Spanned<String>, allow_outside: bool) -> Option<(RelPath, PathBuf)> {
-    let rel = normalize_with(&spec.root, raw.get_ref(), allow_outside).ok()?;
-    let path = rel.to_path(&spec.root);
-    Some((rel, path))
 }
 
 #[cfg(test)]

@@ -8,25 +8,27 @@ use std::time::Duration;
 
 use toml::Spanned;
 
+use super::command::{Quoting, scan_command};
 use super::glob::GlobPattern;
 use super::path::{is_glob, normalize_with};
 use super::raw::{RawFile, RawStage};
 use super::resolve::resolve;
-use super::{Action, CommandRef, Diagnostic, Input, RelPath, Spec, Stage, StageName, command_references, suggest};
+use super::{Action, CommandRef, Diagnostic, Input, RelPath, Spec, Stage, StageName, suggest};
 
 /// More attempts than this is a loop, not a retry policy.
 const MAX_RETRIES: u32 = 10;
 /// A week: longer timeouts are almost certainly a typo (and would overflow a deadline).
 const MAX_TIMEOUT_SEC: u64 = 7 * 24 * 3600;
 
-/// Validates a parsed pipeline file, collecting every problem rather than stopping at the first.
+/// Validates a parsed pipeline file, collecting every problem rather than stopping at the
+/// first. Returns, with the spec, where each stage's inputs and outputs were written.
 pub(super) fn validate(
     file: &Path,
     root: &Path,
     text: &str,
     raw: RawFile,
     builtins: &[&str],
-) -> Result<Spec, Vec<Diagnostic>> {
+) -> Result<(Spec, Vec<Spans>), Vec<Diagnostic>> {
     let mut diags = Vec::new();
     let names: Vec<&str> = raw.stages.keys().map(|k| k.get_ref().as_str()).collect();
     let state_path = state_path(file, root, &raw, &mut diags);
@@ -68,7 +70,18 @@ pub(super) fn validate(
         .name
         .unwrap_or_else(|| root.file_name().map_or_else(|| "pipeline".into(), |n| n.to_string_lossy().into_owned()));
     let own_dir = own_dir(file);
-    Ok(Spec { file: file.to_path_buf(), root: root.to_path_buf(), name, state_path, own_dir, jobs, stages })
+    let allow_outside_paths = raw.pipeline.allow_outside_paths;
+    let spec = Spec {
+        file: file.to_path_buf(),
+        root: root.to_path_buf(),
+        name,
+        state_path,
+        own_dir,
+        jobs,
+        allow_outside_paths,
+        stages,
+    };
+    Ok((spec, checked))
 }
 
 /// Where a pipeline file keeps its state and logs, relative to its directory. Each
@@ -107,10 +120,11 @@ fn state_path(file: &Path, root: &Path, raw: &RawFile, diags: &mut Vec<Diagnosti
     }
 }
 
-/// Where each validated input and output of a stage was written in the file.
-struct Spans {
-    inputs: Vec<Range<usize>>,
-    outputs: Vec<Range<usize>>,
+/// Where each validated input and output of a stage was written in the file, in the order
+/// of `Stage::inputs` and `Stage::outputs`.
+pub(super) struct Spans {
+    pub inputs: Vec<Range<usize>>,
+    pub outputs: Vec<Range<usize>>,
 }
 
 /// What checking a stage's paths and spans needs to know about the file.
@@ -242,8 +256,18 @@ fn check_action(
 ) -> Action {
     match (&raw.cmd, &raw.builtin) {
         (Some(cmd), None) => {
-            for (_, reference) in command_references(cmd.get_ref()) {
-                if let CommandRef::Param(key) = reference
+            for placeholder in scan_command(cmd.get_ref()) {
+                if placeholder.quoting == Quoting::QuotedHeredoc {
+                    let written = &cmd.get_ref()[placeholder.range.clone()];
+                    diags.push(
+                        Diagnostic::new(
+                            format!("`{written}` is inside a quoted here-document (`<<'EOF'`), where the shell expands nothing"),
+                            Some(cmd.span()),
+                        )
+                        .help("quote nothing in the delimiter (`<<EOF`) so that the value reaches the document"),
+                    );
+                }
+                if let CommandRef::Param(key) = placeholder.reference
                     && !raw.params.contains_key(key)
                 {
                     let diag = Diagnostic::new(

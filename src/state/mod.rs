@@ -307,17 +307,23 @@ impl State {
     /// Call only while holding the build lock, after its process groups were ended: then
     /// nothing is really running.
     pub fn sweep_unfinished(&mut self) -> Result<Vec<String>, StateError> {
-        self.sweep("status = 'running'")
+        self.sweep("status = 'running'", "outcome = 'running'")
     }
 
-    /// Marks the running built-in stages (no process group) of this process as
-    /// interrupted, when it exits with them still running. Shell stages stay `running`:
+    /// Marks the running built-in stages (no process group) of the builds of process `pid`
+    /// as interrupted, when it exits with them still running. Shell stages stay `running`:
     /// the next build ends their process groups first, then sweeps them.
-    pub fn sweep_in_process(&mut self) -> Result<Vec<String>, StateError> {
-        self.sweep("status = 'running' AND pgid IS NULL")
+    pub fn sweep_in_process(&mut self, pid: u32) -> Result<Vec<String>, StateError> {
+        let runs = format!("outcome = 'running' AND pid = {pid}");
+        let rows = format!(
+            "status = 'running' AND attempt_token IS NULL AND run_id IN (SELECT run_id FROM runs WHERE {runs})"
+        );
+        self.sweep(&rows, &runs)
     }
 
-    fn sweep(&mut self, rows: &str) -> Result<Vec<String>, StateError> {
+    /// Marks the `stage_runs` rows matching `rows`, and the `runs` matching `runs`, as
+    /// interrupted.
+    fn sweep(&mut self, rows: &str, runs: &str) -> Result<Vec<String>, StateError> {
         let now = timestamp(SystemTime::now());
         let tx = self.conn.transaction()?;
         let stages: Vec<String> = {
@@ -343,9 +349,11 @@ impl State {
         }
         // A dead run ended when its last stage did, not when it is found.
         tx.execute(
-            "UPDATE runs SET outcome = 'interrupted',
-                 finished_at = (SELECT max(finished_at) FROM stage_runs WHERE stage_runs.run_id = runs.run_id AND status != 'interrupted')
-             WHERE outcome = 'running'",
+            &format!(
+                "UPDATE runs SET outcome = 'interrupted',
+                     finished_at = (SELECT max(finished_at) FROM stage_runs WHERE stage_runs.run_id = runs.run_id AND status != 'interrupted')
+                 WHERE {runs}"
+            ),
             [],
         )?;
         tx.commit()?;
@@ -380,11 +388,12 @@ impl State {
     /// while holding the build lock: then none of them belongs to a live build.
     pub fn unfinished_groups(&self) -> Result<Vec<UnfinishedGroup>, StateError> {
         let mut stmt = self.conn.prepare(
-            "SELECT component, pgid, pgid_identity FROM stage_runs
-             WHERE status = 'running' AND pgid IS NOT NULL AND pgid_identity IS NOT NULL ORDER BY id",
+            "SELECT component, attempt_token, pgid, pgid_identity FROM stage_runs
+             WHERE status = 'running' AND (attempt_token IS NOT NULL OR pgid IS NOT NULL) ORDER BY id",
         )?;
-        let rows =
-            stmt.query_map([], |r| Ok(UnfinishedGroup { component: r.get(0)?, pgid: r.get(1)?, identity: r.get(2)? }))?;
+        let rows = stmt.query_map([], |r| {
+            Ok(UnfinishedGroup { component: r.get(0)?, token: r.get(1)?, pgid: r.get(2)?, identity: r.get(3)? })
+        })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -437,12 +446,15 @@ impl State {
     }
 }
 
-/// A process group recorded for an attempt that never finished.
+/// What was recorded of a shell attempt that never finished.
 #[derive(Debug, Clone)]
 pub struct UnfinishedGroup {
     pub component: String,
-    pub pgid: i32,
-    pub identity: String,
+    /// The token in the environment of its processes.
+    pub token: Option<String>,
+    /// Its session (and group) id and the leader's identity, once it had started.
+    pub pgid: Option<i32>,
+    pub identity: Option<String>,
 }
 
 /// RFC 3339 UTC with milliseconds: sorts as text, readable in plain SQL.

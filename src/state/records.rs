@@ -122,6 +122,8 @@ pub struct StageAttempt<'a> {
     pub log_path: &'a str,
     /// The stage's `resources` as JSON, `None` when it declares none.
     pub resources: Option<&'a str>,
+    /// The token in the environment of every process of a shell attempt.
+    pub token: Option<&'a str>,
 }
 
 /// A recorded hash: `NULL` is none; any text must parse, or the file is damaged.
@@ -194,8 +196,9 @@ impl State {
     /// Records that a stage execution started (status `running`).
     pub fn stage_started(&self, attempt: &StageAttempt<'_>) -> Result<StageRunId, StateError> {
         self.conn.execute(
-            "INSERT INTO stage_runs (run_id, component, attempt, status, reason, started_at, log_path, resources)
-             VALUES (?1, ?2, ?3, 'running', ?4, ?5, ?6, ?7)",
+            "INSERT INTO stage_runs (run_id, component, attempt, status, reason, started_at, log_path, resources,
+                 attempt_token)
+             VALUES (?1, ?2, ?3, 'running', ?4, ?5, ?6, ?7, ?8)",
             params![
                 attempt.run.0,
                 attempt.component,
@@ -203,7 +206,8 @@ impl State {
                 attempt.reason,
                 timestamp(attempt.started_at),
                 attempt.log_path,
-                attempt.resources
+                attempt.resources,
+                attempt.token
             ],
         )?;
         Ok(StageRunId(self.conn.last_insert_rowid()))

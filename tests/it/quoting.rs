@@ -106,7 +106,7 @@ fn an_integer_param_works_in_arithmetic_and_any_other_value_fails_the_stage() {
     let sb = Sandbox::new().pipeline(
         r#"
         [stages.number]
-        cmd = "echo $(( ${params.n} * 2 )) > number.out"
+        cmd = "echo $(( ${params.n}0 * 2 )) > number.out"
         outputs = ["number.out"]
         params = { n = 21 }
 
@@ -117,7 +117,27 @@ fn an_integer_param_works_in_arithmetic_and_any_other_value_fails_the_stage() {
         "#,
     );
     sb.build().failure();
-    assert_eq!(sb.read("number.out"), "42\n");
+    assert_eq!(sb.read("number.out"), "420\n", "digits after a placeholder are not part of it");
     assert!(!sb.exists("PWNED"), "a value ran as shell");
     assert!(sb.read(".dagrun/logs/1/text.log").contains("DAGRUN_ARG_1_IS_NOT_AN_INTEGER"));
+}
+
+#[test]
+fn a_placeholder_in_a_quoted_here_document_is_refused_before_anything_runs() {
+    let sb = Sandbox::new().pipeline(
+        r#"
+        [stages.s]
+        cmd = """
+        cat > cfg.txt <<'EOF'
+        window=${params.window}
+        EOF
+        """
+        outputs = ["cfg.txt"]
+        params = { window = 20 }
+        "#,
+    );
+    let run = sb.build().usage_error();
+    assert!(run.stderr().contains("`${params.window}` is inside a quoted here-document"), "{}", run.stderr());
+    assert!(run.stderr().contains("(`<<EOF`)"), "{}", run.stderr());
+    assert!(!sb.exists("cfg.txt"));
 }

@@ -13,18 +13,27 @@ fn signal(child: &Child, signal: Signal) {
     kill_process(Pid::from_raw(child.id() as i32).unwrap(), signal).unwrap();
 }
 
-/// Live (not zombie) processes whose process group is `pgid`.
-fn group_members(pgid: i32) -> Vec<i32> {
+/// Live (not zombie) processes whose process group is `pgid`, or (`field` 3) whose session
+/// is `pgid`.
+fn members(pgid: i32, field: usize) -> Vec<i32> {
     let mut members = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap() {
         let Some(pid) = entry.unwrap().file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
         let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
         let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 1..].split_whitespace().collect();
-        if fields[0] != "Z" && fields[2].parse::<i32>() == Ok(pgid) {
+        if fields[0] != "Z" && fields[field].parse::<i32>() == Ok(pgid) {
             members.push(pid);
         }
     }
     members
+}
+
+fn group_members(pgid: i32) -> Vec<i32> {
+    members(pgid, 2)
+}
+
+fn session_members(sid: i32) -> Vec<i32> {
+    members(sid, 3)
 }
 
 /// The process groups recorded for a stage's attempts, oldest first.
@@ -121,6 +130,26 @@ fn a_stage_whose_background_child_outlives_it_is_hashed_only_after_the_child_is_
     sb.build().success();
     let pgid = recorded_groups(&sb, "s")[0];
     assert!(group_members(pgid).is_empty(), "the child was killed with its group");
+    let recorded = sb.column("SELECT hash FROM stage_outputs WHERE path = 'out.txt'");
+    let content = std::fs::read(sb.path("out.txt")).unwrap();
+    assert_eq!(recorded, [blake3::hash(&content).to_hex().to_string()], "what was hashed is what stays");
+    let again = sb.build().success();
+    assert!(again.stdout().contains("0 ran, 0 cut off, 1 up to date"), "{}", again.stdout());
+}
+
+#[test]
+fn a_child_that_moves_to_a_process_group_of_its_own_is_ended_too() {
+    // GNU `timeout` outside the foreground moves itself (and what it runs) to a new group.
+    let sb = Sandbox::new().pipeline(
+        r#"
+        [stages.s]
+        cmd = "echo good > out.txt; (timeout 60 sh -c 'while true; do echo late >> out.txt; sleep 0.01; done' | cat) & sleep 0.2; exit 0"
+        outputs = ["out.txt"]
+        "#,
+    );
+    sb.build().success();
+    let sid = recorded_groups(&sb, "s")[0];
+    assert!(session_members(sid).is_empty(), "every process of the stage's session was ended");
     let recorded = sb.column("SELECT hash FROM stage_outputs WHERE path = 'out.txt'");
     let content = std::fs::read(sb.path("out.txt")).unwrap();
     assert_eq!(recorded, [blake3::hash(&content).to_hex().to_string()], "what was hashed is what stays");
