@@ -66,14 +66,7 @@ enum Message {
     /// An attempt is about to start; it does only once the coordinator has recorded it
     /// (with the token its processes will carry) and answered.
     Started {
-        idx: StageIdx,
-        attempt: u32,
-        reason: DirtyReason,
-        inputs: Box<FingerprintInputs>,
-        log_path: String,
-        at: SystemTime,
-        /// For a shell attempt: the token its processes will carry.
-        token: Option<String>,
+        start: Box<AttemptStart>,
         recorded: Sender<Result<(), String>>,
     },
     /// A shell attempt's process group exists.
@@ -85,6 +78,18 @@ enum Message {
         idx: StageIdx,
         result: TaskResult,
     },
+}
+
+/// An attempt about to start, as the coordinator records it.
+struct AttemptStart {
+    idx: StageIdx,
+    attempt: u32,
+    reason: DirtyReason,
+    inputs: FingerprintInputs,
+    log_path: String,
+    at: SystemTime,
+    /// For a shell attempt: the token its processes will carry.
+    token: Option<String>,
 }
 
 enum TaskResult {
@@ -310,8 +315,8 @@ impl Coordinator<'_, '_> {
 
     fn handle(&mut self, message: Message, stop: &AtomicBool) {
         let recorded = match message {
-            Message::Started { idx, attempt, reason, inputs, log_path, at, token, recorded } => {
-                let result = self.started(idx, attempt, reason, &inputs, &log_path, at, token.as_deref());
+            Message::Started { start, recorded } => {
+                let result = self.started(*start);
                 let _ = recorded.send(result.as_ref().map(|_| ()).map_err(ToString::to_string));
                 result
             }
@@ -326,18 +331,10 @@ impl Coordinator<'_, '_> {
         }
     }
 
-    fn started(
-        &mut self,
-        idx: StageIdx,
-        attempt: u32,
-        reason: DirtyReason,
-        inputs: &FingerprintInputs,
-        log_path: &str,
-        at: SystemTime,
-        token: Option<&str>,
-    ) -> Result<(), StateError> {
+    fn started(&mut self, start: AttemptStart) -> Result<(), StateError> {
+        let AttemptStart { idx, attempt, reason, inputs, log_path, at, token } = start;
         let name = self.eval.spec.stages[idx].name.as_str();
-        let reason = explain_reason(self.state, name, reason, inputs);
+        let reason = explain_reason(self.state, name, reason, &inputs);
         let reason_text = reason.to_string();
         let resources = &self.eval.spec.stages[idx].resources;
         let resources =
@@ -348,9 +345,9 @@ impl Coordinator<'_, '_> {
             attempt,
             reason: &reason_text,
             started_at: at,
-            log_path,
+            log_path: &log_path,
             resources: resources.as_deref(),
-            token,
+            token: token.as_deref(),
         })?;
         self.row[idx] = Some(row);
         (self.on_event)(&Event::StageStarted { stage: name, attempt, reason: &reason });
@@ -622,16 +619,16 @@ fn run_task(shared: &Shared<'_>, task: Task, tx: &Sender<Message>) {
         let at = SystemTime::now();
         let token = matches!(stage.action, Action::Shell { .. }).then(|| group::attempt_token(stage.name.as_str()));
         let (answer, recorded) = mpsc::channel();
-        let _ = tx.send(Message::Started {
+        let start = AttemptStart {
             idx,
             attempt,
             reason: reason.clone(),
-            inputs: Box::new(eval.inputs.clone()),
+            inputs: eval.inputs.clone(),
             log_path: log_path.clone(),
             at,
             token: token.clone(),
-            recorded: answer,
-        });
+        };
+        let _ = tx.send(Message::Started { start: Box::new(start), recorded: answer });
         // Nothing runs that the state does not name: a later build must be able to find it.
         if !matches!(recorded.recv(), Ok(Ok(()))) {
             return finish(TaskResult::NotStarted);
