@@ -13,27 +13,55 @@ fn signal(child: &Child, signal: Signal) {
     kill_process(Pid::from_raw(child.id() as i32).unwrap(), signal).unwrap();
 }
 
-/// Live (not zombie) processes whose process group is `pgid`, or (`field` 3) whose session
-/// is `pgid`.
-fn members(pgid: i32, field: usize) -> Vec<i32> {
+/// Live (not zombie) processes whose process group is `pgid`.
+fn group_members(pgid: i32) -> Vec<i32> {
     let mut members = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap() {
         let Some(pid) = entry.unwrap().file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
         let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
         let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 1..].split_whitespace().collect();
-        if fields[0] != "Z" && fields[field].parse::<i32>() == Ok(pgid) {
+        if fields[0] != "Z" && fields[2].parse::<i32>() == Ok(pgid) {
             members.push(pid);
         }
     }
     members
 }
 
-fn group_members(pgid: i32) -> Vec<i32> {
-    members(pgid, 2)
+/// Live processes that carry an attempt's token in their environment.
+fn token_carriers(token: &str) -> Vec<i32> {
+    let wanted = format!("DAGRUN_ATTEMPT={token}");
+    let mut carriers = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap() {
+        let Some(pid) = entry.unwrap().file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+        let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else { continue };
+        let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z "));
+        if !zombie && environ.split(|&b| b == 0).any(|var| var == wanted.as_bytes()) {
+            carriers.push(pid);
+        }
+    }
+    carriers
 }
 
-fn session_members(sid: i32) -> Vec<i32> {
-    members(sid, 3)
+/// Every process of every attempt of `stage` is dead: its group, and whatever carries its
+/// token (a process that left the group).
+fn assert_attempts_ended(sb: &Sandbox, stage: &str) {
+    for pgid in recorded_groups(sb, stage) {
+        assert!(group_members(pgid).is_empty(), "group {pgid} of `{stage}` was ended");
+    }
+    let tokens = sb.column(&format!("SELECT attempt_token FROM stage_runs WHERE component = '{stage}'"));
+    assert!(!tokens.is_empty());
+    for token in tokens {
+        assert!(token_carriers(&token).is_empty(), "every process carrying {token} was ended");
+    }
+}
+
+/// The output hashed and recorded is the one that stays, and the next build runs nothing.
+fn assert_recorded_output_stays(sb: &Sandbox, path: &str) {
+    let recorded = sb.column(&format!("SELECT hash FROM stage_outputs WHERE path = '{path}'"));
+    let content = std::fs::read(sb.path(path)).unwrap();
+    assert_eq!(recorded, [blake3::hash(&content).to_hex().to_string()], "what was hashed is what stays");
+    let again = sb.build().success();
+    assert!(again.stdout().contains("0 ran, 0 cut off, 1 up to date"), "{}", again.stdout());
 }
 
 /// The process groups recorded for a stage's attempts, oldest first.
@@ -69,16 +97,14 @@ fn sighup_stops_a_build_like_sigterm_and_records_the_stage_interrupted() {
     let status = child.wait_with_output().unwrap().status;
     assert_eq!(status.code(), Some(1), "a hung-up build records what happened and exits 1");
     assert_eq!(sb.column("SELECT status FROM stage_runs"), ["interrupted"]);
-    let pgid = recorded_groups(&sb, "s")[0];
-    assert!(group_members(pgid).is_empty(), "the stage's process group was ended");
+    assert_attempts_ended(&sb, "s");
 
     sb.write("go", "");
     sb.build().success();
     assert_eq!(sb.read("out.txt"), "first\nsecond\n");
 }
 
-/// Like TWO_STEPS, but the waiting is done by a background child, which outlives the
-/// stage's shell when dagrun is killed (the shell itself dies with dagrun).
+/// Like TWO_STEPS, but the waiting is done by a background child of the stage's shell.
 const ORPHANING: &str = r#"
 [stages.s]
 cmd = "echo first > out.txt; (while [ ! -e go ]; do sleep 0.02; done; echo second >> out.txt) & wait"
@@ -92,13 +118,14 @@ fn a_build_killed_with_sigkill_has_its_stage_ended_by_the_next_build_before_it_r
     wait_until("the stage to write its first line", || sb.exists("out.txt"));
     signal(&child, Signal::KILL);
     child.wait().unwrap();
-    let orphan = recorded_groups(&sb, "s")[0];
-    assert!(!group_members(orphan).is_empty(), "the stage's background child outlives the killed build");
+    // Recorded before the attempt started: the token its processes carry.
+    let token = sb.column("SELECT attempt_token FROM stage_runs")[0].clone();
+    assert!(!token_carriers(&token).is_empty(), "the stage outlives the killed build");
 
-    // Were the old child alive when `go` appears, it would append to the new run's output.
+    // Were the old stage alive when `go` appears, it would append to the new run's output.
     let rebuild = sb.command(&["build"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    wait_until("the rebuild to start the stage", || recorded_groups(&sb, "s").len() == 2);
-    assert!(group_members(orphan).is_empty(), "the old group was ended before the stage started again");
+    wait_until("the rebuild to start the stage", || sb.column("SELECT count(*) FROM stage_runs") == ["2"]);
+    assert!(token_carriers(&token).is_empty(), "the old stage was ended before the stage started again");
     sb.write("go", "");
     let out = rebuild.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -128,13 +155,8 @@ fn a_stage_whose_background_child_outlives_it_is_hashed_only_after_the_child_is_
         "#,
     );
     sb.build().success();
-    let pgid = recorded_groups(&sb, "s")[0];
-    assert!(group_members(pgid).is_empty(), "the child was killed with its group");
-    let recorded = sb.column("SELECT hash FROM stage_outputs WHERE path = 'out.txt'");
-    let content = std::fs::read(sb.path("out.txt")).unwrap();
-    assert_eq!(recorded, [blake3::hash(&content).to_hex().to_string()], "what was hashed is what stays");
-    let again = sb.build().success();
-    assert!(again.stdout().contains("0 ran, 0 cut off, 1 up to date"), "{}", again.stdout());
+    assert_attempts_ended(&sb, "s");
+    assert_recorded_output_stays(&sb, "out.txt");
 }
 
 #[test]
@@ -148,13 +170,8 @@ fn a_child_that_moves_to_a_process_group_of_its_own_is_ended_too() {
         "#,
     );
     sb.build().success();
-    let sid = recorded_groups(&sb, "s")[0];
-    assert!(session_members(sid).is_empty(), "every process of the stage's session was ended");
-    let recorded = sb.column("SELECT hash FROM stage_outputs WHERE path = 'out.txt'");
-    let content = std::fs::read(sb.path("out.txt")).unwrap();
-    assert_eq!(recorded, [blake3::hash(&content).to_hex().to_string()], "what was hashed is what stays");
-    let again = sb.build().success();
-    assert!(again.stdout().contains("0 ran, 0 cut off, 1 up to date"), "{}", again.stdout());
+    assert_attempts_ended(&sb, "s");
+    assert_recorded_output_stays(&sb, "out.txt");
 }
 
 #[test]
@@ -174,9 +191,7 @@ fn a_retry_never_records_lines_written_by_the_failed_attempts_children() {
     );
     sb.build().success();
     assert_eq!(sb.read("out.txt"), "good\n");
-    for pgid in recorded_groups(&sb, "s") {
-        assert!(group_members(pgid).is_empty(), "attempt group {pgid} was ended");
-    }
+    assert_attempts_ended(&sb, "s");
     assert_eq!(sb.column("SELECT status FROM stage_runs ORDER BY id"), ["failed", "success"]);
 }
 
