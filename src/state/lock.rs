@@ -32,6 +32,8 @@ pub enum LockError {
     Stopped { path: PathBuf },
     #[error("cannot lock {}: {source}", path.display())]
     Io { path: PathBuf, source: std::io::Error },
+    #[error("cannot lock {}: too many open files{hint}", path.display())]
+    TooManyOpenFiles { path: PathBuf, hint: String },
     #[error(
         "{} is a file, but dagrun keeps its lock, state and logs in a directory of that name: move the file away and try again",
         path.display()
@@ -54,7 +56,13 @@ pub fn acquire(
     on_wait: impl FnOnce(&LockHolder),
     stop: impl Fn() -> bool,
 ) -> Result<BuildLock, LockError> {
-    let io_err = |source| LockError::Io { path: path.to_path_buf(), source };
+    let io_err = |source: std::io::Error| {
+        let path = path.to_path_buf();
+        match source.raw_os_error() {
+            Some(24) => LockError::TooManyOpenFiles { path, hint: super::open_file_limit_hint() },
+            _ => LockError::Io { path, source },
+        }
+    };
     if let Some(dir) = path.parent() {
         if dir.exists() && !dir.is_dir() {
             return Err(LockError::NotADirectory { path: dir.to_path_buf() });

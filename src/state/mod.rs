@@ -209,19 +209,32 @@ impl State {
             return Ok(None);
         }
         let state = State::open_read_only(path)?;
-        let version: usize = state.conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-        if version == 0 {
-            let tables: i64 =
-                state.conn.query_row("SELECT count(*) FROM sqlite_master WHERE type = 'table'", [], |r| r.get(0))?;
-            return if tables == 0 { Ok(None) } else { Err(StateError::Foreign { path: path.to_path_buf() }) };
-        }
+        let version = state.known_version()?;
         match version.cmp(&schema_version()) {
+            _ if version == 0 => Ok(None), // an empty database: nothing recorded yet
             std::cmp::Ordering::Equal => Ok(Some(state)),
             std::cmp::Ordering::Less => {
                 Err(StateError::Older { path: path.to_path_buf(), found: version, known: schema_version() })
             }
-            std::cmp::Ordering::Greater => Err(state.newer(version)),
+            std::cmp::Ordering::Greater => unreachable!("known_version refuses newer schemas"),
         }
+    }
+
+    /// The schema version, if this dagrun can use the database: not newer than it knows, and
+    /// not another program's (tables, but no version).
+    fn known_version(&self) -> Result<usize, StateError> {
+        let version: usize = self.conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if version > schema_version() {
+            return Err(self.newer(version));
+        }
+        if version == 0 {
+            let tables: i64 =
+                self.conn.query_row("SELECT count(*) FROM sqlite_master WHERE type = 'table'", [], |r| r.get(0))?;
+            if tables > 0 {
+                return Err(StateError::Foreign { path: self.path.clone() });
+            }
+        }
+        Ok(version)
     }
 
     /// Opens (creating if needed) the database at `path` without touching its schema.
@@ -283,17 +296,7 @@ impl State {
     /// Brings the schema to the newest version; returns (version before, version after).
     /// Refuses databases that were not made by dagrun, so user data is never written over.
     pub fn migrate(&mut self) -> Result<(usize, usize), StateError> {
-        let version: usize = self.conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-        if version > schema_version() {
-            return Err(self.newer(version));
-        }
-        if version == 0 {
-            let tables: i64 =
-                self.conn.query_row("SELECT count(*) FROM sqlite_master WHERE type = 'table'", [], |r| r.get(0))?;
-            if tables > 0 {
-                return Err(StateError::Foreign { path: self.path.clone() });
-            }
-        }
+        let version = self.known_version()?;
         if version == schema_version() {
             return Ok((version, version));
         }

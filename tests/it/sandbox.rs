@@ -201,6 +201,25 @@ impl CheckedRun {
     }
 }
 
+/// For a test that needs root (a mount, an immutable file): `Err(why)` fails the test with
+/// the fix, unless `DAGRUN_SKIP_ROOT_TESTS=1`, which skips it with a `SKIPPED` line.
+/// Returns whether the test goes on.
+#[track_caller]
+pub fn needs_root(test: &str, ready: Result<(), String>) -> bool {
+    match ready {
+        Ok(()) => true,
+        Err(why) if std::env::var_os("DAGRUN_SKIP_ROOT_TESTS").is_some_and(|v| v == "1") => {
+            // Straight to stderr: the test harness captures `eprintln!` of a passing test.
+            let line = format!("SKIPPED {test} ({why})\n");
+            let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
+            false
+        }
+        Err(why) => panic!(
+            "{test} cannot run here ({why}): run the tests as root on a local filesystem (as scripts/test.sh does on CI), or set DAGRUN_SKIP_ROOT_TESTS=1 to skip it"
+        ),
+    }
+}
+
 /// Polls `done` until it holds, failing the test (naming `what`) after 30 s: for waiting on
 /// a file, a database row or a line of output instead of sleeping and hoping.
 #[track_caller]

@@ -7,7 +7,7 @@ use std::process::{Child, Stdio};
 
 use rustix::process::{Pid, Signal, kill_process};
 
-use crate::sandbox::{Sandbox, wait_until};
+use crate::sandbox::{Sandbox, needs_root, wait_until};
 
 fn signal(child: &Child, signal: Signal) {
     kill_process(Pid::from_raw(child.id() as i32).unwrap(), signal).unwrap();
@@ -396,4 +396,48 @@ fn a_third_stop_signal_ends_a_builtin_that_ignores_being_stopped() {
     assert_eq!(sb.column("SELECT status FROM stage_runs"), ["interrupted"]);
     let status = sb.dagrun(&["status"]).success();
     assert!(status.stdout().contains("last run was interrupted"), "{}", status.stdout());
+}
+
+#[test]
+fn a_read_only_state_database_is_named_with_the_fix_and_readers_still_work() {
+    let sb = Sandbox::new().pipeline(TWO_STEPS).file("go", "");
+    sb.build().success();
+    // Root writes through permissions; an immutable file it cannot write.
+    let db = sb.path(".dagrun/state.db");
+    let chattr = std::process::Command::new("chattr").arg("+i").arg(&db).output();
+    let ready = match chattr {
+        Ok(out) if out.status.success() => Ok(()),
+        Ok(out) => Err(format!("chattr +i failed: {}", String::from_utf8_lossy(&out.stderr).trim())),
+        Err(err) => Err(format!("chattr (e2fsprogs) is missing: {err}")),
+    };
+    if !needs_root("a_read_only_state_database_is_named_with_the_fix_and_readers_still_work", ready) {
+        return;
+    }
+    let build = sb.dagrun(&["build", "-f"]);
+    let status = sb.dagrun(&["status"]);
+    std::process::Command::new("chattr").arg("-i").arg(&db).status().unwrap();
+    let build = build.failure();
+    assert!(build.stderr().contains("/.dagrun/state.db is read-only"), "{}", build.stderr());
+    assert!(build.stderr().contains("give dagrun write access"), "{}", build.stderr());
+    let status = status.success();
+    assert!(status.stdout().contains("1 up to date"), "{}", status.stdout());
+}
+
+#[test]
+fn a_tiny_open_file_limit_is_named_with_the_fix() {
+    let sb = Sandbox::new().pipeline(TWO_STEPS).file("go", "");
+    sb.build().success();
+    let dagrun = env!("CARGO_BIN_EXE_dagrun");
+    for limit in [5, 8] {
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("ulimit -n {limit} && exec \"$0\" build -f"))
+            .arg(dagrun)
+            .current_dir(sb.root())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains(&format!("the open-file limit is {limit}: raise it with `ulimit -n")), "{stderr}");
+    }
 }
