@@ -1,12 +1,9 @@
 -- Schema version 3.
--- What a later build needs to end the processes of an attempt a killed build left
--- running: attempt_token, recorded before the attempt starts and put in the environment of
--- every process it runs (DAGRUN_ATTEMPT), and, once it has started, its session (pgid, the
--- leader's pid) with the leader's identity `BOOT_ID:START_TICKS`, so that a reused pid is
--- never mistaken for it.
+-- What a later build needs to end the processes of a shell attempt a killed build left
+-- running: a token unique to the attempt, recorded before it starts and inherited in the
+-- environment (DAGRUN_ATTEMPT) by every process it runs, whatever its process group. Unlike
+-- a pid, it is never reused.
 ALTER TABLE stage_runs ADD COLUMN attempt_token TEXT;
-ALTER TABLE stage_runs ADD COLUMN pgid INTEGER;
-ALTER TABLE stage_runs ADD COLUMN pgid_identity TEXT;
 -- Builds look for unfinished rows before they start: keep that lookup off the history.
 CREATE INDEX stage_runs_running ON stage_runs (id) WHERE status = 'running';
 -- What the stage asked for (`resources` in pipeline.toml), as JSON, for schedulers.

@@ -7,12 +7,12 @@ use crate::builtin::Registry;
 use crate::cancel::CancelToken;
 use crate::error::Error;
 use crate::event::{BuildSummary, Event};
-use crate::executor::{ExecOptions, ProcessGroup, Unfinished, execute};
+use crate::executor::{ExecOptions, end_attempt, execute};
 use crate::fingerprint::{CacheClock, HashCache};
 use crate::graph::Dag;
 use crate::planner::{DirtyReason, EvalContext, Verdict, explain_reason, plan_build};
 use crate::spec::{Spec, StageIdx, load_spec, suggest};
-use crate::state::{RunOutcome, StageRecord, StageStatus, State, UnfinishedGroup, acquire_lock};
+use crate::state::{RunOutcome, StageRecord, StageStatus, State, UnfinishedAttempt, acquire_lock};
 
 /// How to build.
 #[derive(Debug, Clone)]
@@ -108,9 +108,9 @@ impl Engine {
             // The old state names what a killed build left running: end that before the
             // state is moved aside (best effort: the file may be damaged, hence the reset).
             if let Ok(old) = State::open_read_only(&self.spec.state_path)
-                && let Ok(groups) = old.unfinished_groups()
+                && let Ok(attempts) = old.unfinished_attempts()
             {
-                end_groups(groups, on_event)?;
+                end_attempts(attempts, on_event)?;
             }
         }
         if opts.reset_state
@@ -467,13 +467,12 @@ impl Engine {
 /// such a process could still write is never trusted, and never raced by a new run.
 /// Call only while holding the build lock.
 fn end_orphans(state: &State, on_event: &mut dyn FnMut(&Event<'_>)) -> Result<(), Error> {
-    end_groups(state.unfinished_groups()?, on_event)
+    end_attempts(state.unfinished_attempts()?, on_event)
 }
 
-fn end_groups(groups: Vec<UnfinishedGroup>, on_event: &mut dyn FnMut(&Event<'_>)) -> Result<(), Error> {
-    for unfinished in groups {
-        let group = unfinished.pgid.zip(unfinished.identity).map(|(pgid, identity)| ProcessGroup { pgid, identity });
-        match (Unfinished { token: unfinished.token, group }).end_survivors() {
+fn end_attempts(attempts: Vec<UnfinishedAttempt>, on_event: &mut dyn FnMut(&Event<'_>)) -> Result<(), Error> {
+    for unfinished in attempts {
+        match end_attempt(&unfinished.token) {
             Ok(0) => {}
             Ok(processes) => on_event(&Event::OrphansEnded { stage: &unfinished.component, processes }),
             Err(source) => return Err(Error::Orphans { stage: unfinished.component, source }),

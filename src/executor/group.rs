@@ -1,14 +1,15 @@
-//! A shell stage's processes: who they are, safely despite pid reuse, and how to end them.
+//! A shell stage's processes: which they are, and how to end them.
 //!
 //! Each shell attempt runs in a process group of its own, led by its `sh`. Before it
-//! starts, a token is recorded that every process of it inherits in its environment
-//! (`DAGRUN_ATTEMPT`), so that a process that moves to a group of its own (GNU `timeout`
-//! does, as does `set -m`) is still known as the attempt's; once it has started, its group
-//! and the leader's start time are recorded too. From these a later build finds what a
-//! killed build left running and ends it. An attempt's processes are always ended, whatever
-//! its outcome, before its outputs are hashed or its next attempt starts: no background
-//! child may write behind the result's back. (A process that both leaves the group and
-//! clears its environment, as a daemon may, is beyond reach, as it is for make and ninja.)
+//! starts, a token unique to the attempt is recorded in its `stage_runs` row, and every
+//! process of the attempt inherits it in its environment (`DAGRUN_ATTEMPT`), whatever
+//! process group it moves to (GNU `timeout` moves, as does `set -m`). Unlike a pid, a token
+//! is never reused, so a later build that finds it in a process's environment knows that
+//! process is what a killed build left running, and ends it. An attempt's processes are
+//! always ended, whatever its outcome, before its outputs are hashed or its next attempt
+//! starts: no background child may write behind the result's back. (A process that clears
+//! its environment and leaves the group, as a daemon may, is beyond reach, as it is for
+//! make and ninja.)
 
 use std::io;
 use std::time::{Duration, Instant};
@@ -17,47 +18,12 @@ use rustix::process::{
     Pid, Signal, WaitOptions, kill_process, kill_process_group, test_kill_process_group, waitpgid, waitpid,
 };
 
-/// How long ending an attempt's processes may take before dagrun gives up on it (a process stuck in
-/// uninterruptible I/O ignores even SIGKILL for a while).
+/// How long ending an attempt's processes may take before dagrun gives up on them (a
+/// process stuck in uninterruptible I/O ignores even SIGKILL for a while).
 const END_DEADLINE: Duration = Duration::from_secs(10);
 
 /// The environment variable holding an attempt's token.
 pub const TOKEN_VAR: &str = "DAGRUN_ATTEMPT";
-
-/// A shell attempt's process group as recorded in `stage_runs`: its id (the leader's pid)
-/// and the leader's identity `BOOT_ID:START_TICKS`, which no other process shares.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProcessGroup {
-    pub pgid: i32,
-    pub identity: String,
-}
-
-impl ProcessGroup {
-    /// The group that `leader` (a process that called `setpgid(0, 0)`) leads.
-    pub fn led_by(leader: u32) -> io::Result<ProcessGroup> {
-        let pgid = i32::try_from(leader).map_err(|_| io::Error::other("pid out of range"))?;
-        let stat = ProcStat::read(pgid).ok_or_else(|| io::Error::other("the stage's process vanished"))?;
-        Ok(ProcessGroup { pgid, identity: format!("{}:{}", boot_id()?, stat.start_ticks) })
-    }
-
-    /// Whether the group's leader still runs (same boot, same start time): then every
-    /// process of the group is this attempt's.
-    fn leader_alive(&self) -> bool {
-        let Some((boot, start)) = self.identity.split_once(':') else { return false };
-        let same_boot = boot_id().is_ok_and(|now| now == boot);
-        same_boot
-            && ProcStat::read(self.pgid)
-                .is_some_and(|leader| leader.state != 'Z' && start.parse() == Ok(leader.start_ticks))
-    }
-}
-
-/// What a dead build recorded of an attempt it left `running`: the token its processes
-/// carry, and its group once it had started.
-#[derive(Debug, Clone, Default)]
-pub struct Unfinished {
-    pub token: Option<String>,
-    pub group: Option<ProcessGroup>,
-}
 
 /// Processes of a stage that did not exit after SIGKILL.
 #[derive(Debug, thiserror::Error)]
@@ -66,63 +32,57 @@ pub struct GroupSurvives {
     pub detail: String,
 }
 
-impl Unfinished {
-    /// Its live processes: those carrying its token, and, while the recorded leader still
-    /// runs, every process of its group (even one that cleared its environment). The
-    /// leader's start time tells a reused pid apart; the token is unique.
-    pub fn survivors(&self) -> io::Result<Vec<i32>> {
-        let group = self.group.as_ref().filter(|group| group.leader_alive()).map(|group| group.pgid);
-        let wanted = self.token.as_ref().map(|token| format!("{TOKEN_VAR}={token}"));
-        if group.is_none() && wanted.is_none() {
-            return Ok(Vec::new());
-        }
-        let mut members = Vec::new();
-        for entry in std::fs::read_dir("/proc")? {
-            let Some(pid) = entry?.file_name().to_str().and_then(|name| name.parse::<i32>().ok()) else { continue };
-            // A process may exit while the scan reads it: skip what cannot be read.
-            let Some(stat) = ProcStat::read(pid) else { continue };
-            if stat.state == 'Z' || pid == std::process::id() as i32 {
-                continue;
-            }
-            let ours = group.is_some_and(|pgid| stat.pgrp == pgid)
-                || wanted.as_deref().is_some_and(|wanted| carries(pid, wanted));
-            if ours {
-                members.push(pid);
-            }
-        }
-        Ok(members)
+/// Ends the live processes that carry `token` (an attempt a dead build left running) and
+/// waits until they are gone; returns how many there were. One that leads a process group
+/// (the attempt's `sh`) takes its group with it, so that a member that cleared its
+/// environment goes too.
+pub fn end_attempt(token: &str) -> Result<usize, GroupSurvives> {
+    let wanted = format!("{TOKEN_VAR}={token}");
+    let unreadable = |err: io::Error| GroupSurvives { detail: format!("cannot read /proc: {err}") };
+    let first = carriers(&wanted).map_err(unreadable)?;
+    if first.is_empty() {
+        return Ok(0);
     }
+    let deadline = Instant::now() + END_DEADLINE;
+    let mut pause = Duration::from_millis(1);
+    loop {
+        let alive = carriers(&wanted).map_err(unreadable)?;
+        if alive.is_empty() {
+            return Ok(first.len());
+        }
+        if Instant::now() > deadline {
+            let pids: Vec<String> = alive.iter().map(|(pid, _)| pid.to_string()).collect();
+            return Err(GroupSurvives { detail: format!("pids {}", pids.join(" ")) });
+        }
+        // Each is alive and carries the token, so its pid (and, for a leader, its group id)
+        // is still its own.
+        for (pid, pgrp) in alive {
+            if pid == pgrp {
+                signal_group(pgrp as u32, Signal::KILL);
+            }
+            if let Some(pid) = Pid::from_raw(pid) {
+                let _ = kill_process(pid, Signal::KILL);
+            }
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(50));
+    }
+}
 
-    /// Kills what survives of the attempt and waits until it is gone. Returns how many
-    /// processes were ended.
-    pub fn end_survivors(&self) -> Result<usize, GroupSurvives> {
-        let unreadable = |err: io::Error| GroupSurvives { detail: format!("cannot read /proc: {err}") };
-        let first = self.survivors().map_err(unreadable)?;
-        if first.is_empty() {
-            return Ok(0);
-        }
-        let deadline = Instant::now() + END_DEADLINE;
-        let mut pause = Duration::from_millis(1);
-        loop {
-            let alive = self.survivors().map_err(unreadable)?;
-            if alive.is_empty() {
-                return Ok(first.len());
-            }
-            if Instant::now() > deadline {
-                let pids: Vec<String> = alive.iter().map(ToString::to_string).collect();
-                return Err(GroupSurvives { detail: format!("pids {}", pids.join(" ")) });
-            }
-            // Each by pid: they are not dagrun's children, and their ids are only known
-            // to be theirs while the checks above hold.
-            for pid in alive {
-                if let Some(pid) = Pid::from_raw(pid) {
-                    let _ = kill_process(pid, Signal::KILL);
-                }
-            }
-            std::thread::sleep(pause);
-            pause = (pause * 2).min(Duration::from_millis(50));
+/// Every live process with `wanted` (`NAME=value`) in its environment, with its group.
+fn carriers(wanted: &str) -> io::Result<Vec<(i32, i32)>> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc")? {
+        let Some(pid) = entry?.file_name().to_str().and_then(|name| name.parse::<i32>().ok()) else { continue };
+        // A process may exit while the scan reads it: skip what cannot be read.
+        if let Some(stat) = ProcStat::read(pid)
+            && stat.state != 'Z'
+            && carries(pid, wanted)
+        {
+            found.push((pid, stat.pgrp));
         }
     }
+    Ok(found)
 }
 
 /// Sends `signal` to a stage's whole process group. Call it only while the group's leader
@@ -217,11 +177,10 @@ fn carries(pid: i32, wanted: &str) -> bool {
     environ.split(|&b| b == 0).any(|var| var == wanted.as_bytes())
 }
 
-/// The fields of `/proc/PID/stat` that identify a process and its group.
+/// The fields of `/proc/PID/stat` that dagrun reads: the state and the process group.
 struct ProcStat {
     state: char,
     pgrp: i32,
-    start_ticks: u64,
 }
 
 impl ProcStat {
@@ -231,26 +190,12 @@ impl ProcStat {
     }
 }
 
-/// Parses `pid (comm) state ppid pgrp ... starttime ...`; the command name may hold
+/// Parses `pid (comm) state ppid pgrp ...`; the command name may hold
 /// spaces and parentheses, so fields are counted from the last `)`.
 fn parse_stat(text: &str) -> Option<ProcStat> {
     let rest = &text[text.rfind(')')? + 1..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    Some(ProcStat {
-        state: fields.first()?.chars().next()?,
-        pgrp: fields.get(2)?.parse().ok()?,
-        start_ticks: fields.get(19)?.parse().ok()?,
-    })
-}
-
-/// This boot's id, read once.
-fn boot_id() -> io::Result<&'static str> {
-    static BOOT_ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    if let Some(id) = BOOT_ID.get() {
-        return Ok(id);
-    }
-    let id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")?.trim().to_string();
-    Ok(BOOT_ID.get_or_init(|| id))
+    Some(ProcStat { state: fields.first()?.chars().next()?, pgrp: fields.get(2)?.parse().ok()? })
 }
 
 #[cfg(test)]
@@ -261,22 +206,12 @@ mod tests {
     fn stat_fields_are_counted_from_the_last_parenthesis() {
         let line = "4121 (sh (odd) name) S 4000 4121 4120 0 -1 4194560 96 0 0 0 0 0 0 0 20 0 1 0 987654 2334720 200";
         let stat = parse_stat(line).unwrap();
-        assert_eq!((stat.state, stat.pgrp, stat.start_ticks), ('S', 4121, 987654));
+        assert_eq!((stat.state, stat.pgrp), ('S', 4121));
     }
 
     #[test]
-    fn a_recorded_group_whose_pid_was_taken_by_another_process_is_not_ours() {
-        let me = std::process::id();
-        let real = ProcessGroup::led_by(me).unwrap();
-        assert!(real.leader_alive());
-        let (boot, start) = real.identity.split_once(':').unwrap();
-        let start: u64 = start.parse().unwrap();
-        let reused = ProcessGroup { pgid: me as i32, identity: format!("{boot}:{}", start + 1) };
-        assert!(!reused.leader_alive());
-        let rebooted = ProcessGroup { pgid: me as i32, identity: format!("another-boot:{start}") };
-        assert!(!rebooted.leader_alive());
-        let unknown = Unfinished { token: Some("no-process-has-this".into()), group: Some(reused) };
-        assert!(unknown.survivors().unwrap().is_empty());
+    fn an_attempt_no_process_carries_has_nothing_to_end() {
+        assert_eq!(end_attempt(&attempt_token("s")).unwrap(), 0);
     }
 
     #[test]

@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Sender};
 use std::time::{Duration, Instant, SystemTime};
 
-pub use group::{GroupSurvives, ProcessGroup, Unfinished};
+pub use group::{GroupSurvives, end_attempt};
 pub use runner::{ShellCommand, expand_command, log_tail, shell_quote};
 pub use watchdog::KILL_GRACE;
 
@@ -68,11 +68,6 @@ enum Message {
     Started {
         start: Box<AttemptStart>,
         recorded: Sender<Result<(), String>>,
-    },
-    /// A shell attempt's process group exists.
-    GroupStarted {
-        idx: StageIdx,
-        group: ProcessGroup,
     },
     Finished {
         idx: StageIdx,
@@ -216,8 +211,8 @@ pub fn execute(
         // Owned here so that even a panic below drops it (ending the workers) and stops the
         // watchdog: the scope then joins every thread instead of waiting forever.
         let task_tx = task_tx;
-        // Likewise: a worker waiting for the coordinator's answer to `GroupStarted` gets
-        // an error, not a hang, if the coordinator unwinds.
+        // Likewise: a worker waiting for the coordinator's answer to `Started` gets an
+        // error, not a hang, if the coordinator unwinds.
         let msg_rx = msg_rx;
         let _watchdog_guard = StopOnDrop(&shared.watchdog);
         let (task_rx, shared_ref) = (&task_rx, &shared);
@@ -320,7 +315,6 @@ impl Coordinator<'_, '_> {
                 let _ = recorded.send(result.as_ref().map(|_| ()).map_err(ToString::to_string));
                 result
             }
-            Message::GroupStarted { idx, group } => self.group_started(idx, &group),
             Message::Finished { idx, result } => self.finished(idx, result, stop),
         };
         if let Err(err) = recorded {
@@ -352,15 +346,6 @@ impl Coordinator<'_, '_> {
         self.row[idx] = Some(row);
         (self.on_event)(&Event::StageStarted { stage: name, attempt, reason: &reason });
         Ok(())
-    }
-
-    /// Records the running attempt's group, so that a later build can end it should this
-    /// one die (its token, recorded at the start, finds it too).
-    fn group_started(&mut self, idx: StageIdx, group: &ProcessGroup) -> Result<(), StateError> {
-        match self.row[idx] {
-            Some(row) => self.state.record_group(row, group.pgid, &group.identity),
-            None => Ok(()), // not started: its start was never recorded (see `run_task`)
-        }
     }
 
     fn run_id(&self) -> RunId {
@@ -634,7 +619,7 @@ fn run_task(shared: &Shared<'_>, task: Task, tx: &Sender<Message>) {
             return finish(TaskResult::NotStarted);
         }
         let started = Instant::now();
-        let result = run_attempt(shared, idx, &eval, &log_path, token.as_deref().unwrap_or_default(), tx)
+        let result = run_attempt(shared, idx, &eval, &log_path, token.as_deref().unwrap_or_default())
             .and_then(|metrics| collect_outputs(shared, idx, &eval).map(|(outputs, moved)| (outputs, moved, metrics)));
         let duration = started.elapsed();
         match result {
@@ -703,7 +688,6 @@ fn run_attempt(
     eval: &Evaluation,
     log_path: &str,
     token: &str,
-    tx: &Sender<Message>,
 ) -> Result<BTreeMap<String, f64>, AttemptFailure> {
     let spec = shared.eval.spec;
     let stage = &spec.stages[idx];
@@ -721,9 +705,6 @@ fn run_attempt(
     match &stage.action {
         Action::Shell { cmd } => {
             let command = expand_command(cmd, &stage.params, &eval.input_paths, &outputs);
-            let on_spawn = |group: ProcessGroup| {
-                let _ = tx.send(Message::GroupStarted { idx, group });
-            };
             let job = ShellJob {
                 stage: stage.name.as_str(),
                 command: &command.script,
@@ -732,7 +713,6 @@ fn run_attempt(
                 log,
                 timeout: stage.timeout,
                 token,
-                on_spawn: &on_spawn,
             };
             runner::run_shell(job, &shared.watchdog).map(|()| BTreeMap::new())
         }

@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::group::{self, ProcessGroup};
+use super::group;
 use super::watchdog::{KillCause, Watchdog};
 use crate::builtin::{Builtin, BuiltinContext};
 use crate::spec::{CommandRef, Quoting, scan_command};
@@ -128,8 +128,6 @@ pub struct ShellJob<'a> {
     /// The attempt's token, recorded before it starts; in its environment (see
     /// `group::TOKEN_VAR`).
     pub token: &'a str,
-    /// Told the attempt's process group once it has started, to record it.
-    pub on_spawn: &'a dyn Fn(ProcessGroup),
 }
 
 /// Runs `sh -c COMMAND` in the pipeline directory in a process group of its own, output to
@@ -154,11 +152,6 @@ pub fn run_shell(job: ShellJob<'_>, watchdog: &Watchdog) -> Result<(), AttemptFa
     })?;
     let pid = child.id();
     watchdog.watch(pid, job.timeout);
-    // The leader is unreaped until `end_group`, so its /proc entry is there to read. The
-    // token, recorded before the spawn, already identifies the attempt's processes.
-    if let Ok(group) = ProcessGroup::led_by(pid) {
-        (job.on_spawn)(group);
-    }
     let exited = wait_for_exit(pid);
     let killed = watchdog.unwatch(pid);
     let status = end_group(&mut child, pid, job.token)?;

@@ -377,26 +377,14 @@ impl State {
         Ok(())
     }
 
-    /// Records the process group of a running attempt: its id and its leader's identity
-    /// (see `executor::ProcessGroup`).
-    pub fn record_group(&self, row: StageRunId, pgid: i32, identity: &str) -> Result<(), StateError> {
-        self.conn.execute(
-            "UPDATE stage_runs SET pgid = ?2, pgid_identity = ?3 WHERE id = ?1",
-            params![row.0, pgid, identity],
-        )?;
-        Ok(())
-    }
-
-    /// The process groups of attempts a dead build left `running`, by stage. Call only
-    /// while holding the build lock: then none of them belongs to a live build.
-    pub fn unfinished_groups(&self) -> Result<Vec<UnfinishedGroup>, StateError> {
+    /// The shell attempts a dead build left `running`, with their tokens. Call only while
+    /// holding the build lock: then none of them belongs to a live build.
+    pub fn unfinished_attempts(&self) -> Result<Vec<UnfinishedAttempt>, StateError> {
         let mut stmt = self.conn.prepare(
-            "SELECT component, attempt_token, pgid, pgid_identity FROM stage_runs
-             WHERE status = 'running' AND (attempt_token IS NOT NULL OR pgid IS NOT NULL) ORDER BY id",
+            "SELECT component, attempt_token FROM stage_runs
+             WHERE status = 'running' AND attempt_token IS NOT NULL ORDER BY id",
         )?;
-        let rows = stmt.query_map([], |r| {
-            Ok(UnfinishedGroup { component: r.get(0)?, token: r.get(1)?, pgid: r.get(2)?, identity: r.get(3)? })
-        })?;
+        let rows = stmt.query_map([], |r| Ok(UnfinishedAttempt { component: r.get(0)?, token: r.get(1)? }))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -449,15 +437,11 @@ impl State {
     }
 }
 
-/// What was recorded of a shell attempt that never finished.
+/// A shell attempt that never finished, and the token in the environment of its processes.
 #[derive(Debug, Clone)]
-pub struct UnfinishedGroup {
+pub struct UnfinishedAttempt {
     pub component: String,
-    /// The token in the environment of its processes.
-    pub token: Option<String>,
-    /// Its session (and group) id and the leader's identity, once it had started.
-    pub pgid: Option<i32>,
-    pub identity: Option<String>,
+    pub token: String,
 }
 
 /// RFC 3339 UTC with milliseconds: sorts as text, readable in plain SQL.
