@@ -62,7 +62,7 @@ fn a_version_1_database_is_upgraded_in_place_keeping_its_rows() {
     assert!(run.stdout().contains("from schema version 1 to 3"), "{}", run.stdout());
     assert_eq!(sb.column("SELECT run_count FROM orchestrator_state WHERE component = 'a'"), ["7"]);
     assert_eq!(sb.column("SELECT count(*) FROM pragma_table_info('stage_runs') WHERE name = 'metrics'"), ["1"]);
-    assert_eq!(sb.column("SELECT count(*) FROM pragma_table_info('stage_runs') WHERE name = 'pgid'"), ["1"]);
+    assert_eq!(sb.column("SELECT count(*) FROM pragma_table_info('stage_runs') WHERE name = 'attempt_token'"), ["1"]);
 }
 
 #[test]
