@@ -24,6 +24,9 @@ pub enum Error {
     Accept { stage: String, reason: String },
     #[error("stage `{stage}` of a killed build is still running: {source}")]
     Orphans { stage: String, source: crate::executor::GroupSurvives },
+    #[cfg(feature = "dashboard")]
+    #[error(transparent)]
+    Serve(#[from] crate::dashboard::ServeError),
     #[error("cannot watch inputs: {message}")]
     Watch { message: String },
 }
@@ -39,6 +42,10 @@ impl Error {
 
     /// Whether the error is the user's input (a bad pipeline file or stage name): exit code 2.
     pub fn is_usage(&self) -> bool {
+        #[cfg(feature = "dashboard")]
+        if let Error::Serve(crate::dashboard::ServeError::TokenRequired { .. }) = self {
+            return true;
+        }
         matches!(self, Error::Load(_) | Error::Cycle { .. } | Error::UnknownStage { .. })
     }
 }

@@ -8,6 +8,8 @@
 pub mod agent;
 pub mod builtin;
 pub mod cancel;
+#[cfg(feature = "dashboard")]
+pub mod dashboard;
 pub mod engine;
 pub mod error;
 pub mod event;

@@ -7,6 +7,8 @@ mod debug_stages;
 mod graph;
 mod history;
 mod output;
+#[cfg(feature = "dashboard")]
+mod serve;
 mod signals;
 mod status;
 mod why;
@@ -60,6 +62,9 @@ enum Command {
     Graph(graph::GraphArgs),
     /// Record stages as up to date with their current inputs and outputs, without running them.
     Accept(AcceptArgs),
+    /// The web dashboard: the state table live, Run Agent Once, runs, the graph, the report.
+    #[cfg(feature = "dashboard")]
+    Serve(serve::ServeArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -109,6 +114,11 @@ fn dispatch(cli: Cli) -> Result<u8, Error> {
         // The agent loads (and reloads) the pipeline itself.
         return agent::run(file, args);
     }
+    #[cfg(feature = "dashboard")]
+    if let Command::Serve(args) = cli.command {
+        // So does the dashboard.
+        return serve::run(file, args);
+    }
     let engine = Engine::load(&file, registry())?;
     let state_path = engine.spec().state_path.clone();
     run_command(&engine, cli.command).map_err(|e| e.at_state(&state_path))
@@ -136,6 +146,8 @@ fn run_command(engine: &Engine, command: Command) -> Result<u8, Error> {
             Ok(EXIT_OK)
         }
         Command::Agent(_) => unreachable!("handled before the pipeline is loaded"),
+        #[cfg(feature = "dashboard")]
+        Command::Serve(_) => unreachable!("handled before the pipeline is loaded"),
         Command::Migrate => {
             let (from, to) = engine.migrate()?;
             if from == to {

@@ -34,6 +34,30 @@ pub struct StageRunRow {
     pub metrics: Option<serde_json::Value>,
 }
 
+const RUN_COLUMNS: &str = "run_id, trigger, started_at, finished_at,
+    CAST(round((julianday(finished_at) - julianday(started_at)) * 86400000) AS INTEGER),
+    outcome, stages_ran, stages_cut_off, stages_up_to_date, stages_failed, stages_blocked, targets";
+
+fn run_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRow> {
+    Ok(RunRow {
+        run_id: r.get(0)?,
+        trigger: r.get(1)?,
+        started_at: r.get(2)?,
+        finished_at: r.get(3)?,
+        duration_ms: r.get(4)?,
+        outcome: r.get(5)?,
+        targets: r.get::<_, String>(11)?.split_whitespace().map(str::to_string).collect(),
+        counts: RunCounts {
+            ran: r.get(6)?,
+            cut_off: r.get(7)?,
+            up_to_date: r.get(8)?,
+            failed: r.get(9)?,
+            blocked: r.get(10)?,
+        },
+        stages: Vec::new(),
+    })
+}
+
 const STAGE_COLUMNS: &str = "run_id, component, attempt, status, reason, started_at, duration_ms, error, metrics";
 
 fn stage_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<StageRunRow> {
@@ -54,33 +78,9 @@ impl State {
     /// The latest `limit` runs, newest first, each with its stage rows (with `stage`, only
     /// that stage's rows).
     pub fn history(&self, stage: Option<&str>, limit: usize) -> Result<Vec<RunRow>, StateError> {
-        let mut runs_stmt = self.conn.prepare(
-            "SELECT run_id, trigger, started_at, finished_at,
-                    CAST(round((julianday(finished_at) - julianday(started_at)) * 86400000) AS INTEGER),
-                    outcome, stages_ran, stages_cut_off, stages_up_to_date, stages_failed, stages_blocked, targets
-             FROM runs ORDER BY run_id DESC LIMIT ?1",
-        )?;
-        let mut runs: Vec<RunRow> = runs_stmt
-            .query_map(params![limit as i64], |r| {
-                Ok(RunRow {
-                    run_id: r.get(0)?,
-                    trigger: r.get(1)?,
-                    started_at: r.get(2)?,
-                    finished_at: r.get(3)?,
-                    duration_ms: r.get(4)?,
-                    outcome: r.get(5)?,
-                    targets: r.get::<_, String>(11)?.split_whitespace().map(str::to_string).collect(),
-                    counts: RunCounts {
-                        ran: r.get(6)?,
-                        cut_off: r.get(7)?,
-                        up_to_date: r.get(8)?,
-                        failed: r.get(9)?,
-                        blocked: r.get(10)?,
-                    },
-                    stages: Vec::new(),
-                })
-            })?
-            .collect::<Result<_, _>>()?;
+        let mut runs_stmt =
+            self.conn.prepare(&format!("SELECT {RUN_COLUMNS} FROM runs ORDER BY run_id DESC LIMIT ?1"))?;
+        let mut runs: Vec<RunRow> = runs_stmt.query_map(params![limit as i64], run_row)?.collect::<Result<_, _>>()?;
         let mut stages_stmt = self.conn.prepare(&format!(
             "SELECT {STAGE_COLUMNS} FROM stage_runs WHERE run_id = ?1 AND (?2 IS NULL OR component = ?2) ORDER BY id"
         ))?;
@@ -88,5 +88,52 @@ impl State {
             run.stages = stages_stmt.query_map(params![run.run_id, stage], stage_row)?.collect::<Result<_, _>>()?;
         }
         Ok(runs)
+    }
+
+    /// One run with all its stage rows, or `None` if there is no such run.
+    pub fn run(&self, run_id: i64) -> Result<Option<RunRow>, StateError> {
+        use rusqlite::OptionalExtension;
+        let run = self
+            .conn
+            .query_row(&format!("SELECT {RUN_COLUMNS} FROM runs WHERE run_id = ?1"), [run_id], run_row)
+            .optional()?;
+        let Some(mut run) = run else { return Ok(None) };
+        let mut stmt =
+            self.conn.prepare(&format!("SELECT {STAGE_COLUMNS} FROM stage_runs WHERE run_id = ?1 ORDER BY id"))?;
+        run.stages = stmt.query_map([run_id], stage_row)?.collect::<Result<_, _>>()?;
+        Ok(Some(run))
+    }
+
+    /// Runs recorded as still running, newest first, with the pid of their process (the
+    /// caller checks whether it lives: a killed build leaves its run `running`).
+    pub fn runs_in_progress(&self) -> Result<Vec<(i64, u32, String, String)>, StateError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT run_id, pid, trigger, started_at FROM runs WHERE outcome = 'running' ORDER BY run_id DESC",
+        )?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The stages of run `run_id` with an attempt still running.
+    pub fn running_stages(&self, run_id: i64) -> Result<Vec<String>, StateError> {
+        let mut stmt =
+            self.conn.prepare("SELECT DISTINCT component FROM stage_runs WHERE run_id = ?1 AND status = 'running'")?;
+        let rows = stmt.query_map([run_id], |r| r.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The log file of a stage's latest attempt in a run, relative to the pipeline directory.
+    pub fn log_path(&self, run_id: i64, component: &str) -> Result<Option<String>, StateError> {
+        use rusqlite::OptionalExtension;
+        let path = self
+            .conn
+            .query_row(
+                "SELECT log_path FROM stage_runs WHERE run_id = ?1 AND component = ?2 AND log_path != ''
+                 ORDER BY id DESC LIMIT 1",
+                params![run_id, component],
+                |r| r.get::<_, Option<String>>(0),
+            )
+            .optional()?;
+        Ok(path.flatten())
     }
 }

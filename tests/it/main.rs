@@ -4,6 +4,8 @@ mod sandbox;
 
 mod agent;
 mod build;
+#[cfg(feature = "dashboard")]
+mod dashboard;
 mod examples;
 mod explain;
 mod failures;

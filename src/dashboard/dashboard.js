@@ -1,0 +1,58 @@
+// dagrun dashboard: Run Agent Once, Invalidate, and the live state table (polling
+// /api/state once a second). No framework, no network beyond this server.
+"use strict";
+
+function escapeHtml(text) {
+  return String(text ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
+}
+
+function row(stage) {
+  const took = stage.last_duration_ms == null ? "" : (stage.last_duration_ms / 1000).toFixed(2) + "s";
+  const name = escapeHtml(stage.stage);
+  return `<tr data-stage="${name}" class="state-${stage.state}"><td>${name}</td>` +
+    `<td class="state">${stage.state.replace("_", " ")}</td><td class="why">${escapeHtml(stage.why)}</td>` +
+    `<td>${escapeHtml(stage.last_run_at ?? "never")}</td><td class="runs">${stage.run_count}</td>` +
+    `<td class="failures">${stage.failure_count}</td><td>${took}</td>` +
+    `<td><button class="invalidate" data-stage="${name}" type="button">Invalidate</button></td></tr>`;
+}
+
+function activity(view) {
+  let text = view.running ? `run ${view.running.run_id} (${view.running.trigger}) running since ${view.running.started_at}` : "idle";
+  if (view.schedule && view.schedule.next_due) text += `; next scheduled cycle at ${view.schedule.next_due}`;
+  return text;
+}
+
+async function refresh() {
+  const table = document.querySelector("#state tbody");
+  if (!table) return;
+  try {
+    const response = await fetch("/api/state", { credentials: "same-origin" });
+    if (!response.ok) return;
+    const view = await response.json();
+    table.innerHTML = view.stages.map(row).join("");
+    document.getElementById("activity").textContent = activity(view);
+    document.getElementById("run-once").disabled = Boolean(view.running);
+  } catch (error) {
+    document.getElementById("activity").textContent = "the dashboard is not answering";
+  }
+}
+
+async function post(url) {
+  const response = await fetch(url, { method: "POST", credentials: "same-origin" });
+  const body = await response.json().catch(() => ({}));
+  if (!response.ok && response.status !== 409) alert(body.error || response.statusText);
+  await refresh();
+}
+
+document.addEventListener("click", (event) => {
+  const target = event.target;
+  if (target.id === "run-once") post("/api/run-once");
+  if (target.classList && target.classList.contains("invalidate")) {
+    post("/api/invalidate/" + encodeURIComponent(target.dataset.stage));
+  }
+});
+
+if (document.querySelector("#state")) {
+  refresh();
+  setInterval(refresh, 1000);
+}

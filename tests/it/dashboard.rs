@@ -1,0 +1,257 @@
+//! `dagrun serve`: every route over real HTTP, against the real binary and a real state
+//! database; the security model; a terminal build seen from the dashboard.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Stdio};
+
+use crate::sandbox::{Sandbox, wait_until};
+
+/// A running `dagrun serve` on a port the system chose; stopped (SIGTERM) when dropped.
+pub struct Server {
+    child: Child,
+    pub addr: String,
+}
+
+impl Server {
+    pub fn start(sb: &Sandbox, extra: &[&str]) -> Server {
+        let mut args = vec!["serve", "--addr", "127.0.0.1:0"];
+        args.extend_from_slice(extra);
+        let mut child = sb.command(&args).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+        let mut first = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
+        let addr = first
+            .strip_prefix("serving http://")
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("`dagrun serve` said {first:?}"))
+            .to_string();
+        Server { child, addr }
+    }
+
+    pub fn get(&self, path: &str) -> Reply {
+        http(&self.addr, "GET", path, &[])
+    }
+
+    pub fn post(&self, path: &str) -> Reply {
+        http(&self.addr, "POST", path, &[])
+    }
+
+    pub fn json(&self, path: &str) -> serde_json::Value {
+        let reply = self.get(path);
+        assert_eq!(reply.status, 200, "GET {path}: {}", reply.body);
+        serde_json::from_str(&reply.body).unwrap_or_else(|e| panic!("GET {path}: {e}: {}", reply.body))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let pid = rustix::process::Pid::from_raw(self.child.id() as i32).unwrap();
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        let _ = self.child.wait();
+    }
+}
+
+/// One HTTP answer.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: String,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
+    }
+}
+
+/// A plain HTTP/1.1 request over a fresh connection (no client library: what is sent is
+/// exactly what is written here).
+pub fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)]) -> Reply {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: 0\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).unwrap();
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let chunked = head.to_ascii_lowercase().contains("transfer-encoding: chunked");
+    let body = if chunked { dechunk(body) } else { body.to_string() };
+    Reply { status, headers: head.to_string(), body }
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let Ok(size) = usize::from_str_radix(size.trim(), 16) else { break };
+        if size == 0 || rest.len() < size {
+            break;
+        }
+        out.push_str(&rest[..size]);
+        body = rest[size..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+const THREE: &str = r#"
+[stages.a]
+cmd = "echo a-says-hello; echo a > a.out"
+outputs = ["a.out"]
+[stages.b]
+cmd = "cat a.out > b.out"
+inputs = ["a.out"]
+outputs = ["b.out"]
+[stages.c]
+cmd = "cat b.out > c.out"
+inputs = ["b.out"]
+outputs = ["c.out"]
+"#;
+
+/// Waits until every stage is up to date with `runs` runs.
+fn wait_for_every_stage(server: &Server, runs: i64) {
+    wait_until("every stage up to date", || {
+        let state = server.json("/api/state");
+        state["running"].is_null()
+            && state["stages"].as_array().unwrap().iter().all(|s| s["state"] == "up_to_date" && s["run_count"] == runs)
+    });
+}
+
+#[test]
+fn every_route_answers_with_its_status_and_shape() {
+    let sb = Sandbox::new().pipeline(THREE);
+    let server = Server::start(&sb, &[]);
+
+    let state = server.json("/api/state");
+    let stages: Vec<&str> = state["stages"].as_array().unwrap().iter().map(|s| s["stage"].as_str().unwrap()).collect();
+    assert_eq!(stages, ["a", "b", "c"]);
+    assert_eq!(state["stages"][0]["state"], "dirty");
+    assert_eq!(state["stages"][0]["why"], "never succeeded");
+    assert!(state["running"].is_null());
+
+    let started = server.post("/api/run-once");
+    assert_eq!(started.status, 202, "{}", started.body);
+    let run_id = started.json()["run_id"].as_i64().expect("a run id");
+    wait_for_every_stage(&server, 1);
+
+    let runs = server.json("/api/runs");
+    assert_eq!(runs[0]["run_id"], run_id);
+    assert_eq!(runs[0]["trigger"], "dashboard");
+    assert_eq!(runs[0]["outcome"], "success");
+    let run = server.json(&format!("/api/runs/{run_id}"));
+    assert_eq!(run["stages"].as_array().unwrap().len(), 3);
+    let log = server.get(&format!("/api/runs/{run_id}/stages/a/log"));
+    assert_eq!((log.status, log.body.as_str()), (200, "a-says-hello\n"));
+    assert_eq!(server.get("/api/runs/999").status, 404);
+    assert_eq!(server.get(&format!("/api/runs/{run_id}/stages/nope/log")).status, 404);
+    let graph = server.json("/api/graph");
+    assert_eq!(graph["stages"][2]["upstream"], serde_json::json!(["b"]));
+
+    let invalidated = server.post("/api/invalidate/b");
+    assert_eq!(invalidated.status, 200, "{}", invalidated.body);
+    assert_eq!(server.json("/api/state")["stages"][1]["why"], "invalidated");
+    assert_eq!(server.post("/api/invalidate/nope").status, 404);
+
+    for (page, marker) in [
+        ("/", "id=\"state\""),
+        ("/runs", "id=\"runs\""),
+        (&format!("/runs/{run_id}") as &str, "dagrun-gantt"),
+        ("/graph", "dagrun-graph"),
+        ("/artifacts", "<h1>Artifacts</h1>"),
+        ("/static/dashboard.js", "/api/state"),
+        ("/static/dashboard.css", "--running"),
+    ] {
+        let reply = server.get(page);
+        assert_eq!(reply.status, 200, "GET {page}");
+        assert!(reply.body.contains(marker), "GET {page} lacks {marker}: {}", reply.body);
+    }
+}
+
+#[test]
+fn a_cross_origin_request_may_not_change_anything() {
+    let sb = Sandbox::new().pipeline(THREE);
+    let server = Server::start(&sb, &[]);
+    for path in ["/api/run-once", "/api/invalidate/a"] {
+        let reply = http(&server.addr, "POST", path, &[("Origin", "http://evil.example")]);
+        assert_eq!(reply.status, 403, "POST {path}");
+        let reply = http(&server.addr, "POST", path, &[("Sec-Fetch-Site", "cross-site")]);
+        assert_eq!(reply.status, 403, "POST {path}");
+    }
+    assert!(!sb.exists(".dagrun/state.db"), "nothing ran and nothing was written");
+    // The page's own origin is welcome.
+    let own = format!("http://{}", server.addr);
+    let reply = http(&server.addr, "POST", "/api/run-once", &[("Origin", own.as_str())]);
+    assert_eq!(reply.status, 202, "{}", reply.body);
+    wait_for_every_stage(&server, 1);
+}
+
+/// `a` waits for the test's `go` file.
+const WAITS: &str = r#"
+[stages.a]
+cmd = "while [ ! -e go ]; do sleep 0.02; done; echo a > a.out"
+outputs = ["a.out"]
+"#;
+
+#[test]
+fn a_second_run_while_one_runs_answers_409_with_the_running_id() {
+    let sb = Sandbox::new().pipeline(WAITS);
+    let server = Server::start(&sb, &[]);
+    let first = server.post("/api/run-once");
+    assert_eq!(first.status, 202, "{}", first.body);
+    let run_id = first.json()["run_id"].clone();
+    wait_until("the stage to show as running", || server.json("/api/state")["stages"][0]["state"] == "running");
+    let second = server.post("/api/run-once");
+    assert_eq!(second.status, 409, "{}", second.body);
+    assert_eq!(second.json()["running"], run_id);
+    sb.write("go", "");
+    wait_for_every_stage(&server, 1);
+}
+
+#[test]
+fn a_terminal_build_that_is_running_shows_as_running() {
+    let sb = Sandbox::new().pipeline(WAITS);
+    let server = Server::start(&sb, &[]);
+    let mut build = sb.spawn(&["build"]);
+    wait_until("the terminal build to start the stage", || {
+        sb.exists(".dagrun/state.db")
+            && std::panic::catch_unwind(|| sb.column("SELECT count(*) FROM stage_runs WHERE status = 'running'"))
+                .is_ok_and(|n| n == ["1"])
+    });
+    let state = server.json("/api/state");
+    assert_eq!(state["running"]["run_id"], 1);
+    assert_eq!(state["running"]["trigger"], "build");
+    assert_eq!(state["stages"][0]["state"], "running");
+    let refused = server.post("/api/run-once");
+    assert_eq!((refused.status, refused.json()["running"].as_i64()), (409, Some(1)));
+    sb.write("go", "");
+    assert!(build.wait().unwrap().success());
+    wait_for_every_stage(&server, 1);
+}
+
+#[test]
+fn with_a_token_every_request_must_carry_it() {
+    let sb = Sandbox::new().pipeline(THREE);
+    let server = Server::start(&sb, &["--token", "s3cret"]);
+    assert_eq!(server.get("/api/state").status, 401);
+    assert_eq!(server.get("/").status, 401);
+    assert_eq!(http(&server.addr, "GET", "/api/state", &[("Authorization", "Bearer wrong")]).status, 401);
+    assert_eq!(http(&server.addr, "GET", "/api/state", &[("Authorization", "Bearer s3cret")]).status, 200);
+    // A browser opens the page once with the token; a cookie carries it after that.
+    let first = server.get("/?token=s3cret");
+    assert_eq!(first.status, 200);
+    assert!(first.headers.contains("dagrun_token=s3cret; HttpOnly; SameSite=Strict"), "{}", first.headers);
+    assert_eq!(http(&server.addr, "GET", "/api/state", &[("Cookie", "dagrun_token=s3cret")]).status, 200);
+    assert_eq!(http(&server.addr, "POST", "/api/run-once", &[("Cookie", "dagrun_token=nope")]).status, 401);
+}
+
+#[test]
+fn serving_beyond_loopback_needs_a_token() {
+    let sb = Sandbox::new().pipeline(THREE);
+    let refused = sb.dagrun(&["serve", "--addr", "0.0.0.0:0"]).usage_error();
+    assert!(refused.stderr().contains("refusing to serve on 0.0.0.0:0 without a token"), "{}", refused.stderr());
+    assert!(refused.stderr().contains("--token"), "{}", refused.stderr());
+}
