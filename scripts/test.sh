@@ -3,23 +3,27 @@
 # Idempotent; safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# The tests need a POSIX shell and coreutils, which every machine here has, and pgrep
-# (procps): the process-group tests fail without it rather than pass unchecked.
-if ! command -v pgrep >/dev/null; then
+# The tests need a POSIX shell and coreutils, which every machine here has, and these
+# Debian packages, installed when missing (the tests fail, not pass, without them):
+# - procps (pgrep): the process-group tests;
+# - graphviz (dot): the `graph` test parses our dot output with the real `dot`;
+# - chromium, chromium-driver: the dashboard's end-to-end test in a real headless browser;
+# - e2fsprogs (chattr): the read-only state database test.
+# The full-disk and read-only tests need root: elsewhere they fail unless
+# DAGRUN_SKIP_ROOT_TESTS=1 is set, which skips them with a SKIPPED line.
+need=()
+command -v pgrep >/dev/null || need+=(procps)
+command -v dot >/dev/null || need+=(graphviz)
+command -v chromium >/dev/null || need+=(chromium)
+command -v chromedriver >/dev/null || need+=(chromium-driver)
+command -v chattr >/dev/null || need+=(e2fsprogs)
+if ((${#need[@]})); then
   if [ "$(id -u)" = 0 ]; then
-    apt-get install -y -qq procps >/dev/null 2>&1 || { apt-get update -qq >/dev/null && apt-get install -y -qq procps >/dev/null; }
+    echo "installing ${need[*]}" >&2
+    apt-get install -y -qq "${need[@]}" >/dev/null 2>&1 ||
+      { apt-get update -qq >/dev/null && apt-get install -y -qq "${need[@]}" >/dev/null; }
   else
-    echo "pgrep is missing and this is not root: install it (apt-get install procps)" >&2
-  fi
-fi
-# The full-disk test mounts a tmpfs: as root it must run; elsewhere it fails unless
-# DAGRUN_SKIP_ROOT_TESTS=1 is set, which skips it with a SKIPPED line.
-# Graphviz: the `graph` test checks that our dot output parses with the real `dot`.
-if ! command -v dot >/dev/null; then
-  if [ "$(id -u)" = 0 ]; then
-    apt-get install -y -qq graphviz >/dev/null 2>&1 || { apt-get update -qq >/dev/null && apt-get install -y -qq graphviz >/dev/null; }
-  else
-    echo "graphviz is missing and this is not root: install it (apt-get install graphviz)" >&2
+    echo "missing and this is not root: install them (apt-get install ${need[*]})" >&2
   fi
 fi
 cargo test --locked "$@"

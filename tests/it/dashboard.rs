@@ -68,21 +68,62 @@ impl Reply {
 /// A plain HTTP/1.1 request over a fresh connection (no client library: what is sent is
 /// exactly what is written here).
 pub fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)]) -> Reply {
+    http_with_body(addr, method, path, headers, "")
+}
+
+/// [`http`] with a request body.
+pub fn http_with_body(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Reply {
     let mut stream = TcpStream::connect(addr).unwrap();
-    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: 0\r\n");
+    let mut request =
+        format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
     for (name, value) in headers {
         request.push_str(&format!("{name}: {value}\r\n"));
     }
     request.push_str("\r\n");
+    request.push_str(body);
     stream.write_all(request.as_bytes()).unwrap();
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).unwrap();
+    // A bound, not a wait: a server that never answers fails the test instead of hanging it.
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(60))).unwrap();
+    let raw = read_response(&mut stream);
     let text = String::from_utf8_lossy(&raw).into_owned();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
     let chunked = head.to_ascii_lowercase().contains("transfer-encoding: chunked");
     let body = if chunked { dechunk(body) } else { body.to_string() };
     Reply { status, headers: head.to_string(), body }
+}
+
+/// Reads one response: the head, then `Content-Length` bytes, or chunks up to the last, or
+/// (neither) until the server closes. Some servers keep the connection open after it.
+fn read_response(stream: &mut TcpStream) -> Vec<u8> {
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        let complete = match raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            Some(end) => {
+                let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
+                let body = raw.len() - end - 4;
+                let length = head
+                    .lines()
+                    .find_map(|line| line.strip_prefix("content-length:"))
+                    .and_then(|n| n.trim().parse::<usize>().ok());
+                match length {
+                    Some(length) => body >= length,
+                    None if head.contains("transfer-encoding: chunked") => raw.ends_with(b"0\r\n\r\n"),
+                    None => false,
+                }
+            }
+            None => false,
+        };
+        if complete {
+            return raw;
+        }
+        match stream.read(&mut buf) {
+            Ok(0) => return raw,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+            Err(err) => panic!("reading the response: {err}"),
+        }
+    }
 }
 
 fn dechunk(mut body: &str) -> String {

@@ -3,6 +3,8 @@
 mod sandbox;
 
 mod agent;
+#[cfg(all(feature = "dashboard", feature = "markets"))]
+mod browser;
 mod build;
 #[cfg(feature = "dashboard")]
 mod dashboard;
