@@ -43,6 +43,20 @@ impl Server {
     }
 }
 
+impl Server {
+    /// Sends SIGTERM and returns at once; `wait` then gives the exit status.
+    pub fn terminate(&self) {
+        let pid = rustix::process::Pid::from_raw(self.child.id() as i32).unwrap();
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    }
+
+    pub fn wait(mut self) -> std::process::ExitStatus {
+        let status = self.child.wait().unwrap();
+        std::mem::forget(self); // already stopped
+        status
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         let pid = rustix::process::Pid::from_raw(self.child.id() as i32).unwrap();
@@ -295,4 +309,33 @@ fn serving_beyond_loopback_needs_a_token() {
     let refused = sb.dagrun(&["serve", "--addr", "0.0.0.0:0"]).usage_error();
     assert!(refused.stderr().contains("refusing to serve on 0.0.0.0:0 without a token"), "{}", refused.stderr());
     assert!(refused.stderr().contains("--token"), "{}", refused.stderr());
+}
+
+#[test]
+fn with_an_interval_the_dashboard_runs_the_schedule_too() {
+    let sb = Sandbox::new().pipeline(THREE);
+    let server = Server::start(&sb, &["--interval-sec", "3600"]);
+    wait_for_every_stage(&server, 1);
+    let state = server.json("/api/state");
+    assert_eq!(state["schedule"]["interval_sec"], 3600);
+    assert!(state["schedule"]["next_due"].is_string(), "{state}");
+    assert_eq!(server.json("/api/runs")[0]["trigger"], "agent-scheduled");
+    let page = server.get("/");
+    assert!(page.body.contains("next scheduled cycle at"), "{}", page.body);
+}
+
+#[test]
+fn sigterm_stops_the_dashboard_and_lets_its_running_build_finish() {
+    let sb = Sandbox::new().pipeline(WAITS);
+    let server = Server::start(&sb, &[]);
+    assert_eq!(server.post("/api/run-once").status, 202);
+    wait_until("the stage to run", || server.json("/api/state")["stages"][0]["state"] == "running");
+    server.terminate();
+    // The server stops answering, but the build drains: its running stage finishes.
+    wait_until("the server to stop answering", || std::net::TcpStream::connect(&server.addr).is_err());
+    sb.write("go", "");
+    let status = server.wait();
+    assert!(status.success(), "{status:?}");
+    assert_eq!(sb.column("SELECT status FROM stage_runs"), ["success"]);
+    assert_eq!(sb.read("a.out"), "a\n");
 }
