@@ -27,7 +27,8 @@ pub struct ServeArgs {
 
 pub fn run(file: std::path::PathBuf, args: ServeArgs) -> Result<u8, Error> {
     let cancel = CancelToken::new();
-    stop_on_signals(&cancel, Duration::from_secs(args.grace_sec));
+    let state_path = dagrun::Engine::load(&file, registry()).map(|engine| engine.spec().state_path.clone());
+    stop_on_signals(&cancel, Duration::from_secs(args.grace_sec), state_path.unwrap_or_default());
     let opts = ServeOptions {
         file,
         registry: registry(),
@@ -49,7 +50,7 @@ pub fn run(file: std::path::PathBuf, args: ServeArgs) -> Result<u8, Error> {
 
 /// First SIGINT/SIGTERM/SIGHUP: stop answering and let a running build's stages finish for
 /// up to `grace`, then terminate them; a second: kill them at once; a third: exit.
-fn stop_on_signals(cancel: &CancelToken, grace: Duration) {
+fn stop_on_signals(cancel: &CancelToken, grace: Duration, state_path: std::path::PathBuf) {
     super::signals::on_stop_signals(
         cancel,
         move |cancel| {
@@ -61,6 +62,6 @@ fn stop_on_signals(cancel: &CancelToken, grace: Duration) {
                 cancel.cancel();
             });
         },
-        || std::process::exit(i32::from(super::EXIT_FAILED)),
+        super::signals::exit_now(state_path),
     );
 }

@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::App;
-use super::runner::{LiveRun, Started, live_run};
+use super::runner::{LiveRun, Started, live_run, own_run};
 use crate::engine::{Engine, StageReport};
 use crate::planner::DirtyReason;
 use crate::state::StageStatus;
@@ -44,7 +44,7 @@ pub(crate) async fn blocking<T: Send + 'static>(
 #[derive(Debug, Clone, serde::Serialize)]
 pub(crate) struct StageView {
     pub stage: String,
-    /// `up_to_date`, `dirty`, `running` or `failed`.
+    /// `up_to_date`, `dirty`, `running`, `failed` or `interrupted`.
     pub state: &'static str,
     /// Why it is dirty, in words.
     pub why: Option<String>,
@@ -71,12 +71,12 @@ pub(crate) struct StateView {
 pub(crate) fn state_view(app: &App) -> Result<StateView, ApiError> {
     let engine = engine(app)?;
     let reports = engine.status(&[], false).map_err(internal)?;
-    let running = live_run(&engine);
-    let running_stages: HashSet<String> = match &running {
-        Some(run) => crate::state::State::open_reader(&engine.spec().state_path)
+    let running = own_run(app, &engine).or_else(|| live_run(&engine));
+    let running_stages: HashSet<String> = match running.as_ref().and_then(|run| run.run_id) {
+        Some(run_id) => crate::state::State::open_reader(&engine.spec().state_path)
             .ok()
             .flatten()
-            .and_then(|state| state.running_stages(run.run_id).ok())
+            .and_then(|state| state.running_stages(run_id).ok())
             .unwrap_or_default()
             .into_iter()
             .collect(),
@@ -93,10 +93,10 @@ pub(crate) fn state_view(app: &App) -> Result<StateView, ApiError> {
 }
 
 fn stage_view(report: StageReport, running: &HashSet<String>) -> StageView {
-    let failed = matches!(report.reason, Some(DirtyReason::LastRunFailed { .. }));
-    let state = match () {
+    let state = match &report.reason {
         _ if running.contains(&report.stage) => "running",
-        _ if failed => "failed",
+        Some(DirtyReason::LastRunFailed { status: StageStatus::Interrupted }) => "interrupted",
+        Some(DirtyReason::LastRunFailed { .. }) => "failed",
         _ if report.dirty => "dirty",
         _ => "up_to_date",
     };

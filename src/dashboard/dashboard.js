@@ -17,7 +17,10 @@ function row(stage) {
 }
 
 function activity(view) {
-  let text = view.running ? `run ${view.running.run_id} (${view.running.trigger}) running since ${view.running.started_at}` : "idle";
+  const run = view.running;
+  let text = !run ? "idle"
+    : run.run_id == null ? `a ${run.trigger} build is ${run.started_at}`
+    : `run ${run.run_id} (${run.trigger}) running since ${run.started_at}`;
   if (view.schedule && view.schedule.next_due) text += `; next scheduled cycle at ${view.schedule.next_due}`;
   return text;
 }
@@ -52,7 +55,10 @@ document.addEventListener("click", (event) => {
   }
 });
 
-if (document.querySelector("#state")) {
-  refresh();
-  setInterval(refresh, 1000);
+// The next poll is scheduled once the last one answered, so requests never pile up.
+async function poll() {
+  await refresh();
+  setTimeout(poll, 1000);
 }
+
+if (document.querySelector("#state")) poll();

@@ -100,7 +100,8 @@ impl App {
 /// Serves until `opts.cancel` is drained or cancelled; `on_ready` gets the bound address
 /// (with the port the system chose for port 0). Blocks.
 pub fn serve(opts: ServeOptions, on_ready: impl FnOnce(SocketAddr)) -> Result<(), Error> {
-    if !opts.addr.ip().is_loopback() && opts.token.is_none() {
+    let token = opts.token.filter(|token| !token.is_empty());
+    if !opts.addr.ip().is_loopback() && token.is_none() {
         return Err(Error::Serve(ServeError::TokenRequired { addr: opts.addr }));
     }
     let listener = std::net::TcpListener::bind(opts.addr)
@@ -111,7 +112,7 @@ pub fn serve(opts: ServeOptions, on_ready: impl FnOnce(SocketAddr)) -> Result<()
         file: opts.file,
         registry: opts.registry,
         engine: Mutex::new(None),
-        token: opts.token,
+        token,
         runs: RunOnce::new(opts.cancel.clone()),
         interval: opts.interval,
     });
@@ -171,15 +172,24 @@ fn router(app: Arc<App>) -> Router {
 /// origin as the server.
 async fn guard(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
     let mut set_cookie = None;
-    if let Some(token) = &app.token {
-        let given = bearer(request.headers()).or_else(|| cookie(request.headers()));
-        let in_query = query_token(request.uri().query());
-        match (given, in_query) {
-            (Some(given), _) if given == *token => {}
-            (_, Some(given)) if given == *token => set_cookie = Some(token.clone()),
-            _ => {
-                return (StatusCode::UNAUTHORIZED, "a token is required: send `Authorization: Bearer T`\n")
-                    .into_response();
+    match &app.token {
+        // Without a token only this machine may ask, under a name of this machine: a page
+        // whose own name was made to resolve to 127.0.0.1 (DNS rebinding) is refused.
+        None if !names_loopback(request.headers()) => {
+            return (StatusCode::MISDIRECTED_REQUEST, "this dashboard answers only to 127.0.0.1, localhost or [::1]\n")
+                .into_response();
+        }
+        None => {}
+        Some(token) => {
+            let given = bearer(request.headers()).or_else(|| cookie(request.headers()));
+            let in_query = query_token(request.uri().query());
+            match (given, in_query) {
+                (Some(given), _) if same(&given, token) => {}
+                (_, Some(given)) if same(&given, token) => set_cookie = Some(token.clone()),
+                _ => {
+                    return (StatusCode::UNAUTHORIZED, "a token is required: send `Authorization: Bearer T`\n")
+                        .into_response();
+                }
             }
         }
     }
@@ -187,12 +197,39 @@ async fn guard(State(app): State<Arc<App>>, request: Request, next: Next) -> Res
         return (StatusCode::FORBIDDEN, "cross-origin requests may not change anything\n").into_response();
     }
     let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    // Pages load only their own script and style, are never framed (no clickjacking of
+    // Run Agent Once), and send no Referer (a `?token=` in the address stays here).
+    if !headers.contains_key(header::CONTENT_SECURITY_POLICY) {
+        headers.insert(
+            header::CONTENT_SECURITY_POLICY,
+            header::HeaderValue::from_static(
+                "default-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self'; frame-ancestors 'none'",
+            ),
+        );
+    }
+    headers.insert(header::REFERRER_POLICY, header::HeaderValue::from_static("no-referrer"));
     if let Some(token) = set_cookie
         && let Ok(value) = format!("dagrun_token={token}; HttpOnly; SameSite=Strict; Path=/").parse()
     {
         response.headers_mut().insert(header::SET_COOKIE, value);
     }
     response
+}
+
+/// Compares a token in time that does not depend on where it differs.
+fn same(given: &str, token: &str) -> bool {
+    given.len() == token.len() && given.bytes().zip(token.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+}
+
+/// Whether the request names this machine's loopback (`127.0.0.1`, `localhost`, `[::1]`).
+fn names_loopback(headers: &HeaderMap) -> bool {
+    let Some(host) = headers.get(header::HOST).and_then(|v| v.to_str().ok()) else { return false };
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    name == "localhost" || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 fn bearer(headers: &HeaderMap) -> Option<String> {

@@ -86,7 +86,10 @@ fn stage_row(stage: &super::api::StageView) -> String {
 /// "run 12 (dashboard) running since ..." or "idle", and when the schedule runs next.
 fn activity(view: &super::api::StateView) -> String {
     let mut text = match &view.running {
-        Some(run) => format!("run {} ({}) running since {}", run.run_id, run.trigger, run.started_at),
+        Some(run) => match run.run_id {
+            Some(id) => format!("run {id} ({}) running since {}", run.trigger, run.started_at),
+            None => format!("a {} build is {}", run.trigger, run.started_at),
+        },
         None => "idle".to_string(),
     };
     if let Some(next) = view.schedule.as_ref().and_then(|s| s["next_due"].as_str()) {
@@ -224,20 +227,14 @@ pub(crate) async fn artifacts(State(app): State<Arc<App>>) -> Result<Html<String
         let engine = engine(&app)?;
         let spec = engine.spec();
         let mut body = String::from("<h1>Artifacts</h1>");
-        let reports: Vec<&str> = spec
-            .stages
-            .iter()
-            .flat_map(|stage| stage.outputs.iter().map(|o| o.as_str()))
-            .filter(|path| path.ends_with(".md"))
-            .collect();
         let mut shown = 0;
-        for report in reports {
-            let Ok(markdown) = std::fs::read_to_string(spec.root.join(report)) else { continue };
+        for report in reports(spec) {
+            let Ok(markdown) = std::fs::read_to_string(spec.root.join(&report)) else { continue };
             shown += 1;
             let dir = report.rsplit_once('/').map_or("", |(dir, _)| dir);
             body.push_str(&format!(
                 "<article class=\"report\"><p class=\"source\">{}</p>{}</article>",
-                escape(report),
+                escape(&report),
                 render_markdown(&markdown, dir)
             ));
         }
@@ -250,17 +247,46 @@ pub(crate) async fn artifacts(State(app): State<Arc<App>>) -> Result<Html<String
     Ok(page("Artifacts", "Artifacts", &body))
 }
 
+/// The Markdown files among the declared outputs: those named so, and those inside output
+/// directories (a few levels down, at most 20), in a stable order.
+fn reports(spec: &crate::spec::Spec) -> Vec<String> {
+    let mut found = Vec::new();
+    for output in spec.stages.iter().flat_map(|stage| stage.outputs.iter()) {
+        if output.as_str().ends_with(".md") {
+            found.push(output.to_string());
+            continue;
+        }
+        let dir = output.to_path(&spec.root);
+        if !dir.is_dir() {
+            continue;
+        }
+        let walk = walkdir::WalkDir::new(&dir).max_depth(3).sort_by_file_name().into_iter().flatten();
+        for entry in walk.filter(|e| e.file_type().is_file() && e.path().extension().is_some_and(|x| x == "md")) {
+            if let Some(inner) = entry.path().strip_prefix(&dir).ok().and_then(|p| p.to_str()) {
+                found.push(format!("{output}/{inner}"));
+            }
+        }
+    }
+    found.truncate(20);
+    found
+}
+
 /// Markdown to HTML (tables on; raw HTML in the file is shown as text, not run), with
 /// relative links pointed at `/artifacts/file/DIR/...`.
 fn render_markdown(markdown: &str, dir: &str) -> String {
     use pulldown_cmark::{CowStr, Event, Options, Parser, Tag};
     let relative = |url: &str| !url.contains(':') && !url.starts_with('/') && !url.starts_with('#');
+    // A report is a stage's output: only plain web links leave it as they are (never a
+    // `javascript:` one, which would run on this page).
+    let safe = |url: &str| ["http://", "https://", "mailto:", "#"].iter().any(|scheme| url.starts_with(scheme));
     let locate = |url: CowStr<'_>| -> CowStr<'static> {
         if relative(&url) {
             let path = if dir.is_empty() { url.to_string() } else { format!("{dir}/{url}") };
             CowStr::from(format!("/artifacts/file/{path}"))
-        } else {
+        } else if safe(&url) {
             CowStr::from(url.into_string())
+        } else {
+            CowStr::from("#")
         }
     };
     let events = Parser::new_ext(markdown, Options::ENABLE_TABLES).map(|event| match event {
@@ -286,11 +312,17 @@ pub(crate) async fn artifact_file(State(app): State<Arc<App>>, Path(path): Path<
         let spec = engine.spec();
         let not_found = || ApiError(StatusCode::NOT_FOUND, format!("`{path}` is not an output of this pipeline"));
         let rel = crate::spec::normalize(&spec.root, &path).map_err(|_| not_found())?;
-        let declared = spec.stages.iter().flat_map(|stage| stage.outputs.iter()).any(|output| rel.is_within(output));
-        if !declared {
+        let output = spec.stages.iter().flat_map(|stage| stage.outputs.iter()).find(|output| rel.is_within(output));
+        let Some(output) = output else { return Err(not_found()) };
+        // Links a stage left inside its output may point anywhere: serve what the path
+        // really is only if that is still inside the output, inside the pipeline directory.
+        let real = std::fs::canonicalize(rel.to_path(&spec.root)).map_err(|_| not_found())?;
+        let real_output = std::fs::canonicalize(output.to_path(&spec.root)).map_err(|_| not_found())?;
+        let real_root = std::fs::canonicalize(&spec.root).map_err(|_| not_found())?;
+        if !real.starts_with(&real_output) || !real_output.starts_with(&real_root) {
             return Err(not_found());
         }
-        let bytes = std::fs::read(rel.to_path(&spec.root)).map_err(|_| not_found())?;
+        let bytes = std::fs::read(&real).map_err(|_| not_found())?;
         // A stage wrote it: it may hold a script. Sandboxed, it can never run as this origin.
         let headers = [
             (header::CONTENT_TYPE, content_type(rel.as_str())),

@@ -41,11 +41,11 @@ pub enum Started {
     Failed(String),
 }
 
-/// A build recorded as running whose process is alive: the dashboard's own, a terminal's
-/// `dagrun build`, or an agent's.
+/// A build running now: the dashboard's own, a terminal's `dagrun build`, or an agent's.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct LiveRun {
-    pub run_id: i64,
+    /// `None` while the dashboard's own build waits for another's lock.
+    pub run_id: Option<i64>,
     pub trigger: String,
     pub started_at: String,
     pub pid: u32,
@@ -67,7 +67,7 @@ impl RunOnce {
             Err(error) => return Started::Failed(error),
         };
         if let Some(live) = live_run(&engine) {
-            return Started::Busy(Some(live.run_id));
+            return Started::Busy(live.run_id);
         }
         if self.cancel.is_stopping() {
             return Started::Failed("the dashboard is stopping".into());
@@ -75,8 +75,9 @@ impl RunOnce {
         let (tell, told) = mpsc::channel();
         let done = Arc::new(AtomicBool::new(false));
         let opts = BuildOptions { trigger: trigger.into(), cancel: self.cancel.clone(), ..BuildOptions::default() };
-        let finished = done.clone();
+        let finished = SetOnDrop(done.clone());
         let thread = std::thread::spawn(move || {
+            let _finished = finished; // set however the build ends, a panic included
             let started = tell.clone();
             let built = engine.build(&opts, &mut |event| {
                 if let Event::BuildStarted { run, .. } = event {
@@ -86,7 +87,6 @@ impl RunOnce {
             if let Err(error) = built {
                 let _ = tell.send(Err(error.at_state(&engine.spec().state_path).to_string()));
             }
-            finished.store(true, Ordering::SeqCst);
         });
         let (run_id, outcome) = match told.recv_timeout(START_WAIT) {
             Ok(Ok(run_id)) => (Some(run_id), Started::Run(Some(run_id))),
@@ -119,6 +119,15 @@ impl RunOnce {
     }
 }
 
+/// Sets its flag when dropped.
+struct SetOnDrop(Arc<AtomicBool>);
+
+impl Drop for SetOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
 /// Runs a cycle now and then every `interval`, as `dagrun agent --mode scheduled` does; a
 /// cycle that finds a build running is skipped (cycles never stack up).
 pub(crate) fn schedule(app: Arc<App>, interval: Duration) {
@@ -138,12 +147,33 @@ pub(crate) fn schedule(app: Arc<App>, interval: Duration) {
     });
 }
 
-/// The build running now, if any: a `runs` row still `running` whose process lives (a killed
-/// build leaves its row `running` until the next build sweeps it).
+/// Another process's build running now, if any: a `runs` row still `running` whose process
+/// is a live dagrun (a killed build leaves its row `running` until the next build sweeps
+/// it, and its pid may since belong to anything, this dashboard included). The dashboard's
+/// own builds are known from `RunOnce`, not from here.
 pub(crate) fn live_run(engine: &Engine) -> Option<LiveRun> {
     let state = State::open_reader(&engine.spec().state_path).ok()??;
     let runs = state.runs_in_progress().ok()?;
     runs.into_iter()
-        .find(|(_, pid, _, _)| std::path::Path::new(&format!("/proc/{pid}")).exists())
-        .map(|(run_id, pid, trigger, started_at)| LiveRun { run_id, trigger, started_at, pid })
+        .find(|&(_, pid, _, _)| pid != std::process::id() && is_dagrun(pid))
+        .map(|(run_id, pid, trigger, started_at)| LiveRun { run_id: Some(run_id), trigger, started_at, pid })
+}
+
+/// The dashboard's own build, if one is running, as `running` shows it.
+pub(crate) fn own_run(app: &App, engine: &Engine) -> Option<LiveRun> {
+    let run_id = app.runs.running()?;
+    let recorded = run_id.and_then(|id| {
+        let state = State::open_reader(&engine.spec().state_path).ok()??;
+        state.runs_in_progress().ok()?.into_iter().find(|run| run.0 == id)
+    });
+    let (trigger, started_at) = match recorded {
+        Some((_, _, trigger, started_at)) => (trigger, started_at),
+        None => ("dashboard".to_string(), "waiting for the build lock".to_string()),
+    };
+    Some(LiveRun { run_id, trigger, started_at, pid: std::process::id() })
+}
+
+fn is_dagrun(pid: u32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .is_ok_and(|cmdline| cmdline.split(|&b| b == 0).next().is_some_and(|exe| exe.ends_with(b"dagrun")))
 }

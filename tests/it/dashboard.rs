@@ -88,8 +88,10 @@ pub fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)]) -> R
 /// [`http`] with a request body.
 pub fn http_with_body(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Reply {
     let mut stream = TcpStream::connect(addr).unwrap();
-    let mut request =
-        format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    let mut request = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    if !headers.iter().any(|(name, _)| name.eq_ignore_ascii_case("host")) {
+        request.push_str(&format!("Host: {addr}\r\n"));
+    }
     for (name, value) in headers {
         request.push_str(&format!("{name}: {value}\r\n"));
     }
@@ -258,6 +260,7 @@ fn a_second_run_while_one_runs_answers_409_with_the_running_id() {
     let first = server.post("/api/run-once");
     assert_eq!(first.status, 202, "{}", first.body);
     let run_id = first.json()["run_id"].clone();
+    assert!(run_id.is_i64(), "the run was recorded: {run_id}");
     wait_until("the stage to show as running", || server.json("/api/state")["stages"][0]["state"] == "running");
     let second = server.post("/api/run-once");
     assert_eq!(second.status, 409, "{}", second.body);
@@ -338,4 +341,48 @@ fn sigterm_stops_the_dashboard_and_lets_its_running_build_finish() {
     assert!(status.success(), "{status:?}");
     assert_eq!(sb.column("SELECT status FROM stage_runs"), ["success"]);
     assert_eq!(sb.read("a.out"), "a\n");
+}
+
+#[test]
+fn a_page_reached_under_another_name_is_refused_without_a_token() {
+    // DNS rebinding: a page of evil.example whose name now resolves to 127.0.0.1 is
+    // "same origin" with itself, so the Host it sends must be refused.
+    let sb = Sandbox::new().pipeline(THREE);
+    let server = Server::start(&sb, &[]);
+    let rebound = [("Host", "evil.example:8501"), ("Origin", "http://evil.example:8501")];
+    assert_eq!(http(&server.addr, "GET", "/api/state", &rebound).status, 421);
+    assert_eq!(http(&server.addr, "POST", "/api/run-once", &rebound).status, 421);
+    assert_eq!(http(&server.addr, "GET", "/api/state", &[("Host", "localhost:8501")]).status, 200);
+    assert!(!sb.exists(".dagrun/state.db"), "nothing ran");
+    let page = server.get("/");
+    assert!(page.headers.contains("frame-ancestors 'none'"), "{}", page.headers);
+}
+
+#[test]
+fn only_declared_outputs_are_served_and_never_through_a_link_out_of_them() {
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("secret.txt"), "TOP-SECRET-CONTENT").unwrap();
+    let script = format!(
+        "mkdir -p site\n\
+         printf '# R\\n\\n[run](javascript:alert(1)) [ok](https://example.org) ![c](c.svg)\\n' > site/r.md\n\
+         echo '<svg xmlns=\"http://www.w3.org/2000/svg\"/>' > site/c.svg\n\
+         ln -s {} site/out\n",
+        outside.path().display()
+    );
+    let pipeline = "[stages.report]\ncmd = \"sh mk.sh\"\ninputs = [\"mk.sh\"]\noutputs = [\"site\"]\n";
+    let sb = Sandbox::new().pipeline(pipeline).file("mk.sh", &script).file("notes.txt", "not an output");
+    sb.build().success();
+    let server = Server::start(&sb, &[]);
+    let chart = server.get("/artifacts/file/site/c.svg");
+    assert_eq!(chart.status, 200, "{}", chart.body);
+    assert!(chart.headers.contains("image/svg+xml") && chart.headers.contains("sandbox"), "{}", chart.headers);
+    for path in ["notes.txt", "pipeline.toml", ".dagrun/state.db", "site/../notes.txt", "site/out/secret.txt"] {
+        let reply = server.get(&format!("/artifacts/file/{path}"));
+        assert_eq!(reply.status, 404, "{path}: {}", reply.body);
+        assert!(!reply.body.contains("TOP-SECRET-CONTENT"));
+    }
+    let page = server.get("/artifacts");
+    assert!(page.body.contains("/artifacts/file/site/c.svg"), "{}", page.body);
+    assert!(page.body.contains("href=\"https://example.org\""), "{}", page.body);
+    assert!(!page.body.contains("javascript:"), "{}", page.body);
 }
