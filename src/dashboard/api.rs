@@ -40,20 +40,15 @@ pub(crate) async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(work).await.map_err(internal)?
 }
 
-/// A stage as the Agent page shows it.
+/// A stage as the Agent page shows it: what `status --json` says of it, and its state.
 #[derive(Debug, Clone, serde::Serialize)]
 pub(crate) struct StageView {
-    pub stage: String,
+    #[serde(flatten)]
+    pub report: StageReport,
     /// `up_to_date`, `dirty`, `running`, `failed` or `interrupted`.
     pub state: &'static str,
     /// Why it is dirty, in words.
     pub why: Option<String>,
-    pub reason: Option<DirtyReason>,
-    pub last_run_at: Option<String>,
-    pub run_count: i64,
-    pub failure_count: i64,
-    pub last_status: Option<StageStatus>,
-    pub last_duration_ms: Option<i64>,
 }
 
 /// Everything the Agent page shows.
@@ -100,17 +95,7 @@ fn stage_view(report: StageReport, running: &HashSet<String>) -> StageView {
         _ if report.dirty => "dirty",
         _ => "up_to_date",
     };
-    StageView {
-        stage: report.stage,
-        state,
-        why: report.reason.as_ref().map(ToString::to_string),
-        reason: report.reason,
-        last_run_at: report.last_run_at,
-        run_count: report.run_count,
-        failure_count: report.failure_count,
-        last_status: report.last_status,
-        last_duration_ms: report.last_duration_ms,
-    }
+    StageView { state, why: report.reason.as_ref().map(ToString::to_string), report }
 }
 
 /// `GET /api/state`
@@ -184,7 +169,7 @@ pub(crate) async fn graph(State(app): State<Arc<App>>) -> Result<Response, ApiEr
         let engine = engine(&app)?;
         let view = state_view(&app)?;
         let states: std::collections::HashMap<&str, &str> =
-            view.stages.iter().map(|s| (s.stage.as_str(), s.state)).collect();
+            view.stages.iter().map(|s| (s.report.stage.as_str(), s.state)).collect();
         let spec = engine.spec();
         let nodes: Vec<Value> = engine
             .dag()

@@ -72,14 +72,14 @@ fn stage_row(stage: &super::api::StageView) -> String {
         "<tr data-stage=\"{name}\" class=\"state-{state}\"><td>{name}</td><td class=\"state\">{label}</td>\
          <td class=\"why\">{why}</td><td>{last}</td><td class=\"runs\">{runs}</td><td class=\"failures\">{fails}</td>\
          <td>{took}</td><td><button class=\"invalidate\" data-stage=\"{name}\" type=\"button\">Invalidate</button></td></tr>",
-        name = escape(&stage.stage),
+        name = escape(&stage.report.stage),
         state = stage.state,
         label = stage.state.replace('_', " "),
         why = escape(stage.why.as_deref().unwrap_or("")),
-        last = escape(stage.last_run_at.as_deref().unwrap_or("never")),
-        runs = stage.run_count,
-        fails = stage.failure_count,
-        took = stage.last_duration_ms.map(|ms| format!("{:.2}s", ms as f64 / 1000.0)).unwrap_or_default(),
+        last = escape(stage.report.last_run_at.as_deref().unwrap_or("never")),
+        runs = stage.report.run_count,
+        fails = stage.report.failure_count,
+        took = stage.report.last_duration_ms.map(|ms| format!("{:.2}s", ms as f64 / 1000.0)).unwrap_or_default(),
     )
 }
 
@@ -199,7 +199,7 @@ pub(crate) async fn graph(State(app): State<Arc<App>>) -> Result<Html<String>, A
         let nodes: Vec<GraphNode> = (0..spec.stages.len())
             .map(|idx| GraphNode {
                 name: spec.stages[idx].name.to_string(),
-                state: node_state(view.stages.iter().find(|s| s.stage == spec.stages[idx].name.as_str())),
+                state: node_state(view.stages.iter().find(|s| s.report.stage == spec.stages[idx].name.as_str())),
                 upstream: engine.dag().upstream(idx).collect(),
             })
             .collect();
@@ -214,7 +214,7 @@ fn node_state(stage: Option<&super::api::StageView>) -> NodeState {
         Some(stage) if stage.state == "running" => NodeState::Running,
         Some(stage) if stage.state == "failed" => NodeState::Failed,
         Some(stage) if stage.state == "up_to_date" => NodeState::UpToDate,
-        Some(stage) if stage.run_count == 0 && stage.last_run_at.is_none() => NodeState::NeverRun,
+        Some(stage) if stage.report.run_count == 0 && stage.report.last_run_at.is_none() => NodeState::NeverRun,
         Some(_) => NodeState::Dirty,
         None => NodeState::NeverRun,
     }
