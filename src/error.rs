@@ -23,7 +23,7 @@ pub enum Error {
     #[error("cannot accept `{stage}`: {reason}")]
     Accept { stage: String, reason: String },
     #[error("stage `{stage}` of a killed build is still running: {source}")]
-    Orphans { stage: String, source: crate::executor::GroupSurvives },
+    Orphans { stage: String, source: crate::executor::ProcessesSurvive },
     #[cfg(feature = "dashboard")]
     #[error(transparent)]
     Serve(#[from] crate::dashboard::ServeError),

@@ -28,7 +28,7 @@ pub const TOKEN_VAR: &str = "DAGRUN_ATTEMPT";
 /// Processes of a stage that did not exit after SIGKILL.
 #[derive(Debug, thiserror::Error)]
 #[error("its processes did not exit after SIGKILL ({detail}); end them by hand and build again")]
-pub struct GroupSurvives {
+pub struct ProcessesSurvive {
     pub detail: String,
 }
 
@@ -36,9 +36,9 @@ pub struct GroupSurvives {
 /// waits until they are gone; returns how many there were. One that leads a process group
 /// (the attempt's `sh`) takes its group with it, so that a member that cleared its
 /// environment goes too.
-pub fn end_attempt(token: &str) -> Result<usize, GroupSurvives> {
+pub fn end_attempt(token: &str) -> Result<usize, ProcessesSurvive> {
     let wanted = format!("{TOKEN_VAR}={token}");
-    let unreadable = |err: io::Error| GroupSurvives { detail: format!("cannot read /proc: {err}") };
+    let unreadable = |err: io::Error| ProcessesSurvive { detail: format!("cannot read /proc: {err}") };
     let first = carriers(&wanted).map_err(unreadable)?;
     if first.is_empty() {
         return Ok(0);
@@ -52,7 +52,7 @@ pub fn end_attempt(token: &str) -> Result<usize, GroupSurvives> {
         }
         if Instant::now() > deadline {
             let pids: Vec<String> = alive.iter().map(|(pid, _)| pid.to_string()).collect();
-            return Err(GroupSurvives { detail: format!("pids {}", pids.join(" ")) });
+            return Err(ProcessesSurvive { detail: format!("pids {}", pids.join(" ")) });
         }
         // Each is alive and carries the token, so its pid (and, for a leader, its group id)
         // is still its own.
@@ -97,7 +97,7 @@ pub fn signal_group(pgid: u32, signal: Signal) {
 /// After SIGKILL to the group and the leader's reaping: reaps the group's other members
 /// (dagrun is their subreaper), then ends every process of the attempt that left the group
 /// (reparented to dagrun as their parents die, and known by their token), until none is left.
-pub fn reap_attempt(pgid: u32, token: &str) -> Result<(), GroupSurvives> {
+pub fn reap_attempt(pgid: u32, token: &str) -> Result<(), ProcessesSurvive> {
     let Some(group) = i32::try_from(pgid).ok().and_then(Pid::from_raw) else { return Ok(()) };
     let deadline = Instant::now() + END_DEADLINE;
     let wanted = format!("{TOKEN_VAR}={token}");
@@ -110,7 +110,7 @@ pub fn reap_attempt(pgid: u32, token: &str) -> Result<(), GroupSurvives> {
             return Ok(());
         }
         if Instant::now() > deadline {
-            return Err(GroupSurvives { detail: "processes of the stage stay after SIGKILL".into() });
+            return Err(ProcessesSurvive { detail: "processes of the stage stay after SIGKILL".into() });
         }
         let _ = kill_process_group(group, Signal::KILL);
         for (pid, pgrp) in strays {

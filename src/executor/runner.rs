@@ -75,7 +75,7 @@ fn param_values(value: &toml::Value) -> Vec<String> {
 /// - unquoted: `"$DAGRUN_ARG_1"`, one word per element of a list;
 /// - in `"..."` or a here-document body: `${DAGRUN_ARG_1}`, a list joined by spaces;
 /// - in `'...'`: `'"$DAGRUN_ARG_1"'`, the quote closed around the reference;
-/// - in `$((...))`: `$DAGRUN_ARG_1` if the value is an integer; otherwise a reference to an
+/// - in `$((...))`: `${DAGRUN_ARG_1}` if the value is an integer; otherwise a reference to an
 ///   unset variable that stops the shell, since bash evaluates the text of a variable in
 ///   arithmetic (and runs a `$(...)` in an array index there);
 /// - in a comment or a quoted here-document: left as written; the shell expands nothing there.

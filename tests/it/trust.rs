@@ -119,34 +119,28 @@ fn a_build_killed_with_sigkill_has_its_stage_ended_by_the_next_build_before_it_r
     assert!(again.stdout().contains("0 ran, 0 cut off, 1 up to date"), "{}", again.stdout());
 }
 
-#[test]
-fn a_stage_whose_background_child_outlives_it_is_hashed_only_after_the_child_is_dead() {
-    // The stage exits 0 while a child it left behind keeps appending to its output.
-    let sb = Sandbox::new().pipeline(
-        r#"
-        [stages.s]
-        cmd = "echo good > out.txt; (while true; do echo late >> out.txt; sleep 0.01; done) & exit 0"
-        outputs = ["out.txt"]
-        "#,
-    );
+/// Builds a one-stage pipeline whose command exits 0 while a child it left behind keeps
+/// appending to its output; checks the child was ended and the recorded output stays.
+fn assert_a_lingering_child_is_ended_before_hashing(cmd: &str) {
+    let sb = Sandbox::new().pipeline(&format!("[stages.s]\ncmd = \"{cmd}\"\noutputs = [\"out.txt\"]\n"));
     sb.build().success();
     assert_attempts_ended(&sb, "s");
     assert_recorded_output_stays(&sb, "out.txt");
 }
 
 #[test]
+fn a_stage_whose_background_child_outlives_it_is_hashed_only_after_the_child_is_dead() {
+    assert_a_lingering_child_is_ended_before_hashing(
+        "echo good > out.txt; (while true; do echo late >> out.txt; sleep 0.01; done) & exit 0",
+    );
+}
+
+#[test]
 fn a_child_that_moves_to_a_process_group_of_its_own_is_ended_too() {
     // GNU `timeout` outside the foreground moves itself (and what it runs) to a new group.
-    let sb = Sandbox::new().pipeline(
-        r#"
-        [stages.s]
-        cmd = "echo good > out.txt; (timeout 60 sh -c 'while true; do echo late >> out.txt; sleep 0.01; done' | cat) & sleep 0.2; exit 0"
-        outputs = ["out.txt"]
-        "#,
+    assert_a_lingering_child_is_ended_before_hashing(
+        "echo good > out.txt; (timeout 60 sh -c 'while true; do echo late >> out.txt; sleep 0.01; done' | cat) & sleep 0.2; exit 0",
     );
-    sb.build().success();
-    assert_attempts_ended(&sb, "s");
-    assert_recorded_output_stays(&sb, "out.txt");
 }
 
 #[test]
