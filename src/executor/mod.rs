@@ -26,7 +26,7 @@ pub use group::{ProcessesSurvive, end_attempt};
 pub use runner::{ShellCommand, expand_command, log_tail, shell_quote};
 pub use watchdog::KILL_GRACE;
 
-use crate::builtin::BuiltinContext;
+use crate::builtin::{BuiltinContext, UpstreamStage};
 use crate::cancel::CancelToken;
 use crate::event::{Event, FailedStage};
 use crate::fingerprint::{FileHash, FingerprintInputs, OutputHash, output_hash};
@@ -724,6 +724,7 @@ fn run_attempt(
                 .ok_or_else(|| AttemptFailure::failed(format!("unknown built-in `{name}`")))?;
             let mut log = log;
             let mut metrics = BTreeMap::new();
+            let upstream = upstream_records(shared, idx);
             let watch = shared.watchdog.watch_builtin(stage.timeout);
             let ctx = BuiltinContext {
                 stage: stage.name.as_str(),
@@ -733,7 +734,7 @@ fn run_attempt(
                 outputs: outputs.iter().map(|p| spec.root.join(p)).collect::<Vec<PathBuf>>(),
                 log: &mut log,
                 cancel: &watch.flag,
-                state_path: &spec.state_path,
+                upstream: &upstream,
                 metrics: &mut metrics,
             };
             let result = runner::run_builtin(builtin, ctx);
@@ -743,6 +744,38 @@ fn run_attempt(
             }
         }
     }
+}
+
+/// Every stage `idx` depends on, with its params and its last success's metrics. Upstream
+/// results are committed before a stage starts, so a read-only look at the state sees them;
+/// a state that cannot be read gives no metrics rather than failing the stage.
+fn upstream_records(shared: &Shared<'_>, idx: StageIdx) -> Vec<UpstreamStage> {
+    let spec = shared.eval.spec;
+    let dag = shared.eval.dag;
+    let mut seen = vec![false; spec.stages.len()];
+    let mut stack: Vec<StageIdx> = dag.upstream(idx).collect();
+    let mut found = Vec::new();
+    while let Some(up) = stack.pop() {
+        if std::mem::replace(&mut seen[up], true) {
+            continue;
+        }
+        found.push(up);
+        stack.extend(dag.upstream(up));
+    }
+    found.sort_by(|a, b| spec.stages[*a].name.cmp(&spec.stages[*b].name));
+    let state = crate::state::State::open_read_only(&spec.state_path).ok();
+    found
+        .into_iter()
+        .map(|up| {
+            let name = spec.stages[up].name.to_string();
+            let metrics = state.as_ref().and_then(|s| s.last_success_metrics(&name).ok()).unwrap_or_default();
+            let builtin = match &spec.stages[up].action {
+                Action::Builtin { name } => Some(name.to_string()),
+                Action::Shell { .. } => None,
+            };
+            UpstreamStage { name, builtin, params: spec.stages[up].params.clone(), metrics }
+        })
+        .collect()
 }
 
 /// Whether the filesystem holding `dir` has no space left for ordinary users. A stage that

@@ -8,11 +8,11 @@
 //! The engine never imports this module; the `dagrun` binary registers it.
 
 mod backtest;
+mod chart;
 mod features;
 mod ingest;
 mod model;
 mod params;
-mod parquet_ingest;
 mod report;
 mod stages;
 mod synth;
@@ -22,7 +22,7 @@ use std::path::Path;
 
 use crate::builtin::{Builtin, BuiltinContext, BuiltinError, Registry};
 
-pub use backtest::{Backtest, Leg, simulate};
+pub use backtest::{Backtest, Execution, Leg, simulate};
 pub use features::{FEATURES, compute_features};
 
 /// An error inside a market stage; its text is what the user sees.
@@ -62,14 +62,14 @@ impl Builtin for MarketStage {
 /// the same inputs, so pipelines using it re-run.
 pub fn register(registry: &mut Registry) {
     let stages: [(&str, &'static str, StageFn); 8] = [
-        ("markets.markets", "2", stages::markets),
-        ("markets.ticks", "4", stages::ticks),
+        ("markets.markets", "3", stages::markets),
+        ("markets.ticks", "5", stages::ticks),
         ("markets.features", "2", stages::features),
-        ("markets.model", "2", stages::model),
-        ("markets.inference", "2", stages::inference),
-        ("markets.backtest", "2", stages::backtest),
-        ("markets.baseline", "2", stages::baseline),
-        ("markets.publish", "2", stages::publish),
+        ("markets.model", "3", stages::model),
+        ("markets.inference", "3", stages::inference),
+        ("markets.backtest", "3", stages::backtest),
+        ("markets.baseline", "3", stages::baseline),
+        ("markets.publish", "3", stages::publish),
     ];
     for (name, version, run) in stages {
         registry.register(name, MarketStage { version, run });

@@ -1,5 +1,5 @@
-//! The model: logistic regression (linfa) predicting the sign of the next return, trained on
-//! the earlier part of the timeline and evaluated on the later part.
+//! The model: logistic regression (linfa) predicting whether the next mid move is up, trained
+//! on the earliest part of the timeline, tuned on the next, and tested once on the last.
 
 use linfa::prelude::*;
 use linfa_logistic::LogisticRegression;
@@ -8,7 +8,7 @@ use ndarray::{Array1, Array2};
 use super::StageError;
 use super::features::FEATURES;
 
-/// A trained model, self-contained: standardisation, weights, and where the split fell.
+/// A trained model, self-contained: standardisation, weights, and where the periods fall.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Model {
     pub features: Vec<String>,
@@ -16,12 +16,11 @@ pub struct Model {
     pub sd: Vec<f64>,
     pub coef: Vec<f64>,
     pub intercept: f64,
-    /// Rows at or after this time are held out.
-    pub cutoff_ts: i64,
+    pub split: Split,
 }
 
 impl Model {
-    /// The probability that the next return is positive.
+    /// The probability that the next mid move is up.
     pub fn probability(&self, x: &[f64]) -> f64 {
         let z: f64 = self.intercept
             + x.iter().enumerate().map(|(i, v)| (v - self.mean[i]) / self.sd[i] * self.coef[i]).sum::<f64>();
@@ -29,39 +28,138 @@ impl Model {
     }
 }
 
-/// Held-out metrics.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct Metrics {
+/// Train, validation and test periods, by time: training rows (and the tick their label
+/// looks at) are before `validation_start_ts`; validation rows before `test_start_ts`.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Split {
+    pub train_fraction: f64,
+    pub validation_fraction: f64,
+    pub validation_start_ts: i64,
+    pub test_start_ts: i64,
+}
+
+impl Split {
+    /// Splits the distinct timestamps of `ts` by fraction.
+    pub fn of(ts: &[i64], train_fraction: f64, validation_fraction: f64) -> Split {
+        let mut distinct = ts.to_vec();
+        distinct.sort_unstable();
+        distinct.dedup();
+        let at = |fraction: f64| {
+            let i = ((distinct.len() as f64 * fraction) as usize).min(distinct.len().saturating_sub(1));
+            distinct.get(i).copied().unwrap_or(i64::MAX)
+        };
+        Split {
+            train_fraction,
+            validation_fraction,
+            validation_start_ts: at(train_fraction),
+            test_start_ts: at(train_fraction + validation_fraction),
+        }
+    }
+}
+
+/// How well probabilities score against outcomes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Scores {
+    pub rows: usize,
     pub accuracy: f64,
     pub log_loss: f64,
     pub auc: f64,
-    /// Share of held-out rows whose next return was positive.
+    /// Share of rows whose next mid move was up.
     pub base_rate: f64,
-    pub train_rows: usize,
-    pub test_rows: usize,
+}
+
+impl Scores {
+    pub fn of(probabilities: &[f64], up: &[bool]) -> Scores {
+        let (accuracy, log_loss, auc) = evaluate(probabilities, up);
+        Scores {
+            rows: up.len(),
+            accuracy,
+            log_loss,
+            auc,
+            base_rate: up.iter().filter(|&&u| u).count() as f64 / up.len().max(1) as f64,
+        }
+    }
+}
+
+/// One tenth of the test rows, by predicted probability.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Decile {
+    pub rows: usize,
+    pub mean_predicted: f64,
+    pub observed_up: f64,
+}
+
+/// Calibration: the test rows cut into ten equal groups by predicted probability.
+pub fn calibration(probabilities: &[f64], up: &[bool]) -> Vec<Decile> {
+    let mut order: Vec<usize> = (0..probabilities.len()).collect();
+    order.sort_by(|&a, &b| probabilities[a].total_cmp(&probabilities[b]));
+    let n = order.len();
+    (0..10)
+        .map(|d| {
+            let group = &order[n * d / 10..n * (d + 1) / 10];
+            let count = group.len().max(1) as f64;
+            Decile {
+                rows: group.len(),
+                mean_predicted: group.iter().map(|&i| probabilities[i]).sum::<f64>() / count,
+                observed_up: group.iter().filter(|&&i| up[i]).count() as f64 / count,
+            }
+        })
+        .collect()
+}
+
+/// Predictions at 0.5 against outcomes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Confusion {
+    pub predicted_up_was_up: usize,
+    pub predicted_up_was_not: usize,
+    pub predicted_not_was_up: usize,
+    pub predicted_not_was_not: usize,
+}
+
+pub fn confusion(probabilities: &[f64], up: &[bool]) -> Confusion {
+    let mut c = Confusion::default();
+    for (p, &u) in probabilities.iter().zip(up) {
+        match (*p > 0.5, u) {
+            (true, true) => c.predicted_up_was_up += 1,
+            (true, false) => c.predicted_up_was_not += 1,
+            (false, true) => c.predicted_not_was_up += 1,
+            (false, false) => c.predicted_not_was_not += 1,
+        }
+    }
+    c
+}
+
+/// A standardised coefficient, by feature name.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Coefficient {
+    pub feature: String,
+    pub coef: f64,
+}
+
+/// What the model stage reports.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Metrics {
+    /// What is predicted.
+    pub label: String,
+    pub in_sample: Scores,
+    pub validation: Scores,
+    pub test: Scores,
+    pub coefficients: Vec<Coefficient>,
+    pub intercept: f64,
+    pub calibration: Vec<Decile>,
+    pub confusion: Confusion,
+    pub split: Split,
     pub markets: usize,
     pub ticks: usize,
-    pub cutoff_ts: i64,
-    pub train_fraction: f64,
+    /// Training rows before sampling (`max_train_rows`).
+    pub train_rows_available: usize,
+    /// Share of labelled rows whose next mid did not move (labelled "not up", kept).
+    pub flat_next_move_share: f64,
     pub max_iterations: u64,
 }
 
-/// The time before which `fraction` of the distinct timestamps fall.
-pub fn split_cutoff(ts: &[i64], fraction: f64) -> i64 {
-    let mut distinct = ts.to_vec();
-    distinct.sort_unstable();
-    distinct.dedup();
-    let at = ((distinct.len() as f64 * fraction) as usize).min(distinct.len().saturating_sub(1));
-    distinct.get(at).copied().unwrap_or(i64::MAX)
-}
-
 /// Trains on rows `x` (one per sample, `FEATURES.len()` wide) with labels `up`.
-pub fn train(
-    x: &[[f64; FEATURES.len()]],
-    up: &[bool],
-    max_iterations: u64,
-    cutoff_ts: i64,
-) -> Result<Model, StageError> {
+pub fn train(x: &[[f64; FEATURES.len()]], up: &[bool], max_iterations: u64, split: Split) -> Result<Model, StageError> {
     let k = FEATURES.len();
     if x.len() < 10 || up.iter().all(|&u| u) || up.iter().all(|&u| !u) {
         return Err(StageError::msg(format!(
@@ -92,7 +190,7 @@ pub fn train(
         sd,
         coef: fitted.params().iter().map(|w| sign * w).collect(),
         intercept: sign * fitted.intercept(),
-        cutoff_ts,
+        split,
     })
 }
 
@@ -156,7 +254,7 @@ mod tests {
             })
             .collect();
         let up: Vec<bool> = x.iter().map(|r| r[0] + 0.3 * r[1] > 0.0).collect();
-        let model = train(&x, &up, 100, 0).unwrap();
+        let model = train(&x, &up, 100, Split::of(&[0], 0.6, 0.2)).unwrap();
         let probabilities: Vec<f64> = x.iter().map(|r| model.probability(r)).collect();
         let (accuracy, _, auc) = evaluate(&probabilities, &up);
         assert!(accuracy > 0.9 && auc > 0.95, "accuracy {accuracy}, auc {auc}");
@@ -170,7 +268,7 @@ mod tests {
             (0..300).map(|i| [(i % 100) as f64 / 100.0 * 2.0 - 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]).collect();
         let up: Vec<bool> = x.iter().map(|r| r[0] > 0.4).collect();
         assert!(up.iter().filter(|&&u| u).count() < 100, "the majority is down");
-        let model = train(&x, &up, 200, 0).unwrap();
+        let model = train(&x, &up, 200, Split::of(&[0], 0.6, 0.2)).unwrap();
         let high = model.probability(&[0.9, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]);
         let low = model.probability(&[-0.9, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]);
         assert!(high > 0.5 && low < 0.5, "P(up) is {high} for a clear up case and {low} for a clear down one");
@@ -178,7 +276,20 @@ mod tests {
     }
 
     #[test]
-    fn the_cutoff_splits_distinct_times_by_fraction() {
-        assert_eq!(split_cutoff(&[5, 1, 2, 3, 4, 1, 2], 0.6), 4);
+    fn periods_split_distinct_times_by_fraction() {
+        let split = Split::of(&[5, 1, 2, 3, 4, 1, 2, 6, 7, 8, 9, 10], 0.6, 0.2);
+        assert_eq!((split.validation_start_ts, split.test_start_ts), (7, 9));
+    }
+
+    #[test]
+    fn deciles_and_the_confusion_matrix_count_every_row() {
+        let p: Vec<f64> = (0..100).map(|i| i as f64 / 100.0).collect();
+        let up: Vec<bool> = (0..100).map(|i| i % 3 == 0).collect();
+        let deciles = calibration(&p, &up);
+        assert_eq!(deciles.iter().map(|d| d.rows).sum::<usize>(), 100);
+        assert!((deciles[0].mean_predicted - 0.045).abs() < 1e-12);
+        let c = confusion(&p, &up);
+        assert_eq!(c.predicted_up_was_up + c.predicted_up_was_not, 49);
+        assert_eq!(c.predicted_up_was_up + c.predicted_not_was_up, 34);
     }
 }

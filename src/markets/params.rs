@@ -45,4 +45,28 @@ impl<'a> Params<'a> {
             Some(_) => Err(self.wrong(key, "a string")),
         }
     }
+
+    /// A number, or the word `tune`: `None` means tune it.
+    pub fn f64_or_tune(&self, key: &str, default: Option<f64>) -> Result<Option<f64>, StageError> {
+        match self.table.get(key) {
+            None => Ok(default),
+            Some(toml::Value::String(s)) if s == "tune" => Ok(None),
+            Some(toml::Value::Float(f)) if f.is_finite() => Ok(Some(*f)),
+            Some(toml::Value::Integer(i)) => Ok(Some(*i as f64)),
+            Some(_) => Err(self.wrong(key, "a number, or \"tune\" to choose it on the validation period")),
+        }
+    }
+
+    pub fn f64_list_or(&self, key: &str, default: &[f64]) -> Result<Vec<f64>, StageError> {
+        let Some(value) = self.table.get(key) else { return Ok(default.to_vec()) };
+        let list =
+            value.as_array().filter(|a| !a.is_empty()).ok_or_else(|| self.wrong(key, "a non-empty list of numbers"))?;
+        list.iter()
+            .map(|v| match v {
+                toml::Value::Float(f) if f.is_finite() => Ok(*f),
+                toml::Value::Integer(i) => Ok(*i as f64),
+                _ => Err(self.wrong(key, "a non-empty list of numbers")),
+            })
+            .collect()
+    }
 }

@@ -1,156 +1,285 @@
-//! `publish`: the report as JSON, Markdown and an equity-curve chart (SVG, drawn with plotters).
+//! `publish`: the report as JSON and Markdown, and the equity chart as SVG and PNG.
 
 use std::fmt::Write as _;
-use std::path::Path;
 
-use plotters::prelude::*;
-
-use super::StageError;
 use super::backtest::Backtest;
+use super::ingest::time::format_utc;
 use super::model::Metrics;
+use crate::builtin::UpstreamStage;
+
+/// What the data is: generated (and from which seed) or read from exports.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct DataSource {
+    pub synthetic: bool,
+    pub seed: Option<i64>,
+    pub markets_file: Option<String>,
+    pub ticks_file: Option<String>,
+    /// From the ticks stage, for exports: rows read, merged (same market and time) and
+    /// dropped (crossed or missing quote).
+    pub rows_read: Option<u64>,
+    pub rows_merged: Option<u64>,
+    pub rows_bad_quote: Option<u64>,
+}
+
+impl DataSource {
+    pub fn from_upstream(upstream: &[UpstreamStage]) -> DataSource {
+        let by_fn = |name: &str| upstream.iter().find(|s| s.builtin.as_deref() == Some(name));
+        let source = |s: Option<&UpstreamStage>| s.and_then(|s| s.params.get("source")?.as_str().map(String::from));
+        let (markets, ticks) = (by_fn("markets.markets"), by_fn("markets.ticks"));
+        let count = |key: &str| ticks.and_then(|t| t.metrics.get(key)).map(|v| *v as u64);
+        let ticks_file = source(ticks);
+        let synthetic = ticks_file.is_none();
+        // The ticks stage's own default when it names no seed.
+        let seed = synthetic.then(|| ticks.and_then(|t| t.params.get("seed")?.as_integer()).unwrap_or(42));
+        DataSource {
+            synthetic,
+            seed,
+            markets_file: source(markets),
+            ticks_file,
+            rows_read: count("rows_read"),
+            rows_merged: count("rows_merged"),
+            rows_bad_quote: count("rows_bad_quote"),
+        }
+    }
+
+    fn describe(&self) -> String {
+        if self.synthetic {
+            return format!(
+                "**Synthetic data**, generated from seed {}: not a market's history. Its numbers show the pipeline works, not that a strategy does.",
+                self.seed.unwrap_or(42)
+            );
+        }
+        let mut text = format!("Exported data: ticks from `{}`", self.ticks_file.as_deref().unwrap_or("?"));
+        if let Some(markets) = &self.markets_file {
+            let _ = write!(text, ", markets from `{markets}`");
+        }
+        if let (Some(read), Some(merged), Some(bad)) = (self.rows_read, self.rows_merged, self.rows_bad_quote) {
+            let _ = write!(
+                text,
+                ". {read} rows read; {merged} merged into an earlier row of the same market and time (last price and quote, summed volume); {bad} dropped for a crossed or missing quote."
+            );
+        }
+        text
+    }
+}
+
+/// A stage upstream of the report and its params.
+#[derive(Debug, serde::Serialize)]
+pub struct StageParams {
+    pub stage: String,
+    pub params: serde_json::Value,
+}
 
 #[derive(Debug, serde::Serialize)]
 pub struct Report {
+    pub data: DataSource,
     pub model: Metrics,
-    pub backtest: serde_json::Value,
+    /// `backtest.json`: the model's strategy, its benchmark, sensitivity and markets.
+    pub strategy: serde_json::Value,
+    /// `baseline.json`.
     pub baseline: serde_json::Value,
+    pub stages: Vec<StageParams>,
 }
 
-/// A stage as recorded in the state database: its last duration and params.
-pub struct StageSummary {
-    pub stage: String,
-    pub duration_ms: Option<i64>,
-    pub params: String,
-}
-
-/// Every stage's last duration and params, from the state database, opened read-only.
-/// This makes report.md the one output that is not a pure function of the stage's inputs:
-/// its timings change from run to run.
-pub fn stage_summaries(state_path: &Path) -> Vec<StageSummary> {
-    let Ok(state) = crate::state::State::open_read_only(state_path) else { return Vec::new() };
-    let Ok(records) = state.load_records() else { return Vec::new() };
-    let mut names: Vec<&String> = records.keys().collect();
-    names.sort();
-    names
-        .into_iter()
-        .map(|name| {
-            let params = state
-                .fingerprint_inputs(name)
-                .ok()
-                .flatten()
-                .and_then(|json| serde_json::from_str::<serde_json::Value>(&json).ok())
-                .and_then(|v| v.get("params").cloned())
-                .map(|p| p.to_string())
-                .unwrap_or_default();
-            StageSummary { stage: name.clone(), duration_ms: records[name].last_duration_ms, params }
-        })
-        .collect()
-}
-
-fn backtest_row(name: &str, json: &serde_json::Value) -> String {
-    let bt: Option<Backtest> = serde_json::from_value(json.clone()).ok();
-    match bt {
-        Some(b) => format!(
-            "| {name} | {:+.2}% | {:.2} | {:.2}% | {:.1}% | {:.3} | {} |",
-            b.pnl * 100.0,
-            b.sharpe,
-            b.max_drawdown * 100.0,
-            b.hit_rate * 100.0,
-            b.turnover,
-            b.trades
-        ),
-        None => format!("| {name} | (unreadable) ||||||"),
+impl Report {
+    pub fn new(
+        data: DataSource,
+        model: Metrics,
+        strategy: serde_json::Value,
+        baseline: serde_json::Value,
+        upstream: &[UpstreamStage],
+    ) -> Report {
+        let stages = upstream
+            .iter()
+            .map(|s| StageParams {
+                stage: s.name.clone(),
+                params: serde_json::to_value(&s.params).unwrap_or(serde_json::Value::Null),
+            })
+            .collect();
+        Report { data, model, strategy, baseline, stages }
     }
 }
 
-pub fn markdown(report: &Report, stages: &[StageSummary]) -> String {
+fn backtest_of(json: &serde_json::Value, key: &str) -> Option<Backtest> {
+    serde_json::from_value(json.get(key)?.clone()).ok()
+}
+
+fn pct(x: f64) -> String {
+    format!("{:+.2}%", x * 100.0)
+}
+
+fn duration(hours: f64) -> String {
+    if hours < 1.0 { format!("{:.0} min", hours * 60.0) } else { format!("{hours:.1} h") }
+}
+
+fn strategy_row(md: &mut String, name: &str, b: Option<&Backtest>) {
+    let Some(b) = b else {
+        let _ = writeln!(md, "| {name} | (unreadable) |||||||||||");
+        return;
+    };
+    let _ = writeln!(
+        md,
+        "| {name} | {} | {} | {:.2}% | {:.2}% | {:.2}% | {:.2} [{:.2}, {:.2}] | {:.2}% | {:.1}% | {:.0}% | {} | {} |",
+        pct(b.pnl),
+        pct(b.gross_pnl),
+        b.costs.fees * 100.0,
+        b.costs.slippage * 100.0,
+        b.costs.spread * 100.0,
+        b.sharpe,
+        b.sharpe_ci95[0],
+        b.sharpe_ci95[1],
+        b.max_drawdown * 100.0,
+        b.hit_rate * 100.0,
+        b.exposure * 100.0,
+        duration(b.avg_holding_hours),
+        b.trades
+    );
+}
+
+pub fn markdown(report: &Report) -> String {
     let m = &report.model;
     let mut md = String::new();
     let _ = writeln!(md, "# Market pipeline report\n");
-    let _ = writeln!(md, "## Model (held-out period)\n");
-    let _ = writeln!(md, "| metric | value |\n|---|---:|");
+    let _ = writeln!(md, "{}\n", report.data.describe());
+    let _ = writeln!(md, "{} markets, {} ticks.\n", m.markets, m.ticks);
+
+    let _ = writeln!(md, "## Model\n");
     let _ = writeln!(
         md,
-        "| accuracy | {:.4} |\n| log loss | {:.4} |\n| AUC | {:.4} |\n| base rate (up) | {:.4} |",
-        m.accuracy, m.log_loss, m.auc, m.base_rate
+        "Logistic regression on {} standardised features. It predicts whether {}.\n",
+        m.coefficients.len(),
+        m.label
     );
-    let _ = writeln!(md, "\n## Strategies (held-out period, after fees and slippage)\n");
     let _ = writeln!(
         md,
-        "| strategy | PnL | Sharpe (annualised) | max drawdown | hit rate | turnover | trades |\n|---|---:|---:|---:|---:|---:|---:|"
+        "Periods, by time: training before {}, validation until {}, test from then on. The first {:.0}% of the distinct times train, the next {:.0}% validate. Every tuned choice is made on validation; the test period is scored once. Training used {} of {} rows. The next mid did not move for {:.1}% of rows, which count as \"not up\".\n",
+        format_utc(m.split.validation_start_ts, true),
+        format_utc(m.split.test_start_ts, true),
+        m.split.train_fraction * 100.0,
+        m.split.validation_fraction * 100.0,
+        m.in_sample.rows,
+        m.train_rows_available,
+        m.flat_next_move_share * 100.0
     );
-    let _ = writeln!(md, "{}", backtest_row("model threshold", &report.backtest));
-    let _ = writeln!(md, "{}", backtest_row("momentum baseline", &report.baseline));
-    let baseline_cutoff = report.baseline.pointer("/params/cutoff_ts").and_then(serde_json::Value::as_i64);
-    if baseline_cutoff.is_some_and(|cutoff| cutoff != m.cutoff_ts) {
+    let _ =
+        writeln!(md, "| period | rows | accuracy | log loss | AUC | base rate (up) |\n|---|---:|---:|---:|---:|---:|");
+    for (name, s) in [("in-sample", &m.in_sample), ("validation", &m.validation), ("test", &m.test)] {
         let _ = writeln!(
             md,
-            "\n**Note:** the baseline's held-out period does not start where the model's does; give `baseline` the same `train_fraction` as `model` to compare them."
+            "| {name} | {} | {:.4} | {:.4} | {:.4} | {:.4} |",
+            s.rows, s.accuracy, s.log_loss, s.auc, s.base_rate
         );
     }
-    let _ = writeln!(md, "\n![equity curve](equity.svg)\n");
-    let _ = writeln!(md, "## Data\n");
-    let _ = writeln!(md, "| | count |\n|---|---:|");
-    let _ = writeln!(
-        md,
-        "| markets | {} |\n| ticks | {} |\n| training rows | {} |\n| held-out rows | {} |",
-        m.markets, m.ticks, m.train_rows, m.test_rows
-    );
+    let _ = writeln!(md, "\n### Coefficients (per standard deviation of each feature)\n");
+    let _ = writeln!(md, "| feature | coefficient |\n|---|---:|");
+    for c in &m.coefficients {
+        let _ = writeln!(md, "| {} | {:+.4} |", c.feature, c.coef);
+    }
+    let _ = writeln!(md, "| (intercept) | {:+.4} |", m.intercept);
+    let _ = writeln!(md, "\n### Calibration (test, by decile of predicted probability)\n");
+    let _ = writeln!(md, "| decile | rows | mean predicted | observed up |\n|---:|---:|---:|---:|");
+    for (i, d) in m.calibration.iter().enumerate() {
+        let _ = writeln!(md, "| {} | {} | {:.4} | {:.4} |", i + 1, d.rows, d.mean_predicted, d.observed_up);
+    }
+    let c = &m.confusion;
+    let _ = writeln!(md, "\n### Confusion matrix (test, predicted up when P(up) > 0.5)\n");
+    let _ = writeln!(md, "| | was up | was not up |\n|---|---:|---:|");
+    let _ = writeln!(md, "| predicted up | {} | {} |", c.predicted_up_was_up, c.predicted_up_was_not);
+    let _ = writeln!(md, "| predicted not up | {} | {} |", c.predicted_not_was_up, c.predicted_not_was_not);
+
+    strategies(&mut md, report);
+    per_market(&mut md, &report.strategy);
+
     let _ = writeln!(md, "\n## Stages\n");
-    let _ = writeln!(md, "| stage | last duration | params |\n|---|---:|---|");
-    for s in stages {
-        let took = s.duration_ms.map(|ms| format!("{:.2}s", ms as f64 / 1000.0)).unwrap_or_else(|| "-".into());
-        let _ = writeln!(md, "| {} | {took} | `{}` |", s.stage, s.params);
+    let _ = writeln!(md, "| stage | params |\n|---|---|");
+    for s in &report.stages {
+        let _ = writeln!(md, "| {} | `{}` |", s.stage, s.params);
     }
     md
 }
 
-/// The model's and the baseline's equity over the held-out period, by hours since its start.
-pub fn equity_svg(model: &[(i64, f64)], baseline: &[(i64, f64)]) -> Result<String, StageError> {
-    let start = model.iter().chain(baseline).map(|p| p.0).min().unwrap_or(0);
-    let hours = |series: &[(i64, f64)]| -> Vec<(f64, f64)> {
-        series.iter().map(|&(t, e)| ((t - start) as f64 / 3_600_000.0, e)).collect()
-    };
-    let (m, b) = (hours(model), hours(baseline));
-    let all = m.iter().chain(&b);
-    let x_max = all.clone().map(|p| p.0).fold(1.0, f64::max);
-    let (y_min, y_max) = all.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), p| (lo.min(p.1), hi.max(p.1)));
-    let (y_min, y_max) = if y_min.is_finite() { (y_min, y_max) } else { (0.9, 1.1) };
-    let pad = ((y_max - y_min) * 0.05).max(1e-3);
-    let plot_err = |e: String| StageError::msg(format!("cannot draw the equity chart: {e}"));
-    let mut svg = String::new();
-    {
-        let root = SVGBackend::with_string(&mut svg, (900, 420)).into_drawing_area();
-        root.fill(&WHITE).map_err(|e| plot_err(e.to_string()))?;
-        let mut chart = ChartBuilder::on(&root)
-            .margin(20)
-            .x_label_area_size(35)
-            .y_label_area_size(60)
-            .build_cartesian_2d(0.0..x_max, (y_min - pad)..(y_max + pad))
-            .map_err(|e| plot_err(e.to_string()))?;
-        chart
-            .configure_mesh()
-            .x_desc("hours into the held-out period")
-            .y_desc("equity")
-            .draw()
-            .map_err(|e| plot_err(e.to_string()))?;
-        chart
-            .draw_series(LineSeries::new(m, &BLUE))
-            .map_err(|e| plot_err(e.to_string()))?
-            .label("model")
-            .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], BLUE));
-        chart
-            .draw_series(LineSeries::new(b, &RED))
-            .map_err(|e| plot_err(e.to_string()))?
-            .label("momentum baseline")
-            .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], RED));
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()
-            .map_err(|e| plot_err(e.to_string()))?;
-        root.present().map_err(|e| plot_err(e.to_string()))?;
+fn strategies(md: &mut String, report: &Report) {
+    let strategy = &report.strategy;
+    let test = backtest_of(strategy, "test");
+    let _ = writeln!(md, "\n## Strategies (test period, reported once)\n");
+    if let Some(conventions) = strategy.get("conventions").and_then(|c| c.as_object()) {
+        for (name, text) in conventions {
+            let _ = writeln!(md, "- **{}:** {}.", name.replace('_', " "), text.as_str().unwrap_or(""));
+        }
     }
-    Ok(svg)
+    let threshold = strategy.get("threshold").and_then(|t| t.as_f64()).unwrap_or(f64::NAN);
+    let chosen = strategy.get("threshold_chosen").and_then(|t| t.as_str()).unwrap_or("");
+    let _ = writeln!(md, "\nModel threshold: {threshold} ({chosen}).\n");
+    let _ = writeln!(
+        md,
+        "| strategy | net PnL | gross PnL | fees | slippage | spread | Sharpe [95% CI] | max drawdown | hit rate | exposure | avg holding | trades |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    strategy_row(md, "model", test.as_ref());
+    strategy_row(md, "momentum baseline", backtest_of(&report.baseline, "test").as_ref());
+    strategy_row(md, "equal-weight buy and hold", backtest_of(strategy, "benchmark").as_ref());
+    if let Some(t) = &test {
+        let _ = writeln!(
+            md,
+            "\nCosts are summed over bars as a share of equity. Sharpe is annualised with {:.0} observed bars a year (bars of {} min); its interval is Lo's (2002) for independent returns.",
+            t.bars_per_year,
+            t.bar_ms / 60_000
+        );
+    }
+    let model_start = strategy.get("test_start_ts").and_then(|v| v.as_i64());
+    let baseline_start = report.baseline.get("test_start_ts").and_then(|v| v.as_i64());
+    if model_start.is_some() && model_start != baseline_start {
+        let _ = writeln!(
+            md,
+            "\n**Note:** the baseline's test period does not start where the model's does; give `baseline` the same `train_fraction` and `validation_fraction` as `model` to compare them."
+        );
+    }
+    if let Some(rows) = strategy.get("sensitivity").and_then(|s| s.as_array()) {
+        let _ = writeln!(md, "\n### Sensitivity (validation period): net PnL by threshold and cost\n");
+        let _ = writeln!(md, "| threshold | no costs | costs x1 | costs x2 | trades |\n|---:|---:|---:|---:|---:|");
+        for row in rows {
+            let get = |k: &str| row.get(k).and_then(|v| v.as_f64()).unwrap_or(f64::NAN);
+            let mark = if get("threshold") == threshold { " (chosen)" } else { "" };
+            let _ = writeln!(
+                md,
+                "| {}{mark} | {} | {} | {} | {} |",
+                get("threshold"),
+                pct(get("pnl_no_costs")),
+                pct(get("pnl")),
+                pct(get("pnl_double_costs")),
+                get("trades")
+            );
+        }
+    }
+    let _ = writeln!(
+        md,
+        "\n![equity, drawdown and benchmark](equity.png)\n\n(The same chart as SVG: [equity.svg](equity.svg).)"
+    );
 }
+
+fn per_market(md: &mut String, strategy: &serde_json::Value) {
+    let Some(rows) = strategy.get("per_market").and_then(|s| s.as_array()) else { return };
+    let _ = writeln!(md, "\n## Per market (test)\n");
+    let _ = writeln!(md, "| market | AUC | net PnL | trades |\n|---|---:|---:|---:|");
+    for row in rows {
+        let f = |k: &str| row.get(k).and_then(|v| v.as_f64()).unwrap_or(f64::NAN);
+        let _ = writeln!(
+            md,
+            "| {} | {:.4} | {} | {} |",
+            row.get("market").and_then(|v| v.as_str()).unwrap_or("?"),
+            f("auc"),
+            pct(f("pnl")),
+            f("trades")
+        );
+    }
+}
+
+/// An equity table as read back: time, equity, drawdown and (for the model) the benchmark.
+#[derive(Debug, Clone, Default)]
+pub struct Curve {
+    pub ts: Vec<i64>,
+    pub equity: Vec<f64>,
+    pub drawdown: Vec<f64>,
+    pub benchmark: Vec<f64>,
+}
+
+pub use super::chart::Chart;

@@ -65,11 +65,37 @@ pub fn write_batch(path: &Path, batch: &RecordBatch) -> Result<(), StageError> {
     })
 }
 
-/// Reads every batch of an Arrow IPC file into one.
+/// Reads an Arrow IPC file (one record batch) whole.
 pub fn read_batch(path: &Path) -> Result<RecordBatch, StageError> {
+    read(path, None)
+}
+
+/// Reads only the named columns of an Arrow IPC file: a stage that needs one column of a
+/// wide table does not hold the rest in memory.
+pub fn read_columns(path: &Path, names: &[&str]) -> Result<RecordBatch, StageError> {
+    read(path, Some(names))
+}
+
+fn read(path: &Path, names: Option<&[&str]>) -> Result<RecordBatch, StageError> {
     let arrow = |e: arrow_schema::ArrowError| StageError::msg(format!("cannot read {}: {e}", path.display()));
-    let file = File::open(path).map_err(|e| StageError::io(path, e))?;
-    let reader = FileReader::try_new(BufReader::new(file), None).map_err(arrow)?;
+    let open = || File::open(path).map(BufReader::new).map_err(|e| StageError::io(path, e));
+    let projection = match names {
+        None => None,
+        Some(names) => {
+            // The footer alone tells the schema; the file is then opened again, projected.
+            let schema = FileReader::try_new(open()?, None).map_err(arrow)?.schema();
+            let indices = names
+                .iter()
+                .map(|name| {
+                    schema
+                        .index_of(name)
+                        .map_err(|_| StageError::msg(format!("{} has no column `{name}`", path.display())))
+                })
+                .collect::<Result<Vec<usize>, _>>()?;
+            Some(indices)
+        }
+    };
+    let reader = FileReader::try_new(open()?, projection).map_err(arrow)?;
     let schema = reader.schema();
     let batches: Vec<RecordBatch> = reader.collect::<Result<_, _>>().map_err(arrow)?;
     arrow_select_concat(&schema, &batches).map_err(arrow)

@@ -15,6 +15,7 @@ mod faults;
 mod fuzz;
 mod globs;
 #[cfg(feature = "markets")]
+mod market_data;
 mod markets;
 mod parallel;
 mod paths;
