@@ -78,7 +78,7 @@ pub struct Backtest {
     /// A 95% interval for `sharpe` (Lo 2002, returns taken as independent).
     pub sharpe_ci95: [f64; 2],
     pub max_drawdown: f64,
-    /// Of market intervals with a position, the share whose mid move had its sign.
+    /// Of market intervals with a position and a mid that moved, the share that moved its way.
     pub hit_rate: f64,
     /// Mean absolute change of position per market tick.
     pub turnover: f64,
@@ -172,7 +172,8 @@ fn run_leg(leg: &Leg, exec: &Execution, bar_ms: i64) -> LegRun {
         if i + 1 < n {
             let r = leg.mid[i + 1] / leg.mid[i] - 1.0;
             if position != 0.0 {
-                run.held_intervals += 1;
+                // A mid that does not move is neither a hit nor a miss.
+                run.held_intervals += usize::from(r != 0.0);
                 run.hits += usize::from(position * r > 0.0);
                 run.exposure_ms += position.abs() * (leg.ts[i + 1] - leg.ts[i]) as f64;
             }

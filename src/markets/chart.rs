@@ -55,7 +55,7 @@ impl Chart<'_> {
         let lines = [
             ("model", BLUE, series(self.model, &self.model.equity)),
             ("momentum baseline", RED, series(self.baseline, &self.baseline.equity)),
-            ("equal-weight buy and hold", RGBColor(120, 120, 120), series(self.model, &self.model.benchmark)),
+            ("long every market, equal weight", RGBColor(120, 120, 120), series(self.model, &self.model.benchmark)),
         ];
         let all = || lines.iter().flat_map(|l| l.2.iter());
         let (x0, x1) = all().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), p| (lo.min(p.0), hi.max(p.0)));

@@ -19,13 +19,21 @@ pub struct Series<'a> {
 /// Features of one market: `columns[f][t]` is feature `FEATURES[f]` at tick `t`; NaN where
 /// the window is not yet full.
 pub fn compute_features(s: &Series<'_>) -> [Vec<f64>; FEATURES.len()] {
+    let mut cols: [Vec<f64>; FEATURES.len()] = std::array::from_fn(|_| vec![0.0; s.price.len()]);
+    let mut out: Vec<&mut [f64]> = cols.iter_mut().map(Vec::as_mut_slice).collect();
+    compute_into(s, &mut out);
+    cols
+}
+
+/// `compute_features`, written into `out[f][t]` (each slice as long as the series), so that
+/// a table's columns can be filled in place, market by market.
+pub fn compute_into(s: &Series<'_>, out: &mut [&mut [f64]]) {
     let n = s.price.len();
     let log_ret = |t: usize, k: usize| if t >= k { (s.price[t] / s.price[t - k]).ln() } else { f64::NAN };
     // Per-tick terms computed once; each window below reads only ticks at or before its end.
     let ret_1: Vec<f64> = (0..n).map(|t| log_ret(t, 1)).collect();
     let signed_volume: Vec<f64> =
         (0..n).map(|t| if t == 0 { 0.0 } else { sign(s.price[t] - s.price[t - 1]) * s.volume[t] }).collect();
-    let mut cols: [Vec<f64>; FEATURES.len()] = std::array::from_fn(|_| Vec::with_capacity(n));
     for t in 0..n {
         let (vol, zscore, imbalance) = if t >= WINDOW {
             let window = t + 1 - WINDOW..t + 1;
@@ -38,16 +46,15 @@ pub fn compute_features(s: &Series<'_>) -> [Vec<f64>; FEATURES.len()] {
             (f64::NAN, f64::NAN, f64::NAN)
         };
         let mid = (s.bid[t] + s.ask[t]) / 2.0;
-        cols[0].push(ret_1[t]);
-        cols[1].push(log_ret(t, 5));
-        cols[2].push(log_ret(t, WINDOW));
-        cols[3].push(vol);
-        cols[4].push(zscore);
-        cols[5].push(imbalance);
-        cols[6].push(if mid > 0.0 { (s.ask[t] - s.bid[t]) / mid * 1e4 } else { f64::NAN });
-        cols[7].push(s.ts[t].rem_euclid(DAY_MS) as f64 / DAY_MS as f64);
+        out[0][t] = ret_1[t];
+        out[1][t] = log_ret(t, 5);
+        out[2][t] = log_ret(t, WINDOW);
+        out[3][t] = vol;
+        out[4][t] = zscore;
+        out[5][t] = imbalance;
+        out[6][t] = if mid > 0.0 { (s.ask[t] - s.bid[t]) / mid * 1e4 } else { f64::NAN };
+        out[7][t] = s.ts[t].rem_euclid(DAY_MS) as f64 / DAY_MS as f64;
     }
-    cols
 }
 
 /// −1, 0 or 1. Unlike `f64::signum`, zero is zero: in the tick rule no move is neither a

@@ -1,5 +1,8 @@
-//! The model: logistic regression (linfa) predicting whether the next mid move is up, trained
-//! on the earliest part of the timeline, tuned on the next, and tested once on the last.
+//! The model: two logistic regressions (linfa) on the same standardised features, one for
+//! "the mid moves up" and one for "the mid moves down" over the move a trade could catch.
+//! The mid often does not move at all, so P(down) is not 1 − P(up): a strategy trades the
+//! difference. Trained on the earliest part of the timeline, tuned on the next, and tested
+//! once on the last.
 
 use linfa::prelude::*;
 use linfa_logistic::LogisticRegression;
@@ -14,16 +17,32 @@ pub struct Model {
     pub features: Vec<String>,
     pub mean: Vec<f64>,
     pub sd: Vec<f64>,
+    /// The "up" regression's weights on the standardised features.
     pub coef: Vec<f64>,
     pub intercept: f64,
+    /// The "down" regression's.
+    pub down_coef: Vec<f64>,
+    pub down_intercept: f64,
     pub split: Split,
+    /// Ticks between a decision and the move its labels looked at.
+    #[serde(default)]
+    pub execution_delay: u64,
 }
 
 impl Model {
-    /// The probability that the next mid move is up.
+    /// The probability that the mid moves up.
     pub fn probability(&self, x: &[f64]) -> f64 {
-        let z: f64 = self.intercept
-            + x.iter().enumerate().map(|(i, v)| (v - self.mean[i]) / self.sd[i] * self.coef[i]).sum::<f64>();
+        self.logistic(x, &self.coef, self.intercept)
+    }
+
+    /// The probability that the mid moves down.
+    pub fn probability_down(&self, x: &[f64]) -> f64 {
+        self.logistic(x, &self.down_coef, self.down_intercept)
+    }
+
+    fn logistic(&self, x: &[f64], coef: &[f64], intercept: f64) -> f64 {
+        let z: f64 =
+            intercept + x.iter().enumerate().map(|(i, v)| (v - self.mean[i]) / self.sd[i] * coef[i]).sum::<f64>();
         1.0 / (1.0 + (-z).exp())
     }
 }
@@ -45,7 +64,8 @@ impl Split {
         distinct.sort_unstable();
         distinct.dedup();
         let at = |fraction: f64| {
-            let i = ((distinct.len() as f64 * fraction) as usize).min(distinct.len().saturating_sub(1));
+            // Rounded, not truncated: 0.7 + 0.1 is 0.7999…, which must still mean 80%.
+            let i = ((distinct.len() as f64 * fraction).round() as usize).min(distinct.len().saturating_sub(1));
             distinct.get(i).copied().unwrap_or(i64::MAX)
         };
         Split {
@@ -133,7 +153,10 @@ pub fn confusion(probabilities: &[f64], up: &[bool]) -> Confusion {
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Coefficient {
     pub feature: String,
+    /// In the "up" regression.
     pub coef: f64,
+    /// In the "down" regression.
+    pub down_coef: f64,
 }
 
 /// What the model stage reports.
@@ -144,8 +167,13 @@ pub struct Metrics {
     pub in_sample: Scores,
     pub validation: Scores,
     pub test: Scores,
+    /// The "down" regression's test scores (against "the mid moved down").
+    pub test_down: Scores,
     pub coefficients: Vec<Coefficient>,
     pub intercept: f64,
+    pub down_intercept: f64,
+    /// Ticks between the decision and the move the label looks at (the execution delay).
+    pub execution_delay: u64,
     pub calibration: Vec<Decile>,
     pub confusion: Confusion,
     pub split: Split,
@@ -159,11 +187,18 @@ pub struct Metrics {
 }
 
 /// Trains on rows `x` (one per sample, `FEATURES.len()` wide) with labels `up`.
-pub fn train(x: &[[f64; FEATURES.len()]], up: &[bool], max_iterations: u64, split: Split) -> Result<Model, StageError> {
+pub fn train(
+    x: &[[f64; FEATURES.len()]],
+    up: &[bool],
+    down: &[bool],
+    max_iterations: u64,
+    split: Split,
+) -> Result<Model, StageError> {
     let k = FEATURES.len();
-    if x.len() < 10 || up.iter().all(|&u| u) || up.iter().all(|&u| !u) {
+    let one_class = |y: &[bool]| y.iter().all(|&v| v) || y.iter().all(|&v| !v);
+    if x.len() < 10 || one_class(up) || one_class(down) {
         return Err(StageError::msg(format!(
-            "only {} usable training rows (both classes are needed); generate more ticks or lower `train_fraction`",
+            "only {} usable training rows, or the mid never moves one way in them (both outcomes of up and of down are needed); generate more ticks or lower `train_fraction`",
             x.len()
         )));
     }
@@ -176,22 +211,32 @@ pub fn train(x: &[[f64; FEATURES.len()]], up: &[bool], max_iterations: u64, spli
         })
         .collect();
     let standardised = Array2::from_shape_fn((x.len(), k), |(i, j)| (x[i][j] - mean[j]) / sd[j]);
-    let dataset = Dataset::new(standardised, Array1::from(up.to_vec()));
+    let ((coef, intercept), (down_coef, down_intercept)) =
+        (fit(&standardised, up, max_iterations)?, fit(&standardised, down, max_iterations)?);
+    Ok(Model {
+        features: FEATURES.iter().map(|f| f.to_string()).collect(),
+        mean,
+        sd,
+        coef,
+        intercept,
+        down_coef,
+        down_intercept,
+        split,
+        execution_delay: 0,
+    })
+}
+
+/// One logistic regression of `y` on standardised rows: weights and intercept of P(y).
+fn fit(x: &Array2<f64>, y: &[bool], max_iterations: u64) -> Result<(Vec<f64>, f64), StageError> {
+    let dataset = Dataset::new(x.clone(), Array1::from(y.to_vec()));
     let fitted = LogisticRegression::default()
         .max_iterations(max_iterations)
         .fit(&dataset)
         .map_err(|e| StageError::msg(format!("logistic regression did not fit: {e}")))?;
     // linfa models the probability of the *more frequent* training class; when that is
-    // "down", flip the weights so that `probability` is always P(up).
+    // `false`, flip the weights so that they always give P(y).
     let sign = if fitted.labels().pos.class { 1.0 } else { -1.0 };
-    Ok(Model {
-        features: FEATURES.iter().map(|f| f.to_string()).collect(),
-        mean,
-        sd,
-        coef: fitted.params().iter().map(|w| sign * w).collect(),
-        intercept: sign * fitted.intercept(),
-        split,
-    })
+    Ok((fitted.params().iter().map(|w| sign * w).collect(), sign * fitted.intercept()))
 }
 
 /// Accuracy, log loss and AUC of probabilities against outcomes.
@@ -254,7 +299,7 @@ mod tests {
             })
             .collect();
         let up: Vec<bool> = x.iter().map(|r| r[0] + 0.3 * r[1] > 0.0).collect();
-        let model = train(&x, &up, 100, Split::of(&[0], 0.6, 0.2)).unwrap();
+        let model = train(&x, &up, &up.iter().map(|u| !u).collect::<Vec<_>>(), 100, Split::of(&[0], 0.6, 0.2)).unwrap();
         let probabilities: Vec<f64> = x.iter().map(|r| model.probability(r)).collect();
         let (accuracy, _, auc) = evaluate(&probabilities, &up);
         assert!(accuracy > 0.9 && auc > 0.95, "accuracy {accuracy}, auc {auc}");
@@ -268,7 +313,7 @@ mod tests {
             (0..300).map(|i| [(i % 100) as f64 / 100.0 * 2.0 - 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]).collect();
         let up: Vec<bool> = x.iter().map(|r| r[0] > 0.4).collect();
         assert!(up.iter().filter(|&&u| u).count() < 100, "the majority is down");
-        let model = train(&x, &up, 200, Split::of(&[0], 0.6, 0.2)).unwrap();
+        let model = train(&x, &up, &up.iter().map(|u| !u).collect::<Vec<_>>(), 200, Split::of(&[0], 0.6, 0.2)).unwrap();
         let high = model.probability(&[0.9, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]);
         let low = model.probability(&[-0.9, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]);
         assert!(high > 0.5 && low < 0.5, "P(up) is {high} for a clear up case and {low} for a clear down one");
@@ -279,6 +324,8 @@ mod tests {
     fn periods_split_distinct_times_by_fraction() {
         let split = Split::of(&[5, 1, 2, 3, 4, 1, 2, 6, 7, 8, 9, 10], 0.6, 0.2);
         assert_eq!((split.validation_start_ts, split.test_start_ts), (7, 9));
+        let ten: Vec<i64> = (1..=10).collect();
+        assert_eq!(Split::of(&ten, 0.7, 0.1).test_start_ts, 9, "0.7 + 0.1 is 80%");
     }
 
     #[test]

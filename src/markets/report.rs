@@ -108,6 +108,14 @@ fn pct(x: f64) -> String {
     format!("{:+.2}%", x * 100.0)
 }
 
+fn bar_length(ms: i64) -> String {
+    match ms {
+        ms if ms % 60_000 == 0 => format!("{} min", ms / 60_000),
+        ms if ms % 1_000 == 0 => format!("{} s", ms / 1_000),
+        ms => format!("{ms} ms"),
+    }
+}
+
 fn duration(hours: f64) -> String {
     if hours < 1.0 { format!("{:.0} min", hours * 60.0) } else { format!("{hours:.1} h") }
 }
@@ -146,13 +154,14 @@ pub fn markdown(report: &Report) -> String {
     let _ = writeln!(md, "## Model\n");
     let _ = writeln!(
         md,
-        "Logistic regression on {} standardised features. It predicts whether {}.\n",
+        "Two logistic regressions on {} standardised features, one for \"up\" and one for \"down\": {}. A mid that does not move is neither, so P(down) is not 1 - P(up); strategies trade the edge P(up) - P(down). The table scores the \"up\" regression; the \"down\" one has a test AUC of {:.4}.\n",
         m.coefficients.len(),
-        m.label
+        m.label,
+        m.test_down.auc
     );
     let _ = writeln!(
         md,
-        "Periods, by time: training before {}, validation until {}, test from then on. The first {:.0}% of the distinct times train, the next {:.0}% validate. Every tuned choice is made on validation; the test period is scored once. Training used {} of {} rows. The next mid did not move for {:.1}% of rows, which count as \"not up\".\n",
+        "Periods, by time: training before {}, validation until {}, test from then on. The first {:.0}% of the distinct times train, the next {:.0}% validate. Every tuned choice is made on validation; the test period is scored once. Training used {} of {} rows. The mid did not move for {:.1}% of rows, which count as neither up nor down.\n",
         format_utc(m.split.validation_start_ts, true),
         format_utc(m.split.test_start_ts, true),
         m.split.train_fraction * 100.0,
@@ -171,11 +180,11 @@ pub fn markdown(report: &Report) -> String {
         );
     }
     let _ = writeln!(md, "\n### Coefficients (per standard deviation of each feature)\n");
-    let _ = writeln!(md, "| feature | coefficient |\n|---|---:|");
+    let _ = writeln!(md, "| feature | up | down |\n|---|---:|---:|");
     for c in &m.coefficients {
-        let _ = writeln!(md, "| {} | {:+.4} |", c.feature, c.coef);
+        let _ = writeln!(md, "| {} | {:+.4} | {:+.4} |", c.feature, c.coef, c.down_coef);
     }
-    let _ = writeln!(md, "| (intercept) | {:+.4} |", m.intercept);
+    let _ = writeln!(md, "| (intercept) | {:+.4} | {:+.4} |", m.intercept, m.down_intercept);
     let _ = writeln!(md, "\n### Calibration (test, by decile of predicted probability)\n");
     let _ = writeln!(md, "| decile | rows | mean predicted | observed up |\n|---:|---:|---:|---:|");
     for (i, d) in m.calibration.iter().enumerate() {
@@ -216,13 +225,25 @@ fn strategies(md: &mut String, report: &Report) {
     );
     strategy_row(md, "model", test.as_ref());
     strategy_row(md, "momentum baseline", backtest_of(&report.baseline, "test").as_ref());
-    strategy_row(md, "equal-weight buy and hold", backtest_of(strategy, "benchmark").as_ref());
+    strategy_row(md, "long every market, equal weight", backtest_of(strategy, "benchmark").as_ref());
     if let Some(t) = &test {
         let _ = writeln!(
             md,
-            "\nCosts are summed over bars as a share of equity. Sharpe is annualised with {:.0} observed bars a year (bars of {} min); its interval is Lo's (2002) for independent returns.",
+            "\nCosts are summed over bars as a share of equity. Sharpe is annualised with {:.0} observed bars a year (bars of {}); its interval is Lo's (2002) for independent returns. The benchmark holds every market long at 1/N, rebalanced each bar (rebalancing is not charged).",
             t.bars_per_year,
-            t.bar_ms / 60_000
+            bar_length(t.bar_ms)
+        );
+    }
+    let delays = (
+        strategy.get("execution_delay").and_then(|v| v.as_u64()),
+        strategy.get("model_execution_delay").and_then(|v| v.as_u64()),
+    );
+    if let (Some(trading), Some(model)) = delays
+        && trading != model
+    {
+        let _ = writeln!(
+            md,
+            "\n**Note:** the model was trained for an execution delay of {model} ticks but the backtest trades with {trading}; give `model` and `backtest` the same `execution_delay`."
         );
     }
     let model_start = strategy.get("test_start_ts").and_then(|v| v.as_i64());
@@ -259,16 +280,20 @@ fn strategies(md: &mut String, report: &Report) {
 fn per_market(md: &mut String, strategy: &serde_json::Value) {
     let Some(rows) = strategy.get("per_market").and_then(|s| s.as_array()) else { return };
     let _ = writeln!(md, "\n## Per market (test)\n");
-    let _ = writeln!(md, "| market | AUC | net PnL | trades |\n|---|---:|---:|---:|");
+    let _ = writeln!(
+        md,
+        "Each market's PnL is its own sleeve's, net of costs (its share of the portfolio is 1/N of it).\n"
+    );
+    let _ = writeln!(md, "| market | AUC (up) | net PnL (sleeve) | trades |\n|---|---:|---:|---:|");
     for row in rows {
-        let f = |k: &str| row.get(k).and_then(|v| v.as_f64()).unwrap_or(f64::NAN);
+        let f = |k: &str| row.get(k).and_then(|v| v.as_f64());
+        let auc = f("auc").map_or("n/a".to_string(), |a| format!("{a:.4}"));
         let _ = writeln!(
             md,
-            "| {} | {:.4} | {} | {} |",
+            "| {} | {auc} | {} | {} |",
             row.get("market").and_then(|v| v.as_str()).unwrap_or("?"),
-            f("auc"),
-            pct(f("pnl")),
-            f("trades")
+            pct(f("pnl").unwrap_or(f64::NAN)),
+            row.get("trades").and_then(|v| v.as_u64()).unwrap_or(0)
         );
     }
 }

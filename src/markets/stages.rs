@@ -6,7 +6,7 @@ use arrow_array::RecordBatch;
 use rayon::prelude::*;
 
 use super::backtest::{Backtest, Execution, Leg, simulate};
-use super::features::{FEATURES, Series, compute_features, sign};
+use super::features::{FEATURES, Series, compute_into, sign};
 use super::ingest::{self, time};
 use super::model::{Coefficient, Metrics, Model, Scores, Split, auc, calibration, confusion, train};
 use super::params::Params;
@@ -214,54 +214,77 @@ pub fn features(ctx: &mut BuiltinContext<'_>) -> Result<(), StageError> {
     let (ids, ts, price, volume, bid, ask) =
         (ticks.ids()?, ticks.ts()?, ticks.f("price")?, ticks.f("volume")?, ticks.f("bid")?, ticks.f("ask")?);
     let runs = market_runs(ids);
-    // Markets in parallel; each market's columns come back in order.
-    let per_market: Vec<[Vec<f64>; FEATURES.len()]> = runs
-        .par_iter()
-        .map(|r| {
-            let r = r.clone();
-            compute_features(&Series {
-                ts: &ts[r.clone()],
-                price: &price[r.clone()],
-                volume: &volume[r.clone()],
-                bid: &bid[r.clone()],
-                ask: &ask[r],
-            })
-        })
-        .collect();
-    let mut columns: Vec<(&str, arrow_array::ArrayRef)> = vec![
+    // The output columns, filled in place: each market writes its own rows, in parallel.
+    let mut columns: Vec<Vec<f64>> = (0..FEATURES.len()).map(|_| vec![0.0; ts.len()]).collect();
+    let mut per_market: Vec<Vec<&mut [f64]>> = runs.iter().map(|_| Vec::with_capacity(FEATURES.len())).collect();
+    for column in &mut columns {
+        let mut rest = column.as_mut_slice();
+        for (out, run) in per_market.iter_mut().zip(&runs) {
+            let (rows, tail) = std::mem::take(&mut rest).split_at_mut(run.len());
+            out.push(rows);
+            rest = tail;
+        }
+    }
+    per_market.par_iter_mut().zip(&runs).for_each(|(out, r)| {
+        let r = r.clone();
+        let series = Series {
+            ts: &ts[r.clone()],
+            price: &price[r.clone()],
+            volume: &volume[r.clone()],
+            bid: &bid[r.clone()],
+            ask: &ask[r],
+        };
+        compute_into(&series, out);
+    });
+    drop(per_market);
+    let mut table: Vec<(&str, arrow_array::ArrayRef)> = vec![
         ("market_id", ticks.batch.column_by_name("market_id").expect("read above").clone()),
         ("ts", ticks.batch.column_by_name("ts").expect("read above").clone()),
     ];
-    for (f, name) in FEATURES.iter().enumerate() {
-        let values: Vec<f64> = per_market.iter().flat_map(|m| m[f].iter().copied()).collect();
-        columns.push((name, f64_col(values)));
-    }
-    drop(per_market);
+    table.extend(FEATURES.iter().zip(columns).map(|(name, values)| (*name, f64_col(values))));
     log(ctx, format!("{} rows x {} features over {} markets", ts.len(), FEATURES.len(), runs.len()));
-    table::write_batch(&outputs[0], &batch(columns))
+    table::write_batch(&outputs[0], &batch(table))
 }
 
-/// Each tick's mid, and whether the same market's next mid is higher: the label. A mid that
-/// does not move is "not up", and kept: dropping it would select rows on the future.
+/// The labels: where each tick's mid goes over the move a trade decided at that tick can
+/// catch, from the tick `delay` later to the one after. A mid that does not move is neither
+/// up nor down, and kept: dropping it would select rows on the future.
 struct Labels {
-    /// `None` at a market's last tick.
-    up: Vec<Option<bool>>,
-    /// Time of the same market's next tick (`i64::MAX` at its last).
-    next_ts: Vec<i64>,
+    /// −1, 0 or 1; `None` where the market has no tick that far ahead.
+    moves: Vec<Option<i8>>,
+    /// Time of the tick the move ends at (`i64::MAX` where there is none).
+    end_ts: Vec<i64>,
     flat: usize,
+}
+
+impl Labels {
+    fn up(&self, i: usize) -> bool {
+        self.moves[i] == Some(1)
+    }
+
+    fn down(&self, i: usize) -> bool {
+        self.moves[i] == Some(-1)
+    }
 }
 
 fn mids(bid: &[f64], ask: &[f64]) -> Vec<f64> {
     bid.iter().zip(ask).map(|(b, a)| (b + a) / 2.0).collect()
 }
 
-fn labels(ids: &arrow_array::StringArray, ts: &[i64], mid: &[f64]) -> Labels {
-    let mut labels = Labels { up: vec![None; ts.len()], next_ts: vec![i64::MAX; ts.len()], flat: 0 };
+fn labels(ids: &arrow_array::StringArray, ts: &[i64], mid: &[f64], delay: usize) -> Labels {
+    let mut labels = Labels { moves: vec![None; ts.len()], end_ts: vec![i64::MAX; ts.len()], flat: 0 };
     for run in market_runs(ids) {
-        for i in run.start..run.end - 1 {
-            labels.up[i] = Some(mid[i + 1] > mid[i]);
-            labels.next_ts[i] = ts[i + 1];
-            labels.flat += usize::from(mid[i + 1] == mid[i]);
+        for i in run.start..run.end.saturating_sub(delay + 1) {
+            let (from, to) = (mid[i + delay], mid[i + delay + 1]);
+            labels.moves[i] = Some(if to > from {
+                1
+            } else if to < from {
+                -1
+            } else {
+                0
+            });
+            labels.end_ts[i] = ts[i + delay + 1];
+            labels.flat += usize::from(to == from);
         }
     }
     labels
@@ -279,76 +302,141 @@ fn split_params(params: &Params<'_>) -> Result<(f64, f64), StageError> {
     Ok((train, validation))
 }
 
+/// Calls `each(k, row)` with the features of row `rows[k]`, for rows in ascending order,
+/// streaming the features table batch by batch: the whole matrix is never held.
+fn feature_rows(
+    path: &Path,
+    rows: &[usize],
+    mut each: impl FnMut(usize, &[f64; FEATURES.len()]),
+) -> Result<(), StageError> {
+    let mut k = 0;
+    table::for_each_batch(path, Some(&FEATURES), |batch, first, _| {
+        let columns: Vec<&[f64]> = FEATURES.iter().map(|f| f64s(batch, f, path)).collect::<Result<_, _>>()?;
+        let end = first + batch.num_rows();
+        while k < rows.len() && rows[k] < end {
+            let i = rows[k] - first;
+            each(k, &std::array::from_fn(|f| columns[f][i]));
+            k += 1;
+        }
+        Ok(())
+    })
+}
+
 pub fn model(ctx: &mut BuiltinContext<'_>) -> Result<(), StageError> {
     let params = Params::new(ctx.stage, ctx.params);
     let (train_fraction, validation_fraction) = split_params(&params)?;
     let max_iterations = params.u64_or("max_iterations", 100)?;
-    let max_train_rows = params.u64_or("max_train_rows", 1_000_000)?.max(1) as usize;
+    let max_train_rows = params.u64_or("max_train_rows", 500_000)?.max(1) as usize;
+    let delay = params.u64_or("execution_delay", 1)?;
     let (inputs, outputs) = files(ctx, &["features table", "ticks table"], &["model (json)", "metrics (json)"])?;
-    let features = table::read_batch(&inputs[0])?;
-    let ticks = TickTable::read(&inputs[1], &["market_id", "ts", "bid", "ask"])?;
-    let ts = ticks.ts()?;
-    if i64s(&features, "ts", &inputs[0])? != ts {
-        return Err(StageError::msg(format!(
-            "{} and {} do not describe the same ticks; rebuild features (dagrun invalidate features)",
-            inputs[0].display(),
-            inputs[1].display()
-        )));
-    }
-    let columns: Vec<&[f64]> = FEATURES.iter().map(|f| f64s(&features, f, &inputs[0])).collect::<Result<_, _>>()?;
-    let row = |i: usize| -> [f64; FEATURES.len()] { std::array::from_fn(|f| columns[f][i]) };
-    let ids = ticks.ids()?;
-    let labels = labels(ids, ts, &mids(ticks.f("bid")?, ticks.f("ask")?));
+    // Labels and periods come from the ticks; the features are then streamed, three times
+    // (which rows are usable, the training sample, the predictions), never held whole.
+    let (ts, labels, markets) = {
+        let ticks = TickTable::read(&inputs[1], &["market_id", "ts", "bid", "ask"])?;
+        let ids = ticks.ids()?;
+        let ts = ticks.ts()?.to_vec();
+        let labels = labels(ids, &ts, &mids(ticks.f("bid")?, ticks.f("ask")?), delay as usize);
+        (ts, labels, market_runs(ids).len())
+    };
     check_cancel(ctx)?;
-    let split = Split::of(ts, train_fraction, validation_fraction);
-    let usable = |i: usize| labels.up[i].is_some() && columns.iter().all(|c| c[i].is_finite());
+    let split = Split::of(&ts, train_fraction, validation_fraction);
     // A row's label is the move to its market's next tick: for a training row that tick
     // must be before the validation period too, or the label would carry its information.
-    let rows_where =
-        |keep: &dyn Fn(usize) -> bool| -> Vec<usize> { (0..ts.len()).filter(|&i| keep(i) && usable(i)).collect() };
-    let train_idx = rows_where(&|i| labels.next_ts[i] < split.validation_start_ts);
-    let validation_idx = rows_where(&|i| ts[i] >= split.validation_start_ts && labels.next_ts[i] < split.test_start_ts);
-    let test_idx = rows_where(&|i| ts[i] >= split.test_start_ts);
+    let trains = |i: usize| labels.moves[i].is_some() && labels.end_ts[i] < split.validation_start_ts;
+    let candidates = (0..ts.len()).filter(|&i| trains(i)).count();
     // A deterministic stride keeps training time bounded on large inputs.
-    let stride = train_idx.len().div_ceil(max_train_rows).max(1);
-    let sample: Vec<usize> = train_idx.iter().copied().step_by(stride).collect();
-    let x: Vec<[f64; FEATURES.len()]> = sample.iter().map(|&i| row(i)).collect();
-    let up_of = |idx: &[usize]| -> Vec<bool> { idx.iter().map(|&i| labels.up[i] == Some(true)).collect() };
+    let stride = candidates.div_ceil(max_train_rows).max(1);
+    // Pass 1: which rows have every feature, and the training sample's features.
+    let mut usable = vec![false; ts.len()];
+    let (mut sample, mut x) = (Vec::new(), Vec::new());
+    let mut seen_train = 0;
+    let mut names = vec!["ts"];
+    names.extend(FEATURES);
+    table::for_each_batch(&inputs[0], Some(&names), |batch, first, _| {
+        if i64s(batch, "ts", &inputs[0])? != &ts[first..first + batch.num_rows()] {
+            return Err(StageError::msg(format!(
+                "{} and {} do not describe the same ticks; rebuild features (dagrun invalidate features)",
+                inputs[0].display(),
+                inputs[1].display()
+            )));
+        }
+        let columns: Vec<&[f64]> = FEATURES.iter().map(|f| f64s(batch, f, &inputs[0])).collect::<Result<_, _>>()?;
+        for j in 0..batch.num_rows() {
+            let i = first + j;
+            usable[i] = labels.moves[i].is_some() && columns.iter().all(|c| c[j].is_finite());
+            if trains(i) {
+                if usable[i] && seen_train % stride == 0 {
+                    sample.push(i);
+                    x.push(std::array::from_fn::<f64, { FEATURES.len() }, _>(|f| columns[f][j]));
+                }
+                seen_train += 1;
+            }
+        }
+        Ok(())
+    })?;
+    let train_rows_available = (0..ts.len()).filter(|&i| usable[i] && trains(i)).count();
+    let up_of = |idx: &[usize]| -> Vec<bool> { idx.iter().map(|&i| labels.up(i)).collect() };
+    let down_of = |idx: &[usize]| -> Vec<bool> { idx.iter().map(|&i| labels.down(i)).collect() };
+    check_cancel(ctx)?;
+    let model =
+        Model { execution_delay: delay, ..train(&x, &up_of(&sample), &down_of(&sample), max_iterations, split)? };
+    check_cancel(ctx)?;
+    let in_sample: Vec<f64> = x.par_iter().map(|row| model.probability(row)).collect();
+    drop(x);
+    // Pass 2: predictions from the validation period on.
+    let scored: Vec<usize> = (0..ts.len()).filter(|&i| usable[i] && ts[i] >= split.validation_start_ts).collect();
+    let mut p = vec![(0.0, 0.0); scored.len()];
+    feature_rows(&inputs[0], &scored, |k, row| p[k] = (model.probability(row), model.probability_down(row)))?;
+    let (mut validation_idx, mut validation_p, mut test_idx, mut test_p, mut test_down_p) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (&i, &(prob, down)) in scored.iter().zip(&p) {
+        if ts[i] >= split.test_start_ts {
+            test_idx.push(i);
+            test_p.push(prob);
+            test_down_p.push(down);
+        } else if labels.end_ts[i] < split.test_start_ts {
+            validation_idx.push(i);
+            validation_p.push(prob);
+        }
+    }
+    drop((scored, p));
     log(
         ctx,
         format!(
-            "training on {} of {} rows, validating on {}, testing on {}",
-            x.len(),
-            train_idx.len(),
+            "trained on {} of {} rows, validated on {}, tested on {}",
+            sample.len(),
+            train_rows_available,
             validation_idx.len(),
             test_idx.len()
         ),
     );
-    check_cancel(ctx)?;
-    let model = train(&x, &up_of(&sample), max_iterations, split)?;
-    check_cancel(ctx)?;
-    let predict = |idx: &[usize]| -> Vec<f64> { idx.par_iter().map(|&i| model.probability(&row(i))).collect() };
-    let test_p = predict(&test_idx);
     let test_up = up_of(&test_idx);
     let test = Scores::of(&test_p, &test_up);
-    let labelled = labels.up.iter().filter(|u| u.is_some()).count();
+    let labelled = labels.moves.iter().filter(|u| u.is_some()).count();
     let metrics = Metrics {
-        label: "the market's next mid is above this tick's mid (a mid that does not move is \"not up\")".into(),
-        in_sample: Scores::of(&predict(&sample), &up_of(&sample)),
-        validation: Scores::of(&predict(&validation_idx), &up_of(&validation_idx)),
+        label: format!(
+            "the mid moves up (and, in the second regression, down) from the market's tick {delay} after the decision, where a trade would fill, to the tick after it"
+        ),
+        in_sample: Scores::of(&in_sample, &up_of(&sample)),
+        validation: Scores::of(&validation_p, &up_of(&validation_idx)),
         test,
-        coefficients: FEATURES
-            .iter()
-            .zip(&model.coef)
-            .map(|(f, c)| Coefficient { feature: f.to_string(), coef: *c })
+        test_down: Scores::of(&test_down_p, &down_of(&test_idx)),
+        coefficients: (0..FEATURES.len())
+            .map(|f| Coefficient {
+                feature: FEATURES[f].to_string(),
+                coef: model.coef[f],
+                down_coef: model.down_coef[f],
+            })
             .collect(),
         intercept: model.intercept,
+        down_intercept: model.down_intercept,
+        execution_delay: delay,
         calibration: calibration(&test_p, &test_up),
         confusion: confusion(&test_p, &test_up),
         split,
-        markets: market_runs(ids).len(),
+        markets,
         ticks: ts.len(),
-        train_rows_available: train_idx.len(),
+        train_rows_available,
         flat_next_move_share: labels.flat as f64 / labelled.max(1) as f64,
         max_iterations,
     };
@@ -369,28 +457,50 @@ pub fn inference(ctx: &mut BuiltinContext<'_>) -> Result<(), StageError> {
     let path = &inputs[1];
     let mut wanted = vec!["market_id", "ts"];
     wanted.extend(model.features.iter().map(String::as_str));
-    let features = table::read_columns(path, &wanted)?;
-    let (ids, ts) = (strs(&features, "market_id", path)?, i64s(&features, "ts", path)?);
-    let columns: Vec<&[f64]> = model.features.iter().map(|f| f64s(&features, f, path)).collect::<Result<_, _>>()?;
-    let start = model.split.validation_start_ts;
-    let keep: Vec<usize> =
-        (0..ts.len()).filter(|&i| ts[i] >= start && columns.iter().all(|c| c[i].is_finite())).collect();
-    let probabilities: Vec<f64> = keep
-        .par_iter()
-        .map(|&i| {
-            let x: Vec<f64> = columns.iter().map(|c| c[i]).collect();
-            model.probability(&x)
-        })
-        .collect();
-    let test_start = model.split.test_start_ts;
-    let period: Vec<&str> = keep.iter().map(|&i| if ts[i] >= test_start { "test" } else { "validation" }).collect();
-    log(ctx, format!("{} predictions over the validation and test periods, from {start}", keep.len()));
+    let (start, test_start) = (model.split.validation_start_ts, model.split.test_start_ts);
+    let mut ids = arrow_array::builder::StringBuilder::new();
+    let (mut times, mut period, mut probabilities) = (Vec::new(), Vec::new(), Vec::new());
+    let mut down = Vec::new();
+    // Streamed: only the predictions are kept, never the whole feature table.
+    table::for_each_batch(path, Some(&wanted), |features, _, _| {
+        let (id, ts) = (strs(features, "market_id", path)?, i64s(features, "ts", path)?);
+        let columns: Vec<&[f64]> = model.features.iter().map(|f| f64s(features, f, path)).collect::<Result<_, _>>()?;
+        let keep: Vec<usize> =
+            (0..ts.len()).filter(|&i| ts[i] >= start && columns.iter().all(|c| c[i].is_finite())).collect();
+        let (up_p, down_p): (Vec<f64>, Vec<f64>) = keep
+            .par_iter()
+            .map(|&i| {
+                let x: Vec<f64> = columns.iter().map(|c| c[i]).collect();
+                (model.probability(&x), model.probability_down(&x))
+            })
+            .unzip();
+        probabilities.extend(up_p);
+        down.extend(down_p);
+        for &i in &keep {
+            ids.append_value(id.value(i));
+            times.push(ts[i]);
+            period.push(if ts[i] >= test_start { "test" } else { "validation" });
+        }
+        Ok(())
+    })?;
+    log(ctx, format!("{} predictions over the validation and test periods, from {start}", times.len()));
     let b = batch(vec![
-        ("market_id", str_col(&keep.iter().map(|&i| ids.value(i)).collect::<Vec<_>>())),
-        ("ts", i64_col(keep.iter().map(|&i| ts[i]).collect())),
+        ("market_id", std::sync::Arc::new(ids.finish()) as arrow_array::ArrayRef),
+        ("ts", i64_col(times)),
         ("period", str_col(&period)),
         ("prob_up", f64_col(probabilities)),
+        ("prob_down", f64_col(down)),
     ]);
+    // Where the periods start travels with the predictions, so that every strategy stage
+    // tests exactly the model's test period.
+    let b = table::with_metadata(
+        b,
+        &[
+            ("validation_start_ts", start.to_string()),
+            ("test_start_ts", test_start.to_string()),
+            ("execution_delay", model.execution_delay.to_string()),
+        ],
+    );
     table::write_batch(&outputs[0], &b)
 }
 
@@ -440,17 +550,17 @@ impl Quotes {
     }
 }
 
-/// The model's position given the probability of an up move: long above 0.5 + `enter`,
-/// short below 0.5 − `enter`, flat within `exit` of 0.5, and in between the position held
-/// (hysteresis: flat-long-flat churn would pay the spread on every wobble).
-fn decide(held: f64, prob: Option<f64>, enter: f64, exit: f64) -> f64 {
-    let Some(p) = prob else { return held };
-    let edge = p - 0.5;
+/// The model's position given its edge, P(up) − P(down): long above `enter`, short below
+/// −`enter`; a long is closed once the edge falls below `exit` and a short once it rises
+/// above −`exit`; otherwise the position is held (hysteresis: flat-long-flat churn would pay
+/// the spread on every wobble).
+fn decide(held: f64, edge: Option<f64>, enter: f64, exit: f64) -> f64 {
+    let Some(edge) = edge else { return held };
     if edge > enter {
         1.0
     } else if edge < -enter {
         -1.0
-    } else if edge.abs() < exit {
+    } else if (held > 0.0 && edge < exit) || (held < 0.0 && edge > -exit) {
         0.0
     } else {
         held
@@ -471,7 +581,7 @@ pub struct Sensitivity {
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct MarketResult {
     pub market: String,
-    pub auc: f64,
+    pub auc: Option<f64>,
     pub pnl: f64,
     pub trades: usize,
 }
@@ -503,7 +613,8 @@ fn write_strategy(
     benchmark: Option<&Backtest>,
 ) -> Result<(), StageError> {
     table::write_json(&outputs[0], json)?;
-    let mut peak = f64::MIN;
+    // From the starting equity of 1, as `simulate` measures the maximum drawdown.
+    let mut peak = 1.0f64;
     let drawdown: Vec<f64> = result
         .equity
         .iter()
@@ -544,7 +655,7 @@ fn record_strategy(ctx: &mut BuiltinContext<'_>, result: &Backtest) {
 
 /// Thresholds tried on the validation period when `threshold = "tune"`: from trading every
 /// signal to trading only the most confident ones.
-const THRESHOLD_GRID: [f64; 9] = [0.0, 0.02, 0.04, 0.06, 0.08, 0.1, 0.13, 0.16, 0.2];
+const THRESHOLD_GRID: [f64; 11] = [0.0, 0.02, 0.04, 0.06, 0.08, 0.1, 0.13, 0.16, 0.2, 0.25, 0.3];
 
 pub fn backtest(ctx: &mut BuiltinContext<'_>) -> Result<(), StageError> {
     let params = Params::new(ctx.stage, ctx.params);
@@ -555,55 +666,91 @@ pub fn backtest(ctx: &mut BuiltinContext<'_>) -> Result<(), StageError> {
     let (inputs, outputs) =
         files(ctx, &["predictions table", "ticks table", "markets table"], &["backtest (json)", "equity table"])?;
     let predictions = table::read_batch(&inputs[0])?;
-    let (pids, pts, period, prob) = (
+    let (pids, pts, up, down) = (
         strs(&predictions, "market_id", &inputs[0])?,
         i64s(&predictions, "ts", &inputs[0])?,
-        strs(&predictions, "period", &inputs[0])?,
         f64s(&predictions, "prob_up", &inputs[0])?,
+        f64s(&predictions, "prob_down", &inputs[0])?,
     );
+    let periods = table::metadata(&inputs[0])?;
+    let start = |key: &str| -> Result<i64, StageError> {
+        periods.get(key).and_then(|v| v.parse().ok()).ok_or_else(|| {
+            StageError::msg(format!(
+                "{} does not say where the periods start (`{key}`); rebuild it (dagrun invalidate inference)",
+                inputs[0].display()
+            ))
+        })
+    };
+    let (validation_start, test_start, model_delay) =
+        (start("validation_start_ts")?, start("test_start_ts")?, start("execution_delay")?);
     let markets = read_markets(&inputs[2])?;
     let quotes = Quotes::read(&inputs[1])?;
-    let test_start = (0..pts.len()).filter(|&i| period.value(i) == "test").map(|i| pts[i]).min().unwrap_or(i64::MAX);
-    let validation_start = pts.iter().copied().min().unwrap_or(i64::MAX);
-    // Each market's predictions by time, to look up at its ticks.
+    // Each market's edges, P(up) − P(down), by time, to look up at its ticks.
     let mut by_market: Vec<std::collections::HashMap<i64, f64>> = vec![Default::default(); markets.len()];
+    let mut up_by_market: Vec<std::collections::HashMap<i64, f64>> = vec![Default::default(); markets.len()];
     for run in market_runs(pids) {
         if let Ok(m) = markets.binary_search_by(|mk| mk.id.as_str().cmp(pids.value(run.start))) {
-            by_market[m] = run.map(|i| (pts[i], prob[i])).collect();
+            by_market[m] = run.clone().map(|i| (pts[i], up[i] - down[i])).collect();
+            up_by_market[m] = run.filter(|&i| pts[i] >= test_start).map(|i| (pts[i], up[i])).collect();
         }
     }
-    let run = |threshold: f64, range: std::ops::Range<i64>, exec: &Execution| -> Result<Backtest, StageError> {
-        let legs = quotes.legs(&markets, range, |m, _, t, held| {
-            decide(held, by_market[m].get(&t).copied(), threshold, threshold * exit_fraction)
+    drop(predictions);
+    // Each period's legs are built once, with every tick's edge beside them; a threshold
+    // only decides the positions.
+    let period = |range: std::ops::Range<i64>| -> Result<(Vec<Leg>, Vec<Vec<Option<f64>>>), StageError> {
+        let mut edges = vec![Vec::new(); markets.len()];
+        let legs = quotes.legs(&markets, range, |m, _, t, _| {
+            edges[m].push(by_market[m].get(&t).copied());
+            0.0
         })?;
-        Ok(simulate(&legs, exec))
+        Ok((legs, edges))
     };
-    let validation = validation_start..test_start;
-    let mut sensitivity = Vec::with_capacity(grid.len());
-    for &threshold in &grid {
-        check_cancel(ctx)?;
-        let at = |scale: f64| run(threshold, validation.clone(), &Execution { cost_scale: scale, ..exec });
-        let real = at(1.0)?;
-        sensitivity.push(Sensitivity {
-            threshold,
-            pnl_no_costs: at(0.0)?.pnl,
-            pnl: real.pnl,
-            pnl_double_costs: at(2.0)?.pnl,
-            trades: real.trades,
-        });
-    }
+    let positioned = |(legs, edges): &(Vec<Leg>, Vec<Vec<Option<f64>>>), threshold: f64| -> Vec<Leg> {
+        legs.iter()
+            .zip(edges)
+            .map(|(leg, edges)| {
+                let mut held = 0.0;
+                let target = edges
+                    .iter()
+                    .map(|edge| {
+                        held = decide(held, *edge, threshold, threshold * exit_fraction);
+                        held
+                    })
+                    .collect();
+                Leg { target, ..leg.clone() }
+            })
+            .collect()
+    };
+    let validation = period(validation_start..test_start)?;
+    let cancel = ctx.cancel;
+    let sensitivity = grid
+        .par_iter()
+        .map(|&threshold| {
+            if cancel.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(StageError::msg("interrupted"));
+            }
+            let legs = positioned(&validation, threshold);
+            let at = |scale: f64| simulate(&legs, &Execution { cost_scale: scale, ..exec });
+            let real = at(1.0);
+            Ok(Sensitivity {
+                threshold,
+                pnl_no_costs: at(0.0).pnl,
+                pnl: real.pnl,
+                pnl_double_costs: at(2.0).pnl,
+                trades: real.trades,
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     // Tuned on validation only: the best net PnL, the larger threshold on a tie.
-    let tuned = sensitivity.iter().fold(None::<&Sensitivity>, |best, s| match best {
-        Some(b) if b.pnl > s.pnl => Some(b),
-        _ => Some(s),
-    });
+    let tuned = sensitivity.iter().max_by(|a, b| a.pnl.total_cmp(&b.pnl).then(a.threshold.total_cmp(&b.threshold)));
     let threshold = fixed.unwrap_or_else(|| tuned.map_or(0.0, |s| s.threshold));
-    let on_validation = run(threshold, validation.clone(), &exec)?;
+    let on_validation = simulate(&positioned(&validation, threshold), &exec);
+    drop(validation);
     // The test period, once.
-    let test = run(threshold, test_start..i64::MAX, &exec)?;
+    let test = simulate(&positioned(&period(test_start..i64::MAX)?, threshold), &exec);
     let hold = quotes.legs(&markets, test_start..i64::MAX, |_, _, _, _| 1.0)?;
     let benchmark = simulate(&hold, &exec);
-    let per_market = per_market_results(&markets, &quotes, &by_market, test_start, &test);
+    let per_market = per_market_results(&markets, &quotes, &up_by_market, exec.delay, &test);
     log(
         ctx,
         format!(
@@ -616,12 +763,13 @@ pub fn backtest(ctx: &mut BuiltinContext<'_>) -> Result<(), StageError> {
     );
     record_strategy(ctx, &test);
     let json = serde_json::json!({
-        "strategy": "logistic model: long above 0.5 + threshold, short below 0.5 - threshold, flat within exit_fraction x threshold of 0.5",
+        "strategy": "two logistic regressions: long when P(up) - P(down) is above the threshold, short below minus the threshold; a long is closed when the edge falls below exit_fraction x threshold (a short when it rises above minus that), and otherwise the position is held",
         "threshold": threshold,
         "threshold_chosen": if fixed.is_some() { "fixed by the `threshold` param" } else { "tuned on the validation period by net PnL" },
         "exit_fraction": exit_fraction,
         "conventions": conventions(&exec),
         "execution_delay": exec.delay,
+        "model_execution_delay": model_delay,
         "slippage_bps": exec.slippage_bps,
         "validation_start_ts": validation_start,
         "test_start_ts": test_start,
@@ -634,12 +782,14 @@ pub fn backtest(ctx: &mut BuiltinContext<'_>) -> Result<(), StageError> {
     write_strategy(&outputs, &json, &test, Some(&benchmark))
 }
 
-/// Each market's test AUC (its predictions against its next mid moves), PnL and trades.
+/// Each market's test AUC (its P(up) against the moves the model was asked to predict),
+/// and its own sleeve's net PnL and trades. AUC is `None` when the market has no test
+/// predictions or only one outcome.
 fn per_market_results(
     markets: &[Market],
     quotes: &Quotes,
-    predictions: &[std::collections::HashMap<i64, f64>],
-    test_start: i64,
+    test_up: &[std::collections::HashMap<i64, f64>],
+    delay: usize,
     test: &Backtest,
 ) -> Vec<MarketResult> {
     let ts = quotes.table.ts().unwrap_or(&[]);
@@ -649,15 +799,20 @@ fn per_market_results(
         .map(|(m, market)| {
             let (mut p, mut up) = (Vec::new(), Vec::new());
             if let Some((_, run)) = quotes.runs.iter().find(|(id, _)| *id == market.id) {
-                // Each tick with a test prediction and a next tick to score it against.
-                let scored = (run.start..run.end.saturating_sub(1)).filter(|&i| ts[i] >= test_start);
-                for (i, prob) in scored.filter_map(|i| Some((i, *predictions[m].get(&ts[i])?))) {
+                let rows = run.start..run.end.saturating_sub(delay + 1);
+                for (i, prob) in rows.filter_map(|i| Some((i, *test_up[m].get(&ts[i])?))) {
                     p.push(prob);
-                    up.push(quotes.mid[i + 1] > quotes.mid[i]);
+                    up.push(quotes.mid[i + delay + 1] > quotes.mid[i + delay]);
                 }
             }
+            let both = up.iter().any(|&u| u) && up.iter().any(|&u| !u);
             let leg = test.per_leg.get(m).cloned().unwrap_or_default();
-            MarketResult { market: market.id.clone(), auc: auc(&p, &up), pnl: leg.pnl, trades: leg.trades }
+            MarketResult {
+                market: market.id.clone(),
+                auc: both.then(|| auc(&p, &up)),
+                pnl: leg.pnl,
+                trades: leg.trades,
+            }
         })
         .collect()
 }
@@ -736,4 +891,23 @@ pub fn publish(ctx: &mut BuiltinContext<'_>) -> Result<(), StageError> {
     })?;
     log(ctx, format!("wrote {}", outputs.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::decide;
+
+    #[test]
+    fn positions_enter_beyond_the_threshold_and_leave_inside_the_exit_band() {
+        let (enter, exit) = (0.10, 0.05);
+        assert_eq!(decide(0.0, Some(0.11), enter, exit), 1.0);
+        assert_eq!(decide(0.0, Some(-0.11), enter, exit), -1.0);
+        assert_eq!(decide(0.0, Some(0.08), enter, exit), 0.0, "flat stays flat below the threshold");
+        assert_eq!(decide(1.0, Some(0.08), enter, exit), 1.0, "a long is held above the exit");
+        assert_eq!(decide(1.0, Some(0.04), enter, exit), 0.0, "and closed below it");
+        assert_eq!(decide(1.0, Some(-0.07), enter, exit), 0.0, "a long is never held against the signal");
+        assert_eq!(decide(-1.0, Some(-0.08), enter, exit), -1.0);
+        assert_eq!(decide(-1.0, Some(0.07), enter, exit), 0.0);
+        assert_eq!(decide(-1.0, None, enter, exit), -1.0, "no prediction: no change");
+    }
 }

@@ -55,35 +55,99 @@ pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, Stage
         .map_err(|e| StageError::msg(format!("{} is not what this stage expects: {e}", path.display())))
 }
 
-/// Writes one record batch as an Arrow IPC file.
+/// Rows per record batch in the files written here. Readers stream a file batch by batch,
+/// so this bounds what a reader holds beyond the columns it keeps, and what the writer
+/// copies while encoding.
+pub const BATCH_ROWS: usize = 1 << 20;
+
+/// Writes a table as an Arrow IPC file, in batches of `BATCH_ROWS` rows.
 pub fn write_batch(path: &Path, batch: &RecordBatch) -> Result<(), StageError> {
     write_atomic(path, |out| {
         let arrow = |e: arrow_schema::ArrowError| StageError::msg(format!("cannot write {}: {e}", path.display()));
         let mut writer = FileWriter::try_new(out, &batch.schema()).map_err(arrow)?;
-        writer.write(batch).map_err(arrow)?;
+        let rows = batch.num_rows();
+        if rows == 0 {
+            writer.write(batch).map_err(arrow)?;
+        }
+        for start in (0..rows).step_by(BATCH_ROWS) {
+            writer.write(&batch.slice(start, BATCH_ROWS.min(rows - start))).map_err(arrow)?;
+        }
         writer.finish().map_err(arrow)
     })
 }
 
-/// Reads an Arrow IPC file (one record batch) whole.
+/// Reads an Arrow IPC file whole, as one batch.
 pub fn read_batch(path: &Path) -> Result<RecordBatch, StageError> {
     read(path, None)
 }
 
-/// Reads only the named columns of an Arrow IPC file: a stage that needs one column of a
-/// wide table does not hold the rest in memory.
+/// Reads only the named columns of an Arrow IPC file, as one batch. The file is streamed:
+/// each batch's wanted columns are copied out and the rest dropped, so a stage that needs
+/// one column of a wide table never holds the whole table.
 pub fn read_columns(path: &Path, names: &[&str]) -> Result<RecordBatch, StageError> {
     read(path, Some(names))
 }
 
 fn read(path: &Path, names: Option<&[&str]>) -> Result<RecordBatch, StageError> {
-    let arrow = |e: arrow_schema::ArrowError| StageError::msg(format!("cannot read {}: {e}", path.display()));
-    let open = || File::open(path).map(BufReader::new).map_err(|e| StageError::io(path, e));
+    let mut sinks: Vec<(String, Sink)> = Vec::new();
+    for_each_batch(path, names, |batch, _, batches| {
+        if sinks.is_empty() {
+            // Every batch but the last is full: reserving for all avoids regrowing (and
+            // copying) columns of hundreds of megabytes.
+            let rows = batch.num_rows() * batches;
+            sinks = batch
+                .schema()
+                .fields()
+                .iter()
+                .map(|f| Ok((f.name().clone(), Sink::new(f.data_type(), rows, path)?)))
+                .collect::<Result<_, StageError>>()?;
+        }
+        for ((name, sink), column) in sinks.iter_mut().zip(batch.columns()) {
+            sink.append(column.as_ref(), name, path)?;
+        }
+        Ok(())
+    })?;
+    if sinks.is_empty() {
+        let schema = FileReader::try_new(open(path)?, None).map_err(|e| arrow_error(path, e))?.schema();
+        return Ok(RecordBatch::new_empty(schema));
+    }
+    Ok(batch(sinks.iter_mut().map(|(name, sink)| (name.as_str(), sink.finish())).collect()))
+}
+
+/// The key-value metadata of an Arrow IPC file's schema.
+pub fn metadata(path: &Path) -> Result<std::collections::BTreeMap<String, String>, StageError> {
+    let reader = FileReader::try_new(open(path)?, None).map_err(|e| arrow_error(path, e))?;
+    Ok(reader.schema().metadata().iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+}
+
+/// `batch` with `metadata` on its schema (kept in the file by `write_batch`).
+pub fn with_metadata(batch: RecordBatch, metadata: &[(&str, String)]) -> RecordBatch {
+    let map: std::collections::HashMap<String, String> =
+        metadata.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+    let schema = Arc::new(batch.schema().as_ref().clone().with_metadata(map));
+    batch.with_schema(schema).expect("the same fields")
+}
+
+fn open(path: &Path) -> Result<BufReader<File>, StageError> {
+    File::open(path).map(BufReader::new).map_err(|e| StageError::io(path, e))
+}
+
+fn arrow_error(path: &Path, e: arrow_schema::ArrowError) -> StageError {
+    StageError::msg(format!("cannot read {}: {e}", path.display()))
+}
+
+/// Calls `each(batch, first row, number of batches)` for each record batch of an Arrow IPC file, with only
+/// the named columns (all of them for `None`), in the order named.
+pub fn for_each_batch(
+    path: &Path,
+    names: Option<&[&str]>,
+    mut each: impl FnMut(&RecordBatch, usize, usize) -> Result<(), StageError>,
+) -> Result<(), StageError> {
     let projection = match names {
         None => None,
         Some(names) => {
             // The footer alone tells the schema; the file is then opened again, projected.
-            let schema = FileReader::try_new(open()?, None).map_err(arrow)?.schema();
+            let schema = FileReader::try_new(open(path)?, None).map_err(|e| arrow_error(path, e))?.schema();
             let indices = names
                 .iter()
                 .map(|name| {
@@ -95,17 +159,77 @@ fn read(path: &Path, names: Option<&[&str]>) -> Result<RecordBatch, StageError> 
             Some(indices)
         }
     };
-    let reader = FileReader::try_new(open()?, projection).map_err(arrow)?;
-    let schema = reader.schema();
-    let batches: Vec<RecordBatch> = reader.collect::<Result<_, _>>().map_err(arrow)?;
-    arrow_select_concat(&schema, &batches).map_err(arrow)
+    let reader = FileReader::try_new(open(path)?, projection.clone()).map_err(|e| arrow_error(path, e))?;
+    let batches = reader.num_batches();
+    let mut first_row = 0;
+    for batch in reader {
+        let batch = batch.map_err(|e| arrow_error(path, e))?;
+        // Projected columns come in file order; put them in the order asked for.
+        let batch = match (names, &projection) {
+            (Some(names), Some(_)) => {
+                let columns: Vec<(&str, ArrayRef)> =
+                    names.iter().map(|name| (*name, batch.column_by_name(name).expect("projected").clone())).collect();
+                super::table::batch(columns)
+            }
+            _ => batch,
+        };
+        let rows = batch.num_rows();
+        each(&batch, first_row, batches)?;
+        first_row += rows;
+    }
+    Ok(())
 }
 
-fn arrow_select_concat(schema: &Arc<Schema>, batches: &[RecordBatch]) -> Result<RecordBatch, arrow_schema::ArrowError> {
-    match batches {
-        [] => Ok(RecordBatch::new_empty(schema.clone())),
-        [one] => Ok(one.clone()),
-        _ => Err(arrow_schema::ArrowError::InvalidArgumentError("expected one record batch per file".into())),
+/// A column being copied out of a file's batches.
+enum Sink {
+    F64(Vec<f64>),
+    I64(Vec<i64>),
+    Str(arrow_array::builder::StringBuilder),
+}
+
+impl Sink {
+    fn new(data_type: &arrow_schema::DataType, rows: usize, path: &Path) -> Result<Sink, StageError> {
+        use arrow_schema::DataType;
+        match data_type {
+            DataType::Float64 => Ok(Sink::F64(Vec::with_capacity(rows))),
+            DataType::Int64 => Ok(Sink::I64(Vec::with_capacity(rows))),
+            DataType::Utf8 => Ok(Sink::Str(arrow_array::builder::StringBuilder::with_capacity(rows, rows * 8))),
+            other => {
+                Err(StageError::msg(format!("{} holds a {other} column, which no stage here writes", path.display())))
+            }
+        }
+    }
+
+    fn append(&mut self, column: &dyn Array, name: &str, path: &Path) -> Result<(), StageError> {
+        if column.null_count() > 0 {
+            return Err(StageError::msg(format!(
+                "column `{name}` of {} has nulls, which no stage here writes",
+                path.display()
+            )));
+        }
+        let wrong = || StageError::msg(format!("column `{name}` of {} changes type between batches", path.display()));
+        match self {
+            Sink::F64(values) => {
+                values.extend_from_slice(column.as_any().downcast_ref::<Float64Array>().ok_or_else(wrong)?.values())
+            }
+            Sink::I64(values) => {
+                values.extend_from_slice(column.as_any().downcast_ref::<Int64Array>().ok_or_else(wrong)?.values())
+            }
+            Sink::Str(builder) => {
+                for value in column.as_any().downcast_ref::<StringArray>().ok_or_else(wrong)?.iter() {
+                    builder.append_value(value.unwrap_or_default());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self) -> ArrayRef {
+        match self {
+            Sink::F64(values) => f64_col(std::mem::take(values)),
+            Sink::I64(values) => i64_col(std::mem::take(values)),
+            Sink::Str(builder) => Arc::new(builder.finish()),
+        }
     }
 }
 

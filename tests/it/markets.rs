@@ -38,7 +38,8 @@ fn the_market_pipeline_runs_end_to_end_and_a_second_build_runs_nothing() {
         assert!(report["baseline"]["test"][key].as_f64().unwrap().is_finite(), "baseline {key}");
     }
     let md = sb.read("artifacts/report.md");
-    for section in ["## Model", "| test |", "| model |", "| momentum baseline |", "| equal-weight buy and hold |"] {
+    for section in ["## Model", "| test |", "| model |", "| momentum baseline |", "| long every market, equal weight |"]
+    {
         assert!(md.contains(section), "report.md lacks {section}:\n{md}");
     }
     report_holds_the_numbers_of_report_json(&md, &report);
@@ -80,7 +81,8 @@ fn report_holds_the_numbers_of_report_json(md: &str, report: &serde_json::Value)
         assert!(md.contains(&row), "report.md lacks {row}:\n{md}");
     }
     for c in report["model"]["coefficients"].as_array().unwrap() {
-        let row = format!("| {} | {:+.4} |", c["feature"].as_str().unwrap(), f(&c["coef"]));
+        let row =
+            format!("| {} | {:+.4} | {:+.4} |", c["feature"].as_str().unwrap(), f(&c["coef"]), f(&c["down_coef"]));
         assert!(md.contains(&row), "report.md lacks {row}");
     }
     let threshold = f(&report["strategy"]["threshold"]);
