@@ -67,7 +67,8 @@ enum Message {
     /// (with the token its processes will carry) and answered.
     Started {
         start: Box<AttemptStart>,
-        recorded: Sender<Result<(), String>>,
+        /// The answer: for a built-in, a snapshot of its upstream stages' records.
+        recorded: Sender<Result<Vec<UpstreamStage>, String>>,
     },
     Finished {
         idx: StageIdx,
@@ -311,8 +312,13 @@ impl Coordinator<'_, '_> {
     fn handle(&mut self, message: Message, stop: &AtomicBool) {
         let recorded = match message {
             Message::Started { start, recorded } => {
+                let idx = start.idx;
                 let result = self.started(*start);
-                let _ = recorded.send(result.as_ref().map(|_| ()).map_err(ToString::to_string));
+                let answer = match &result {
+                    Ok(()) => Ok(self.upstream_records(idx)),
+                    Err(err) => Err(err.to_string()),
+                };
+                let _ = recorded.send(answer);
                 result
             }
             Message::Finished { idx, result } => self.finished(idx, result, stop),
@@ -350,6 +356,42 @@ impl Coordinator<'_, '_> {
 
     fn run_id(&self) -> RunId {
         self.run
+    }
+
+    /// For a built-in, every stage it depends on (directly or not) with its params and its
+    /// last success's metrics; upstream results are committed before a stage starts, so
+    /// this build's are included. Nothing for a shell stage.
+    fn upstream_records(&self, idx: StageIdx) -> Vec<UpstreamStage> {
+        let spec = self.eval.spec;
+        if !matches!(spec.stages[idx].action, Action::Builtin { .. }) {
+            return Vec::new();
+        }
+        let dag = self.eval.dag;
+        let mut seen = vec![false; spec.stages.len()];
+        let mut stack: Vec<StageIdx> = dag.upstream(idx).collect();
+        let mut found = Vec::new();
+        while let Some(up) = stack.pop() {
+            if std::mem::replace(&mut seen[up], true) {
+                continue;
+            }
+            found.push(up);
+            stack.extend(dag.upstream(up));
+        }
+        found.sort_by(|a, b| spec.stages[*a].name.cmp(&spec.stages[*b].name));
+        found
+            .into_iter()
+            .map(|up| {
+                let stage = &spec.stages[up];
+                let name = stage.name.to_string();
+                let builtin = match &stage.action {
+                    Action::Builtin { name } => Some(name.to_string()),
+                    Action::Shell { .. } => None,
+                };
+                // Metrics are a report's detail: a read that fails gives none.
+                let metrics = self.state.last_success_metrics(&name).unwrap_or_default();
+                UpstreamStage { name, builtin, params: stage.params.clone(), metrics }
+            })
+            .collect()
     }
 
     fn finished(&mut self, idx: StageIdx, result: TaskResult, stop: &AtomicBool) -> Result<(), StateError> {
@@ -615,11 +657,13 @@ fn run_task(shared: &Shared<'_>, task: Task, tx: &Sender<Message>) {
         };
         let _ = tx.send(Message::Started { start: Box::new(start), recorded: answer });
         // Nothing runs that the state does not name: a later build must be able to find it.
-        if !matches!(recorded.recv(), Ok(Ok(()))) {
+        let Ok(Ok(upstream)) = recorded.recv() else {
             return finish(TaskResult::NotStarted);
-        }
+        };
         let started = Instant::now();
-        let result = run_attempt(shared, idx, &eval, &log_path, token.as_deref().unwrap_or_default())
+        let given =
+            AttemptContext { log_path: &log_path, token: token.as_deref().unwrap_or_default(), upstream: &upstream };
+        let result = run_attempt(shared, idx, &eval, &given)
             .and_then(|metrics| collect_outputs(shared, idx, &eval).map(|(outputs, moved)| (outputs, moved, metrics)));
         let duration = started.elapsed();
         match result {
@@ -682,13 +726,21 @@ fn retry_backoff(shared: &Shared<'_>, attempt: u32) {
 
 /// One attempt: clear the old outputs, then run the command or built-in with its log.
 /// Returns the metrics the stage reported (built-ins only).
+/// What one attempt is given besides its stage: its log, its processes' token (shell), and
+/// its upstream stages' records (built-in).
+struct AttemptContext<'a> {
+    log_path: &'a str,
+    token: &'a str,
+    upstream: &'a [UpstreamStage],
+}
+
 fn run_attempt(
     shared: &Shared<'_>,
     idx: StageIdx,
     eval: &Evaluation,
-    log_path: &str,
-    token: &str,
+    attempt: &AttemptContext<'_>,
 ) -> Result<BTreeMap<String, f64>, AttemptFailure> {
+    let AttemptContext { log_path, token, upstream } = *attempt;
     let spec = shared.eval.spec;
     let stage = &spec.stages[idx];
     remove_outputs(shared, idx)?;
@@ -724,7 +776,6 @@ fn run_attempt(
                 .ok_or_else(|| AttemptFailure::failed(format!("unknown built-in `{name}`")))?;
             let mut log = log;
             let mut metrics = BTreeMap::new();
-            let upstream = upstream_records(shared, idx);
             let watch = shared.watchdog.watch_builtin(stage.timeout);
             let ctx = BuiltinContext {
                 stage: stage.name.as_str(),
@@ -734,7 +785,7 @@ fn run_attempt(
                 outputs: outputs.iter().map(|p| spec.root.join(p)).collect::<Vec<PathBuf>>(),
                 log: &mut log,
                 cancel: &watch.flag,
-                upstream: &upstream,
+                upstream,
                 metrics: &mut metrics,
             };
             let result = runner::run_builtin(builtin, ctx);
@@ -744,38 +795,6 @@ fn run_attempt(
             }
         }
     }
-}
-
-/// Every stage `idx` depends on, with its params and its last success's metrics. Upstream
-/// results are committed before a stage starts, so a read-only look at the state sees them;
-/// a state that cannot be read gives no metrics rather than failing the stage.
-fn upstream_records(shared: &Shared<'_>, idx: StageIdx) -> Vec<UpstreamStage> {
-    let spec = shared.eval.spec;
-    let dag = shared.eval.dag;
-    let mut seen = vec![false; spec.stages.len()];
-    let mut stack: Vec<StageIdx> = dag.upstream(idx).collect();
-    let mut found = Vec::new();
-    while let Some(up) = stack.pop() {
-        if std::mem::replace(&mut seen[up], true) {
-            continue;
-        }
-        found.push(up);
-        stack.extend(dag.upstream(up));
-    }
-    found.sort_by(|a, b| spec.stages[*a].name.cmp(&spec.stages[*b].name));
-    let state = crate::state::State::open_read_only(&spec.state_path).ok();
-    found
-        .into_iter()
-        .map(|up| {
-            let name = spec.stages[up].name.to_string();
-            let metrics = state.as_ref().and_then(|s| s.last_success_metrics(&name).ok()).unwrap_or_default();
-            let builtin = match &spec.stages[up].action {
-                Action::Builtin { name } => Some(name.to_string()),
-                Action::Shell { .. } => None,
-            };
-            UpstreamStage { name, builtin, params: spec.stages[up].params.clone(), metrics }
-        })
-        .collect()
 }
 
 /// Whether the filesystem holding `dir` has no space left for ordinary users. A stage that

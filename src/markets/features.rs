@@ -36,12 +36,11 @@ pub fn compute_into(s: &Series<'_>, out: &mut [&mut [f64]]) {
         (0..n).map(|t| if t == 0 { 0.0 } else { sign(s.price[t] - s.price[t - 1]) * s.volume[t] }).collect();
     for t in 0..n {
         let (vol, zscore, imbalance) = if t >= WINDOW {
-            let window = t + 1 - WINDOW..t + 1;
-            let (mean, sd) = mean_sd(&s.price[window.clone()]);
-            let total: f64 = s.volume[window.clone()].iter().sum();
-            let signed: f64 = signed_volume[window.clone()].iter().sum();
+            let (mean, sd) = mean_sd(window(s.price, t));
+            let total = sum(window(s.volume, t));
+            let signed = sum(window(&signed_volume, t));
             let z = if sd > 0.0 { (s.price[t] - mean) / sd } else { 0.0 };
-            (mean_sd(&ret_1[window]).1, z, if total > 0.0 { signed / total } else { 0.0 })
+            (mean_sd(window(&ret_1, t)).1, z, if total > 0.0 { signed / total } else { 0.0 })
         } else {
             (f64::NAN, f64::NAN, f64::NAN)
         };
@@ -69,11 +68,29 @@ pub(super) fn sign(change: f64) -> f64 {
     }
 }
 
-fn mean_sd(values: &[f64]) -> (f64, f64) {
-    let n = values.len() as f64;
-    let mean = values.iter().sum::<f64>() / n;
-    let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
-    (mean, var.sqrt())
+/// The `WINDOW` values ending at `t`, as a fixed-size array: the loops below then have a
+/// known length, which the compiler unrolls and vectorises.
+fn window(values: &[f64], t: usize) -> &[f64; WINDOW] {
+    values[t + 1 - WINDOW..=t].try_into().expect("t >= WINDOW - 1")
+}
+
+/// A sum in four interleaved lanes (vectorisable, unlike one running total). The order is
+/// fixed, so the result is the same on every run and machine.
+fn sum(values: &[f64; WINDOW]) -> f64 {
+    let mut lanes = [0.0; 4];
+    for chunk in values.chunks_exact(4) {
+        for (lane, v) in lanes.iter_mut().zip(chunk) {
+            *lane += v;
+        }
+    }
+    (lanes[0] + lanes[1]) + (lanes[2] + lanes[3])
+}
+
+/// Mean and sample standard deviation, two-pass (no cancellation on price levels).
+fn mean_sd(values: &[f64; WINDOW]) -> (f64, f64) {
+    let mean = sum(values) / WINDOW as f64;
+    let deviations: [f64; WINDOW] = std::array::from_fn(|i| (values[i] - mean) * (values[i] - mean));
+    (mean, (sum(&deviations) / (WINDOW - 1) as f64).sqrt())
 }
 
 #[cfg(test)]

@@ -127,7 +127,7 @@ fn strategy_row(md: &mut String, name: &str, b: Option<&Backtest>) {
     };
     let _ = writeln!(
         md,
-        "| {name} | {} | {} | {:.2}% | {:.2}% | {:.2}% | {:.2} [{:.2}, {:.2}] | {:.2}% | {:.1}% | {:.0}% | {} | {} |",
+        "| {name} | {} | {} | {:.2}% | {:.2}% | {:.2}% | {:.2} [{:.2}, {:.2}] | {:.2}% | {:.1}% | {:.1}% | {} | {} |",
         pct(b.pnl),
         pct(b.gross_pnl),
         b.costs.fees * 100.0,

@@ -209,7 +209,9 @@ impl TickTable {
 
 pub fn features(ctx: &mut BuiltinContext<'_>) -> Result<(), StageError> {
     let (inputs, outputs) = files(ctx, &["ticks table"], &["features table"])?;
+    let started = std::time::Instant::now();
     let ticks = TickTable::read(&inputs[0], &["market_id", "ts", "price", "volume", "bid", "ask"])?;
+    let read = started.elapsed();
     check_cancel(ctx)?;
     let (ids, ts, price, volume, bid, ask) =
         (ticks.ids()?, ticks.ts()?, ticks.f("price")?, ticks.f("volume")?, ticks.f("bid")?, ticks.f("ask")?);
@@ -242,8 +244,21 @@ pub fn features(ctx: &mut BuiltinContext<'_>) -> Result<(), StageError> {
         ("ts", ticks.batch.column_by_name("ts").expect("read above").clone()),
     ];
     table.extend(FEATURES.iter().zip(columns).map(|(name, values)| (*name, f64_col(values))));
-    log(ctx, format!("{} rows x {} features over {} markets", ts.len(), FEATURES.len(), runs.len()));
-    table::write_batch(&outputs[0], &batch(table))
+    let computed = started.elapsed();
+    table::write_batch(&outputs[0], &batch(table))?;
+    log(
+        ctx,
+        format!(
+            "{} rows x {} features over {} markets (read {:.2} s, computed {:.2} s, written {:.2} s)",
+            ts.len(),
+            FEATURES.len(),
+            runs.len(),
+            read.as_secs_f64(),
+            (computed - read).as_secs_f64(),
+            (started.elapsed() - computed).as_secs_f64()
+        ),
+    );
+    Ok(())
 }
 
 /// The labels: where each tick's mid goes over the move a trade decided at that tick can
@@ -653,6 +668,10 @@ fn record_strategy(ctx: &mut BuiltinContext<'_>, result: &Backtest) {
     ]);
 }
 
+/// A period's legs with no position yet, and each market's edge at each of its ticks
+/// (`None` where there is no prediction).
+type Period = (Vec<Leg>, Vec<Vec<Option<f64>>>);
+
 /// Thresholds tried on the validation period when `threshold = "tune"`: from trading every
 /// signal to trading only the most confident ones.
 const THRESHOLD_GRID: [f64; 11] = [0.0, 0.02, 0.04, 0.06, 0.08, 0.1, 0.13, 0.16, 0.2, 0.25, 0.3];
@@ -697,7 +716,7 @@ pub fn backtest(ctx: &mut BuiltinContext<'_>) -> Result<(), StageError> {
     drop(predictions);
     // Each period's legs are built once, with every tick's edge beside them; a threshold
     // only decides the positions.
-    let period = |range: std::ops::Range<i64>| -> Result<(Vec<Leg>, Vec<Vec<Option<f64>>>), StageError> {
+    let period = |range: std::ops::Range<i64>| -> Result<Period, StageError> {
         let mut edges = vec![Vec::new(); markets.len()];
         let legs = quotes.legs(&markets, range, |m, _, t, _| {
             edges[m].push(by_market[m].get(&t).copied());
@@ -705,7 +724,7 @@ pub fn backtest(ctx: &mut BuiltinContext<'_>) -> Result<(), StageError> {
         })?;
         Ok((legs, edges))
     };
-    let positioned = |(legs, edges): &(Vec<Leg>, Vec<Vec<Option<f64>>>), threshold: f64| -> Vec<Leg> {
+    let positioned = |(legs, edges): &Period, threshold: f64| -> Vec<Leg> {
         legs.iter()
             .zip(edges)
             .map(|(leg, edges)| {

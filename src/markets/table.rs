@@ -6,6 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use arrow_array::{Array, ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray};
+use arrow_buffer::{Buffer, OffsetBuffer, ScalarBuffer};
 use arrow_ipc::reader::FileReader;
 use arrow_ipc::writer::FileWriter;
 use arrow_schema::{Field, Schema};
@@ -58,7 +59,7 @@ pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, Stage
 /// Rows per record batch in the files written here. Readers stream a file batch by batch,
 /// so this bounds what a reader holds beyond the columns it keeps, and what the writer
 /// copies while encoding.
-pub const BATCH_ROWS: usize = 1 << 20;
+pub const BATCH_ROWS: usize = 1 << 18;
 
 /// Writes a table as an Arrow IPC file, in batches of `BATCH_ROWS` rows.
 pub fn write_batch(path: &Path, batch: &RecordBatch) -> Result<(), StageError> {
@@ -184,7 +185,11 @@ pub fn for_each_batch(
 enum Sink {
     F64(Vec<f64>),
     I64(Vec<i64>),
-    Str(arrow_array::builder::StringBuilder),
+    /// A string column as its two buffers, appended to in bulk.
+    Str {
+        offsets: Vec<i32>,
+        bytes: Vec<u8>,
+    },
 }
 
 impl Sink {
@@ -193,7 +198,7 @@ impl Sink {
         match data_type {
             DataType::Float64 => Ok(Sink::F64(Vec::with_capacity(rows))),
             DataType::Int64 => Ok(Sink::I64(Vec::with_capacity(rows))),
-            DataType::Utf8 => Ok(Sink::Str(arrow_array::builder::StringBuilder::with_capacity(rows, rows * 8))),
+            DataType::Utf8 => Ok(Sink::Str { offsets: Vec::with_capacity(rows + 1), bytes: Vec::new() }),
             other => {
                 Err(StageError::msg(format!("{} holds a {other} column, which no stage here writes", path.display())))
             }
@@ -215,10 +220,20 @@ impl Sink {
             Sink::I64(values) => {
                 values.extend_from_slice(column.as_any().downcast_ref::<Int64Array>().ok_or_else(wrong)?.values())
             }
-            Sink::Str(builder) => {
-                for value in column.as_any().downcast_ref::<StringArray>().ok_or_else(wrong)?.iter() {
-                    builder.append_value(value.unwrap_or_default());
+            Sink::Str { offsets, bytes } => {
+                let strings = column.as_any().downcast_ref::<StringArray>().ok_or_else(wrong)?;
+                let from = strings.value_offsets();
+                let (first, last) = (from[0], from[from.len() - 1]);
+                // Offsets are relative to this batch's bytes; shift them to follow ours.
+                let shift =
+                    i32::try_from(bytes.len()).ok().and_then(|len| len.checked_sub(first)).ok_or_else(|| {
+                        StageError::msg(format!("column `{name}` of {} holds more than 2 GiB of text", path.display()))
+                    })?;
+                if offsets.is_empty() {
+                    offsets.push(0);
                 }
+                offsets.extend(from[1..].iter().map(|o| o + shift));
+                bytes.extend_from_slice(&strings.value_data()[first as usize..last as usize]);
             }
         }
         Ok(())
@@ -228,7 +243,13 @@ impl Sink {
         match self {
             Sink::F64(values) => f64_col(std::mem::take(values)),
             Sink::I64(values) => i64_col(std::mem::take(values)),
-            Sink::Str(builder) => Arc::new(builder.finish()),
+            Sink::Str { offsets, bytes } => {
+                if offsets.is_empty() {
+                    offsets.push(0);
+                }
+                let offsets = OffsetBuffer::new(ScalarBuffer::from(std::mem::take(offsets)));
+                Arc::new(StringArray::new(offsets, Buffer::from_vec(std::mem::take(bytes)), None))
+            }
         }
     }
 }
