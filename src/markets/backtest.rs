@@ -6,8 +6,9 @@
 //!   the quoted spread, plus the market's fee and a slippage allowance.
 //! - **Timing:** a position decided at tick `t` (from information up to `t`) is entered at
 //!   the market's tick `t + delay`; with no delay it would earn a move its own price set.
-//! - **Portfolio:** every market holds 1/N of the equity throughout (rebalanced each bar),
-//!   N being the number of markets; bars are as long as the median gap between ticks.
+//! - **Portfolio:** every market holds 1/N of the equity (rebalanced each bar), N being the
+//!   number of markets live in that bar: from their first tick of the period to their last.
+//!   Bars are as long as the median gap between ticks.
 //! - **End:** every position still open is closed at the last tick, and pays for it.
 //! - **Annualisation:** from the bars actually observed per year, so a market with trading
 //!   sessions is not annualised as if it traded around the clock.
@@ -136,7 +137,30 @@ impl LegRun {
     }
 }
 
-fn run_leg(leg: &Leg, exec: &Execution, bar_ms: i64) -> LegRun {
+/// Which markets are live in a bar: from the bar of a market's first tick to that of its last.
+struct Live {
+    starts: Vec<i64>,
+    ends: Vec<i64>,
+}
+
+impl Live {
+    fn of(legs: &[Leg], bar_ms: i64) -> Live {
+        let bars = |pick: fn(&[i64]) -> Option<&i64>| -> Vec<i64> {
+            let mut bars: Vec<i64> = legs.iter().filter_map(|l| pick(&l.ts)).map(|t| t.div_euclid(bar_ms)).collect();
+            bars.sort_unstable();
+            bars
+        };
+        Live { starts: bars(<[i64]>::first), ends: bars(<[i64]>::last) }
+    }
+
+    /// Each live market's share of the equity in `bar`.
+    fn weight(&self, bar: i64) -> f64 {
+        let live = self.starts.partition_point(|&s| s <= bar) - self.ends.partition_point(|&e| e < bar);
+        1.0 / live.max(1) as f64
+    }
+}
+
+fn run_leg(leg: &Leg, exec: &Execution, bar_ms: i64, live: &Live) -> LegRun {
     let n = leg.ts.len();
     let mut run = LegRun { ticks: n, ..LegRun::default() };
     let bar = |i: usize| leg.ts[i].div_euclid(bar_ms);
@@ -175,7 +199,8 @@ fn run_leg(leg: &Leg, exec: &Execution, bar_ms: i64) -> LegRun {
                 // A mid that does not move is neither a hit nor a miss.
                 run.held_intervals += usize::from(r != 0.0);
                 run.hits += usize::from(position * r > 0.0);
-                run.exposure_ms += position.abs() * (leg.ts[i + 1] - leg.ts[i]) as f64;
+                // As a share of the portfolio: the position times the market's weight.
+                run.exposure_ms += position.abs() * live.weight(bar(i)) * (leg.ts[i + 1] - leg.ts[i]) as f64;
             }
             let slot = run.at(bar(i + 1));
             slot.net *= 1.0 + position * r;
@@ -190,12 +215,13 @@ fn run_leg(leg: &Leg, exec: &Execution, bar_ms: i64) -> LegRun {
 /// Runs every leg and combines them into the equal-weight portfolio.
 pub fn simulate(legs: &[Leg], exec: &Execution) -> Backtest {
     let bar_ms = median_gap(legs).max(1);
-    let runs: Vec<LegRun> = legs.iter().map(|leg| run_leg(leg, exec, bar_ms)).collect();
-    let weight = 1.0 / legs.iter().filter(|l| !l.ts.is_empty()).count().max(1) as f64;
+    let live = Live::of(legs, bar_ms);
+    let runs: Vec<LegRun> = legs.iter().map(|leg| run_leg(leg, exec, bar_ms, &live)).collect();
     let mut by_bar: BTreeMap<i64, (f64, f64)> = BTreeMap::new();
     let mut costs = Costs::default();
     for run in &runs {
         for (bar, m) in &run.bars {
+            let weight = live.weight(*bar);
             let slot = by_bar.entry(*bar).or_insert((0.0, 0.0));
             slot.0 += (m.net - 1.0) * weight;
             slot.1 += (m.gross - 1.0) * weight;
@@ -236,7 +262,7 @@ pub fn simulate(legs: &[Leg], exec: &Execution) -> Backtest {
         max_drawdown,
         hit_rate: ratio(runs.iter().map(|r| r.hits).sum::<usize>() as f64, held as f64),
         turnover: ratio(sum(|r| r.turnover), ticks as f64),
-        exposure: ratio(sum(|r| r.exposure_ms) * weight, period_ms),
+        exposure: ratio(sum(|r| r.exposure_ms), period_ms),
         avg_holding_hours: ratio(sum(|r| r.holding_ms), holding_runs as f64) / 3_600_000.0,
         trades: runs.iter().map(|r| r.result.trades).sum(),
         bars: returns.len(),
@@ -353,6 +379,16 @@ mod tests {
         assert_eq!(bt.bar_ms, 2 * MINUTE);
         assert_eq!(bt.equity.iter().map(|e| e.1).collect::<Vec<_>>(), [1.25, 1.5625, 1.5625 * 1.625]);
         assert_eq!(bt.pnl, 1.5625 * 1.625 - 1.0);
+    }
+
+    #[test]
+    fn a_market_counts_only_while_it_trades() {
+        // A gains 50% a minute throughout; B, flat, trades only from minute 2 on. Until B
+        // starts A holds the whole equity, then half of it.
+        let a = leg((0..5).map(|i| i * MINUTE).collect(), vec![1.0, 1.5, 2.25, 3.375, 5.0625], vec![1.0; 5], 0.0);
+        let b = leg(vec![2 * MINUTE, 3 * MINUTE, 4 * MINUTE], vec![1.0; 3], vec![1.0; 3], 0.0);
+        let bt = simulate(&[a, b], &exec(0));
+        assert_eq!(bt.equity.iter().map(|e| e.1).collect::<Vec<_>>(), [1.0, 1.5, 1.875, 2.34375, 2.9296875]);
     }
 
     #[test]

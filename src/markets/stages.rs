@@ -612,7 +612,7 @@ fn execution(params: &Params<'_>) -> Result<Execution, StageError> {
 
 fn conventions(exec: &Execution) -> serde_json::Value {
     serde_json::json!({
-        "marking": "positions are marked at the mid; each market holds 1/N of the equity, rebalanced every bar",
+        "marking": "positions are marked at the mid; each market holds 1/N of the equity, N being the markets trading in that bar (from their first tick of the period to their last), rebalanced every bar",
         "fills": format!("a change of position trades at the bid or ask (the mid plus half the quoted spread), plus the market's fee and {} bp of slippage", exec.slippage_bps),
         "execution_delay": format!("a position decided at a tick is traded at the market's tick {} later", exec.delay),
         "close_out": "every open position is closed at the period's last tick, and pays for it",
