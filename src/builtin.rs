@@ -21,22 +21,9 @@ pub struct BuiltinContext<'a> {
     pub log: &'a mut dyn Write,
     /// Set when the build is interrupted; long-running functions should check it.
     pub cancel: &'a AtomicBool,
-    /// Every stage this one depends on (directly or not), as recorded when it starts: for
-    /// stages that report on the pipeline, which then need not open the state themselves.
-    pub upstream: &'a [UpstreamStage],
     /// Numbers worth keeping (accuracy, PnL...): recorded in `stage_runs.metrics` and shown
     /// when the stage finishes.
     pub metrics: &'a mut BTreeMap<String, f64>,
-}
-
-/// A stage upstream of a built-in: its params and the metrics of its last success.
-#[derive(Debug, Clone, PartialEq)]
-pub struct UpstreamStage {
-    pub name: String,
-    /// The built-in it runs (`markets.ticks`), or `None` for a shell command.
-    pub builtin: Option<String>,
-    pub params: toml::Table,
-    pub metrics: BTreeMap<String, f64>,
 }
 
 pub type BuiltinError = Box<dyn std::error::Error + Send + Sync>;

@@ -26,7 +26,7 @@ pub use group::{ProcessesSurvive, end_attempt};
 pub use runner::{ShellCommand, expand_command, log_tail, shell_quote};
 pub use watchdog::KILL_GRACE;
 
-use crate::builtin::{BuiltinContext, UpstreamStage};
+use crate::builtin::BuiltinContext;
 use crate::cancel::CancelToken;
 use crate::event::{Event, FailedStage};
 use crate::fingerprint::{FileHash, FingerprintInputs, OutputHash, output_hash};
@@ -67,8 +67,7 @@ enum Message {
     /// (with the token its processes will carry) and answered.
     Started {
         start: Box<AttemptStart>,
-        /// The answer: for a built-in, a snapshot of its upstream stages' records.
-        recorded: Sender<Result<Vec<UpstreamStage>, String>>,
+        recorded: Sender<Result<(), String>>,
     },
     Finished {
         idx: StageIdx,
@@ -312,13 +311,8 @@ impl Coordinator<'_, '_> {
     fn handle(&mut self, message: Message, stop: &AtomicBool) {
         let recorded = match message {
             Message::Started { start, recorded } => {
-                let idx = start.idx;
                 let result = self.started(*start);
-                let answer = match &result {
-                    Ok(()) => Ok(self.upstream_records(idx)),
-                    Err(err) => Err(err.to_string()),
-                };
-                let _ = recorded.send(answer);
+                let _ = recorded.send(result.as_ref().map(|_| ()).map_err(ToString::to_string));
                 result
             }
             Message::Finished { idx, result } => self.finished(idx, result, stop),
@@ -356,42 +350,6 @@ impl Coordinator<'_, '_> {
 
     fn run_id(&self) -> RunId {
         self.run
-    }
-
-    /// For a built-in, every stage it depends on (directly or not) with its params and its
-    /// last success's metrics; upstream results are committed before a stage starts, so
-    /// this build's are included. Nothing for a shell stage.
-    fn upstream_records(&self, idx: StageIdx) -> Vec<UpstreamStage> {
-        let spec = self.eval.spec;
-        if !matches!(spec.stages[idx].action, Action::Builtin { .. }) {
-            return Vec::new();
-        }
-        let dag = self.eval.dag;
-        let mut seen = vec![false; spec.stages.len()];
-        let mut stack: Vec<StageIdx> = dag.upstream(idx).collect();
-        let mut found = Vec::new();
-        while let Some(up) = stack.pop() {
-            if std::mem::replace(&mut seen[up], true) {
-                continue;
-            }
-            found.push(up);
-            stack.extend(dag.upstream(up));
-        }
-        found.sort_by(|a, b| spec.stages[*a].name.cmp(&spec.stages[*b].name));
-        found
-            .into_iter()
-            .map(|up| {
-                let stage = &spec.stages[up];
-                let name = stage.name.to_string();
-                let builtin = match &stage.action {
-                    Action::Builtin { name } => Some(name.to_string()),
-                    Action::Shell { .. } => None,
-                };
-                // Metrics are a report's detail: a read that fails gives none.
-                let metrics = self.state.last_success_metrics(&name).unwrap_or_default();
-                UpstreamStage { name, builtin, params: stage.params.clone(), metrics }
-            })
-            .collect()
     }
 
     fn finished(&mut self, idx: StageIdx, result: TaskResult, stop: &AtomicBool) -> Result<(), StateError> {
@@ -657,13 +615,11 @@ fn run_task(shared: &Shared<'_>, task: Task, tx: &Sender<Message>) {
         };
         let _ = tx.send(Message::Started { start: Box::new(start), recorded: answer });
         // Nothing runs that the state does not name: a later build must be able to find it.
-        let Ok(Ok(upstream)) = recorded.recv() else {
+        if !matches!(recorded.recv(), Ok(Ok(()))) {
             return finish(TaskResult::NotStarted);
-        };
+        }
         let started = Instant::now();
-        let given =
-            AttemptContext { log_path: &log_path, token: token.as_deref().unwrap_or_default(), upstream: &upstream };
-        let result = run_attempt(shared, idx, &eval, &given)
+        let result = run_attempt(shared, idx, &eval, &log_path, token.as_deref().unwrap_or_default())
             .and_then(|metrics| collect_outputs(shared, idx, &eval).map(|(outputs, moved)| (outputs, moved, metrics)));
         let duration = started.elapsed();
         match result {
@@ -726,21 +682,13 @@ fn retry_backoff(shared: &Shared<'_>, attempt: u32) {
 
 /// One attempt: clear the old outputs, then run the command or built-in with its log.
 /// Returns the metrics the stage reported (built-ins only).
-/// What one attempt is given besides its stage: its log, its processes' token (shell), and
-/// its upstream stages' records (built-in).
-struct AttemptContext<'a> {
-    log_path: &'a str,
-    token: &'a str,
-    upstream: &'a [UpstreamStage],
-}
-
 fn run_attempt(
     shared: &Shared<'_>,
     idx: StageIdx,
     eval: &Evaluation,
-    attempt: &AttemptContext<'_>,
+    log_path: &str,
+    token: &str,
 ) -> Result<BTreeMap<String, f64>, AttemptFailure> {
-    let AttemptContext { log_path, token, upstream } = *attempt;
     let spec = shared.eval.spec;
     let stage = &spec.stages[idx];
     remove_outputs(shared, idx)?;
@@ -785,7 +733,6 @@ fn run_attempt(
                 outputs: outputs.iter().map(|p| spec.root.join(p)).collect::<Vec<PathBuf>>(),
                 log: &mut log,
                 cancel: &watch.flag,
-                upstream,
                 metrics: &mut metrics,
             };
             let result = runner::run_builtin(builtin, ctx);

@@ -389,6 +389,16 @@ mod tests {
         let b = leg(vec![2 * MINUTE, 3 * MINUTE, 4 * MINUTE], vec![1.0; 3], vec![1.0; 3], 0.0);
         let bt = simulate(&[a, b], &exec(0));
         assert_eq!(bt.equity.iter().map(|e| e.1).collect::<Vec<_>>(), [1.0, 1.5, 1.875, 2.34375, 2.9296875]);
+        assert_eq!(bt.exposure, 1.0, "fully invested throughout");
+    }
+
+    #[test]
+    fn a_market_that_stops_trading_hands_back_its_share() {
+        // B, flat, trades only until minute 2; from then on A holds the whole equity.
+        let a = leg((0..5).map(|i| i * MINUTE).collect(), vec![1.0, 1.5, 2.25, 3.375, 5.0625], vec![1.0; 5], 0.0);
+        let b = leg(vec![0, MINUTE, 2 * MINUTE], vec![1.0; 3], vec![1.0; 3], 0.0);
+        let bt = simulate(&[a, b], &exec(0));
+        assert_eq!(bt.equity.iter().map(|e| e.1).collect::<Vec<_>>(), [1.0, 1.25, 1.5625, 2.34375, 3.515625]);
     }
 
     #[test]

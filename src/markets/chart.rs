@@ -10,12 +10,20 @@ use plotters::style::FontStyle;
 
 use super::StageError;
 use super::ingest::time::format_utc;
-use super::report::Curve;
 
 const SIZE: (u32, u32) = (1000, 560);
 /// Points drawn per series at most: a curve of 150,000 bars is drawn from the lowest and
 /// highest value of each of 1,000 buckets, which keeps every visible extreme.
 const MAX_POINTS: usize = 2_000;
+
+/// An equity table as read back: time, equity, drawdown and (for the model) the benchmark.
+#[derive(Debug, Clone, Default)]
+pub struct Curve {
+    pub ts: Vec<i64>,
+    pub equity: Vec<f64>,
+    pub drawdown: Vec<f64>,
+    pub benchmark: Vec<f64>,
+}
 
 pub struct Chart<'a> {
     pub model: &'a Curve,
@@ -59,7 +67,12 @@ impl Chart<'_> {
         ];
         let all = || lines.iter().flat_map(|l| l.2.iter());
         let (x0, x1) = all().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), p| (lo.min(p.0), hi.max(p.0)));
-        let (x0, x1) = if x0 < x1 { (x0, x1) } else { (0.0, 1.0) };
+        // One bar, or none: an hour either side, so that a lone point is still drawn.
+        let (x0, x1) = match (x0 < x1, x0.is_finite()) {
+            (true, _) => (x0, x1),
+            (false, true) => (x0 - 3_600_000.0, x0 + 3_600_000.0),
+            (false, false) => (0.0, 1.0),
+        };
         let (y0, y1) = all().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), p| (lo.min(p.1), hi.max(p.1)));
         let (y0, y1) = if y0.is_finite() { (y0, y1) } else { (0.9, 1.1) };
         let pad = ((y1 - y0) * 0.05).max(1e-3);

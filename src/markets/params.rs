@@ -12,6 +12,11 @@ impl<'a> Params<'a> {
         Params { stage, table }
     }
 
+    /// An error about param `key`, naming it and the stage.
+    pub fn error(&self, key: &str, text: &str) -> StageError {
+        StageError::msg(format!("param `{key}` of stage `{}`: {text}", self.stage))
+    }
+
     fn wrong(&self, key: &str, expected: &str) -> StageError {
         StageError::msg(format!("param `{key}` of stage `{}` must be {expected}; fix it in pipeline.toml", self.stage))
     }

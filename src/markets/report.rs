@@ -5,43 +5,26 @@ use std::fmt::Write as _;
 use super::backtest::Backtest;
 use super::ingest::time::format_utc;
 use super::model::Metrics;
-use crate::builtin::UpstreamStage;
 
-/// What the data is: generated (and from which seed) or read from exports.
-#[derive(Debug, Clone, Default, serde::Serialize)]
+/// What the data is: generated (and from which seed) or read from exports, and what
+/// reading them took out. Written by the ticks stage (`data/ingest.json`).
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct DataSource {
     pub synthetic: bool,
-    pub seed: Option<i64>,
+    pub seed: Option<u64>,
     pub markets_file: Option<String>,
     pub ticks_file: Option<String>,
-    /// From the ticks stage, for exports: rows read, merged (same market and time) and
-    /// dropped (crossed or missing quote).
-    pub rows_read: Option<u64>,
-    pub rows_merged: Option<u64>,
-    pub rows_bad_quote: Option<u64>,
+    pub markets: usize,
+    pub ticks: usize,
+    /// For exports: data rows read, merged into an earlier row of the same market and time,
+    /// and dropped for a crossed or missing quote; the unit of integer times.
+    pub rows_read: Option<usize>,
+    pub rows_merged: Option<usize>,
+    pub rows_bad_quote: Option<usize>,
+    pub time_unit: Option<String>,
 }
 
 impl DataSource {
-    pub fn from_upstream(upstream: &[UpstreamStage]) -> DataSource {
-        let by_fn = |name: &str| upstream.iter().find(|s| s.builtin.as_deref() == Some(name));
-        let source = |s: Option<&UpstreamStage>| s.and_then(|s| s.params.get("source")?.as_str().map(String::from));
-        let (markets, ticks) = (by_fn("markets.markets"), by_fn("markets.ticks"));
-        let count = |key: &str| ticks.and_then(|t| t.metrics.get(key)).map(|v| *v as u64);
-        let ticks_file = source(ticks);
-        let synthetic = ticks_file.is_none();
-        // The ticks stage's own default when it names no seed.
-        let seed = synthetic.then(|| ticks.and_then(|t| t.params.get("seed")?.as_integer()).unwrap_or(42));
-        DataSource {
-            synthetic,
-            seed,
-            markets_file: source(markets),
-            ticks_file,
-            rows_read: count("rows_read"),
-            rows_merged: count("rows_merged"),
-            rows_bad_quote: count("rows_bad_quote"),
-        }
-    }
-
     fn describe(&self) -> String {
         if self.synthetic {
             return format!(
@@ -56,48 +39,26 @@ impl DataSource {
         if let (Some(read), Some(merged), Some(bad)) = (self.rows_read, self.rows_merged, self.rows_bad_quote) {
             let _ = write!(
                 text,
-                ". {read} rows read; {merged} merged into an earlier row of the same market and time (last price and quote, summed volume); {bad} dropped for a crossed or missing quote."
+                ". {read} rows read; {merged} merged into an earlier row of the same market and time (last price and quote, summed volume); {bad} dropped for a crossed or missing quote"
             );
         }
+        if let Some(unit) = &self.time_unit {
+            let _ = write!(text, "; integer times read as {unit} since 1970");
+        }
+        text.push('.');
         text
     }
 }
 
-/// A stage upstream of the report and its params.
-#[derive(Debug, serde::Serialize)]
-pub struct StageParams {
-    pub stage: String,
-    pub params: serde_json::Value,
-}
-
 #[derive(Debug, serde::Serialize)]
 pub struct Report {
-    pub data: DataSource,
+    /// `None` when the report was not given the ticks stage's ingest report.
+    pub data: Option<DataSource>,
     pub model: Metrics,
     /// `backtest.json`: the model's strategy, its benchmark, sensitivity and markets.
     pub strategy: serde_json::Value,
     /// `baseline.json`.
     pub baseline: serde_json::Value,
-    pub stages: Vec<StageParams>,
-}
-
-impl Report {
-    pub fn new(
-        data: DataSource,
-        model: Metrics,
-        strategy: serde_json::Value,
-        baseline: serde_json::Value,
-        upstream: &[UpstreamStage],
-    ) -> Report {
-        let stages = upstream
-            .iter()
-            .map(|s| StageParams {
-                stage: s.name.clone(),
-                params: serde_json::to_value(&s.params).unwrap_or(serde_json::Value::Null),
-            })
-            .collect();
-        Report { data, model, strategy, baseline, stages }
-    }
 }
 
 fn backtest_of(json: &serde_json::Value, key: &str) -> Option<Backtest> {
@@ -148,7 +109,11 @@ pub fn markdown(report: &Report) -> String {
     let m = &report.model;
     let mut md = String::new();
     let _ = writeln!(md, "# Market pipeline report\n");
-    let _ = writeln!(md, "{}\n", report.data.describe());
+    let data = match &report.data {
+        Some(data) => data.describe(),
+        None => "Where the data came from is not known to this report: give `publish` the ticks stage's `data/ingest.json` as a sixth input.".to_string(),
+    };
+    let _ = writeln!(md, "{data}\n");
     let _ = writeln!(md, "{} markets, {} ticks.\n", m.markets, m.ticks);
 
     let _ = writeln!(md, "## Model\n");
@@ -199,11 +164,6 @@ pub fn markdown(report: &Report) -> String {
     strategies(&mut md, report);
     per_market(&mut md, &report.strategy);
 
-    let _ = writeln!(md, "\n## Stages\n");
-    let _ = writeln!(md, "| stage | params |\n|---|---|");
-    for s in &report.stages {
-        let _ = writeln!(md, "| {} | `{}` |", s.stage, s.params);
-    }
     md
 }
 
@@ -297,14 +257,3 @@ fn per_market(md: &mut String, strategy: &serde_json::Value) {
         );
     }
 }
-
-/// An equity table as read back: time, equity, drawdown and (for the model) the benchmark.
-#[derive(Debug, Clone, Default)]
-pub struct Curve {
-    pub ts: Vec<i64>,
-    pub equity: Vec<f64>,
-    pub drawdown: Vec<f64>,
-    pub benchmark: Vec<f64>,
-}
-
-pub use super::chart::Chart;

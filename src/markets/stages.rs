@@ -6,10 +6,12 @@ use arrow_array::RecordBatch;
 use rayon::prelude::*;
 
 use super::backtest::{Backtest, Execution, Leg, simulate};
+use super::chart::{Chart, Curve};
 use super::features::{FEATURES, Series, compute_into, sign};
 use super::ingest::{self, time};
 use super::model::{Coefficient, Metrics, Model, Scores, Split, auc, calibration, confusion, train};
 use super::params::Params;
+use super::report::DataSource;
 use super::synth::{Market, Ticks, generate_all_ticks, generate_markets};
 use super::table::{self, batch, f64_col, f64s, i64_col, i64s, market_runs, str_col, strs};
 use super::{StageError, report};
@@ -29,10 +31,23 @@ fn files(
     inputs: &[&str],
     outputs: &[&str],
 ) -> Result<(Vec<PathBuf>, Vec<PathBuf>), StageError> {
+    files_with_optional_output(ctx, inputs, outputs, None)
+}
+
+/// `files`, for a built-in that writes one more output when it is declared.
+fn files_with_optional_output(
+    ctx: &BuiltinContext<'_>,
+    inputs: &[&str],
+    outputs: &[&str],
+    optional: Option<&str>,
+) -> Result<(Vec<PathBuf>, Vec<PathBuf>), StageError> {
     let describe = |names: &[&str]| if names.is_empty() { "none".to_string() } else { names.join(", ") };
-    if ctx.inputs.len() < inputs.len() || ctx.outputs.len() != outputs.len() {
+    let outputs_ok =
+        ctx.outputs.len() == outputs.len() || (optional.is_some() && ctx.outputs.len() == outputs.len() + 1);
+    if ctx.inputs.len() < inputs.len() || !outputs_ok {
+        let optional = optional.map(|o| format!(" (and optionally [{o}])")).unwrap_or_default();
         return Err(StageError::msg(format!(
-            "stage `{}` needs inputs [{}] and outputs [{}] in this order; pipeline.toml declares {} input(s) and {} output(s)",
+            "stage `{}` needs inputs [{}] and outputs [{}]{optional} in this order; pipeline.toml declares {} input(s) and {} output(s)",
             ctx.stage,
             describe(inputs),
             describe(outputs),
@@ -43,8 +58,8 @@ fn files(
     Ok((ctx.inputs.clone(), ctx.outputs.clone()))
 }
 
-/// The CSV named by param `source`, which must also be a declared input so that editing it
-/// re-runs the stage.
+/// The export (CSV or Parquet) named by param `source`, which must also be a declared input
+/// so that editing it re-runs the stage.
 fn source(ctx: &BuiltinContext<'_>, params: &Params<'_>) -> Result<Option<PathBuf>, StageError> {
     let Some(source) = params.str_opt("source")? else { return Ok(None) };
     let path = ctx.root.join(source);
@@ -60,17 +75,14 @@ fn source(ctx: &BuiltinContext<'_>, params: &Params<'_>) -> Result<Option<PathBu
 /// How to read an export: the `timezone` of times written without an offset, and the CSV
 /// `separator` when it is not to be detected.
 fn read_options(params: &Params<'_>) -> Result<ingest::Options, StageError> {
-    let zone = params
-        .str_opt("timezone")?
-        .map(time::parse_zone)
-        .transpose()
-        .map_err(|e| StageError::msg(format!("param `timezone`: {e}")))?;
+    let zone =
+        params.str_opt("timezone")?.map(time::parse_zone).transpose().map_err(|e| params.error("timezone", &e))?;
     let separator = match params.str_opt("separator")? {
         None => None,
         Some("\\t" | "tab") => Some(b'\t'),
         Some(s) if s.len() == 1 => Some(s.as_bytes()[0]),
         Some(other) => {
-            return Err(StageError::msg(format!("param `separator = \"{other}\"` must be one character (or \"tab\")")));
+            return Err(params.error("separator", &format!("`{other}` is not one character (or \"tab\")")));
         }
     };
     Ok(ingest::Options { zone, separator })
@@ -91,8 +103,16 @@ pub fn markets(ctx: &mut BuiltinContext<'_>) -> Result<(), StageError> {
         return Err(StageError::msg("no markets: set `n_markets` above 0 or give a `source` with rows"));
     }
     log(ctx, format!("{} markets", markets.len()));
-    table::write_batch(&outputs[0], &markets_batch(&markets))
+    // Where the markets came from travels with them, for the ticks stage's provenance.
+    let origin = match params.str_opt("source")? {
+        Some(file) => vec![("source", file.to_string())],
+        None => vec![("source", SYNTHETIC.to_string()), ("seed", params.u64_or("seed", 42)?.to_string())],
+    };
+    table::write_batch(&outputs[0], &table::with_metadata(markets_batch(&markets), &origin))
 }
+
+/// The `source` recorded for generated data.
+const SYNTHETIC: &str = "synthetic";
 
 fn markets_batch(markets: &[Market]) -> RecordBatch {
     let text = |f: fn(&Market) -> &str| str_col(&markets.iter().map(f).collect::<Vec<_>>());
@@ -131,11 +151,25 @@ fn read_markets(path: &Path) -> Result<Vec<Market>, StageError> {
 
 pub fn ticks(ctx: &mut BuiltinContext<'_>) -> Result<(), StageError> {
     let params = Params::new(ctx.stage, ctx.params);
-    let (inputs, outputs) = files(ctx, &["markets table"], &["ticks table"])?;
+    let (inputs, outputs) =
+        files_with_optional_output(ctx, &["markets table"], &["ticks table"], Some("ingest report (json)"))?;
     let markets = read_markets(&inputs[0])?;
+    let markets_origin = table::metadata(&inputs[0])?;
+    let mut origin = DataSource {
+        synthetic: false,
+        seed: None,
+        markets_file: markets_origin.get("source").filter(|s| *s != SYNTHETIC).cloned(),
+        ticks_file: params.str_opt("source")?.map(str::to_string),
+        markets: markets.len(),
+        ..DataSource::default()
+    };
     let series = match source(ctx, &params)? {
         Some(export) => {
             let read = ingest::read_ticks(&export, &markets, read_options(&params)?)?;
+            origin.rows_read = Some(read.rows);
+            origin.rows_merged = Some(read.merged);
+            origin.rows_bad_quote = Some(read.bad_quotes);
+            origin.time_unit = read.ts_unit.map(|u| u.to_string());
             log(
                 ctx,
                 format!(
@@ -153,14 +187,19 @@ pub fn ticks(ctx: &mut BuiltinContext<'_>) -> Result<(), StageError> {
             ]);
             read.ticks
         }
-        None => generate_all_ticks(
-            params.u64_or("seed", 42)?,
-            &markets,
-            params.u64_or("ticks_per_market", 20_000)? as usize,
-        ),
+        None => {
+            origin.synthetic = true;
+            origin.seed = Some(params.u64_or("seed", 42)?);
+            generate_all_ticks(
+                params.u64_or("seed", 42)?,
+                &markets,
+                params.u64_or("ticks_per_market", 20_000)? as usize,
+            )
+        }
     };
     check_cancel(ctx)?;
     let rows: usize = series.iter().map(|t| t.ts.len()).sum();
+    origin.ticks = rows;
     let mut ids = Vec::with_capacity(rows);
     let mut all = Ticks::default();
     // `series[i]` belongs to `markets[i]`, however the markets are ordered.
@@ -183,7 +222,13 @@ pub fn ticks(ctx: &mut BuiltinContext<'_>) -> Result<(), StageError> {
         ("bid", f64_col(all.bid)),
         ("ask", f64_col(all.ask)),
     ]);
-    table::write_batch(&outputs[0], &b)
+    table::write_batch(&outputs[0], &b)?;
+    // The report's account of the data: a file of its own, so that a count that changes
+    // while the ticks do not re-runs the report but nothing between.
+    match outputs.get(1) {
+        Some(path) => table::write_json(path, &origin),
+        None => Ok(()),
+    }
 }
 
 /// Columns of the ticks table, read and checked.
@@ -202,7 +247,7 @@ impl TickTable {
     fn ts(&self) -> Result<&[i64], StageError> {
         i64s(&self.batch, "ts", &self.path)
     }
-    fn f(&self, name: &str) -> Result<&[f64], StageError> {
+    fn floats(&self, name: &str) -> Result<&[f64], StageError> {
         f64s(&self.batch, name, &self.path)
     }
 }
@@ -213,8 +258,14 @@ pub fn features(ctx: &mut BuiltinContext<'_>) -> Result<(), StageError> {
     let ticks = TickTable::read(&inputs[0], &["market_id", "ts", "price", "volume", "bid", "ask"])?;
     let read = started.elapsed();
     check_cancel(ctx)?;
-    let (ids, ts, price, volume, bid, ask) =
-        (ticks.ids()?, ticks.ts()?, ticks.f("price")?, ticks.f("volume")?, ticks.f("bid")?, ticks.f("ask")?);
+    let (ids, ts, price, volume, bid, ask) = (
+        ticks.ids()?,
+        ticks.ts()?,
+        ticks.floats("price")?,
+        ticks.floats("volume")?,
+        ticks.floats("bid")?,
+        ticks.floats("ask")?,
+    );
     let runs = market_runs(ids);
     // The output columns, filled in place: each market writes its own rows, in parallel.
     let mut columns: Vec<Vec<f64>> = (0..FEATURES.len()).map(|_| vec![0.0; ts.len()]).collect();
@@ -317,6 +368,14 @@ fn split_params(params: &Params<'_>) -> Result<(f64, f64), StageError> {
     Ok((train, validation))
 }
 
+fn not_the_same_ticks(features: &Path, ticks: &Path) -> StageError {
+    StageError::msg(format!(
+        "{} and {} do not describe the same ticks; rebuild features (dagrun invalidate features)",
+        features.display(),
+        ticks.display()
+    ))
+}
+
 /// Calls `each(k, row)` with the features of row `rows[k]`, for rows in ascending order,
 /// streaming the features table batch by batch: the whole matrix is never held.
 fn feature_rows(
@@ -350,7 +409,7 @@ pub fn model(ctx: &mut BuiltinContext<'_>) -> Result<(), StageError> {
         let ticks = TickTable::read(&inputs[1], &["market_id", "ts", "bid", "ask"])?;
         let ids = ticks.ids()?;
         let ts = ticks.ts()?.to_vec();
-        let labels = labels(ids, &ts, &mids(ticks.f("bid")?, ticks.f("ask")?), delay as usize);
+        let labels = labels(ids, &ts, &mids(ticks.floats("bid")?, ticks.floats("ask")?), delay as usize);
         (ts, labels, market_runs(ids).len())
     };
     check_cancel(ctx)?;
@@ -368,12 +427,8 @@ pub fn model(ctx: &mut BuiltinContext<'_>) -> Result<(), StageError> {
     let mut names = vec!["ts"];
     names.extend(FEATURES);
     table::for_each_batch(&inputs[0], Some(&names), |batch, first, _| {
-        if i64s(batch, "ts", &inputs[0])? != &ts[first..first + batch.num_rows()] {
-            return Err(StageError::msg(format!(
-                "{} and {} do not describe the same ticks; rebuild features (dagrun invalidate features)",
-                inputs[0].display(),
-                inputs[1].display()
-            )));
+        if ts.get(first..first + batch.num_rows()) != Some(i64s(batch, "ts", &inputs[0])?) {
+            return Err(not_the_same_ticks(&inputs[0], &inputs[1]));
         }
         let columns: Vec<&[f64]> = FEATURES.iter().map(|f| f64s(batch, f, &inputs[0])).collect::<Result<_, _>>()?;
         for j in 0..batch.num_rows() {
@@ -531,7 +586,7 @@ impl Quotes {
         let table = TickTable::read(path, &["market_id", "ts", "bid", "ask"])?;
         let ids = table.ids()?;
         let runs = market_runs(ids).into_iter().map(|r| (ids.value(r.start).to_string(), r)).collect();
-        let mid = mids(table.f("bid")?, table.f("ask")?);
+        let mid = mids(table.floats("bid")?, table.floats("ask")?);
         Ok(Quotes { table, runs, mid })
     }
 
@@ -543,7 +598,7 @@ impl Quotes {
         period: std::ops::Range<i64>,
         mut target: impl FnMut(usize, usize, i64, f64) -> f64,
     ) -> Result<Vec<Leg>, StageError> {
-        let (ts, bid, ask) = (self.table.ts()?, self.table.f("bid")?, self.table.f("ask")?);
+        let (ts, bid, ask) = (self.table.ts()?, self.table.floats("bid")?, self.table.floats("ask")?);
         let legs = markets
             .iter()
             .enumerate()
@@ -669,8 +724,11 @@ fn record_strategy(ctx: &mut BuiltinContext<'_>, result: &Backtest) {
 }
 
 /// A period's legs with no position yet, and each market's edge at each of its ticks
-/// (`None` where there is no prediction).
-type Period = (Vec<Leg>, Vec<Vec<Option<f64>>>);
+/// (`None` where there is no prediction): a threshold only decides the positions.
+struct Period {
+    legs: Vec<Leg>,
+    edges: Vec<Vec<Option<f64>>>,
+}
 
 /// Thresholds tried on the validation period when `threshold = "tune"`: from trading every
 /// signal to trading only the most confident ones.
@@ -681,6 +739,18 @@ pub fn backtest(ctx: &mut BuiltinContext<'_>) -> Result<(), StageError> {
     let fixed = params.f64_or_tune("threshold", None)?;
     let grid = params.f64_list_or("threshold_grid", &THRESHOLD_GRID)?;
     let exit_fraction = params.f64_or("exit_fraction", 0.5)?;
+    if !(0.0..=1.0).contains(&exit_fraction) {
+        return Err(params.error(
+            "exit_fraction",
+            &format!("{exit_fraction} is not between 0 and 1 (a position is closed once the edge falls below this share of the threshold)"),
+        ));
+    }
+    if let Some(bad) = fixed.iter().chain(&grid).find(|t| !(0.0..1.0).contains(*t)) {
+        return Err(StageError::msg(format!(
+            "thresholds of stage `{}` are edges P(up) - P(down) and must be at least 0 and below 1; {bad} is not",
+            ctx.stage
+        )));
+    }
     let exec = execution(&params)?;
     let (inputs, outputs) =
         files(ctx, &["predictions table", "ticks table", "markets table"], &["backtest (json)", "equity table"])?;
@@ -705,11 +775,11 @@ pub fn backtest(ctx: &mut BuiltinContext<'_>) -> Result<(), StageError> {
     let markets = read_markets(&inputs[2])?;
     let quotes = Quotes::read(&inputs[1])?;
     // Each market's edges, P(up) − P(down), by time, to look up at its ticks.
-    let mut by_market: Vec<std::collections::HashMap<i64, f64>> = vec![Default::default(); markets.len()];
+    let mut edges_by_market: Vec<std::collections::HashMap<i64, f64>> = vec![Default::default(); markets.len()];
     let mut up_by_market: Vec<std::collections::HashMap<i64, f64>> = vec![Default::default(); markets.len()];
     for run in market_runs(pids) {
         if let Ok(m) = markets.binary_search_by(|mk| mk.id.as_str().cmp(pids.value(run.start))) {
-            by_market[m] = run.clone().map(|i| (pts[i], up[i] - down[i])).collect();
+            edges_by_market[m] = run.clone().map(|i| (pts[i], up[i] - down[i])).collect();
             up_by_market[m] = run.filter(|&i| pts[i] >= test_start).map(|i| (pts[i], up[i])).collect();
         }
     }
@@ -719,14 +789,16 @@ pub fn backtest(ctx: &mut BuiltinContext<'_>) -> Result<(), StageError> {
     let period = |range: std::ops::Range<i64>| -> Result<Period, StageError> {
         let mut edges = vec![Vec::new(); markets.len()];
         let legs = quotes.legs(&markets, range, |m, _, t, _| {
-            edges[m].push(by_market[m].get(&t).copied());
+            edges[m].push(edges_by_market[m].get(&t).copied());
             0.0
         })?;
-        Ok((legs, edges))
+        Ok(Period { legs, edges })
     };
-    let positioned = |(legs, edges): &Period, threshold: f64| -> Vec<Leg> {
-        legs.iter()
-            .zip(edges)
+    let positioned = |period: &Period, threshold: f64| -> Vec<Leg> {
+        period
+            .legs
+            .iter()
+            .zip(&period.edges)
             .map(|(leg, edges)| {
                 let mut held = 0.0;
                 let target = edges
@@ -769,7 +841,7 @@ pub fn backtest(ctx: &mut BuiltinContext<'_>) -> Result<(), StageError> {
     let test = simulate(&positioned(&period(test_start..i64::MAX)?, threshold), &exec);
     let hold = quotes.legs(&markets, test_start..i64::MAX, |_, _, _, _| 1.0)?;
     let benchmark = simulate(&hold, &exec);
-    let per_market = per_market_results(&markets, &quotes, &up_by_market, exec.delay, &test);
+    let per_market = per_market_results(&markets, &quotes, &up_by_market, model_delay as usize, &test)?;
     log(
         ctx,
         format!(
@@ -810,9 +882,9 @@ fn per_market_results(
     test_up: &[std::collections::HashMap<i64, f64>],
     delay: usize,
     test: &Backtest,
-) -> Vec<MarketResult> {
-    let ts = quotes.table.ts().unwrap_or(&[]);
-    markets
+) -> Result<Vec<MarketResult>, StageError> {
+    let ts = quotes.table.ts()?;
+    let results = markets
         .iter()
         .enumerate()
         .map(|(m, market)| {
@@ -833,7 +905,8 @@ fn per_market_results(
                 trades: leg.trades,
             }
         })
-        .collect()
+        .collect();
+    Ok(results)
 }
 
 /// A momentum baseline beside the model: hold the sign of the last 20-tick return, over the
@@ -849,11 +922,7 @@ pub fn baseline(ctx: &mut BuiltinContext<'_>) -> Result<(), StageError> {
     let split = Split::of(ts, train_fraction, validation_fraction);
     let quotes = Quotes::read(&inputs[1])?;
     if quotes.table.ts()? != ts {
-        return Err(StageError::msg(format!(
-            "{} and {} do not describe the same ticks; rebuild features (dagrun invalidate features)",
-            inputs[0].display(),
-            inputs[1].display()
-        )));
+        return Err(not_the_same_ticks(&inputs[0], &inputs[1]));
     }
     let markets = read_markets(&inputs[2])?;
     let legs = quotes.legs(&markets, split.test_start_ts..i64::MAX, |_, i, _, held| {
@@ -880,29 +949,31 @@ pub fn publish(ctx: &mut BuiltinContext<'_>) -> Result<(), StageError> {
         &["metrics (json)", "backtest (json)", "equity table", "baseline (json)", "baseline equity table"],
         &["report.json", "report.md", "equity.svg", "equity.png"],
     )?;
-    let curve = |path: &Path| -> Result<report::Curve, StageError> {
+    let curve = |path: &Path| -> Result<Curve, StageError> {
         let b = table::read_batch(path)?;
         let column = |name: &str| -> Result<Vec<f64>, StageError> {
             Ok(if b.column_by_name(name).is_some() { f64s(&b, name, path)?.to_vec() } else { Vec::new() })
         };
-        Ok(report::Curve {
+        Ok(Curve {
             ts: i64s(&b, "ts", path)?.to_vec(),
             equity: column("equity")?,
             drawdown: column("drawdown")?,
             benchmark: column("benchmark")?,
         })
     };
-    let report = report::Report::new(
-        report::DataSource::from_upstream(ctx.upstream),
-        table::read_json(&inputs[0])?,
-        table::read_json(&inputs[1])?,
-        table::read_json(&inputs[3])?,
-        ctx.upstream,
-    );
+    // A sixth input, the ticks stage's ingest report, says what the data is.
+    let data: Option<DataSource> = inputs.get(5).map(|path| table::read_json(path)).transpose()?;
+    let report = report::Report {
+        data,
+        model: table::read_json(&inputs[0])?,
+        strategy: table::read_json(&inputs[1])?,
+        baseline: table::read_json(&inputs[3])?,
+    };
     let (model, baseline) = (curve(&inputs[2])?, curve(&inputs[4])?);
     table::write_json(&outputs[0], &report)?;
     table::write_text(&outputs[1], &report::markdown(&report))?;
-    let chart = report::Chart { model: &model, baseline: &baseline, synthetic: report.data.synthetic };
+    let synthetic = report.data.as_ref().is_some_and(|d| d.synthetic);
+    let chart = Chart { model: &model, baseline: &baseline, synthetic };
     table::write_text(&outputs[2], &chart.svg()?)?;
     let png = chart.png()?;
     table::write_atomic(&outputs[3], |out| {
@@ -911,7 +982,6 @@ pub fn publish(ctx: &mut BuiltinContext<'_>) -> Result<(), StageError> {
     log(ctx, format!("wrote {}", outputs.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")));
     Ok(())
 }
-
 #[cfg(test)]
 mod tests {
     use super::decide;

@@ -1,7 +1,5 @@
 //! Reading the run history back: `runs` and `stage_runs`, newest first.
 
-use std::collections::BTreeMap;
-
 use rusqlite::params;
 
 use super::{RunCounts, State, StateError};
@@ -90,20 +88,6 @@ impl State {
             run.stages = stages_stmt.query_map(params![run.run_id, stage], stage_row)?.collect::<Result<_, _>>()?;
         }
         Ok(runs)
-    }
-
-    /// The metrics of `component`'s last successful run, if it reported any.
-    pub fn last_success_metrics(&self, component: &str) -> Result<BTreeMap<String, f64>, StateError> {
-        use rusqlite::OptionalExtension;
-        let json: Option<Option<String>> = self
-            .conn
-            .query_row(
-                "SELECT metrics FROM stage_runs WHERE component = ?1 AND status = 'success' ORDER BY id DESC LIMIT 1",
-                [component],
-                |r| r.get(0),
-            )
-            .optional()?;
-        Ok(json.flatten().and_then(|j| serde_json::from_str(&j).ok()).unwrap_or_default())
     }
 
     /// One run with all its stage rows, or `None` if there is no such run.

@@ -243,8 +243,8 @@ fn full_export_pipeline() -> Sandbox {
             "inputs = [\"exports/markets.csv\"]\noutputs = [\"data/markets.arrow\"]\nparams = { source = \"exports/markets.csv\" }",
         )
         .replace(
-            "inputs = [\"data/markets.arrow\"]\noutputs = [\"data/ticks.arrow\"]\nparams = { seed = 42, ticks_per_market = 20000 }",
-            "inputs = [\"data/markets.arrow\", \"exports/ticks.csv\"]\noutputs = [\"data/ticks.arrow\"]\nparams = { source = \"exports/ticks.csv\" }",
+            "inputs = [\"data/markets.arrow\"]\n# ingest.json: where the data came from, for the report\noutputs = [\"data/ticks.arrow\", \"data/ingest.json\"]\nparams = { seed = 42, ticks_per_market = 20000 }",
+            "inputs = [\"data/markets.arrow\", \"exports/ticks.csv\"]\noutputs = [\"data/ticks.arrow\", \"data/ingest.json\"]\nparams = { source = \"exports/ticks.csv\" }",
         );
     assert!(text.contains("params = { source = \"exports/ticks.csv\" }"), "pipeline.toml's stages moved");
     Sandbox::new()
@@ -287,4 +287,21 @@ fn the_threshold_is_tuned_on_validation_and_never_sees_the_test_period() {
     assert_ne!(before["test"], after["test"], "the test period's result follows its data");
     let md = sb.read("artifacts/report.md");
     assert!(md.contains("Exported data: ticks from `exports/ticks.csv`, markets from `exports/markets.csv`. 1200 rows read; 0 merged"), "{md}");
+}
+
+#[test]
+fn a_dropped_row_reaches_the_report_though_the_ticks_table_is_unchanged() {
+    let sb = full_export_pipeline();
+    sb.build().success();
+    // A row with no ask: dropped, so the ticks table is the same bytes as before.
+    sb.edit("exports/ticks.csv", |text| text + "AAPL.XNAS,2026-03-02T19:33:00Z,192.06,7,192.04,\n");
+    let run = sb.build().success();
+    let out = run.stdout();
+    assert!(out.contains("run      ticks") && out.contains("cut off  inference"), "{out}");
+    // The engine's cutoff is per stage: `ticks` wrote a new ingest.json, so its readers run
+    // again and find their outputs unchanged.
+    assert!(out.contains("done     features   ") && out.contains("(outputs unchanged)"), "{out}");
+    assert!(out.contains("done     publish"), "the report follows the counts: {out}");
+    let md = sb.read("artifacts/report.md");
+    assert!(md.contains("1201 rows read; 0 merged into an earlier row of the same market and time (last price and quote, summed volume); 1 dropped for a crossed or missing quote"), "{md}");
 }

@@ -66,7 +66,9 @@ fn detect_separator(header: &str, columns: &[&str]) -> u8 {
     SEPARATORS
         .into_iter()
         .find(|&sep| {
-            let names: Vec<&str> = header.trim_end().split(sep as char).map(|n| n.trim().trim_matches('"')).collect();
+            // Excel's "CSV UTF-8" starts with a byte-order mark.
+            let header = header.trim_start_matches('\u{feff}').trim_end();
+            let names: Vec<&str> = header.split(sep as char).map(|n| n.trim().trim_matches('"')).collect();
             columns.iter().all(|c| names.contains(c))
         })
         .unwrap_or(b',')
