@@ -201,9 +201,16 @@ pub fn ticks(ctx: &mut BuiltinContext<'_>) -> Result<(), StageError> {
     let rows: usize = series.iter().map(|t| t.ts.len()).sum();
     origin.ticks = rows;
     let mut ids = Vec::with_capacity(rows);
-    let mut all = Ticks::default();
-    // `series[i]` belongs to `markets[i]`, however the markets are ordered.
-    for (market, t) in markets.iter().zip(&series) {
+    let mut all = Ticks {
+        ts: Vec::with_capacity(rows),
+        price: Vec::with_capacity(rows),
+        volume: Vec::with_capacity(rows),
+        bid: Vec::with_capacity(rows),
+        ask: Vec::with_capacity(rows),
+    };
+    // `series[i]` belongs to `markets[i]`, however the markets are ordered. Each market's
+    // vectors are dropped once copied, so the ticks are held about once, not twice.
+    for (market, t) in markets.iter().zip(series) {
         ids.extend(std::iter::repeat_n(market.id.as_str(), t.ts.len()));
         all.ts.extend(&t.ts);
         all.price.extend(&t.price);
@@ -211,7 +218,6 @@ pub fn ticks(ctx: &mut BuiltinContext<'_>) -> Result<(), StageError> {
         all.bid.extend(&t.bid);
         all.ask.extend(&t.ask);
     }
-    drop(series);
     log(ctx, format!("{rows} ticks over {} markets", markets.len()));
     ctx.metrics.insert("ticks".to_string(), rows as f64);
     let b = batch(vec![
