@@ -213,7 +213,7 @@ pub fn evaluate_stage(
     Evaluation { inputs: fingerprint_inputs, fingerprint, verdict, input_paths }
 }
 
-/// The reasons a stage is dirty that need no output hashing, in DESIGN.md's order.
+/// The reasons a stage is dirty that need no output hashing, in the order README.md lists them.
 fn own_reason(ctx: &EvalContext<'_>, record: Option<&StageRecord>, fingerprint: Fingerprint) -> Option<DirtyReason> {
     if ctx.force {
         return Some(DirtyReason::Forced);

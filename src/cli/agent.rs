@@ -19,11 +19,14 @@ pub enum Mode {
 
 #[derive(clap::Args, Debug)]
 pub struct AgentArgs {
-    #[arg(long, value_enum, default_value_t = Mode::Scheduled)]
-    mode: Mode,
-    /// Seconds from the start of one cycle to the start of the next (scheduled mode).
-    #[arg(long, value_name = "N", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..))]
-    interval_sec: u64,
+    /// One cycle (the default), cycles on a schedule, or cycles on changes. Giving
+    /// --interval-sec alone means scheduled.
+    #[arg(long, value_enum)]
+    mode: Option<Mode>,
+    /// Seconds from the start of one cycle to the start of the next (scheduled mode; 3600 by
+    /// default).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    interval_sec: Option<u64>,
     /// Shorthand for --mode watch.
     #[arg(long)]
     watch: bool,
@@ -36,10 +39,12 @@ pub struct AgentArgs {
 }
 
 pub fn run(file: std::path::PathBuf, args: AgentArgs) -> Result<u8, Error> {
-    let schedule = match (args.watch, args.mode) {
+    // With no mode, one cycle, unless an interval asks for a schedule.
+    let mode = args.mode.unwrap_or(if args.interval_sec.is_some() { Mode::Scheduled } else { Mode::Once });
+    let schedule = match (args.watch, mode) {
         (true, _) | (false, Mode::Watch) => Schedule::Watch { debounce: Duration::from_millis(300) },
         (false, Mode::Once) => Schedule::Once,
-        (false, Mode::Scheduled) => Schedule::Every(Duration::from_secs(args.interval_sec)),
+        (false, Mode::Scheduled) => Schedule::Every(Duration::from_secs(args.interval_sec.unwrap_or(3600))),
     };
     let cancel = CancelToken::new();
     stop_on_signals(&cancel, Duration::from_secs(args.grace_sec), &file);
@@ -114,8 +119,12 @@ fn print_event(event: &AgentEvent<'_>, schedule: Schedule) -> Option<u8> {
             Some(EXIT_FAILED)
         }
         AgentEvent::PipelineInvalid { error, keeping_last_good } => {
-            let keeping = if *keeping_last_good { "keeping the last good pipeline" } else { "waiting for a valid one" };
-            eprintln!("{} the pipeline file is invalid; {keeping}:\n{error}", now());
+            let next = match (schedule, keeping_last_good) {
+                (Schedule::Once, _) => "no cycle ran",
+                (_, true) => "keeping the last good pipeline",
+                (_, false) => "waiting for a valid one",
+            };
+            eprintln!("{} the pipeline file is invalid; {next}:\n{error}", now());
             Some(if schedule == Schedule::Once { EXIT_USAGE } else { EXIT_OK })
         }
         AgentEvent::WatchFailed { error } => {

@@ -6,6 +6,7 @@ mod build;
 mod debug_stages;
 mod graph;
 mod history;
+mod init;
 mod output;
 #[cfg(feature = "dashboard")]
 mod serve;
@@ -65,6 +66,8 @@ enum Command {
     /// The web dashboard: the state table live, Run Agent Once, runs, the graph, the report.
     #[cfg(feature = "dashboard")]
     Serve(serve::ServeArgs),
+    /// Write a commented starter pipeline file (pipeline.toml, or --file), ready to build.
+    Init(init::InitArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -110,6 +113,16 @@ pub fn run() -> u8 {
 
 fn dispatch(cli: Cli) -> Result<u8, Error> {
     let file = pipeline_file(&cli);
+    if let Command::Init(args) = &cli.command {
+        return init::run(&file, args);
+    }
+    if !file.exists() {
+        eprintln!(
+            "error: no pipeline file at {}\n  = help: run `dagrun init` to write a starter one here, or point at yours with `-C DIR` or `--file PATH`",
+            file.display()
+        );
+        return Ok(EXIT_USAGE);
+    }
     if let Command::Agent(args) = cli.command {
         // The agent loads (and reloads) the pipeline itself.
         return agent::run(file, args);
@@ -145,7 +158,7 @@ fn run_command(engine: &Engine, command: Command) -> Result<u8, Error> {
             println!("accepted {} as up to date with their current inputs and outputs", accepted.join(", "));
             Ok(EXIT_OK)
         }
-        Command::Agent(_) => unreachable!("handled before the pipeline is loaded"),
+        Command::Agent(_) | Command::Init(_) => unreachable!("handled before the pipeline is loaded"),
         #[cfg(feature = "dashboard")]
         Command::Serve(_) => unreachable!("handled before the pipeline is loaded"),
         Command::Migrate => {

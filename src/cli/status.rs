@@ -64,5 +64,6 @@ fn write_table(out: &mut impl Write, reports: &[StageReport]) -> std::io::Result
         writeln!(out, "{}", line.trim_end())?;
     }
     let dirty = reports.iter().filter(|r| r.dirty).count();
-    writeln!(out, "\n{} stages: {} up to date, {dirty} dirty", reports.len(), reports.len() - dirty)
+    let stages = if reports.len() == 1 { "stage" } else { "stages" };
+    writeln!(out, "\n{} {stages}: {} up to date, {dirty} dirty", reports.len(), reports.len() - dirty)
 }

@@ -1,4 +1,4 @@
-//! `dagrun serve`: the web dashboard, the seed orchestrator's third way to run the pipeline.
+//! `dagrun serve`: the web dashboard, a third way to run the pipeline (beside `build` and `agent`).
 //!
 //! One process, no network beyond its own socket: every page, script and style is in the
 //! binary. The server reads the state database read-only (as `status` does) and never

@@ -222,3 +222,12 @@ fn watch_retries_a_pipeline_file_that_was_invalid_at_start() {
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("the pipeline file is invalid; waiting for a valid one"), "{err}");
 }
+
+#[test]
+fn with_no_mode_the_agent_runs_one_cycle_and_exits() {
+    let sb = crate::sandbox::abc();
+    let (code, out, _) = finish(agent(&sb, &[]));
+    assert_eq!(code, 0);
+    assert!(out.contains("cycle 1 (run 1): 3 ran, 0 cut off, 0 up to date"), "{out}");
+    assert!(!out.contains("cycle 2"), "{out}");
+}

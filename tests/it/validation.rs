@@ -133,10 +133,33 @@ fn an_unknown_target_stage_is_a_usage_error() {
 }
 
 #[test]
-fn a_missing_pipeline_file_names_the_file() {
+fn a_missing_pipeline_file_names_the_file_and_the_ways_out() {
     let sb = Sandbox::new();
     let run = sb.build().usage_error();
-    assert!(run.stderr().starts_with("error: cannot read pipeline file pipeline.toml: "), "{}", run.stderr());
+    assert_eq!(
+        run.stderr(),
+        "error: no pipeline file at pipeline.toml\n  = help: run `dagrun init` to write a starter one here, or point at yours with `-C DIR` or `--file PATH`\n"
+    );
+}
+
+#[test]
+fn init_writes_a_starter_that_builds_and_never_overwrites_a_pipeline() {
+    let sb = Sandbox::new();
+    let run = sb.dagrun(&["init"]).success();
+    assert!(run.stdout().contains("wrote pipeline.toml and data/input.txt"), "{}", run.stdout());
+    let first = sb.build().success();
+    assert!(first.stdout().contains("2 ran, 0 cut off, 0 up to date"), "{}", first.stdout());
+    assert_eq!(sb.read("build/summary.txt"), "apple\nbanana\ncherry\n");
+    sb.edit("pipeline.toml", |t| t.replace("lines = 3", "lines = 2"));
+    let second = sb.build().success();
+    assert!(second.stdout().contains("run      summarise  (param `lines` changed: 3 -> 2)"), "{}", second.stdout());
+
+    sb.write("pipeline.toml", "# mine\n");
+    let refused = sb.dagrun(&["init"]).usage_error();
+    assert!(refused.stderr().contains("pipeline.toml already exists") && refused.stderr().contains("--force"));
+    assert_eq!(sb.read("pipeline.toml"), "# mine\n", "left as it was");
+    sb.dagrun(&["init", "--force"]).success();
+    assert!(sb.read("pipeline.toml").starts_with("# A dagrun pipeline."));
 }
 
 #[test]
