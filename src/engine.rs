@@ -340,6 +340,13 @@ impl Engine {
     }
 
     /// The latest `limit` runs, newest first; with `stage`, that stage's part in them.
+    /// Every stage's metrics as recorded by successful runs up to run `up_to` (all for
+    /// `None`), oldest first. Read-only.
+    pub fn recorded_metrics(&self, up_to: Option<i64>) -> Result<Vec<crate::state::MetricsRecord>, Error> {
+        let Some(state) = State::open_reader(&self.spec.state_path)? else { return Ok(Vec::new()) };
+        Ok(state.recorded_metrics(up_to)?)
+    }
+
     pub fn history(&self, stage: Option<&str>, limit: usize) -> Result<Vec<crate::state::RunRow>, Error> {
         if let Some(stage) = stage {
             self.stage_index(stage)?;

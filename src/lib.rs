@@ -18,6 +18,7 @@ pub mod fingerprint;
 pub mod graph;
 #[cfg(feature = "markets")]
 pub mod markets;
+pub mod metrics;
 pub mod planner;
 pub mod spec;
 pub mod state;

@@ -7,6 +7,7 @@ mod debug_stages;
 mod graph;
 mod history;
 mod init;
+mod metrics;
 mod output;
 #[cfg(feature = "dashboard")]
 mod serve;
@@ -68,6 +69,8 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Write a commented starter pipeline file (pipeline.toml, or --file), ready to build.
     Init(init::InitArgs),
+    /// Each stage's latest metrics (from `metrics` files and built-ins); `diff` for changes.
+    Metrics(metrics::MetricsArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -153,6 +156,7 @@ fn run_command(engine: &Engine, command: Command) -> Result<u8, Error> {
         Command::History(args) => history::run(engine, args),
         Command::Why(args) => why::run(engine, args),
         Command::Graph(args) => graph::run(engine, args),
+        Command::Metrics(args) => metrics::run(engine, args),
         Command::Accept(args) => {
             let accepted = engine.accept(&args.stages, &mut |_| {})?;
             println!("accepted {} as up to date with their current inputs and outputs", accepted.join(", "));

@@ -620,7 +620,11 @@ fn run_task(shared: &Shared<'_>, task: Task, tx: &Sender<Message>) {
         }
         let started = Instant::now();
         let result = run_attempt(shared, idx, &eval, &log_path, token.as_deref().unwrap_or_default())
-            .and_then(|metrics| collect_outputs(shared, idx, &eval).map(|(outputs, moved)| (outputs, moved, metrics)));
+            .and_then(|metrics| collect_outputs(shared, idx, &eval).map(|(outputs, moved)| (outputs, moved, metrics)))
+            .and_then(|(outputs, moved, mut metrics)| {
+                read_declared_metrics(shared, idx, &mut metrics)?;
+                Ok((outputs, moved, metrics))
+            });
         let duration = started.elapsed();
         match result {
             Ok((outputs, moved, metrics)) => {
@@ -742,6 +746,22 @@ fn run_attempt(
             }
         }
     }
+}
+
+/// Adds the numbers of the stage's declared metrics files to `metrics`. A file the stage
+/// declared but wrote unreadably fails the attempt: the declaration is a promise.
+fn read_declared_metrics(
+    shared: &Shared<'_>,
+    idx: StageIdx,
+    metrics: &mut BTreeMap<String, f64>,
+) -> Result<(), AttemptFailure> {
+    let spec = shared.eval.spec;
+    for file in &spec.stages[idx].metrics {
+        let read = crate::metrics::read_metrics_file(&file.to_path(&spec.root))
+            .map_err(|e| AttemptFailure::failed(format!("metrics file `{file}`: {e}")))?;
+        metrics.extend(read);
+    }
+    Ok(())
 }
 
 /// Whether the filesystem holding `dir` has no space left for ordinary users. A stage that

@@ -104,6 +104,8 @@ pub struct Stage {
     pub retries: u32,
     pub timeout: Option<Duration>,
     pub resources: Resources,
+    /// Outputs holding metrics, read and recorded after each success.
+    pub metrics: Vec<RelPath>,
 }
 
 /// A validated pipeline: every path normalised, every reference resolved.

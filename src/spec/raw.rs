@@ -45,4 +45,7 @@ pub(super) struct RawStage {
     pub timeout_sec: Option<Spanned<u64>>,
     #[serde(default)]
     pub resources: super::Resources,
+    /// Outputs that hold metrics (JSON, YAML or TOML), read after each success.
+    #[serde(default)]
+    pub metrics: Vec<Spanned<String>>,
 }

@@ -180,6 +180,34 @@ fn check_stage(
         }
     }
 
+    let mut metrics = Vec::new();
+    for file in &raw.metrics {
+        let Some(path) = check_path(places, file, "metrics file", diags) else { continue };
+        let known_kind = matches!(
+            std::path::Path::new(path.as_str()).extension().and_then(|e| e.to_str()),
+            Some("json" | "yaml" | "yml" | "toml")
+        );
+        if !outputs.contains(&path) {
+            diags.push(
+                Diagnostic::new(
+                    format!("metrics file `{}` is not among the stage's outputs", file.get_ref()),
+                    Some(file.span()),
+                )
+                .help("add it to `outputs` too: the stage writes it, and dagrun reads it after each success"),
+            );
+        } else if !known_kind {
+            diags.push(
+                Diagnostic::new(
+                    format!("metrics file `{}` is not .json, .yaml, .yml or .toml", file.get_ref()),
+                    Some(file.span()),
+                )
+                .help("write the metrics as JSON, YAML or TOML"),
+            );
+        } else {
+            metrics.push(path);
+        }
+    }
+
     let mut after = Vec::new();
     for dep in &raw.after {
         let dep_name = dep.get_ref().as_str();
@@ -242,6 +270,7 @@ fn check_stage(
         retries,
         timeout,
         resources: raw.resources.clone(),
+        metrics,
     };
     (stage, spans)
 }

@@ -74,6 +74,14 @@ fn stage_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<StageRunRow> {
     })
 }
 
+/// A stage's metrics as one successful run recorded them.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MetricsRecord {
+    pub component: String,
+    pub run_id: i64,
+    pub metrics: std::collections::BTreeMap<String, f64>,
+}
+
 impl State {
     /// The latest `limit` runs, newest first, each with its stage rows (with `stage`, only
     /// that stage's rows).
@@ -88,6 +96,26 @@ impl State {
             run.stages = stages_stmt.query_map(params![run.run_id, stage], stage_row)?.collect::<Result<_, _>>()?;
         }
         Ok(runs)
+    }
+
+    /// Every successful stage run that recorded metrics, oldest first, up to run `up_to`
+    /// (all of them for `None`): (component, run id, metrics).
+    pub fn recorded_metrics(&self, up_to: Option<i64>) -> Result<Vec<MetricsRecord>, StateError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT component, run_id, metrics FROM stage_runs
+             WHERE status = 'success' AND metrics IS NOT NULL AND (?1 IS NULL OR run_id <= ?1) ORDER BY id",
+        )?;
+        let rows = stmt
+            .query_map(params![up_to], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?)))?;
+        let mut records = Vec::new();
+        for row in rows {
+            let (component, run_id, json) = row?;
+            // A row some other tool wrote badly is skipped, not fatal to a report.
+            if let Ok(metrics) = serde_json::from_str(&json) {
+                records.push(MetricsRecord { component, run_id, metrics });
+            }
+        }
+        Ok(records)
     }
 
     /// One run with all its stage rows, or `None` if there is no such run.

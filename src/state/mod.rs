@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use rusqlite_migration::{M, Migrations};
 
-pub use history::{RunRow, StageRunRow};
+pub use history::{MetricsRecord, RunRow, StageRunRow};
 pub use lock::{BuildLock, LockError, LockHolder, acquire as acquire_lock};
 pub use records::{
     RunCounts, RunId, RunOutcome, StageAttempt, StageFailure, StageRecord, StageRunId, StageStatus, StageSuccess,

@@ -17,6 +17,7 @@ mod globs;
 #[cfg(feature = "markets")]
 mod market_data;
 mod markets;
+mod metrics;
 mod parallel;
 mod paths;
 mod property;
