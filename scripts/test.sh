@@ -8,7 +8,8 @@ cd "$(dirname "$0")/.."
 # - procps (pgrep): the process-group tests;
 # - graphviz (dot): the `graph` test parses our dot output with the real `dot`;
 # - chromium, chromium-driver: the dashboard's end-to-end test in a real headless browser;
-# - e2fsprogs (chattr): the read-only state database test.
+# - e2fsprogs (chattr): the read-only state database test;
+# - bsdutils (script): the live display test, in a real pseudo-terminal.
 # The full-disk and read-only tests need root: elsewhere they fail unless
 # DAGRUN_SKIP_ROOT_TESTS=1 is set, which skips them with a SKIPPED line.
 need=()
@@ -17,6 +18,7 @@ command -v dot >/dev/null || need+=(graphviz)
 command -v chromium >/dev/null || need+=(chromium)
 command -v chromedriver >/dev/null || need+=(chromium-driver)
 command -v chattr >/dev/null || need+=(e2fsprogs)
+command -v script >/dev/null || need+=(bsdutils)
 if ((${#need[@]})); then
   if [ "$(id -u)" = 0 ]; then
     echo "installing ${need[*]}" >&2

@@ -66,6 +66,31 @@ pub struct StageReport {
     pub recorded_fingerprint: Option<String>,
 }
 
+/// A build of another dagrun process, running now.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct LiveBuild {
+    pub run_id: i64,
+    pub pid: u32,
+    pub trigger: String,
+    pub started_at: String,
+}
+
+/// A stage that another process's build is running now.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct RunningStage {
+    pub stage: String,
+    pub pid: u32,
+    pub run_id: i64,
+    pub started_at: String,
+}
+
+/// Whether `pid` is a dagrun process now (a pid may be reused by anything once its
+/// process is gone).
+fn is_dagrun(pid: u32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .is_ok_and(|cmdline| cmdline.split(|&b| b == 0).next().is_some_and(|exe| exe.ends_with(b"dagrun")))
+}
+
 /// The answer to `dagrun why STAGE`.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct WhyReport {
@@ -340,6 +365,32 @@ impl Engine {
     }
 
     /// The latest `limit` runs, newest first; with `stage`, that stage's part in them.
+    /// Builds of other dagrun processes running now, newest first: `runs` rows still
+    /// `running` whose process is alive and a dagrun (a killed build leaves its row
+    /// `running` until the next build sweeps it). Read-only.
+    pub fn live_builds(&self) -> Result<Vec<LiveBuild>, Error> {
+        let Some(state) = State::open_reader(&self.spec.state_path)? else { return Ok(Vec::new()) };
+        Ok(state
+            .runs_in_progress()?
+            .into_iter()
+            .filter(|&(_, pid, _, _)| pid != std::process::id() && is_dagrun(pid))
+            .map(|(run_id, pid, trigger, started_at)| LiveBuild { run_id, pid, trigger, started_at })
+            .collect())
+    }
+
+    /// The stages other processes' builds are running now, with their pid and start.
+    pub fn running_elsewhere(&self) -> Result<Vec<RunningStage>, Error> {
+        let builds = self.live_builds()?;
+        let Some(state) = State::open_reader(&self.spec.state_path)? else { return Ok(Vec::new()) };
+        let mut running = Vec::new();
+        for build in builds {
+            for (stage, started_at) in state.running_attempts(build.run_id)? {
+                running.push(RunningStage { stage, pid: build.pid, run_id: build.run_id, started_at });
+            }
+        }
+        Ok(running)
+    }
+
     /// Every stage's metrics as recorded by successful runs up to run `up_to` (all for
     /// `None`), oldest first. Read-only.
     pub fn recorded_metrics(&self, up_to: Option<i64>) -> Result<Vec<crate::state::MetricsRecord>, Error> {

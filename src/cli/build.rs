@@ -70,7 +70,7 @@ fn register_interrupts(cancel: &CancelToken, state_path: std::path::PathBuf) {
         cancel,
         |cancel| {
             cancel.cancel();
-            super::signals::note("stopping: running stages get SIGTERM (press Ctrl-C again to kill them now)");
+            super::output::announce("stopping: running stages get SIGTERM (press Ctrl-C again to kill them now)");
         },
         super::signals::exit_now(state_path),
     );

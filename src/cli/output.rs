@@ -175,6 +175,19 @@ fn summary_lines(summary: &BuildSummary) -> Vec<Line> {
     lines
 }
 
+/// The live display on screen, if any: a message from another thread (a signal handler's)
+/// goes above it instead of being drawn over by its next refresh.
+static ON_SCREEN: std::sync::Mutex<Option<MultiProgress>> = std::sync::Mutex::new(None);
+
+/// Writes `text` to stderr, above the live display when one is drawn.
+pub fn announce(text: &str) {
+    let display = ON_SCREEN.lock().ok().and_then(|d| d.clone());
+    match display {
+        Some(multi) => multi.suspend(|| super::signals::note(text)),
+        None => super::signals::note(text),
+    }
+}
+
 /// The live display: an overall bar, and a line per running stage with its elapsed time;
 /// finished stages scroll above it as plain lines.
 pub struct Live {
@@ -189,8 +202,13 @@ impl Live {
         let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stdout());
         let overall = multi.add(ProgressBar::new(0));
         overall.set_style(
-            ProgressStyle::with_template("{bar:30} {pos}/{len} stages checked  {elapsed}").expect("valid template"),
+            ProgressStyle::with_template("{bar:30} {pos}/{len} stages done  {elapsed}").expect("valid template"),
         );
+        // Redrawn on a timer too, so that the elapsed time moves while a long stage runs.
+        overall.enable_steady_tick(Duration::from_millis(500));
+        if let Ok(mut on_screen) = ON_SCREEN.lock() {
+            *on_screen = Some(multi.clone());
+        }
         Live { multi, overall, running: HashMap::new(), width }
     }
 
@@ -234,6 +252,9 @@ impl Live {
             }
             Event::StageFailed { stage, will_retry: false, .. } => self.stage_done(stage),
             Event::BuildFinished { .. } => {
+                if let Ok(mut on_screen) = ON_SCREEN.lock() {
+                    *on_screen = None;
+                }
                 self.overall.finish_and_clear();
                 let _ = self.multi.clear();
             }

@@ -2,7 +2,7 @@
 
 use std::io::Write;
 
-use dagrun::{Engine, Error, StageReport};
+use dagrun::{Engine, Error, RunningStage, StageReport};
 
 use super::{EXIT_OK, seconds};
 
@@ -18,31 +18,43 @@ pub struct StatusArgs {
 
 pub fn run(engine: &Engine, args: StatusArgs) -> Result<u8, Error> {
     let reports = engine.status(&args.stages, false)?;
+    // What another process is building now is shown as running, not as dirty.
+    let running = engine.running_elsewhere()?;
     let mut out = std::io::stdout().lock();
     if args.json {
         let _ = serde_json::to_writer_pretty(&mut out, &reports);
         let _ = writeln!(out);
     } else {
-        let _ = write_table(&mut out, &reports);
+        let _ = write_table(&mut out, &reports, &running);
     }
     Ok(EXIT_OK)
 }
 
-fn write_table(out: &mut impl Write, reports: &[StageReport]) -> std::io::Result<()> {
-    let header = ["STAGE", "STATE", "LAST RUN", "RUNS", "FAILS", "TOOK", "WHY"].map(String::from);
-    let rows: Vec<[String; 7]> = reports
+fn write_table(out: &mut impl Write, reports: &[StageReport], running: &[RunningStage]) -> std::io::Result<()> {
+    let header = ["STAGE", "STATE", "LAST SUCCESS", "LAST RESULT", "RUNS", "FAILS", "TOOK", "WHY"].map(String::from);
+    let rows: Vec<[String; 8]> = reports
         .iter()
         .map(|r| {
+            let now = running.iter().find(|s| s.stage == r.stage);
+            let (state, why) = match now {
+                Some(s) => (
+                    "running".to_string(),
+                    format!("by pid {} (run {}) since {}", s.pid, s.run_id, s.started_at.replace('T', " ")),
+                ),
+                None if r.dirty => ("dirty".into(), r.reason.as_ref().map(ToString::to_string).unwrap_or_default()),
+                None => ("up to date".into(), String::new()),
+            };
             [
                 r.stage.clone(),
-                if r.dirty { "dirty".into() } else { "up to date".into() },
+                state,
                 r.last_run_at.clone().map(|t| t.replace('T', " ")).unwrap_or_else(|| "never".into()),
+                r.last_status.map_or_else(|| "-".to_string(), |s| s.as_str().replace('_', " ")),
                 r.run_count.to_string(),
                 r.failure_count.to_string(),
                 r.last_duration_ms
                     .map(|ms| seconds(std::time::Duration::from_millis(ms as u64)))
                     .unwrap_or_else(|| "-".into()),
-                r.reason.as_ref().map(ToString::to_string).unwrap_or_default(),
+                why,
             ]
         })
         .collect();

@@ -152,11 +152,8 @@ pub(crate) fn schedule(app: Arc<App>, interval: Duration) {
 /// it, and its pid may since belong to anything, this dashboard included). The dashboard's
 /// own builds are known from `RunOnce`, not from here.
 pub(crate) fn live_run(engine: &Engine) -> Option<LiveRun> {
-    let state = State::open_reader(&engine.spec().state_path).ok()??;
-    let runs = state.runs_in_progress().ok()?;
-    runs.into_iter()
-        .find(|&(_, pid, _, _)| pid != std::process::id() && is_dagrun(pid))
-        .map(|(run_id, pid, trigger, started_at)| LiveRun { run_id: Some(run_id), trigger, started_at, pid })
+    let build = engine.live_builds().ok()?.into_iter().next()?;
+    Some(LiveRun { run_id: Some(build.run_id), trigger: build.trigger, started_at: build.started_at, pid: build.pid })
 }
 
 /// The dashboard's own build, if one is running, as `running` shows it.
@@ -171,9 +168,4 @@ pub(crate) fn own_run(app: &App, engine: &Engine) -> Option<LiveRun> {
         None => ("dashboard".to_string(), "waiting for the build lock".to_string()),
     };
     Some(LiveRun { run_id, trigger, started_at, pid: std::process::id() })
-}
-
-fn is_dagrun(pid: u32) -> bool {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .is_ok_and(|cmdline| cmdline.split(|&b| b == 0).next().is_some_and(|exe| exe.ends_with(b"dagrun")))
 }

@@ -142,6 +142,15 @@ impl State {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// The attempts of run `run_id` still running: (stage, started at).
+    pub fn running_attempts(&self, run_id: i64) -> Result<Vec<(String, String)>, StateError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT component, started_at FROM stage_runs WHERE run_id = ?1 AND status = 'running' ORDER BY id",
+        )?;
+        let rows = stmt.query_map([run_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// The stages of run `run_id` with an attempt still running.
     pub fn running_stages(&self, run_id: i64) -> Result<Vec<String>, StateError> {
         let mut stmt =

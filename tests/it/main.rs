@@ -23,5 +23,6 @@ mod paths;
 mod property;
 mod quoting;
 mod state;
+mod terminal;
 mod trust;
 mod validation;

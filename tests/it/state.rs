@@ -136,7 +136,7 @@ fn status_reads_while_a_build_runs() {
     let mut build = sb.spawn(&["build"]);
     wait_for(&sb, "started");
     let status = sb.dagrun(&["status"]).success();
-    assert!(status.stdout().contains("slow   dirty"), "{}", status.stdout());
+    assert!(status.stdout().contains("slow   running"), "the build's stage shows as running: {}", status.stdout());
     assert_eq!(sb.column("SELECT status FROM stage_runs"), ["running"]);
     assert!(build.wait().unwrap().success());
 }
@@ -169,4 +169,32 @@ fn ctrl_c_kills_running_stages_and_records_them_interrupted() {
     assert_eq!(sb.column("SELECT status FROM stage_runs"), ["interrupted"]);
     assert_eq!(sb.column("SELECT outcome FROM runs"), ["interrupted"]);
     assert!(!sb.exists("slow.out"));
+}
+
+#[test]
+fn status_shows_a_stage_another_build_is_running() {
+    let sb = Sandbox::new()
+        .pipeline("[stages.slow]\ncmd = \"touch started; if [ -e hold ]; then sleep 30; fi; echo > out\"\noutputs = [\"out\"]\n")
+        .file("hold", "");
+    let mut build = sb.spawn(&["build"]);
+    crate::sandbox::wait_until("the stage to start", || sb.exists("started"));
+    let status = sb.dagrun(&["status"]).success();
+    let row = status.stdout().lines().find(|l| l.starts_with("slow")).unwrap().to_string();
+    assert!(
+        row.contains("running") && row.contains(&format!("by pid {} (run 1) since ", build.id())),
+        "{}",
+        status.stdout()
+    );
+    assert!(status.stdout().starts_with("STAGE  STATE    LAST SUCCESS  LAST RESULT  RUNS"), "{}", status.stdout());
+
+    // Killed: its row stays `running` until the next build, but nothing runs it now.
+    build.kill().unwrap();
+    build.wait().unwrap();
+    let after = sb.dagrun(&["status"]).success();
+    let row = after.stdout().lines().find(|l| l.starts_with("slow")).unwrap().to_string();
+    assert!(row.contains("dirty") && !row.contains("running"), "{}", after.stdout());
+    // The next build ends the killed build's stage before it runs it again.
+    sb.remove("hold");
+    let rebuilt = sb.build().success();
+    assert!(rebuilt.stdout().contains("1 ran"), "{}", rebuilt.stdout());
 }
