@@ -354,7 +354,7 @@ impl Engine {
 
     /// Marks stages (and with `downstream`, everything after them) dirty. Returns their names.
     pub fn invalidate(&self, stages: &[String], downstream: bool) -> Result<Vec<String>, Error> {
-        let mut indices = stages.iter().map(|s| self.stage_index(s)).collect::<Result<Vec<_>, _>>()?;
+        let mut indices = self.stages_named(stages)?;
         if downstream {
             indices = self.dag.with_downstream(&indices);
         }
@@ -516,8 +516,34 @@ impl Engine {
         if targets.is_empty() {
             return Ok(vec![true; self.spec.stages.len()]);
         }
-        let indices = targets.iter().map(|t| self.stage_index(t)).collect::<Result<Vec<_>, _>>()?;
+        let indices = self.stages_named(targets)?;
         Ok(self.dag.with_upstream(&indices))
+    }
+
+    /// The stages each name means: a stage; every instance of a template (`train` for
+    /// `train@a`, `train@b`); or a pattern with `*` and `?` (`'train@*'`).
+    fn stages_named(&self, names: &[String]) -> Result<Vec<StageIdx>, Error> {
+        let mut indices = Vec::new();
+        for name in names {
+            if let Some(idx) = self.spec.stage_index(name) {
+                indices.push(idx);
+                continue;
+            }
+            let instance_prefix = format!("{name}@");
+            let pattern =
+                name.contains(['*', '?']).then(|| globset::Glob::new(name).map(|g| g.compile_matcher()).ok()).flatten();
+            let matched: Vec<StageIdx> = (0..self.spec.stages.len())
+                .filter(|&i| {
+                    let stage = self.spec.stages[i].name.as_str();
+                    stage.starts_with(&instance_prefix) || pattern.as_ref().is_some_and(|p| p.is_match(stage))
+                })
+                .collect();
+            if matched.is_empty() {
+                self.stage_index(name)?;
+            }
+            indices.extend(matched);
+        }
+        Ok(indices)
     }
 }
 

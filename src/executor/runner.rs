@@ -87,7 +87,7 @@ pub fn expand_command(cmd: &str, params: &toml::Table, inputs: &[String], output
         script.push_str(&cmd[last..placeholder.range.start]);
         last = placeholder.range.end;
         let values = match placeholder.reference {
-            CommandRef::Param(key) => params.get(key).map(param_values).unwrap_or_default(),
+            CommandRef::Param(key) => crate::spec::param(params, key).map(param_values).unwrap_or_default(),
             CommandRef::Inputs => inputs.to_vec(),
             CommandRef::Outputs => outputs.to_vec(),
         };

@@ -330,6 +330,19 @@ impl<'a> Scanner<'a> {
     }
 }
 
+/// The param `${params.KEY}` names: a top-level key, or a path into tables (`item.lr`).
+pub fn param<'a>(params: &'a toml::Table, key: &str) -> Option<&'a toml::Value> {
+    if let Some(value) = params.get(key) {
+        return Some(value);
+    }
+    let mut parts = key.split('.');
+    let mut value = params.get(parts.next()?)?;
+    for part in parts {
+        value = value.as_table()?.get(part)?;
+    }
+    Some(value)
+}
+
 /// The placeholder starting at `at` and closed before `end`, if one does. Other `${...}`
 /// (such as `${HOME}`) are the shell's.
 fn placeholder_at(cmd: &str, at: usize, end: usize) -> Option<(Range<usize>, CommandRef<'_>)> {

@@ -7,6 +7,7 @@ mod glob;
 mod path;
 mod raw;
 mod resolve;
+mod template;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -16,7 +17,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use command::{CommandRef, Placeholder, Quoting, command_references, scan_command};
+pub use command::{CommandRef, Placeholder, Quoting, command_references, param, scan_command};
 pub use diagnostic::{Diagnostic, SpecError, suggest};
 pub use glob::{GlobPattern, InvalidGlob};
 pub use path::{RelPath, is_glob, normalize, normalize_with};
@@ -37,8 +38,8 @@ impl StageName {
     pub fn parse(raw: &str) -> Option<StageName> {
         let valid = !raw.is_empty()
             && raw.len() <= 100
-            && !raw.starts_with(['.', '-'])
-            && raw.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+            && !raw.starts_with(['.', '-', '@'])
+            && raw.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '@'));
         valid.then(|| StageName(raw.to_string()))
     }
 }

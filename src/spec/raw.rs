@@ -25,7 +25,7 @@ pub(super) struct RawPipeline {
     pub allow_outside_paths: bool,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Clone)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawStage {
     pub cmd: Option<Spanned<String>>,
@@ -48,4 +48,8 @@ pub(super) struct RawStage {
     /// Outputs that hold metrics (JSON, YAML or TOML), read after each success.
     #[serde(default)]
     pub metrics: Vec<Spanned<String>>,
+    /// A template: one stage per item of a list or entry of a table (`spec/template.rs`).
+    pub foreach: Option<Spanned<toml::Value>>,
+    /// A template: one stage per combination of the axes' values.
+    pub matrix: Option<Spanned<toml::Table>>,
 }

@@ -30,12 +30,13 @@ pub(super) fn validate(
     builtins: &[&str],
 ) -> Result<(Spec, Vec<Spans>), Vec<Diagnostic>> {
     let mut diags = Vec::new();
-    let names: Vec<&str> = raw.stages.keys().map(|k| k.get_ref().as_str()).collect();
+    let expanded = super::template::expand(&raw.stages, &mut diags);
+    let names: Vec<&str> = expanded.iter().map(|(k, _)| k.get_ref().as_str()).collect();
     let state_path = state_path(file, root, &raw, &mut diags);
 
-    let mut stages = Vec::with_capacity(raw.stages.len());
-    let mut checked = Vec::with_capacity(raw.stages.len());
-    for (key, stage) in &raw.stages {
+    let mut stages = Vec::with_capacity(expanded.len());
+    let mut checked = Vec::with_capacity(expanded.len());
+    for (key, stage) in &expanded {
         let Some(name) = StageName::parse(key.get_ref()) else {
             diags.push(
                 Diagnostic::new(format!("invalid stage name `{}`", key.get_ref()), Some(key.span()))
@@ -297,7 +298,7 @@ fn check_action(
                     );
                 }
                 if let CommandRef::Param(key) = placeholder.reference
-                    && !raw.params.contains_key(key)
+                    && super::command::param(&raw.params, key).is_none()
                 {
                     let diag = Diagnostic::new(
                         format!("`${{params.{key}}}` names no param of stage `{name}`"),

@@ -23,6 +23,7 @@ mod paths;
 mod property;
 mod quoting;
 mod state;
+mod templates;
 mod terminal;
 mod trust;
 mod validation;
