@@ -4,6 +4,7 @@
 mod command;
 mod diagnostic;
 mod glob;
+mod params;
 mod path;
 mod raw;
 mod resolve;
@@ -265,6 +266,11 @@ fn toml_diagnostic(err: &toml::de::Error) -> Diagnostic {
             Some(near) => diag.help(format!("did you mean `{near}`?")),
             None => diag.help(format!("expected one of: {}", expected.join(", "))),
         };
+    }
+    if message.contains("untagged enum RawParams") {
+        return Diagnostic::new("`params` must be a table or a list of params-file keys", span).help(
+            "`params = { lr = 0.1 }`, or `params = [\"train.lr\", { \"other.yaml\" = [\"a.b\"] }]` for keys of params files",
+        );
     }
     Diagnostic::new(message, span)
 }

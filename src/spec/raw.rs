@@ -23,6 +23,8 @@ pub(super) struct RawPipeline {
     /// Let inputs and outputs name paths outside the pipeline directory.
     #[serde(default)]
     pub allow_outside_paths: bool,
+    /// The params file that bare keys in a stage's `params` list name.
+    pub params_file: Option<String>,
 }
 
 #[derive(Deserialize, Clone)]
@@ -38,7 +40,7 @@ pub(super) struct RawStage {
     #[serde(default)]
     pub after: Vec<Spanned<String>>,
     #[serde(default)]
-    pub params: toml::Table,
+    pub params: RawParams,
     #[serde(default)]
     pub env: Vec<Spanned<String>>,
     pub retries: Option<Spanned<u32>>,
@@ -52,4 +54,33 @@ pub(super) struct RawStage {
     pub foreach: Option<Spanned<toml::Value>>,
     /// A template: one stage per combination of the axes' values.
     pub matrix: Option<Spanned<toml::Table>>,
+    /// Params a template gives each of its instances (`item`, `key`); never written.
+    #[serde(skip)]
+    pub template_params: toml::Table,
+}
+
+/// A stage's params: written inline, or named as keys of params files, read as DVC reads
+/// them (`params = ["train.lr", { "other.yaml" = ["a.b"] }]`; a bare key is in the
+/// pipeline's default params file).
+#[derive(Deserialize, Clone, Debug)]
+#[serde(untagged)]
+pub(super) enum RawParams {
+    Inline(toml::Table),
+    /// Spans do not survive serde's untagged enums: errors point at the stage instead.
+    Keys(Vec<ParamKeys>),
+}
+
+impl Default for RawParams {
+    fn default() -> RawParams {
+        RawParams::Inline(toml::Table::new())
+    }
+}
+
+#[derive(Deserialize, Clone, Debug)]
+#[serde(untagged)]
+pub(super) enum ParamKeys {
+    /// A key of the default params file.
+    Key(String),
+    /// A params file and the keys of it the stage uses.
+    File(std::collections::BTreeMap<String, Vec<String>>),
 }

@@ -148,9 +148,14 @@ fn instantiate(template: &RawStage, instance: &Instance, diags: &mut Vec<Diagnos
     if let Some(cmd) = &template.cmd {
         stage.cmd = Some(Spanned::new(cmd.span(), as_param_references(cmd.get_ref())));
     }
-    let keys: Vec<String> = stage.params.keys().cloned().collect();
+    let inline = match &mut stage.params {
+        super::raw::RawParams::Inline(table) => Some(table),
+        super::raw::RawParams::Keys(_) => None,
+    };
+    let mut params = inline.map(std::mem::take).unwrap_or_default();
+    let keys: Vec<String> = params.keys().cloned().collect();
     for name in keys {
-        let Some(toml::Value::String(text)) = stage.params.get(&name).cloned() else { continue };
+        let Some(toml::Value::String(text)) = params.get(&name).cloned() else { continue };
         let replaced = match whole_reference(&text, instance) {
             Some(typed) => typed,
             None => match substitute(&text, instance) {
@@ -164,11 +169,14 @@ fn instantiate(template: &RawStage, instance: &Instance, diags: &mut Vec<Diagnos
                 }
             },
         };
-        stage.params.insert(name, replaced);
+        params.insert(name, replaced);
     }
-    stage.params.insert("item".into(), instance.item.clone());
+    if let super::raw::RawParams::Inline(table) = &mut stage.params {
+        *table = params;
+    }
+    stage.template_params.insert("item".into(), instance.item.clone());
     if let Some(key) = &instance.key {
-        stage.params.insert("key".into(), toml::Value::String(key.clone()));
+        stage.template_params.insert("key".into(), toml::Value::String(key.clone()));
     }
     ok.then_some(stage)
 }

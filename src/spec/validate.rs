@@ -34,6 +34,7 @@ pub(super) fn validate(
     let names: Vec<&str> = expanded.iter().map(|(k, _)| k.get_ref().as_str()).collect();
     let state_path = state_path(file, root, &raw, &mut diags);
 
+    let params_files = std::cell::RefCell::new(super::params::ParamsFiles::default());
     let mut stages = Vec::with_capacity(expanded.len());
     let mut checked = Vec::with_capacity(expanded.len());
     for (key, stage) in &expanded {
@@ -44,7 +45,13 @@ pub(super) fn validate(
             );
             continue;
         };
-        let places = Places { root, text, allow_outside: raw.pipeline.allow_outside_paths };
+        let places = Places {
+            root,
+            text,
+            allow_outside: raw.pipeline.allow_outside_paths,
+            params_file: raw.pipeline.params_file.as_deref().unwrap_or(super::params::DEFAULT_FILE),
+            params_files: &params_files,
+        };
         let (stage, spans) = check_stage(&places, name, key.span(), stage, &names, builtins, &mut diags);
         stages.push(stage);
         checked.push(spans);
@@ -133,6 +140,9 @@ struct Places<'a> {
     root: &'a Path,
     text: &'a str,
     allow_outside: bool,
+    /// The params file bare keys name, and the params files read so far.
+    params_file: &'a str,
+    params_files: &'a std::cell::RefCell<super::params::ParamsFiles>,
 }
 
 fn check_stage(
@@ -144,7 +154,16 @@ fn check_stage(
     builtins: &[&str],
     diags: &mut Vec<Diagnostic>,
 ) -> (Stage, Spans) {
-    let action = check_action(places.text, &name, name_span, raw, builtins, diags);
+    let mut params = super::params::stage_params(
+        places.root,
+        places.params_file,
+        &raw.params,
+        name_span.clone(),
+        &mut places.params_files.borrow_mut(),
+        diags,
+    );
+    params.extend(raw.template_params.clone());
+    let action = check_action(places.text, &name, name_span, raw, &params, builtins, diags);
     let mut spans = Spans { inputs: Vec::new(), outputs: Vec::new() };
 
     let mut inputs = Vec::new();
@@ -266,7 +285,7 @@ fn check_stage(
         inputs,
         outputs,
         after,
-        params: raw.params.clone(),
+        params,
         env: raw.env.iter().map(|v| v.get_ref().clone()).collect(),
         retries,
         timeout,
@@ -281,6 +300,7 @@ fn check_action(
     name: &StageName,
     name_span: Range<usize>,
     raw: &RawStage,
+    params: &toml::Table,
     builtins: &[&str],
     diags: &mut Vec<Diagnostic>,
 ) -> Action {
@@ -298,13 +318,13 @@ fn check_action(
                     );
                 }
                 if let CommandRef::Param(key) = placeholder.reference
-                    && super::command::param(&raw.params, key).is_none()
+                    && super::command::param(params, key).is_none()
                 {
                     let diag = Diagnostic::new(
                         format!("`${{params.{key}}}` names no param of stage `{name}`"),
                         Some(reference_span(text, cmd.span(), key)),
                     );
-                    diags.push(match suggest(key, raw.params.keys().map(String::as_str)) {
+                    diags.push(match suggest(key, params.keys().map(String::as_str)) {
                         Some(near) => diag.help(format!("did you mean `${{params.{near}}}`?")),
                         None => diag.help(format!("add `params = {{ {key} = ... }}` to the stage")),
                     });

@@ -19,6 +19,7 @@ mod market_data;
 mod markets;
 mod metrics;
 mod parallel;
+mod params_files;
 mod paths;
 mod property;
 mod quoting;
