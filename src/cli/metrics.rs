@@ -88,7 +88,7 @@ fn show(out: &mut impl Write, records: &[MetricsRecord], json: bool) -> Result<u
             r.metrics.iter().map(|(k, v)| [r.component.clone(), k.clone(), v.to_string(), r.run_id.to_string()])
         })
         .collect();
-    table(out, ["STAGE", "METRIC", "VALUE", "RUN"], &rows);
+    let _ = super::output::write_table(out, ["STAGE", "METRIC", "VALUE", "RUN"], &rows);
     Ok(EXIT_OK)
 }
 
@@ -113,18 +113,6 @@ fn show_diff(out: &mut impl Write, changes: &[MetricChange], json: bool) -> Resu
             [c.stage.clone(), c.metric.clone(), shown(c.old), shown(c.new), change]
         })
         .collect();
-    table(out, ["STAGE", "METRIC", "OLD", "NEW", "CHANGE"], &rows);
+    let _ = super::output::write_table(out, ["STAGE", "METRIC", "OLD", "NEW", "CHANGE"], &rows);
     Ok(EXIT_OK)
-}
-
-fn table<const N: usize>(out: &mut impl Write, header: [&str; N], rows: &[[String; N]]) {
-    let widths: Vec<usize> =
-        (0..N).map(|i| rows.iter().map(|r| r[i].len()).chain([header[i].len()]).max().unwrap_or(0)).collect();
-    let line = |cells: Vec<&str>| -> String {
-        cells.iter().zip(&widths).map(|(c, w)| format!("{c:w$}")).collect::<Vec<_>>().join("  ").trim_end().to_string()
-    };
-    let _ = writeln!(out, "{}", line(header.to_vec()));
-    for row in rows {
-        let _ = writeln!(out, "{}", line(row.iter().map(String::as_str).collect()));
-    }
 }

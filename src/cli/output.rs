@@ -265,3 +265,31 @@ impl Live {
         }
     }
 }
+
+/// Writes aligned columns, two spaces apart, the header first; the last column is not
+/// padded. Widths count characters, as `format!` pads.
+pub fn write_table<const N: usize>(
+    out: &mut impl Write,
+    header: [&str; N],
+    rows: &[[String; N]],
+) -> std::io::Result<()> {
+    let mut widths = header.map(|h| h.chars().count());
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let header = header.map(String::from);
+    for row in std::iter::once(&header).chain(rows) {
+        let mut line = String::new();
+        for (i, (cell, w)) in row.iter().zip(widths).enumerate() {
+            if i == N - 1 {
+                line.push_str(cell);
+            } else {
+                line.push_str(&format!("{cell:w$}  "));
+            }
+        }
+        writeln!(out, "{}", line.trim_end())?;
+    }
+    Ok(())
+}

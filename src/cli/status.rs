@@ -31,7 +31,7 @@ pub fn run(engine: &Engine, args: StatusArgs) -> Result<u8, Error> {
 }
 
 fn write_table(out: &mut impl Write, reports: &[StageReport], running: &[RunningStage]) -> std::io::Result<()> {
-    let header = ["STAGE", "STATE", "LAST SUCCESS", "LAST RESULT", "RUNS", "FAILS", "TOOK", "WHY"].map(String::from);
+    let header = ["STAGE", "STATE", "LAST SUCCESS", "LAST RESULT", "RUNS", "FAILS", "TOOK", "WHY"];
     let rows: Vec<[String; 8]> = reports
         .iter()
         .map(|r| {
@@ -58,23 +58,7 @@ fn write_table(out: &mut impl Write, reports: &[StageReport], running: &[Running
             ]
         })
         .collect();
-    let mut widths = header.clone().map(|h| h.len());
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    for row in std::iter::once(&header).chain(&rows) {
-        let mut line = String::new();
-        for (i, (cell, w)) in row.iter().zip(widths).enumerate() {
-            if i == row.len() - 1 {
-                line.push_str(cell);
-            } else {
-                line.push_str(&format!("{cell:w$}  "));
-            }
-        }
-        writeln!(out, "{}", line.trim_end())?;
-    }
+    super::output::write_table(out, header, &rows)?;
     let dirty = reports.iter().filter(|r| r.dirty).count();
     let stages = if reports.len() == 1 { "stage" } else { "stages" };
     writeln!(out, "\n{} {stages}: {} up to date, {dirty} dirty", reports.len(), reports.len() - dirty)

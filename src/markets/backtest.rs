@@ -214,9 +214,27 @@ fn run_leg(leg: &Leg, exec: &Execution, bar_ms: i64, live: &Live) -> LegRun {
 
 /// Runs every leg and combines them into the equal-weight portfolio.
 pub fn simulate(legs: &[Leg], exec: &Execution) -> Backtest {
-    let bar_ms = median_gap(legs).max(1);
-    let live = Live::of(legs, bar_ms);
-    let runs: Vec<LegRun> = legs.iter().map(|leg| run_leg(leg, exec, bar_ms, &live)).collect();
+    simulate_on(&Grid::of(legs), legs, exec)
+}
+
+/// The bars of a set of legs and who is live in each: it depends only on their ticks, so
+/// the many simulations of one period (thresholds, cost scales) share it.
+pub struct Grid {
+    bar_ms: i64,
+    live: Live,
+}
+
+impl Grid {
+    pub fn of(legs: &[Leg]) -> Grid {
+        let bar_ms = median_gap(legs).max(1);
+        Grid { bar_ms, live: Live::of(legs, bar_ms) }
+    }
+}
+
+/// `simulate` on a grid already computed for legs with these ticks.
+pub fn simulate_on(grid: &Grid, legs: &[Leg], exec: &Execution) -> Backtest {
+    let (bar_ms, live) = (grid.bar_ms, &grid.live);
+    let runs: Vec<LegRun> = legs.iter().map(|leg| run_leg(leg, exec, bar_ms, live)).collect();
     let mut by_bar: BTreeMap<i64, (f64, f64)> = BTreeMap::new();
     let mut costs = Costs::default();
     for run in &runs {

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use arrow_array::RecordBatch;
 use rayon::prelude::*;
 
-use super::backtest::{Backtest, Execution, Leg, simulate};
+use super::backtest::{Backtest, Execution, Grid, Leg, simulate, simulate_on};
 use super::chart::{Chart, Curve};
 use super::features::{FEATURES, Series, compute_into, sign};
 use super::ingest::{self, time};
@@ -819,6 +819,7 @@ pub fn backtest(ctx: &mut BuiltinContext<'_>) -> Result<(), StageError> {
             .collect()
     };
     let validation = period(validation_start..test_start)?;
+    let validation_grid = Grid::of(&validation.legs);
     let cancel = ctx.cancel;
     let sensitivity = grid
         .par_iter()
@@ -827,7 +828,7 @@ pub fn backtest(ctx: &mut BuiltinContext<'_>) -> Result<(), StageError> {
                 return Err(StageError::msg("interrupted"));
             }
             let legs = positioned(&validation, threshold);
-            let at = |scale: f64| simulate(&legs, &Execution { cost_scale: scale, ..exec });
+            let at = |scale: f64| simulate_on(&validation_grid, &legs, &Execution { cost_scale: scale, ..exec });
             let real = at(1.0);
             Ok(Sensitivity {
                 threshold,
@@ -841,7 +842,7 @@ pub fn backtest(ctx: &mut BuiltinContext<'_>) -> Result<(), StageError> {
     // Tuned on validation only: the best net PnL, the larger threshold on a tie.
     let tuned = sensitivity.iter().max_by(|a, b| a.pnl.total_cmp(&b.pnl).then(a.threshold.total_cmp(&b.threshold)));
     let threshold = fixed.unwrap_or_else(|| tuned.map_or(0.0, |s| s.threshold));
-    let on_validation = simulate(&positioned(&validation, threshold), &exec);
+    let on_validation = simulate_on(&validation_grid, &positioned(&validation, threshold), &exec);
     drop(validation);
     // The test period, once.
     let test = simulate(&positioned(&period(test_start..i64::MAX)?, threshold), &exec);
