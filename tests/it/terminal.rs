@@ -13,8 +13,11 @@ fn ctrl_c_is_acknowledged_above_the_live_display_and_the_clock_runs() {
     }
     let sb =
         Sandbox::new().pipeline("[stages.slow]\ncmd = \"touch started; sleep 30; echo > out\"\noutputs = [\"out\"]\n");
+    // `script` runs the command through $SHELL -c; `exec` makes dagrun the terminal's
+    // foreground process itself, so a shell that kills itself on SIGINT (dash does, and
+    // CI's $SHELL may be unset, which means /bin/sh) cannot change the exit status.
     let mut child = Command::new("script")
-        .args(["-qefc", &format!("{} build", env!("CARGO_BIN_EXE_dagrun")), "/dev/null"])
+        .args(["-qefc", &format!("exec {} build", env!("CARGO_BIN_EXE_dagrun")), "/dev/null"])
         .current_dir(sb.root())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
