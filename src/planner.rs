@@ -62,6 +62,7 @@ pub enum Change {
     InputRemoved { path: String },
     DeclaredInputs,
     Outputs,
+    Names,
     Upstream { stage: String, old: String, new: String },
 }
 
@@ -78,6 +79,7 @@ impl fmt::Display for Change {
             Change::InputRemoved { path } => write!(f, "input `{path}` removed"),
             Change::DeclaredInputs => f.write_str("declared inputs changed"),
             Change::Outputs => f.write_str("declared outputs changed"),
+            Change::Names => f.write_str("names of inputs or outputs changed"),
             Change::Upstream { stage, .. } => write!(f, "upstream `{stage}` output changed"),
         }
     }
@@ -126,8 +128,9 @@ pub struct Evaluation {
     pub inputs: FingerprintInputs,
     pub fingerprint: Fingerprint,
     pub verdict: Verdict,
-    /// Every input path after glob expansion, for `${inputs}` and built-ins.
-    pub input_paths: Vec<String>,
+    /// Each declared input's paths after glob expansion, in declaration order, for
+    /// `${inputs}`, `${inputs.NAME}` and built-ins.
+    pub input_paths: Vec<Vec<String>>,
 }
 
 /// What evaluation reads: the pipeline, recorded state and the stat cache.
@@ -197,6 +200,7 @@ pub fn evaluate_stage(
         inputs,
         declared_inputs: stage.inputs.iter().map(|i| i.as_rel().to_string()).collect(),
         outputs: stage.outputs.iter().map(|o| o.to_string()).collect(),
+        names: path_names(stage),
         upstream,
     };
     let fingerprint = fingerprint_inputs.fingerprint();
@@ -211,6 +215,15 @@ pub fn evaluate_stage(
         check_outputs(ctx, idx, record.expect("own_reason is NeverSucceeded without a record"))
     };
     Evaluation { inputs: fingerprint_inputs, fingerprint, verdict, input_paths }
+}
+
+/// `inputs.NAME` and `outputs.NAME` -> the path each name stands for.
+fn path_names(stage: &crate::spec::Stage) -> BTreeMap<String, String> {
+    let inputs =
+        stage.named_inputs.iter().map(|(name, &i)| (format!("inputs.{name}"), stage.inputs[i].as_rel().to_string()));
+    let outputs =
+        stage.named_outputs.iter().map(|(name, &i)| (format!("outputs.{name}"), stage.outputs[i].to_string()));
+    inputs.chain(outputs).collect()
 }
 
 /// The reasons a stage is dirty that need no output hashing, in the order README.md lists them.
@@ -256,7 +269,10 @@ fn check_outputs(ctx: &EvalContext<'_>, idx: StageIdx, record: &StageRecord) -> 
 /// Also returns the first glob that matches nothing and that no stage's output reaches:
 /// like a missing literal input, it means the stage cannot run. (One a stage writes into
 /// may be empty until that stage has run.)
-fn resolve_inputs<'s>(ctx: &EvalContext<'s>, idx: StageIdx) -> (Vec<String>, Vec<String>, Option<&'s GlobPattern>) {
+fn resolve_inputs<'s>(
+    ctx: &EvalContext<'s>,
+    idx: StageIdx,
+) -> (Vec<String>, Vec<Vec<String>>, Option<&'s GlobPattern>) {
     let mut sources = Vec::new();
     let mut all = Vec::new();
     let mut empty_glob = None;
@@ -266,21 +282,21 @@ fn resolve_inputs<'s>(ctx: &EvalContext<'s>, idx: StageIdx) -> (Vec<String>, Vec
                 if ctx.dag.producer_of(path).is_none() {
                     sources.push(path.to_string());
                 }
-                all.push(path.to_string());
+                all.push(vec![path.to_string()]);
             }
             Input::Glob(glob) => {
                 let paths = expand_glob(ctx.spec, glob);
                 if paths.is_empty() && empty_glob.is_none() && ctx.dag.writers_of(input).is_empty() {
                     empty_glob = Some(glob);
                 }
-                for path in paths {
+                for path in &paths {
                     let produced =
-                        crate::spec::normalize(&ctx.spec.root, &path).is_ok_and(|p| ctx.dag.producer_of(&p).is_some());
+                        crate::spec::normalize(&ctx.spec.root, path).is_ok_and(|p| ctx.dag.producer_of(&p).is_some());
                     if !produced {
                         sources.push(path.clone());
                     }
-                    all.push(path);
                 }
+                all.push(paths);
             }
         }
     }
@@ -345,6 +361,9 @@ pub fn explain_change(old: &FingerprintInputs, new: &FingerprintInputs) -> Vec<C
     }
     if old.outputs != new.outputs {
         changes.push(Change::Outputs);
+    }
+    if old.names != new.names {
+        changes.push(Change::Names);
     }
     let stages: std::collections::BTreeSet<&String> = old.upstream.keys().chain(new.upstream.keys()).collect();
     for stage in stages {

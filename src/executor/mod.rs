@@ -696,6 +696,10 @@ fn run_attempt(
     let spec = shared.eval.spec;
     let stage = &spec.stages[idx];
     remove_outputs(shared, idx)?;
+    for dir in &stage.output_dirs {
+        std::fs::create_dir_all(dir.to_path(&spec.root))
+            .map_err(|e| AttemptFailure::failed(format!("cannot create output directory `{dir}/`: {e}")))?;
+    }
     for output in &stage.outputs {
         let path = output.to_path(&spec.root);
         if let Some(parent) = path.parent() {
@@ -708,7 +712,14 @@ fn run_attempt(
     let outputs: Vec<String> = stage.outputs.iter().map(|o| o.to_string()).collect();
     match &stage.action {
         Action::Shell { cmd } => {
-            let command = expand_command(cmd, &stage.params, &eval.input_paths, &outputs);
+            let values = runner::CommandValues {
+                params: &stage.params,
+                inputs: &eval.input_paths,
+                outputs: &outputs,
+                named_inputs: &stage.named_inputs,
+                named_outputs: &stage.named_outputs,
+            };
+            let command = expand_command(cmd, &values);
             let job = ShellJob {
                 stage: stage.name.as_str(),
                 command: &command.script,
@@ -733,7 +744,7 @@ fn run_attempt(
                 stage: stage.name.as_str(),
                 root: &spec.root,
                 params: &stage.params,
-                inputs: eval.input_paths.iter().map(|p| spec.root.join(p)).collect(),
+                inputs: eval.input_paths.iter().flatten().map(|p| spec.root.join(p)).collect(),
                 outputs: outputs.iter().map(|p| spec.root.join(p)).collect::<Vec<PathBuf>>(),
                 log: &mut log,
                 cancel: &watch.flag,

@@ -68,7 +68,18 @@ fn param_values(value: &toml::Value) -> Vec<String> {
     }
 }
 
-/// Substitutes `${params.KEY}`, `${inputs}` and `${outputs}`. No value is pasted into the
+/// What a command's placeholders stand for.
+pub struct CommandValues<'a> {
+    pub params: &'a toml::Table,
+    /// Each declared input's paths (a glob's matches), in declaration order.
+    pub inputs: &'a [Vec<String>],
+    pub outputs: &'a [String],
+    pub named_inputs: &'a std::collections::BTreeMap<String, usize>,
+    pub named_outputs: &'a std::collections::BTreeMap<String, usize>,
+}
+
+/// Substitutes `${params.KEY}`, `${inputs}`, `${outputs}`, `${inputs.NAME}` and
+/// `${outputs.NAME}`. No value is pasted into the
 /// script: each is passed in the environment and the placeholder becomes a reference to it,
 /// which the shell expands without parsing the result again, so no value can run whatever
 /// quoting surrounds it (the quoting only picks the most faithful reference form):
@@ -79,7 +90,7 @@ fn param_values(value: &toml::Value) -> Vec<String> {
 ///   unset variable that stops the shell, since bash evaluates the text of a variable in
 ///   arithmetic (and runs a `$(...)` in an array index there);
 /// - in a comment or a quoted here-document: left as written; the shell expands nothing there.
-pub fn expand_command(cmd: &str, params: &toml::Table, inputs: &[String], outputs: &[String]) -> ShellCommand {
+pub fn expand_command(cmd: &str, values: &CommandValues<'_>) -> ShellCommand {
     let mut script = String::with_capacity(cmd.len());
     let mut env: Vec<(String, String)> = Vec::new();
     let mut last = 0;
@@ -87,9 +98,15 @@ pub fn expand_command(cmd: &str, params: &toml::Table, inputs: &[String], output
         script.push_str(&cmd[last..placeholder.range.start]);
         last = placeholder.range.end;
         let values = match placeholder.reference {
-            CommandRef::Param(key) => crate::spec::param(params, key).map(param_values).unwrap_or_default(),
-            CommandRef::Inputs => inputs.to_vec(),
-            CommandRef::Outputs => outputs.to_vec(),
+            CommandRef::Param(key) => crate::spec::param(values.params, key).map(param_values).unwrap_or_default(),
+            CommandRef::Inputs => values.inputs.concat(),
+            CommandRef::Outputs => values.outputs.to_vec(),
+            CommandRef::Input(name) => {
+                values.named_inputs.get(name).map(|&i| values.inputs[i].clone()).unwrap_or_default()
+            }
+            CommandRef::Output(name) => {
+                values.named_outputs.get(name).map(|&i| vec![values.outputs[i].clone()]).unwrap_or_default()
+            }
         };
         let mut bind = |value: String| {
             let name = format!("DAGRUN_ARG_{}", env.len() + 1);
@@ -247,6 +264,32 @@ mod tests {
         String::from_utf8(out.stdout).unwrap()
     }
 
+    /// `expand_command` with each input declared on its own and nothing named.
+    fn expand(cmd: &str, params: &toml::Table, inputs: &[String], outputs: &[String]) -> ShellCommand {
+        let inputs: Vec<Vec<String>> = inputs.iter().map(|i| vec![i.clone()]).collect();
+        let none = std::collections::BTreeMap::new();
+        let values = CommandValues { params, inputs: &inputs, outputs, named_inputs: &none, named_outputs: &none };
+        expand_command(cmd, &values)
+    }
+
+    #[test]
+    fn named_inputs_and_outputs_stand_for_their_own_paths() {
+        let inputs = vec![vec!["a.csv".to_string(), "b c.csv".to_string()], vec!["model.bin".to_string()]];
+        let outputs = ["report.md".to_string(), "plots".to_string()];
+        let named_inputs = [("data".to_string(), 0), ("model".to_string(), 1)].into();
+        let named_outputs = [("plots".to_string(), 1)].into();
+        let params = toml::Table::new();
+        let values = CommandValues {
+            params: &params,
+            inputs: &inputs,
+            outputs: &outputs,
+            named_inputs: &named_inputs,
+            named_outputs: &named_outputs,
+        };
+        let cmd = expand_command("printf '[%s]' ${inputs.model} ${inputs.data} ${outputs.plots} ${inputs}", &values);
+        assert_eq!(run(&cmd), "[model.bin][a.csv][b c.csv][plots][a.csv][b c.csv][model.bin]");
+    }
+
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
@@ -254,7 +297,7 @@ mod tests {
     #[test]
     fn a_param_is_passed_in_the_environment_and_referred_to_in_every_quoting() {
         let params = toml::toml! { msg = "'; echo \"$(id)\" `id` '" };
-        let cmd = expand_command(r#"printf '%s|' ${params.msg} "${params.msg}" '${params.msg}'"#, &params, &[], &[]);
+        let cmd = expand(r#"printf '%s|' ${params.msg} "${params.msg}" '${params.msg}'"#, &params, &[], &[]);
         assert_eq!(cmd.script, r#"printf '%s|' "$DAGRUN_ARG_1" "${DAGRUN_ARG_2}" ''"$DAGRUN_ARG_3"''"#);
         let value = "'; echo \"$(id)\" `id` '";
         assert_eq!(cmd.env, env(&[("DAGRUN_ARG_1", value), ("DAGRUN_ARG_2", value), ("DAGRUN_ARG_3", value)]));
@@ -263,7 +306,7 @@ mod tests {
 
     #[test]
     fn inputs_outputs_and_plain_shell_variables_expand_as_expected() {
-        let cmd = expand_command(
+        let cmd = expand(
             "cat ${inputs} > ${outputs} # ${HOME} ${inputs}",
             &toml::Table::new(),
             &["a b".into(), "c".into()],
@@ -276,18 +319,18 @@ mod tests {
     #[test]
     fn a_list_is_one_word_per_element_bare_and_one_string_in_quotes() {
         let params = toml::toml! { words = ["a b", 2, true] };
-        let cmd = expand_command(r#"printf '[%s]' ${params.words} "${params.words}""#, &params, &[], &[]);
+        let cmd = expand(r#"printf '[%s]' ${params.words} "${params.words}""#, &params, &[], &[]);
         assert_eq!(run(&cmd), "[a b][2][true][a b 2 true]");
     }
 
     #[test]
     fn an_integer_works_in_arithmetic_and_anything_else_stops_the_shell() {
         let params = toml::toml! { n = 20 };
-        let cmd = expand_command("echo $(( ${params.n} * 2 ))", &params, &[], &[]);
+        let cmd = expand("echo $(( ${params.n} * 2 ))", &params, &[], &[]);
         assert_eq!(cmd.script, "echo $(( ${DAGRUN_ARG_1} * 2 ))");
         assert_eq!(run(&cmd), "40\n");
         let params = toml::toml! { n = "a[$(echo INJECTED >&2)]" };
-        let cmd = expand_command("echo $(( ${params.n} * 2 )); echo after", &params, &[], &[]);
+        let cmd = expand("echo $(( ${params.n} * 2 )); echo after", &params, &[], &[]);
         assert_eq!(cmd.script, "echo $(( ${DAGRUN_ARG_1_IS_NOT_AN_INTEGER?} * 2 )); echo after");
         let out = Command::new("bash").arg("-c").arg(&cmd.script).envs(cmd.env).output().unwrap();
         assert!(!out.status.success());
@@ -299,7 +342,7 @@ mod tests {
     fn a_placeholder_in_a_comment_or_quoted_here_document_is_left_as_written() {
         let params = toml::toml! { v = "x\necho PWNED" };
         let text = "cat <<'EOF'\n${params.v}\nEOF\n# ${params.v}\ncat <<EOF\n${params.v}\nEOF";
-        let cmd = expand_command(text, &params, &[], &[]);
+        let cmd = expand(text, &params, &[], &[]);
         assert_eq!(cmd.script, "cat <<'EOF'\n${params.v}\nEOF\n# ${params.v}\ncat <<EOF\n${DAGRUN_ARG_1}\nEOF");
         assert_eq!(run(&cmd), "${params.v}\nx\necho PWNED\n");
     }

@@ -33,6 +33,11 @@ pub struct FingerprintInputs {
     pub declared_inputs: Vec<String>,
     /// The declared outputs: declaring a new one re-runs the stage.
     pub outputs: Vec<String>,
+    /// What each `${inputs.NAME}` and `${outputs.NAME}` stands for (`inputs.model` ->
+    /// `model.bin`): swapping two names changes what the command reads, though neither the
+    /// command nor the paths changed. Empty (and hashed as absent) for unnamed paths.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub names: BTreeMap<String, String>,
     /// The recorded output hash of each upstream stage.
     pub upstream: BTreeMap<String, OutputHash>,
 }
@@ -82,6 +87,15 @@ impl FingerprintInputs {
         put_len(&mut h, self.outputs.len());
         for path in &self.outputs {
             put_str(&mut h, path);
+        }
+        // Only when present, so that fingerprints recorded before names existed still match.
+        if !self.names.is_empty() {
+            put_tag(&mut h, b'N');
+            put_len(&mut h, self.names.len());
+            for (name, path) in &self.names {
+                put_str(&mut h, name);
+                put_str(&mut h, path);
+            }
         }
         put_tag(&mut h, b'U');
         put_len(&mut h, self.upstream.len());
@@ -184,8 +198,25 @@ mod tests {
             inputs: BTreeMap::from([("in".into(), FileHash(blake3::hash(b"x")))]),
             declared_inputs: vec!["in".into(), "up/a.csv".into()],
             outputs: vec!["out".into()],
+            names: BTreeMap::new(),
             upstream: BTreeMap::from([("up".into(), OutputHash(blake3::hash(b"y")))]),
         }
+    }
+
+    #[test]
+    fn names_change_the_fingerprint_and_none_keep_the_old_encoding() {
+        let named = |pairs: &[(&str, &str)]| {
+            let mut f = base();
+            f.names = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+            f.fingerprint()
+        };
+        assert_ne!(
+            named(&[("inputs.a", "in"), ("inputs.b", "up/a.csv")]),
+            named(&[("inputs.a", "up/a.csv"), ("inputs.b", "in")])
+        );
+        assert_ne!(named(&[("inputs.a", "in")]), base().fingerprint());
+        // Pinned: a stage without names must keep the fingerprint recorded before names existed.
+        assert_eq!(base().fingerprint().to_hex(), "c6bb68beef28b5ef411630680d4b78dae603da3e2fbbaf362448d206df3041f4");
     }
 
     fn differs(change: impl FnOnce(&mut FingerprintInputs)) -> bool {

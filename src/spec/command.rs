@@ -1,5 +1,5 @@
-//! The placeholders of a shell command (`${params.KEY}`, `${inputs}`, `${outputs}`) and the
-//! quoting around each.
+//! The placeholders of a shell command (`${params.KEY}`, `${inputs}`, `${outputs}`,
+//! `${inputs.NAME}`, `${outputs.NAME}`) and the quoting around each.
 //!
 //! The executor never pastes a value into the command: it passes each value in the
 //! environment and replaces the placeholder with a reference to that variable, so no value
@@ -19,6 +19,10 @@ pub enum CommandRef<'a> {
     Param(&'a str),
     Inputs,
     Outputs,
+    /// `${inputs.NAME}`: one named input (every match of a glob).
+    Input(&'a str),
+    /// `${outputs.NAME}`: one named output.
+    Output(&'a str),
 }
 
 /// Where a placeholder stands, as the shell will read it.
@@ -352,7 +356,11 @@ fn placeholder_at(cmd: &str, at: usize, end: usize) -> Option<(Range<usize>, Com
         Some(key) => CommandRef::Param(key),
         None if inner == "inputs" => CommandRef::Inputs,
         None if inner == "outputs" => CommandRef::Outputs,
-        None => return None,
+        None => match (inner.strip_prefix("inputs."), inner.strip_prefix("outputs.")) {
+            (Some(name), _) => CommandRef::Input(name),
+            (_, Some(name)) => CommandRef::Output(name),
+            _ => return None,
+        },
     };
     Some((at..at + inner.len() + 3, reference))
 }

@@ -10,6 +10,8 @@ mod raw;
 mod resolve;
 mod template;
 mod validate;
+mod vars;
+mod wildcards;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -108,6 +110,12 @@ pub struct Stage {
     pub resources: Resources,
     /// Outputs holding metrics, read and recorded after each success.
     pub metrics: Vec<RelPath>,
+    /// `${inputs.NAME}`: the index in `inputs` of each named input.
+    pub named_inputs: BTreeMap<String, usize>,
+    /// `${outputs.NAME}`: the index in `outputs` of each named output.
+    pub named_outputs: BTreeMap<String, usize>,
+    /// Outputs written with a trailing `/`: directories, created empty before the stage runs.
+    pub output_dirs: Vec<RelPath>,
 }
 
 /// A validated pipeline: every path normalised, every reference resolved.

@@ -24,7 +24,7 @@ impl ParamsFiles {
     }
 }
 
-fn read_file(path: &Path) -> Result<serde_json::Value, String> {
+pub(super) fn read_file(path: &Path) -> Result<serde_json::Value, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("cannot be read: {e}"))?;
     match path.extension().and_then(|e| e.to_str()) {
         Some("yaml" | "yml") => yaml_serde::from_str(&text).map_err(|e| format!("is not valid YAML: {e}")),

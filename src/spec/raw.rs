@@ -12,6 +12,24 @@ pub(super) struct RawFile {
     pub pipeline: RawPipeline,
     #[serde(default)]
     pub stages: BTreeMap<Spanned<String>, RawStage>,
+    /// Values every stage may refer to as `${NAME}` (`spec/vars.rs`).
+    pub vars: Option<Spanned<RawVars>>,
+}
+
+/// Top-level `vars`: a table of values, or, as DVC writes them, a list of params files
+/// (`"config.yaml"`, `"config.yaml:a,b"` for some keys) and tables, merged in order.
+#[derive(Deserialize, Clone, Debug)]
+#[serde(untagged)]
+pub(super) enum RawVars {
+    Table(toml::Table),
+    List(Vec<VarsEntry>),
+}
+
+#[derive(Deserialize, Clone, Debug)]
+#[serde(untagged)]
+pub(super) enum VarsEntry {
+    File(String),
+    Values(toml::Table),
 }
 
 #[derive(Deserialize, Default)]
@@ -34,9 +52,9 @@ pub(super) struct RawStage {
     #[serde(rename = "fn")]
     pub builtin: Option<Spanned<String>>,
     #[serde(default)]
-    pub inputs: Vec<Spanned<String>>,
+    pub inputs: RawPaths,
     #[serde(default)]
-    pub outputs: Vec<Spanned<String>>,
+    pub outputs: RawPaths,
     #[serde(default)]
     pub after: Vec<Spanned<String>>,
     #[serde(default)]
@@ -54,6 +72,8 @@ pub(super) struct RawStage {
     pub foreach: Option<Spanned<toml::Value>>,
     /// A template: one stage per combination of the axes' values.
     pub matrix: Option<Spanned<toml::Table>>,
+    /// A template: one stage per file matching a wildcard pattern (`text/{name}.txt`).
+    pub foreach_file: Option<Spanned<String>>,
     /// Params a template gives each of its instances (`item`, `key`); never written.
     #[serde(skip)]
     pub template_params: toml::Table,
@@ -83,4 +103,53 @@ pub(super) enum ParamKeys {
     Key(String),
     /// A params file and the keys of it the stage uses.
     File(std::collections::BTreeMap<String, Vec<String>>),
+}
+
+/// A stage's inputs or outputs: a list of paths, or a table of named paths
+/// (`inputs = { model = "model.bin" }`, used in `cmd` as `${inputs.model}`). Read with a
+/// visitor of its own rather than an untagged enum, which would lose the spans.
+#[derive(Clone, Default, Debug)]
+pub(super) struct RawPaths {
+    pub paths: Vec<Spanned<String>>,
+    /// The name of each path, when given as a table (same order as `paths`).
+    pub names: Vec<Option<String>>,
+}
+
+impl RawPaths {
+    /// The same names, each path replaced by `f`'s.
+    pub fn map(&self, f: impl FnMut(&Spanned<String>) -> Spanned<String>) -> RawPaths {
+        RawPaths { paths: self.paths.iter().map(f).collect(), names: self.names.clone() }
+    }
+}
+
+impl<'de> Deserialize<'de> for RawPaths {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<RawPaths, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = RawPaths;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a list of paths, or a table of named paths (`{ model = \"model.bin\" }`)")
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<RawPaths, A::Error> {
+                let mut paths = RawPaths::default();
+                while let Some(path) = seq.next_element::<Spanned<String>>()? {
+                    paths.paths.push(path);
+                    paths.names.push(None);
+                }
+                Ok(paths)
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<RawPaths, A::Error> {
+                let mut paths = RawPaths::default();
+                while let Some(name) = map.next_key::<String>()? {
+                    paths.paths.push(map.next_value::<Spanned<String>>()?);
+                    paths.names.push(Some(name));
+                }
+                Ok(paths)
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
 }

@@ -30,7 +30,8 @@ pub(super) fn validate(
     builtins: &[&str],
 ) -> Result<(Spec, Vec<Spans>), Vec<Diagnostic>> {
     let mut diags = Vec::new();
-    let expanded = super::template::expand(&raw.stages, &mut diags);
+    let vars = super::vars::load(root, None, raw.vars.as_ref(), &mut diags);
+    let expanded = super::template::expand(root, &raw.stages, &vars, &mut diags);
     let names: Vec<&str> = expanded.iter().map(|(k, _)| k.get_ref().as_str()).collect();
     let state_path = state_path(file, root, &raw, &mut diags);
 
@@ -162,12 +163,26 @@ fn check_stage(
         &mut places.params_files.borrow_mut(),
         diags,
     );
-    params.extend(raw.template_params.clone());
+    for (key, value) in &raw.template_params {
+        match params.get(key) {
+            Some(own) if own != value => diags.push(
+                Diagnostic::new(
+                    format!("`${{{key}}}` in stage `{name}` is also a param of it, with another value"),
+                    Some(name_span.clone()),
+                )
+                .help("rename the param or the var so that `${params.…}` means one thing"),
+            ),
+            _ => {
+                params.insert(key.clone(), value.clone());
+            }
+        }
+    }
     let action = check_action(places.text, &name, name_span, raw, &params, builtins, diags);
     let mut spans = Spans { inputs: Vec::new(), outputs: Vec::new() };
 
     let mut inputs = Vec::new();
-    for input in &raw.inputs {
+    let mut named_inputs = BTreeMap::new();
+    for (input, label) in raw.inputs.paths.iter().zip(&raw.inputs.names) {
         if let Some(path) = check_path(places, input, "input", diags) {
             let input_kind = if is_glob(input.get_ref()) {
                 match GlobPattern::new(path) {
@@ -183,18 +198,31 @@ fn check_stage(
             } else {
                 Input::Path(path)
             };
+            if let Some(label) = label {
+                check_path_name(label, "input", input.span(), diags);
+                named_inputs.insert(label.clone(), inputs.len());
+            }
             inputs.push(input_kind);
             spans.inputs.push(input.span());
         }
     }
     let mut outputs = Vec::new();
-    for output in &raw.outputs {
+    let mut named_outputs = BTreeMap::new();
+    let mut output_dirs = Vec::new();
+    for (output, label) in raw.outputs.paths.iter().zip(&raw.outputs.names) {
         if is_glob(output.get_ref()) {
             diags.push(
                 Diagnostic::new(format!("output `{}` is a glob", output.get_ref()), Some(output.span()))
                     .help("outputs must be named exactly; declare the directory that holds them instead"),
             );
         } else if let Some(path) = check_path(places, output, "output", diags) {
+            if let Some(label) = label {
+                check_path_name(label, "output", output.span(), diags);
+                named_outputs.insert(label.clone(), outputs.len());
+            }
+            if output.get_ref().ends_with('/') {
+                output_dirs.push(path.clone());
+            }
             outputs.push(path);
             spans.outputs.push(output.span());
         }
@@ -291,6 +319,9 @@ fn check_stage(
         timeout,
         resources: raw.resources.clone(),
         metrics,
+        named_inputs,
+        named_outputs,
+        output_dirs,
     };
     (stage, spans)
 }
@@ -317,6 +348,7 @@ fn check_action(
                         .help("quote nothing in the delimiter (`<<EOF`) so that the value reaches the document"),
                     );
                 }
+                check_named_path(&placeholder.reference, raw, cmd.span(), diags);
                 if let CommandRef::Param(key) = placeholder.reference
                     && super::command::param(params, key).is_none()
                 {
@@ -371,6 +403,38 @@ fn reference_span(text: &str, cmd_span: Range<usize>, key: &str) -> Range<usize>
         Some(at) => cmd_span.start + at..cmd_span.start + at + key.len() + 10,
         None => cmd_span,
     }
+}
+
+/// A named input or output is used as `${inputs.NAME}`: its name is a plain word.
+fn check_path_name(name: &str, what: &str, span: Range<usize>, diags: &mut Vec<Diagnostic>) {
+    let valid = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if !valid {
+        diags.push(
+            Diagnostic::new(format!("invalid {what} name `{name}`"), Some(span))
+                .help("name inputs and outputs with letters, digits, `_` and `-`"),
+        );
+    }
+}
+
+/// `${inputs.NAME}` and `${outputs.NAME}` must name one of the stage's named paths.
+fn check_named_path(reference: &CommandRef<'_>, raw: &RawStage, span: Range<usize>, diags: &mut Vec<Diagnostic>) {
+    let (kind, name, paths) = match reference {
+        CommandRef::Input(name) => ("inputs", *name, &raw.inputs),
+        CommandRef::Output(name) => ("outputs", *name, &raw.outputs),
+        _ => return,
+    };
+    let names: Vec<&str> = paths.names.iter().flatten().map(String::as_str).collect();
+    if names.contains(&name) {
+        return;
+    }
+    let diag =
+        Diagnostic::new(format!("`${{{kind}.{name}}}` names no {} of the stage", &kind[..kind.len() - 1]), Some(span));
+    diags.push(match suggest(name, names.iter().copied()) {
+        Some(near) => diag.help(format!("did you mean `${{{kind}.{near}}}`?")),
+        None if names.is_empty() => diag
+            .help(format!("give the stage's {kind} as a table of names, such as `{kind} = {{ {name} = \"path\" }}`")),
+        None => diag.help(format!("its named {kind}: {}", names.join(", "))),
+    });
 }
 
 fn check_path(places: &Places<'_>, raw: &Spanned<String>, what: &str, diags: &mut Vec<Diagnostic>) -> Option<RelPath> {

@@ -18,6 +18,7 @@ mod globs;
 mod market_data;
 mod markets;
 mod metrics;
+mod named_paths;
 mod parallel;
 mod params_files;
 mod paths;

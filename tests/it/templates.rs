@@ -75,3 +75,91 @@ fn a_reference_the_item_lacks_is_an_error_at_the_template() {
     assert!(run.stderr().contains("`${item.nope}` names nothing in item `a`"), "{}", run.stderr());
     assert!(run.stderr().contains("pipeline.toml:4:"), "the error points at the template: {}", run.stderr());
 }
+
+#[test]
+fn a_file_template_makes_a_stage_per_matching_file_named_by_its_wildcards() {
+    let pipeline = r#"
+[stages.count]
+foreach_file = "text/{name}.txt"
+cmd = "wc -w < ${item} > ${outputs} && echo ${name} >> ran.log"
+outputs = ["counts/${name}.txt"]
+
+[stages.total]
+cmd = "cat ${inputs} > ${outputs}"
+inputs = ["counts/*.txt"]
+outputs = ["total.txt"]
+"#;
+    let sb = Sandbox::new().pipeline(pipeline).file("text/a.txt", "one two\n").file("text/b.txt", "three\n");
+    sb.build().success();
+    assert_eq!(sb.ran(), ["a", "b"]);
+    assert_eq!(sb.read("counts/a.txt").trim(), "2");
+    assert_eq!(sb.column("SELECT component FROM orchestrator_state ORDER BY component"), ["count@a", "count@b", "total"]);
+
+    // A new file is a new stage; the others stay up to date.
+    sb.write("text/c.txt", "four five six\n");
+    let run = sb.build().success();
+    assert_eq!(sb.ran(), ["c"]);
+    assert!(run.stdout().contains("2 ran, 0 cut off, 2 up to date"), "{}", run.stdout());
+    assert_eq!(sb.read("total.txt").split_whitespace().collect::<Vec<_>>(), ["2", "1", "3"]);
+
+    // Editing one file runs its stage only; `invalidate count` means every instance.
+    sb.write("text/b.txt", "three and more\n");
+    sb.build().success();
+    assert_eq!(sb.ran(), ["b"]);
+    sb.dagrun(&["invalidate", "count"]).success();
+    sb.build().success();
+    assert_eq!(sb.ran(), ["a", "b", "c"]);
+}
+
+#[test]
+fn a_file_template_pattern_without_a_wildcard_is_refused_at_its_line() {
+    let sb = Sandbox::new().pipeline("[stages.count]\nforeach_file = \"text/*.txt\"\ncmd = \"true\"\n");
+    let run = sb.build().usage_error();
+    assert!(run.stderr().contains("use `{name}` wildcards, not glob characters"), "{}", run.stderr());
+    assert!(run.stderr().contains("pipeline.toml:2:"), "{}", run.stderr());
+}
+
+const VARS: &str = r#"
+vars = ["config.yaml", { out = "models" }]
+
+[stages.train]
+cmd = "echo ${model.name} depth=${model.depth} > ${outputs} && echo train >> ran.log"
+outputs = ["${out}/${model.name}.txt"]
+
+[stages.evaluate]
+foreach = "${splits}"
+cmd = "echo ${item} > ${outputs} && echo evaluate@${item} >> ran.log"
+outputs = ["eval/${item}.txt"]
+"#;
+
+#[test]
+fn vars_fill_paths_and_commands_and_only_the_values_used_count() {
+    let config = "model:\n  name: tree\n  depth: 3\n  unused: 1\nsplits: [test, val]\n";
+    let sb = Sandbox::new().pipeline(VARS).file("config.yaml", config);
+    sb.build().success();
+    assert_eq!(sb.read("models/tree.txt"), "tree depth=3\n");
+    assert_eq!(sb.ran(), ["evaluate@test", "evaluate@val", "train"]);
+
+    // A var no stage uses changes nothing.
+    sb.edit("config.yaml", |c| c.replace("unused: 1", "unused: 2"));
+    sb.build().success();
+    assert!(sb.ran().is_empty());
+
+    // A var the command uses is a param: `why` names it with old and new values.
+    sb.edit("config.yaml", |c| c.replace("depth: 3", "depth: 4"));
+    let why = sb.dagrun(&["why", "train"]).success();
+    assert!(why.stdout().contains("param `model.depth` changed: 3 -> 4"), "{}", why.stdout());
+    sb.build().success();
+    assert_eq!(sb.ran(), ["train"]);
+    assert_eq!(sb.read("models/tree.txt"), "tree depth=4\n");
+}
+
+#[test]
+fn a_var_given_two_values_or_a_reserved_name_is_refused() {
+    let sb = Sandbox::new().pipeline("vars = [\"a.yaml\", { x = { y = 2 } }]\n").file("a.yaml", "x:\n  y: 1\n");
+    let run = sb.build().usage_error();
+    assert!(run.stderr().contains("var `x.y` is given two different values"), "{}", run.stderr());
+    let sb = Sandbox::new().pipeline("[vars]\nitem = 1\n");
+    let run = sb.build().usage_error();
+    assert!(run.stderr().contains("a var may not be named `item`"), "{}", run.stderr());
+}
