@@ -19,6 +19,7 @@ fn fingerprint(c: &mut Criterion) {
         inputs: (0..4).map(|i| (format!("data/in{i}.csv"), FileHash(blake3::hash(&[i])))).collect(),
         declared_inputs: (0..4).map(|i| format!("data/in{i}.csv")).collect(),
         outputs: vec!["data/features.arrow".into()],
+        names: BTreeMap::new(),
         upstream: BTreeMap::from([("ticks".into(), OutputHash(blake3::hash(b"t")))]),
     };
     c.bench_function("fingerprint of one stage", |b| b.iter(|| black_box(&inputs).fingerprint()));

@@ -9,7 +9,8 @@ cd "$(dirname "$0")/.."
 # - graphviz (dot): the `graph` test parses our dot output with the real `dot`;
 # - chromium, chromium-driver: the dashboard's end-to-end test in a real headless browser;
 # - e2fsprogs (chattr): the read-only state database test;
-# - bsdutils (script): the live display test, in a real pseudo-terminal.
+# - bsdutils (script): the live display test, in a real pseudo-terminal;
+# - python3 with venv: DVC, the oracle of the dvc.yaml tests, goes in target/test-venv.
 # The full-disk and read-only tests need root: elsewhere they fail unless
 # DAGRUN_SKIP_ROOT_TESTS=1 is set, which skips them with a SKIPPED line.
 need=()
@@ -19,6 +20,7 @@ command -v chromium >/dev/null || need+=(chromium)
 command -v chromedriver >/dev/null || need+=(chromium-driver)
 command -v chattr >/dev/null || need+=(e2fsprogs)
 command -v script >/dev/null || need+=(bsdutils)
+python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3 python3-venv)
 if ((${#need[@]})); then
   if [ "$(id -u)" = 0 ]; then
     echo "installing ${need[*]}" >&2
@@ -27,5 +29,12 @@ if ((${#need[@]})); then
   else
     echo "missing and this is not root: install them (apt-get install ${need[*]})" >&2
   fi
+fi
+# DVC, pinned, in a venv of its own (about 25 s the first time; kept with target/).
+dvc_version=3.67.1
+if ! target/test-venv/bin/dvc version 2>/dev/null | grep -q "^DVC version: $dvc_version"; then
+  echo "installing dvc $dvc_version in target/test-venv" >&2
+  python3 -m venv target/test-venv
+  target/test-venv/bin/pip install -q --disable-pip-version-check "dvc==$dvc_version"
 fi
 cargo test --locked "$@"

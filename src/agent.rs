@@ -135,7 +135,9 @@ pub fn run_agent(
     Ok(cycle)
 }
 
-/// Loads the pipeline file when its text changed; an invalid file keeps the last good one.
+/// Loads the pipeline before every cycle: the stages depend on more than the pipeline
+/// file's text (params and vars files, the files a template lists), and a cycle must never
+/// build from stale params. An invalid pipeline keeps the last good one.
 fn reload(
     opts: &AgentOptions,
     registry: &Registry,
@@ -144,12 +146,9 @@ fn reload(
     on_event: &mut dyn FnMut(&AgentEvent<'_>),
 ) {
     let text = std::fs::read_to_string(&opts.file).ok();
-    if engine.is_some() && text.is_some() && text == *loaded_text {
-        return;
-    }
     match Engine::load(&opts.file, registry.clone()) {
         Ok(new) => {
-            if engine.is_some() {
+            if engine.is_some() && text != *loaded_text {
                 on_event(&AgentEvent::PipelineReloaded);
             }
             *engine = Some(new);

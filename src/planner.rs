@@ -19,6 +19,8 @@ use crate::state::{StageRecord, StageStatus};
 pub enum DirtyReason {
     /// `--force`.
     Forced,
+    /// `always_run = true` (DVC's `always_changed`).
+    AlwaysRuns,
     /// No recorded success.
     NeverSucceeded,
     /// The last execution did not succeed.
@@ -89,6 +91,7 @@ impl fmt::Display for DirtyReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             DirtyReason::Forced => f.write_str("forced"),
+            DirtyReason::AlwaysRuns => f.write_str("always runs (`always_run = true`)"),
             DirtyReason::NeverSucceeded => f.write_str("never succeeded"),
             DirtyReason::LastRunFailed { status: StageStatus::TimedOut } => f.write_str("last run timed out"),
             DirtyReason::LastRunFailed { status: StageStatus::Interrupted | StageStatus::Running } => {
@@ -207,7 +210,7 @@ pub fn evaluate_stage(
 
     let verdict = if let Some(reason) = unavailable {
         Verdict::Dirty(reason)
-    } else if let Some(reason) = own_reason(ctx, record, fingerprint) {
+    } else if let Some(reason) = own_reason(ctx, record, fingerprint, stage.always_run) {
         Verdict::Dirty(reason)
     } else if let Some(stage) = unbuilt_upstream {
         Verdict::Dirty(DirtyReason::UpstreamDirty { stage })
@@ -227,9 +230,17 @@ fn path_names(stage: &crate::spec::Stage) -> BTreeMap<String, String> {
 }
 
 /// The reasons a stage is dirty that need no output hashing, in the order README.md lists them.
-fn own_reason(ctx: &EvalContext<'_>, record: Option<&StageRecord>, fingerprint: Fingerprint) -> Option<DirtyReason> {
+fn own_reason(
+    ctx: &EvalContext<'_>,
+    record: Option<&StageRecord>,
+    fingerprint: Fingerprint,
+    always_run: bool,
+) -> Option<DirtyReason> {
     if ctx.force {
         return Some(DirtyReason::Forced);
+    }
+    if always_run {
+        return Some(DirtyReason::AlwaysRuns);
     }
     // A failure says more than "never succeeded", so it is checked first.
     if let Some(status) = record.and_then(|r| r.last_status).filter(|&s| s != StageStatus::Success) {

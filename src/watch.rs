@@ -66,6 +66,17 @@ impl InputWatcher {
         let spec = engine.spec();
         let root = &spec.root;
         self.interesting = vec![Interest::Path(root.join(spec.file.file_name().unwrap_or_default()))];
+        // What the stages were read from besides the pipeline file.
+        for file in &spec.read_files {
+            let path = root.join(file);
+            if let Some(dir) = path.parent().filter(|d| d.exists()) {
+                self.add(dir, RecursiveMode::NonRecursive)?;
+            }
+            self.interesting.push(Interest::Path(path));
+        }
+        for glob in &spec.listed {
+            self.watch_glob(root, glob)?;
+        }
         for stage in &spec.stages {
             for input in &stage.inputs {
                 match input {
@@ -79,13 +90,7 @@ impl InputWatcher {
                         self.interesting.push(Interest::Path(path));
                     }
                     Input::Path(_) => {}
-                    Input::Glob(glob) => {
-                        let dir = root.join(glob.base());
-                        if dir.exists() {
-                            self.add(&dir, RecursiveMode::Recursive)?;
-                        }
-                        self.interesting.push(Interest::Glob { root: root.clone(), glob: glob.clone() });
-                    }
+                    Input::Glob(glob) => self.watch_glob(root, glob)?,
                 }
             }
         }
@@ -94,6 +99,15 @@ impl InputWatcher {
         for suffix in ["", "-wal", "-shm", "-journal"] {
             self.ignored.push(PathBuf::from(format!("{}{suffix}", spec.state_path.display())));
         }
+        Ok(())
+    }
+
+    fn watch_glob(&mut self, root: &Path, glob: &GlobPattern) -> Result<(), Error> {
+        let dir = root.join(glob.base());
+        if dir.exists() {
+            self.add(&dir, RecursiveMode::Recursive)?;
+        }
+        self.interesting.push(Interest::Glob { root: root.to_path_buf(), glob: glob.clone() });
         Ok(())
     }
 

@@ -71,6 +71,15 @@ enum Command {
     Init(init::InitArgs),
     /// Each stage's latest metrics (from `metrics` files and built-ins); `diff` for changes.
     Metrics(metrics::MetricsArgs),
+    /// Print the pipeline.toml equivalent to a DVC pipeline file (dvc.yaml).
+    Import(ImportArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct ImportArgs {
+    /// The DVC pipeline file to translate.
+    #[arg(value_name = "DVC_YAML")]
+    dvc_file: PathBuf,
 }
 
 #[derive(clap::Args, Debug)]
@@ -119,6 +128,11 @@ fn dispatch(cli: Cli) -> Result<u8, Error> {
     if let Command::Init(args) = &cli.command {
         return init::run(&file, args);
     }
+    if let Command::Import(args) = &cli.command {
+        let dvc_file = cli.directory.clone().unwrap_or_default().join(&args.dvc_file);
+        print!("{}", dagrun::spec::import_dvc(&dvc_file)?);
+        return Ok(EXIT_OK);
+    }
     if !file.exists() {
         eprintln!(
             "error: no pipeline file at {}\n  = help: run `dagrun init` to write a starter one here, or point at yours with `-C DIR` or `--file PATH`",
@@ -162,7 +176,9 @@ fn run_command(engine: &Engine, command: Command) -> Result<u8, Error> {
             println!("accepted {} as up to date with their current inputs and outputs", accepted.join(", "));
             Ok(EXIT_OK)
         }
-        Command::Agent(_) | Command::Init(_) => unreachable!("handled before the pipeline is loaded"),
+        Command::Agent(_) | Command::Init(_) | Command::Import(_) => {
+            unreachable!("handled before the pipeline is loaded")
+        }
         #[cfg(feature = "dashboard")]
         Command::Serve(_) => unreachable!("handled before the pipeline is loaded"),
         Command::Migrate => {
@@ -177,9 +193,15 @@ fn run_command(engine: &Engine, command: Command) -> Result<u8, Error> {
     }
 }
 
+/// `--file`, or `pipeline.toml`; a DVC project without one runs its `dvc.yaml` as it is.
 fn pipeline_file(cli: &Cli) -> PathBuf {
     let dir = cli.directory.clone().unwrap_or_default();
-    dir.join(cli.file.clone().unwrap_or_else(|| PathBuf::from("pipeline.toml")))
+    if let Some(file) = &cli.file {
+        return dir.join(file);
+    }
+    let default = dir.join("pipeline.toml");
+    let dvc = dir.join("dvc.yaml");
+    if !default.exists() && dvc.is_file() && !matches!(cli.command, Command::Init(_)) { dvc } else { default }
 }
 
 /// The built-in stages this binary offers.

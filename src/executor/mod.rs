@@ -23,7 +23,7 @@ use std::sync::mpsc::{self, Sender};
 use std::time::{Duration, Instant, SystemTime};
 
 pub use group::{ProcessesSurvive, end_attempt};
-pub use runner::{ShellCommand, expand_command, log_tail, shell_quote};
+pub use runner::{ShellCommand, expand_command, log_tail};
 pub use watchdog::KILL_GRACE;
 
 use crate::builtin::BuiltinContext;

@@ -41,14 +41,6 @@ impl AttemptFailure {
     }
 }
 
-/// Quotes a word for `sh`: single quotes, with embedded single quotes closed and escaped.
-pub fn shell_quote(word: &str) -> String {
-    if !word.is_empty() && word.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c)) {
-        return word.to_string();
-    }
-    format!("'{}'", word.replace('\'', r"'\''"))
-}
-
 /// A stage's command ready for `sh -c`: the script refers to each substituted value as a
 /// variable, and the values travel in the environment.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -334,6 +334,14 @@ impl<'a> Scanner<'a> {
     }
 }
 
+/// Quotes a word for `sh`: single quotes, with embedded single quotes closed and escaped.
+pub fn shell_quote(word: &str) -> String {
+    if !word.is_empty() && word.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c)) {
+        return word.to_string();
+    }
+    format!("'{}'", word.replace('\'', r"'\''"))
+}
+
 /// The param `${params.KEY}` names: a top-level key, or a path into tables (`item.lr`).
 pub fn param<'a>(params: &'a toml::Table, key: &str) -> Option<&'a toml::Value> {
     if let Some(value) = params.get(key) {

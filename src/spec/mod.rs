@@ -3,6 +3,7 @@
 
 mod command;
 mod diagnostic;
+mod dvc;
 mod glob;
 mod params;
 mod path;
@@ -20,7 +21,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use command::{CommandRef, Placeholder, Quoting, command_references, param, scan_command};
+pub use command::{CommandRef, Placeholder, Quoting, command_references, param, scan_command, shell_quote};
 pub use diagnostic::{Diagnostic, SpecError, suggest};
 pub use glob::{GlobPattern, InvalidGlob};
 pub use path::{RelPath, is_glob, normalize, normalize_with};
@@ -114,6 +115,9 @@ pub struct Stage {
     pub named_inputs: BTreeMap<String, usize>,
     /// `${outputs.NAME}`: the index in `outputs` of each named output.
     pub named_outputs: BTreeMap<String, usize>,
+    /// Runs at every build, whatever changed (DVC's `always_changed`); early cutoff still
+    /// spares its downstream when its outputs come out the same.
+    pub always_run: bool,
     /// Outputs written with a trailing `/`: directories, created empty before the stage runs.
     pub output_dirs: Vec<RelPath>,
 }
@@ -136,6 +140,11 @@ pub struct Spec {
     pub allow_outside_paths: bool,
     /// Stages sorted by name.
     pub stages: Vec<Stage>,
+    /// Files besides the pipeline file that its stages were read from (params files and
+    /// vars files), relative to `root`: an edit of one can change the stages.
+    pub read_files: Vec<String>,
+    /// Where file templates list their files: a file appearing there adds a stage.
+    pub listed: Vec<GlobPattern>,
 }
 
 impl Spec {
@@ -179,7 +188,44 @@ pub const MAX_PIPELINE_BYTES: u64 = 16 * 1024 * 1024;
 pub fn load_spec(file: &Path, builtins: &[&str]) -> Result<Spec, LoadError> {
     let text = read_pipeline_file(file)?;
     let root = absolute_dir_of(file).map_err(|source| LoadError::Read { path: file.to_path_buf(), source })?;
-    let (spec, spans, text) = parse_with_spans(file, &root, text, builtins)?;
+    if dvc::is_dvc_file(file) {
+        let translated = translate_dvc(file, &root, &text)?;
+        return check_loaded(file, &root, translated, builtins).map_err(|err| match err {
+            LoadError::Invalid(err) => LoadError::Invalid(in_translation(err, text)),
+            other => other,
+        });
+    }
+    check_loaded(file, &root, text, builtins)
+}
+
+/// The pipeline.toml a DVC pipeline file means (what `dagrun import` prints).
+pub fn import_dvc(file: &Path) -> Result<String, LoadError> {
+    let text = read_pipeline_file(file)?;
+    let root = absolute_dir_of(file).map_err(|source| LoadError::Read { path: file.to_path_buf(), source })?;
+    translate_dvc(file, &root, &text)
+}
+
+fn translate_dvc(file: &Path, root: &Path, text: &str) -> Result<String, LoadError> {
+    let name = file.file_name().map_or_else(|| "dvc.yaml".into(), |n| n.to_string_lossy().into_owned());
+    dvc::translate(root, &name, text).map_err(|diagnostics| {
+        LoadError::Invalid(SpecError { file: file.to_path_buf(), source_text: text.to_string(), diagnostics })
+    })
+}
+
+/// A problem found in the translation of a DVC file has no place in the file itself: it is
+/// reported by message, with the way to see the translation.
+fn in_translation(mut err: SpecError, original: String) -> SpecError {
+    let file = err.file.display().to_string();
+    for diag in &mut err.diagnostics {
+        diag.span = None;
+        diag.message = format!("{} (in the translation of {file}: `dagrun import {file}` prints it)", diag.message);
+    }
+    err.source_text = original;
+    err
+}
+
+fn check_loaded(file: &Path, root: &Path, text: String, builtins: &[&str]) -> Result<Spec, LoadError> {
+    let (spec, spans, text) = parse_with_spans(file, root, text, builtins)?;
     let diagnostics = resolve::check_resolved(&spec, &spans);
     if !diagnostics.is_empty() {
         return Err(SpecError { file: file.to_path_buf(), source_text: text, diagnostics }.into());

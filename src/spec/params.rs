@@ -19,6 +19,11 @@ pub struct ParamsFiles {
 }
 
 impl ParamsFiles {
+    /// The files read, relative to the pipeline directory.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.read.keys().map(String::as_str)
+    }
+
     fn get(&mut self, root: &Path, file: &str) -> &Result<serde_json::Value, String> {
         self.read.entry(file.to_string()).or_insert_with(|| read_file(&root.join(file)))
     }

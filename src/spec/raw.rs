@@ -72,6 +72,9 @@ pub(super) struct RawStage {
     pub foreach: Option<Spanned<toml::Value>>,
     /// A template: one stage per combination of the axes' values.
     pub matrix: Option<Spanned<toml::Table>>,
+    /// Run at every build, whatever changed (DVC's `always_changed`).
+    #[serde(default)]
+    pub always_run: bool,
     /// A template: one stage per file matching a wildcard pattern (`text/{name}.txt`).
     pub foreach_file: Option<Spanned<String>>,
     /// Params a template gives each of its instances (`item`, `key`); never written.

@@ -240,6 +240,26 @@ fn matrix_instances(matrix: &Spanned<toml::Table>, diags: &mut Vec<Diagnostic>) 
     combos.into_iter().map(|(names, table)| item_instance(names.join("-"), toml::Value::Table(table), None)).collect()
 }
 
+/// The glob that lists a file template's candidates, if its pattern names a place inside
+/// the pipeline directory.
+fn file_glob(root: &Path, wildcards: &WildcardPattern) -> Option<super::glob::GlobPattern> {
+    let rel = super::path::normalize_with(root, &wildcards.glob(), false).ok()?;
+    super::glob::GlobPattern::new(rel).ok()
+}
+
+/// The globs of the stages' file templates: a file appearing or leaving there changes the
+/// pipeline's stages.
+pub(super) fn file_template_globs(
+    root: &Path,
+    stages: &BTreeMap<Spanned<String>, RawStage>,
+) -> Vec<super::glob::GlobPattern> {
+    stages
+        .values()
+        .filter_map(|stage| stage.foreach_file.as_ref())
+        .filter_map(|pattern| file_glob(root, &WildcardPattern::parse(pattern.get_ref()).ok()?))
+        .collect()
+}
+
 /// One instance per file matching the pattern: `item` is the file's path, and each
 /// wildcard its text. Files are listed when the pipeline loads.
 fn file_instances(root: &Path, pattern: &Spanned<String>, diags: &mut Vec<Diagnostic>) -> Vec<Instance> {
@@ -256,10 +276,7 @@ fn file_instances(root: &Path, pattern: &Spanned<String>, diags: &mut Vec<Diagno
             return Vec::new();
         }
     };
-    let glob = super::path::normalize_with(root, &wildcards.glob(), false)
-        .ok()
-        .and_then(|rel| super::glob::GlobPattern::new(rel).ok());
-    let Some(glob) = glob else {
+    let Some(glob) = file_glob(root, &wildcards) else {
         diags.push(
             Diagnostic::new(
                 format!("`foreach_file` pattern `{}` is not a path inside the pipeline directory", pattern.get_ref()),

@@ -30,7 +30,7 @@ pub(super) fn validate(
     builtins: &[&str],
 ) -> Result<(Spec, Vec<Spans>), Vec<Diagnostic>> {
     let mut diags = Vec::new();
-    let vars = super::vars::load(root, None, raw.vars.as_ref(), &mut diags);
+    let (vars, vars_files) = super::vars::load(root, raw.vars.as_ref(), &mut diags);
     let expanded = super::template::expand(root, &raw.stages, &vars, &mut diags);
     let names: Vec<&str> = expanded.iter().map(|(k, _)| k.get_ref().as_str()).collect();
     let state_path = state_path(file, root, &raw, &mut diags);
@@ -80,7 +80,13 @@ pub(super) fn validate(
         .unwrap_or_else(|| root.file_name().map_or_else(|| "pipeline".into(), |n| n.to_string_lossy().into_owned()));
     let own_dir = own_dir(file);
     let allow_outside_paths = raw.pipeline.allow_outside_paths;
+    let mut read_files: Vec<String> = vars_files;
+    read_files.extend(params_files.borrow().names().map(str::to_string));
+    read_files.sort();
+    read_files.dedup();
     let spec = Spec {
+        read_files,
+        listed: super::template::file_template_globs(root, &raw.stages),
         file: file.to_path_buf(),
         root: root.to_path_buf(),
         name,
@@ -265,6 +271,9 @@ fn check_stage(
             );
         } else if names.binary_search(&dep_name).is_ok() {
             after.extend(StageName::parse(dep_name));
+        } else if let instances @ [_, ..] = template_instances(names, dep_name) {
+            // A template's name means every one of its instances.
+            after.extend(instances.iter().filter(|i| **i != name.as_str()).filter_map(|i| StageName::parse(i)));
         } else {
             let diag = Diagnostic::new(format!("unknown stage `{dep_name}` in `after`"), Some(dep.span()));
             diags.push(match suggest(dep_name, names.iter().copied()) {
@@ -321,6 +330,7 @@ fn check_stage(
         metrics,
         named_inputs,
         named_outputs,
+        always_run: raw.always_run,
         output_dirs,
     };
     (stage, spans)
@@ -403,6 +413,14 @@ fn reference_span(text: &str, cmd_span: Range<usize>, key: &str) -> Range<usize>
         Some(at) => cmd_span.start + at..cmd_span.start + at + key.len() + 10,
         None => cmd_span,
     }
+}
+
+/// The instances of template `name` (`name@…`) among the sorted stage names.
+fn template_instances<'a>(names: &'a [&'a str], name: &str) -> &'a [&'a str] {
+    let prefix = format!("{name}@");
+    let start = names.partition_point(|n| *n < prefix.as_str());
+    let len = names[start..].iter().take_while(|n| n.starts_with(&prefix)).count();
+    &names[start..start + len]
 }
 
 /// A named input or output is used as `${inputs.NAME}`: its name is a plain word.

@@ -13,26 +13,25 @@ use super::raw::{RawVars, VarsEntry};
 /// Names dagrun's own references use; a var may not take them.
 const RESERVED: [&str; 5] = ["params", "inputs", "outputs", "item", "key"];
 
-/// The merged vars, with `first` (DVC's `params.yaml`, when it reads a dvc.yaml) merged
-/// before the declared ones.
+/// The merged vars, and the files they were read from.
 pub(super) fn load(
     root: &Path,
-    first: Option<&str>,
     declared: Option<&Spanned<RawVars>>,
     diags: &mut Vec<Diagnostic>,
-) -> toml::Table {
+) -> (toml::Table, Vec<String>) {
     let span = declared.map_or(0..0, Spanned::span);
     let mut vars = toml::Table::new();
-    if let Some(file) = first.filter(|f| root.join(f).is_file()) {
-        merge_file(root, file, &span, &mut vars, diags);
-    }
+    let mut files = Vec::new();
     match declared.map(Spanned::get_ref) {
         None => {}
         Some(RawVars::Table(table)) => merge(&mut vars, table, "", &span, diags),
         Some(RawVars::List(entries)) => {
             for entry in entries {
                 match entry {
-                    VarsEntry::File(file) => merge_file(root, file, &span, &mut vars, diags),
+                    VarsEntry::File(file) => {
+                        merge_file(root, file, &span, &mut vars, diags);
+                        files.push(file.split_once(':').map_or(file.as_str(), |(f, _)| f).to_string());
+                    }
                     VarsEntry::Values(table) => merge(&mut vars, table, "", &span, diags),
                 }
             }
@@ -44,7 +43,7 @@ pub(super) fn load(
                 .help(format!("`${{{name}...}}` is dagrun's own reference; rename the var")),
         );
     }
-    vars
+    (vars, files)
 }
 
 /// Merges a params file, or the keys after its `:` (`config.yaml:a,b`).

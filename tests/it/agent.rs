@@ -231,3 +231,33 @@ fn with_no_mode_the_agent_runs_one_cycle_and_exits() {
     assert!(out.contains("cycle 1 (run 1): 3 ran, 0 cut off, 0 up to date"), "{out}");
     assert!(!out.contains("cycle 2"), "{out}");
 }
+
+#[test]
+fn watch_follows_params_files_and_the_files_a_template_lists() {
+    let pipeline = r#"
+[stages.train]
+cmd = "echo lr=${params.train.lr} > ${outputs}"
+params = ["train.lr"]
+outputs = ["model.txt"]
+
+[stages.count]
+foreach_file = "text/{name}.txt"
+cmd = "wc -c < ${item} > ${outputs}"
+outputs = ["counts/${name}.txt"]
+"#;
+    let sb = Sandbox::new().pipeline(pipeline).file("params.yaml", "train:\n  lr: 0.1\n").file("text/a.txt", "a\n");
+    let child = agent(&sb, &["--watch"]);
+    wait_until("the first cycle's line", || child.stdout().contains(" cycle 1 (run 1): 2 ran"));
+    // A params file is no input of any stage, but its keys are params: an edit is a cycle,
+    // and the cycle builds with the new value, never the one loaded at start.
+    sb.write("params.yaml", "train:\n  lr: 0.2\n");
+    wait_until("a cycle after the params edit", || child.stdout().contains(" cycle 2 (run 2): 1 ran"));
+    assert_eq!(sb.read("model.txt"), "lr=0.2\n");
+    // A new file where a template lists its files is a new stage, built in the next cycle.
+    sb.write("text/b.txt", "bb\n");
+    wait_until("a cycle after the new file", || child.stdout().contains(" cycle 3 (run 3): 1 ran"));
+    assert_eq!(sb.read("counts/b.txt").trim(), "3");
+    terminate(&child);
+    let (code, _, err) = finish(child);
+    assert_eq!(code, 0, "{err}");
+}

@@ -8,6 +8,7 @@ mod browser;
 mod build;
 #[cfg(feature = "dashboard")]
 mod dashboard;
+mod dvc;
 mod examples;
 mod explain;
 mod failures;

@@ -93,7 +93,10 @@ outputs = ["total.txt"]
     sb.build().success();
     assert_eq!(sb.ran(), ["a", "b"]);
     assert_eq!(sb.read("counts/a.txt").trim(), "2");
-    assert_eq!(sb.column("SELECT component FROM orchestrator_state ORDER BY component"), ["count@a", "count@b", "total"]);
+    assert_eq!(
+        sb.column("SELECT component FROM orchestrator_state ORDER BY component"),
+        ["count@a", "count@b", "total"]
+    );
 
     // A new file is a new stage; the others stay up to date.
     sb.write("text/c.txt", "four five six\n");
@@ -162,4 +165,27 @@ fn a_var_given_two_values_or_a_reserved_name_is_refused() {
     let sb = Sandbox::new().pipeline("[vars]\nitem = 1\n");
     let run = sb.build().usage_error();
     assert!(run.stderr().contains("a var may not be named `item`"), "{}", run.stderr());
+}
+
+#[test]
+fn after_a_template_name_waits_for_every_instance() {
+    let pipeline = r#"
+[stages.fetch]
+foreach = ["a", "b", "c"]
+cmd = "echo ${item} >> fetched.log"
+
+[stages.merge]
+cmd = "sort fetched.log > ${outputs}"
+outputs = ["merged.txt"]
+after = ["fetch"]
+"#;
+    let sb = Sandbox::new().pipeline(pipeline);
+    sb.build().success();
+    assert_eq!(sb.read("merged.txt"), "a\nb\nc\n");
+    let graph = sb.dagrun(&["graph", "--format", "text"]).success().stdout();
+    for instance in ["fetch@a", "fetch@b", "fetch@c"] {
+        assert!(graph.contains(instance), "{graph}");
+    }
+    let order = sb.column("SELECT component FROM stage_runs ORDER BY finished_at, id");
+    assert_eq!(order.last().map(String::as_str), Some("merge"), "{order:?}");
 }
