@@ -56,6 +56,7 @@ fn param_values(value: &toml::Value) -> Vec<String> {
     match value {
         toml::Value::String(s) => vec![s.clone()],
         toml::Value::Array(items) => items.iter().flat_map(param_values).collect(),
+        toml::Value::Float(f) => vec![crate::spec::float_text(*f)],
         other => vec![other.to_string()],
     }
 }

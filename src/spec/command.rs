@@ -342,6 +342,28 @@ pub fn shell_quote(word: &str) -> String {
     format!("'{}'", word.replace('\'', r"'\''"))
 }
 
+/// A float as Python writes it (`repr`), so that a value reaches a command as DVC and
+/// Python scripts print it: the shortest text that reads back to the same number, with an
+/// exponent below 1e-4 and from 1e16 (`1e-05`, `0.0001`, `3.0`, `1e+20`).
+pub fn float_text(value: f64) -> String {
+    if value.is_nan() {
+        return "nan".into();
+    }
+    if value.is_infinite() {
+        return if value > 0.0 { "inf".into() } else { "-inf".into() };
+    }
+    let scientific = format!("{value:e}");
+    let (mantissa, exponent) = scientific.split_once('e').expect("`{:e}` writes an exponent");
+    let exponent: i32 = exponent.parse().expect("`{:e}` writes an integer exponent");
+    if (-4..16).contains(&exponent) {
+        let plain = value.to_string();
+        if plain.contains('.') { plain } else { format!("{plain}.0") }
+    } else {
+        let sign = if exponent < 0 { '-' } else { '+' };
+        format!("{mantissa}e{sign}{:02}", exponent.abs())
+    }
+}
+
 /// The param `${params.KEY}` names: a top-level key, or a path into tables (`item.lr`).
 pub fn param<'a>(params: &'a toml::Table, key: &str) -> Option<&'a toml::Value> {
     if let Some(value) = params.get(key) {
@@ -376,6 +398,26 @@ fn placeholder_at(cmd: &str, at: usize, end: usize) -> Option<(Range<usize>, Com
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn floats_are_written_as_python_writes_them() {
+        let cases = [
+            (1e-5, "1e-05"),
+            (0.0001, "0.0001"),
+            (0.1, "0.1"),
+            (3.0, "3.0"),
+            (-2.5, "-2.5"),
+            (123456.789, "123456.789"),
+            (1e16, "1e+16"),
+            (1.5e20, "1.5e+20"),
+            (9999999999999998.0, "9999999999999998.0"),
+            (1e-300, "1e-300"),
+            (f64::INFINITY, "inf"),
+        ];
+        for (value, text) in cases {
+            assert_eq!(float_text(value), text, "{value}");
+        }
+    }
 
     /// Each placeholder's quoting, with the text it covers.
     fn quoting(cmd: &str) -> Vec<(&str, Quoting)> {

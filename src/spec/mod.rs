@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use command::{CommandRef, Placeholder, Quoting, command_references, param, scan_command, shell_quote};
+pub use command::{CommandRef, Placeholder, Quoting, command_references, float_text, param, scan_command, shell_quote};
 pub use diagnostic::{Diagnostic, SpecError, suggest};
 pub use glob::{GlobPattern, InvalidGlob};
 pub use path::{RelPath, is_glob, normalize, normalize_with};

@@ -161,7 +161,7 @@ fn scalar_text(value: &toml::Value) -> Option<String> {
     match value {
         toml::Value::String(s) => Some(s.clone()),
         toml::Value::Integer(i) => Some(i.to_string()),
-        toml::Value::Float(f) => Some(f.to_string()),
+        toml::Value::Float(f) => Some(super::float_text(*f)),
         toml::Value::Boolean(b) => Some(b.to_string()),
         _ => None,
     }

@@ -363,3 +363,26 @@ fn a_star_glob_never_reads_dagruns_own_files() {
     assert_eq!(sb.ran(), Vec::<String>::new());
     assert!(second.stderr().is_empty(), "{}", second.stderr());
 }
+
+#[test]
+fn an_always_run_stage_runs_at_every_build_and_early_cutoff_spares_its_downstream() {
+    let pipeline = r#"
+[stages.poll]
+cmd = "echo poll >> ran.log && echo same > ${outputs}"
+outputs = ["polled.txt"]
+always_run = true
+
+[stages.use]
+cmd = "echo use >> ran.log && cat ${inputs} > ${outputs}"
+inputs = ["polled.txt"]
+outputs = ["used.txt"]
+"#;
+    let sb = Sandbox::new().pipeline(pipeline);
+    sb.build().success();
+    assert_eq!(sb.ran(), ["poll", "use"]);
+    let status = sb.dagrun(&["status"]).success().stdout();
+    assert!(status.contains("always runs (`always_run = true`)"), "{status}");
+    let run = sb.build().success();
+    assert_eq!(sb.ran(), ["poll"]);
+    assert!(run.stdout().contains("1 ran, 1 cut off"), "{}", run.stdout());
+}

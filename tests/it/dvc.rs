@@ -28,6 +28,7 @@ stages:
     cmd:
       - mkdir -p model
       - cat prepared/a.txt prepared/b.txt | awk -v lr=${train.lr} '{ s += $1 } END { print s * lr }' > model/weights.txt
+      - echo ${train.decay} > model/decay.txt
       - echo train >> ran.log
     deps:
       - prepared/a.txt
@@ -64,7 +65,7 @@ stages:
 "#;
 
 const PARAMS: &str =
-    "prepare:\n  scale: 10\ntrain:\n  lr: 0.5\n  epochs: 3\nreport_title: Errors\nunused: 1\ndatasets: [a, b]\n";
+    "prepare:\n  scale: 10\ntrain:\n  lr: 0.5\n  epochs: 3\n  decay: 1.0e-5\nreport_title: Errors\nunused: 1\ndatasets: [a, b]\n";
 
 const PREPARE: &str = r#"# prepare.sh IN OUT SCALE: each value of IN (after its header) times SCALE
 mkdir -p "$(dirname "$2")"
@@ -197,6 +198,14 @@ fn dvc_and_dagrun_write_the_same_outputs_and_rerun_the_same_stages() {
     let (dvc_ran, dagrun_ran) = twins.build_both();
     assert_eq!(dvc_ran, ["evaluate@a", "evaluate@b", "report", "train"]);
     assert_eq!(dagrun_ran, dvc_ran);
+
+    // A value the command uses but `params` does not list: DVC tracks it, and so does dagrun
+    // (as a param of the stage). Floats reach the command as Python writes them (`2e-05`).
+    twins.edit("params.yaml", "decay: 1.0e-5", "decay: 2.0e-5");
+    let (dvc_ran, dagrun_ran) = twins.build_both();
+    assert_eq!(dvc_ran, ["evaluate@a", "evaluate@b", "train"]);
+    assert_eq!(dagrun_ran, dvc_ran);
+    assert_eq!(twins.dagrun.read("model/decay.txt"), "2e-05\n");
 
     // A data edit that leaves the prepared file the same (the header): both cut off there.
     twins.edit("data/a.csv", "x\n", "value\n");
