@@ -204,8 +204,6 @@ impl Live {
         overall.set_style(
             ProgressStyle::with_template("{bar:30} {pos}/{len} stages done  {elapsed}").expect("valid template"),
         );
-        // Redrawn on a timer too, so that the elapsed time moves while a long stage runs.
-        overall.enable_steady_tick(Duration::from_millis(500));
         if let Ok(mut on_screen) = ON_SCREEN.lock() {
             *on_screen = Some(multi.clone());
         }
@@ -231,7 +229,12 @@ impl Live {
 
     fn event(&mut self, event: &Event<'_>) {
         match event {
-            Event::BuildStarted { to_check, .. } => self.overall.set_length(*to_check as u64),
+            Event::BuildStarted { to_check, .. } => {
+                self.overall.set_length(*to_check as u64);
+                // Redrawn on a timer too, so that the elapsed time moves while a long stage
+                // runs; only from now, so that no frame shows a full bar of 0/0.
+                self.overall.enable_steady_tick(Duration::from_millis(500));
+            }
             Event::StageStarted { stage, attempt, .. } => {
                 let bar = self.running.remove(*stage).unwrap_or_else(|| {
                     let bar = self.multi.insert_before(&self.overall, ProgressBar::new_spinner());

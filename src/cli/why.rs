@@ -80,6 +80,10 @@ fn write_reasons(out: &mut impl Write, report: &StageReport, indent: &str) -> st
         }
         DirtyReason::LastRunFailed { .. } => {
             let error = report.last_error.as_deref().and_then(|e| e.lines().next()).unwrap_or("");
+            // The reason already says how it ended: "last run was interrupted: its process
+            // group was killed", not "…interrupted: interrupted; its process group…".
+            let error =
+                error.strip_prefix("interrupted; ").or_else(|| error.strip_prefix("timed out ")).unwrap_or(error);
             writeln!(out, "{indent}`{}` will run: {reason}: {error}", report.stage)
         }
         other => writeln!(out, "{indent}`{}` will run: {other}", report.stage),

@@ -120,7 +120,7 @@ pub(super) fn expand(
         let instances = if let Some(foreach) = &stage.foreach {
             foreach_instances(foreach, vars, diags)
         } else if let Some(matrix) = &stage.matrix {
-            matrix_instances(matrix, diags)
+            matrix_instances(matrix, vars, diags)
         } else if let Some(pattern) = &stage.foreach_file {
             file_instances(root, pattern, diags)
         } else {
@@ -214,9 +214,16 @@ fn foreach_instances(foreach: &Spanned<toml::Value>, vars: &toml::Table, diags: 
     }
 }
 
-fn matrix_instances(matrix: &Spanned<toml::Table>, diags: &mut Vec<Diagnostic>) -> Vec<Instance> {
+fn matrix_instances(matrix: &Spanned<toml::Table>, vars: &toml::Table, diags: &mut Vec<Diagnostic>) -> Vec<Instance> {
     let mut combos: Vec<(Vec<String>, toml::Table)> = vec![(Vec::new(), toml::Table::new())];
+    let plain = Instance::plain();
+    let ctx = Context { instance: &plain, vars };
     for (axis, values) in matrix.get_ref() {
+        // An axis may be a var's list, as DVC allows (`model = "${models}"`).
+        let values = match values {
+            toml::Value::String(text) => ctx.whole_reference(text).unwrap_or_else(|| values.clone()),
+            other => other.clone(),
+        };
         let Some(values) = values.as_array().filter(|v| !v.is_empty()) else {
             diags.push(
                 Diagnostic::new(format!("matrix axis `{axis}` must be a non-empty list"), Some(matrix.span()))

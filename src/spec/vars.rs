@@ -10,8 +10,8 @@ use toml::Spanned;
 use super::diagnostic::Diagnostic;
 use super::raw::{RawVars, VarsEntry};
 
-/// Names dagrun's own references use; a var may not take them.
-const RESERVED: [&str; 5] = ["params", "inputs", "outputs", "item", "key"];
+/// Names dagrun's own references use: a var or a wildcard may not take them.
+pub(super) const RESERVED: [&str; 5] = ["params", "inputs", "outputs", "item", "key"];
 
 /// The merged vars, and the files they were read from.
 pub(super) fn load(
@@ -62,10 +62,13 @@ fn merge_file(root: &Path, entry: &str, span: &Range<usize>, vars: &mut toml::Ta
             return;
         }
     };
-    let Some(toml::Value::Table(table)) = to_toml(&document) else {
+    let Some(toml::Value::Table(mut table)) = to_toml(&document) else {
         diags.push(Diagnostic::new(format!("vars file `{file}` does not hold a table of values"), Some(span.clone())));
         return;
     };
+    // A params file may well have a key named like dagrun's own references (`inputs`,
+    // `item`); no `${...}` could reach it, so it is left out rather than refused.
+    table.retain(|key, _| !RESERVED.contains(&key));
     let table = match keys {
         None => table,
         Some(keys) => {

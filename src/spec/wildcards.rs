@@ -32,6 +32,9 @@ impl WildcardPattern {
                 if !valid {
                     return Err(format!("`{{{name}}}` is not a wildcard name (letters, digits and `_`)"));
                 }
+                if super::vars::RESERVED.contains(&name) {
+                    return Err(format!("`{{{name}}}` is one of dagrun's own names; call the wildcard something else"));
+                }
                 if open > 0 {
                     pieces.push(Piece::Literal(rest[..open].to_string()));
                 }

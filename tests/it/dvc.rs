@@ -64,8 +64,7 @@ stages:
       - ../${report}
 "#;
 
-const PARAMS: &str =
-    "prepare:\n  scale: 10\ntrain:\n  lr: 0.5\n  epochs: 3\n  decay: 1.0e-5\nreport_title: Errors\nunused: 1\ndatasets: [a, b]\n";
+const PARAMS: &str = "prepare:\n  scale: 10\ntrain:\n  lr: 0.5\n  epochs: 3\n  decay: 1.0e-5\nreport_title: Errors\nunused: 1\ndatasets: [a, b]\n";
 
 const PREPARE: &str = r#"# prepare.sh IN OUT SCALE: each value of IN (after its header) times SCALE
 mkdir -p "$(dirname "$2")"
@@ -265,4 +264,23 @@ fn what_dagrun_cannot_honour_in_a_dvc_yaml_is_refused_by_name() {
     assert!(err.contains("stage `train`: key `checkpoints` is not supported"), "{err}");
     assert!(err.contains("--> dvc.yaml"), "{err}");
     assert!(!sb.exists(".dagrun/pipelines/dvc.yaml/state.db"), "nothing is recorded for a refused file");
+}
+
+#[test]
+fn matrix_axes_from_params_and_params_keys_named_like_dagruns_own_references() {
+    // `inputs` and `item` are keys of this params.yaml: DVC loads it as vars, where dagrun
+    // leaves them out (no `${...}` could reach them); `${inputs.x}` stays dagrun's own.
+    let yaml = "stages:\n  fit:\n    matrix:\n      model: ${models}\n      seed: [1, 2]\n    cmd: echo ${item.model} ${item.seed} ${lr} > fits/${item.model}-${item.seed}.txt\n    outs:\n      - fits/${item.model}-${item.seed}.txt\n";
+    let params = "models: [tree, linear]\nlr: 0.5\ninputs: [a]\nitem: 3\n";
+    let sb = Sandbox::new().file("dvc.yaml", yaml).file("params.yaml", params);
+    sb.build().success();
+    assert_eq!(sb.read("fits/linear-2.txt"), "linear 2 0.5\n");
+    assert!(
+        sb.exists(".dagrun/pipelines/dvc.yaml/state.db") && !sb.exists(".dagrun/state.db"),
+        "a dvc.yaml keeps its own state"
+    );
+    let status = sb.dagrun(&["status"]).success().stdout();
+    for stage in ["fit@linear-1", "fit@linear-2", "fit@tree-1", "fit@tree-2"] {
+        assert!(status.contains(stage), "{status}");
+    }
 }

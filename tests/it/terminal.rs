@@ -43,5 +43,9 @@ fn ctrl_c_is_acknowledged_above_the_live_display_and_the_clock_runs() {
         &before[before.len().saturating_sub(60)..]
     );
     assert!(text.contains("stages done"), "{text:?}");
+    assert!(!text.contains("0/0 stages done"), "no frame before the count is known: {text:?}");
     assert_eq!(sb.column("SELECT status FROM stage_runs WHERE component = 'slow'"), ["interrupted"]);
+    // Said once: "last run was interrupted: its process group was killed".
+    let why = sb.dagrun(&["why", "slow"]).success().stdout();
+    assert!(why.contains("will run: last run was interrupted: its process group was killed"), "{why}");
 }
