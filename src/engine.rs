@@ -31,6 +31,8 @@ pub struct BuildOptions {
     pub reset_state: bool,
     /// Cancel it (e.g. on Ctrl-C) to stop the build: running stages are killed.
     pub cancel: CancelToken,
+    /// Neither restore from the run-cache nor store in it.
+    pub no_cache: bool,
 }
 
 impl Default for BuildOptions {
@@ -44,6 +46,7 @@ impl Default for BuildOptions {
             trigger: "build".into(),
             reset_state: false,
             cancel: CancelToken::new(),
+            no_cache: false,
         }
     }
 }
@@ -125,6 +128,22 @@ impl Engine {
     }
 
     /// Runs every dirty stage among `targets` and their upstream, in dependency order.
+    /// The run-cache, or `None` (said in an event) when its directory cannot be opened:
+    /// a build never fails for want of a cache.
+    fn open_run_cache(
+        &self,
+        on_event: &mut dyn FnMut(&Event<'_>),
+    ) -> Option<std::sync::Arc<dyn crate::runcache::Store>> {
+        let dir = self.spec.cache_dir();
+        match crate::runcache::FsStore::open(&dir) {
+            Ok(store) => Some(std::sync::Arc::new(store)),
+            Err(err) => {
+                on_event(&Event::RunCacheUnavailable { dir: &dir, error: &err.to_string() });
+                None
+            }
+        }
+    }
+
     pub fn build(&self, opts: &BuildOptions, on_event: &mut dyn FnMut(&Event<'_>)) -> Result<BuildSummary, Error> {
         let started = Instant::now();
         let selected = self.select(&opts.targets)?;
@@ -168,7 +187,8 @@ impl Engine {
         let to_check = (0..self.spec.stages.len()).filter(|&i| plan.verdict(i).is_some_and(Verdict::is_dirty)).count();
         on_event(&Event::BuildStarted { run, selected: selected.iter().filter(|&&s| s).count(), to_check, jobs });
 
-        let exec_opts = ExecOptions { jobs, fail_fast: opts.fail_fast, cancel: opts.cancel.clone() };
+        let run_cache = if opts.no_cache { None } else { self.open_run_cache(on_event) };
+        let exec_opts = ExecOptions { jobs, fail_fast: opts.fail_fast, cancel: opts.cancel.clone(), run_cache };
         let executed = execute(&ctx, &plan, &mut state, run, &exec_opts, on_event);
         // Cache entries of stages that did not run (e.g. an up-to-date check) are kept too.
         let cached = state.save_hash_cache(&cache.take_fresh());

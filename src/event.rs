@@ -49,6 +49,20 @@ pub enum Event<'a> {
         /// What the stage reported, e.g. a model's accuracy.
         metrics: &'a std::collections::BTreeMap<String, f64>,
     },
+    /// The run-cache's directory cannot be opened: the build goes on without it.
+    RunCacheUnavailable {
+        dir: &'a std::path::Path,
+        error: &'a str,
+    },
+    /// Its outputs were restored from the run-cache (its fingerprint had run before) instead
+    /// of running it.
+    StageRestored {
+        stage: &'a str,
+        /// Why it was dirty.
+        reason: &'a DirtyReason,
+        duration: Duration,
+        output_changed: bool,
+    },
     /// Its upstream re-ran but produced the outputs it had before, so this stage did not run.
     StageCutOff {
         stage: &'a str,
@@ -101,7 +115,15 @@ impl Event<'_> {
                 "event": "stage_finished", "stage": stage, "duration_s": duration.as_secs_f64(),
                 "output_changed": output_changed, "metrics": metrics,
             }),
+            Event::StageRestored { stage, reason, duration, output_changed } => json!({
+                "event": "stage_restored", "stage": stage, "reason": reason, "reason_text": reason.to_string(),
+                "duration_s": duration.as_secs_f64(),
+                "output_changed": output_changed,
+            }),
             Event::StageCutOff { stage } => json!({ "event": "stage_cut_off", "stage": stage }),
+            Event::RunCacheUnavailable { dir, error } => {
+                json!({ "event": "run_cache_unavailable", "dir": dir.display().to_string(), "error": error })
+            }
             Event::StageFailed { stage, status, error, log_path, will_retry } => json!({
                 "event": "stage_failed", "stage": stage, "status": status, "error": error,
                 "log_path": log_path, "will_retry": will_retry,

@@ -243,7 +243,9 @@ fn own_reason(
         return Some(DirtyReason::AlwaysRuns);
     }
     // A failure says more than "never succeeded", so it is checked first.
-    if let Some(status) = record.and_then(|r| r.last_status).filter(|&s| s != StageStatus::Success) {
+    if let Some(status) =
+        record.and_then(|r| r.last_status).filter(|&s| !matches!(s, StageStatus::Success | StageStatus::Restored))
+    {
         return Some(DirtyReason::LastRunFailed { status });
     }
     let Some(record) = record.filter(|r| r.fingerprint.is_some()) else {

@@ -31,6 +31,9 @@ pub struct BuildArgs {
     /// stage runs once. For a corrupt or foreign state file.
     #[arg(long)]
     reset_state: bool,
+    /// Neither restore stages from the run-cache nor store their outputs in it.
+    #[arg(long)]
+    no_cache: bool,
     /// Print only failures and the summary.
     #[arg(short, long)]
     quiet: bool,
@@ -54,6 +57,7 @@ pub fn run(engine: &Engine, args: BuildArgs) -> Result<u8, Error> {
         trigger: "build".into(),
         reset_state: args.reset_state,
         cancel,
+        no_cache: args.no_cache,
     };
     let width = engine.spec().stage_names().map(str::len).max().unwrap_or(0);
     let mut output = Output::choose(width, args.quiet, args.json);

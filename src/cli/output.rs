@@ -116,6 +116,13 @@ pub fn lines(event: &Event<'_>, width: usize) -> Vec<Line> {
             let metrics = if shown.is_empty() { String::new() } else { format!("  [{}]", shown.join(", ")) };
             one(Line::Out(format!("done     {stage:width$}  {}{note}{metrics}", seconds(*duration))))
         }
+        Event::StageRestored { stage, reason, duration, output_changed } => {
+            let note = if *output_changed { "" } else { "  (outputs unchanged)" };
+            one(Line::Out(format!(
+                "restored {stage:width$}  {}  from the run-cache ({reason}){note}",
+                seconds(*duration)
+            )))
+        }
         Event::StageCutOff { stage } => {
             one(Line::Out(format!("cut off  {stage:width$}  (upstream outputs unchanged)")))
         }
@@ -130,6 +137,10 @@ pub fn lines(event: &Event<'_>, width: usize) -> Vec<Line> {
         Event::StageBlocked { stage, upstream: None } => {
             one(Line::Out(format!("skipped  {stage:width$}  (the build stopped first)")))
         }
+        Event::RunCacheUnavailable { dir, error } => one(Line::Err(format!(
+            "warning: the run-cache at {} cannot be used ({error}); building without it",
+            dir.display()
+        ))),
         Event::InputMoved { stage, path } => one(Line::Err(format!(
             "warning: `{path}` changed while `{stage}` ran; `{stage}` stays dirty and re-runs next build"
         ))),
@@ -158,8 +169,11 @@ fn summary_lines(summary: &BuildSummary) -> Vec<Line> {
         }
     }
     let c = &summary.counts;
-    let mut parts =
-        vec![format!("{} ran", c.ran), format!("{} cut off", c.cut_off), format!("{} up to date", c.up_to_date)];
+    let mut parts = vec![format!("{} ran", c.ran)];
+    if c.restored > 0 {
+        parts.push(format!("{} restored", c.restored));
+    }
+    parts.extend([format!("{} cut off", c.cut_off), format!("{} up to date", c.up_to_date)]);
     if c.failed > 0 {
         parts.push(format!("{} failed", c.failed));
     }
@@ -250,9 +264,10 @@ impl Live {
                 });
                 self.running.insert(stage.to_string(), bar);
             }
-            Event::StageSucceeded { stage, .. } | Event::StageCutOff { stage } | Event::StageBlocked { stage, .. } => {
-                self.stage_done(stage)
-            }
+            Event::StageSucceeded { stage, .. }
+            | Event::StageRestored { stage, .. }
+            | Event::StageCutOff { stage }
+            | Event::StageBlocked { stage, .. } => self.stage_done(stage),
             Event::StageFailed { stage, will_retry: false, .. } => self.stage_done(stage),
             Event::BuildFinished { .. } => {
                 if let Ok(mut on_screen) = ON_SCREEN.lock() {

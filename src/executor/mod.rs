@@ -45,6 +45,8 @@ pub struct ExecOptions {
     pub fail_fast: bool,
     /// Set from outside (e.g. on Ctrl-C): running stages are killed, nothing new starts.
     pub cancel: CancelToken,
+    /// Where successes are stored and dirty stages restored from; `None`: no run-cache.
+    pub run_cache: Option<std::sync::Arc<dyn crate::runcache::Store>>,
 }
 
 /// What execution did.
@@ -113,6 +115,8 @@ enum TaskResult {
 }
 
 struct Success {
+    /// Restored from the run-cache (with why it was dirty, and where its log is) instead of run.
+    restored: Option<(DirtyReason, String)>,
     eval: Evaluation,
     metrics: BTreeMap<String, f64>,
     outputs: BTreeMap<String, FileHash>,
@@ -129,6 +133,7 @@ struct Shared<'a> {
     /// Stop starting stages (fail-fast, or the coordinator hit an error).
     stop: AtomicBool,
     run: RunId,
+    run_cache: Option<&'a dyn crate::runcache::Store>,
 }
 
 impl Shared<'_> {
@@ -201,8 +206,13 @@ pub fn execute(
 
     // Orphans of a stage (children that outlive its shell) come to dagrun to be reaped.
     group::become_subreaper();
-    let shared =
-        Shared { eval: *eval, watchdog: Watchdog::new(opts.cancel.clone()), stop: AtomicBool::new(false), run };
+    let shared = Shared {
+        eval: *eval,
+        watchdog: Watchdog::new(opts.cancel.clone()),
+        stop: AtomicBool::new(false),
+        run,
+        run_cache: opts.run_cache.as_deref(),
+    };
     let workers = opts.jobs.clamp(1, candidates);
     let (task_tx, task_rx) = mpsc::channel::<Task>();
     let (msg_tx, msg_rx) = mpsc::channel::<Message>();
@@ -326,6 +336,12 @@ impl Coordinator<'_, '_> {
     }
 
     fn started(&mut self, start: AttemptStart) -> Result<(), StateError> {
+        self.record_start(start, true).map(drop)
+    }
+
+    /// Records an attempt's row (its reason explained against the recorded manifest), and
+    /// announces it unless it is a restore, which is announced once it is done.
+    fn record_start(&mut self, start: AttemptStart, announce: bool) -> Result<DirtyReason, StateError> {
         let AttemptStart { idx, attempt, reason, inputs, log_path, at, token } = start;
         let name = self.eval.spec.stages[idx].name.as_str();
         let reason = explain_reason(self.state, name, reason, &inputs);
@@ -344,8 +360,10 @@ impl Coordinator<'_, '_> {
             token: token.as_deref(),
         })?;
         self.row[idx] = Some(row);
-        (self.on_event)(&Event::StageStarted { stage: name, attempt, reason: &reason });
-        Ok(())
+        if announce {
+            (self.on_event)(&Event::StageStarted { stage: name, attempt, reason: &reason });
+        }
+        Ok(reason)
     }
 
     fn run_id(&self) -> RunId {
@@ -401,6 +419,20 @@ impl Coordinator<'_, '_> {
 
     fn succeeded(&mut self, idx: StageIdx, success: Success) -> Result<(), StateError> {
         let name = self.eval.spec.stages[idx].name.as_str();
+        let mut restored_because = None;
+        if let Some((reason, log_path)) = &success.restored {
+            let start = AttemptStart {
+                idx,
+                attempt: 1,
+                reason: reason.clone(),
+                inputs: success.eval.inputs.clone(),
+                log_path: log_path.clone(),
+                at: success.at - success.duration,
+                token: None,
+            };
+            restored_because = Some(self.record_start(start, false)?);
+        }
+        let status = if success.restored.is_some() { StageStatus::Restored } else { StageStatus::Success };
         let row = self.take_row(idx)?;
         let fresh = self.eval.cache.take_fresh();
         self.state.record_success(
@@ -415,23 +447,29 @@ impl Coordinator<'_, '_> {
                 outputs: &success.outputs,
                 still_dirty: !success.moved.is_empty(),
                 metrics: &success.metrics,
-                status: StageStatus::Success,
+                status,
                 invalidations_seen: self.eval.records.get(name).map_or(0, |r| r.invalidations),
             },
             &fresh,
         )?;
         let previous = self.eval.records.get(name).and_then(|r| r.output_hash);
         self.hashes[idx] = Some(success.output_hash);
-        self.outcome.counts.ran += 1;
         for path in &success.moved {
             (self.on_event)(&Event::InputMoved { stage: name, path });
         }
-        (self.on_event)(&Event::StageSucceeded {
-            stage: name,
-            duration: success.duration,
-            output_changed: previous != Some(success.output_hash),
-            metrics: &success.metrics,
-        });
+        let output_changed = previous != Some(success.output_hash);
+        if let Some(reason) = &restored_because {
+            self.outcome.counts.restored += 1;
+            (self.on_event)(&Event::StageRestored { stage: name, reason, duration: success.duration, output_changed });
+        } else {
+            self.outcome.counts.ran += 1;
+            (self.on_event)(&Event::StageSucceeded {
+                stage: name,
+                duration: success.duration,
+                output_changed,
+                metrics: &success.metrics,
+            });
+        }
         self.release(idx);
         Ok(())
     }
@@ -595,6 +633,9 @@ fn run_task(shared: &Shared<'_>, task: Task, tx: &Sender<Message>) {
         return finish(TaskResult::NotStarted);
     }
     let stage = &shared.eval.spec.stages[idx];
+    if let Some(success) = restore_from_cache(shared, idx, &eval, &reason) {
+        return finish(TaskResult::Succeeded(Box::new(success)));
+    }
     let attempts = stage.retries.saturating_add(1);
     for attempt in 1..=attempts {
         let log_path = match attempt {
@@ -629,7 +670,12 @@ fn run_task(shared: &Shared<'_>, task: Task, tx: &Sender<Message>) {
         match result {
             Ok((outputs, moved, metrics)) => {
                 let output_hash = output_hash(&outputs);
+                // What ran while an input moved matches no fingerprint: it is not stored.
+                if moved.is_empty() {
+                    store_in_cache(shared, idx, &eval, &output_hash, &metrics, &log_path);
+                }
                 return finish(TaskResult::Succeeded(Box::new(Success {
+                    restored: None,
                     eval,
                     metrics,
                     outputs,
@@ -671,6 +717,97 @@ fn run_task(shared: &Shared<'_>, task: Task, tx: &Sender<Message>) {
                 }
             }
         }
+    }
+}
+
+/// Whether the run-cache serves this stage: on for the build, and the stage has outputs,
+/// is not `cache = false` and does not run every time (a stage with no outputs, or one that
+/// always runs, is there for its side effects).
+fn cache_for<'a>(shared: &Shared<'a>, idx: StageIdx) -> Option<&'a dyn crate::runcache::Store> {
+    let stage = &shared.eval.spec.stages[idx];
+    let serves = stage.cache && !stage.always_run && !stage.outputs.is_empty() && !shared.eval.force;
+    shared.run_cache.filter(|_| serves)
+}
+
+/// Restores a dirty stage's outputs from the run-cache when its fingerprint was stored,
+/// checked file by file and then as a whole against the recorded output hash. Anything
+/// short of that leaves no outputs behind and returns `None`: the stage runs.
+fn restore_from_cache(shared: &Shared<'_>, idx: StageIdx, eval: &Evaluation, reason: &DirtyReason) -> Option<Success> {
+    use crate::runcache::{Restored, forget, restore};
+    // `invalidate` asks for a run: the recorded result is not to be trusted, nor a stored one.
+    if matches!(reason, DirtyReason::Invalidated) {
+        return None;
+    }
+    let store = cache_for(shared, idx)?;
+    let key = crate::runcache::key(&eval.fingerprint);
+    store.get_entry(&key)?; // the common miss, before anything is touched
+    let spec = shared.eval.spec;
+    let stage = &spec.stages[idx];
+    let started = Instant::now();
+    remove_outputs(shared, idx).ok()?;
+    let log_path = format!("{}/logs/{}/{}.log", spec.own_dir, shared.run.0, stage.name);
+    let note = |text: &str| {
+        append_log(&spec.root.join(&log_path), text);
+    };
+    let manifest = match restore(store, &spec.root, &eval.fingerprint, &stage.outputs) {
+        Restored::Done(manifest) => manifest,
+        Restored::Miss => return None,
+        Restored::Damaged(problem) => {
+            note(&format!("run-cache entry {key} not restored ({problem}); running the stage"));
+            let _ = remove_outputs(shared, idx);
+            return None;
+        }
+    };
+    let checked = collect_outputs(shared, idx, eval)
+        .ok()
+        .filter(|(outputs, _)| output_hash(outputs).to_hex() == manifest.output_hash);
+    let Some((outputs, moved)) = checked else {
+        note(&format!(
+            "run-cache entry {key} restored outputs that differ from those recorded; entry removed, running the stage"
+        ));
+        forget(store, &eval.fingerprint);
+        let _ = remove_outputs(shared, idx);
+        return None;
+    };
+    note(&format!("restored from the run-cache ({}, entry {key}) instead of running", store.describe()));
+    let duration = started.elapsed();
+    Some(Success {
+        restored: Some((reason.clone(), log_path)),
+        eval: eval.clone(),
+        metrics: manifest.metrics,
+        output_hash: output_hash(&outputs),
+        outputs,
+        duration,
+        at: SystemTime::now(),
+        moved,
+    })
+}
+
+/// Stores a success's outputs in the run-cache. A failure to store fails nothing: it is
+/// noted in the stage's log, and the next switch back runs the stage.
+fn store_in_cache(
+    shared: &Shared<'_>,
+    idx: StageIdx,
+    eval: &Evaluation,
+    output_hash: &OutputHash,
+    metrics: &BTreeMap<String, f64>,
+    log_path: &str,
+) {
+    let Some(store) = cache_for(shared, idx) else { return };
+    let spec = shared.eval.spec;
+    let stage = &spec.stages[idx];
+    let saved = crate::runcache::save(
+        store,
+        &spec.root,
+        stage.name.as_str(),
+        &eval.fingerprint,
+        &stage.outputs,
+        output_hash,
+        metrics,
+    );
+    if let Err(err) = saved {
+        let text = format!("dagrun: outputs not stored in the run-cache ({}): {err}", store.describe());
+        append_log(&spec.root.join(log_path), &text);
     }
 }
 
@@ -824,6 +961,15 @@ fn open_log(path: &std::path::Path) -> std::io::Result<File> {
         std::fs::create_dir_all(dir)?;
     }
     File::create(path)
+}
+
+/// Adds a line of dagrun's own to a stage's log, best effort.
+fn append_log(path: &std::path::Path, text: &str) {
+    use std::io::Write;
+    let _ = path.parent().map(std::fs::create_dir_all);
+    if let Ok(mut log) = File::options().create(true).append(true).open(path) {
+        let _ = writeln!(log, "{text}");
+    }
 }
 
 type CollectedOutputs = (BTreeMap<String, FileHash>, Vec<String>);

@@ -115,6 +115,8 @@ pub struct Stage {
     pub named_inputs: BTreeMap<String, usize>,
     /// `${outputs.NAME}`: the index in `outputs` of each named output.
     pub named_outputs: BTreeMap<String, usize>,
+    /// Its outputs are stored in and restored from the run-cache (`cache = false`: never).
+    pub cache: bool,
     /// Runs at every build, whatever changed (DVC's `always_changed`); early cutoff still
     /// spares its downstream when its outputs come out the same.
     pub always_run: bool,
@@ -145,6 +147,8 @@ pub struct Spec {
     pub read_files: Vec<String>,
     /// Where file templates list their files: a file appearing there adds a stage.
     pub listed: Vec<GlobPattern>,
+    /// `[pipeline] cache_dir`, absolute; `None` for the default (see `Spec::cache_dir`).
+    pub cache_dir_setting: Option<PathBuf>,
 }
 
 impl Spec {
@@ -160,6 +164,15 @@ impl Spec {
     /// builds of two pipeline files there never overlap), and each file's own directory.
     pub fn dagrun_dir(&self) -> PathBuf {
         self.root.join(".dagrun")
+    }
+
+    /// Where the run-cache lives: `DAGRUN_CACHE_DIR` (a machine's setting, such as a shared
+    /// filesystem), else `[pipeline] cache_dir`, else `.dagrun/cache`.
+    pub fn cache_dir(&self) -> PathBuf {
+        match std::env::var_os("DAGRUN_CACHE_DIR").filter(|d| !d.is_empty()) {
+            Some(dir) => self.root.join(dir),
+            None => self.cache_dir_setting.clone().unwrap_or_else(|| self.dagrun_dir().join("cache")),
+        }
     }
 }
 

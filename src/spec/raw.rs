@@ -43,6 +43,8 @@ pub(super) struct RawPipeline {
     pub allow_outside_paths: bool,
     /// The params file that bare keys in a stage's `params` list name.
     pub params_file: Option<String>,
+    /// Where the run-cache lives (default `.dagrun/cache`; `DAGRUN_CACHE_DIR` overrides it).
+    pub cache_dir: Option<String>,
 }
 
 #[derive(Deserialize, Clone)]
@@ -72,6 +74,8 @@ pub(super) struct RawStage {
     pub foreach: Option<Spanned<toml::Value>>,
     /// A template: one stage per combination of the axes' values.
     pub matrix: Option<Spanned<toml::Table>>,
+    /// `false`: never store this stage's outputs in the run-cache, nor restore them.
+    pub cache: Option<bool>,
     /// Run at every build, whatever changed (DVC's `always_changed`).
     #[serde(default)]
     pub always_run: bool,

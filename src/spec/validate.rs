@@ -80,6 +80,7 @@ pub(super) fn validate(
         .unwrap_or_else(|| root.file_name().map_or_else(|| "pipeline".into(), |n| n.to_string_lossy().into_owned()));
     let own_dir = own_dir(file);
     let allow_outside_paths = raw.pipeline.allow_outside_paths;
+    let cache_dir_setting = raw.pipeline.cache_dir.clone();
     let mut read_files: Vec<String> = vars_files;
     read_files.extend(params_files.borrow().names().map(str::to_string));
     read_files.sort();
@@ -87,6 +88,7 @@ pub(super) fn validate(
     let spec = Spec {
         read_files,
         listed: super::template::file_template_globs(root, &raw.stages),
+        cache_dir_setting: cache_dir_setting.map(|dir| root.join(dir)),
         file: file.to_path_buf(),
         root: root.to_path_buf(),
         name,
@@ -331,6 +333,7 @@ fn check_stage(
         named_inputs,
         named_outputs,
         always_run: raw.always_run,
+        cache: raw.cache.unwrap_or(true),
         output_dirs,
     };
     (stage, spans)

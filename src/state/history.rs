@@ -36,7 +36,7 @@ pub struct StageRunRow {
 
 const RUN_COLUMNS: &str = "run_id, trigger, started_at, finished_at,
     CAST(round((julianday(finished_at) - julianday(started_at)) * 86400000) AS INTEGER),
-    outcome, stages_ran, stages_cut_off, stages_up_to_date, stages_failed, stages_blocked, targets";
+    outcome, stages_ran, stages_cut_off, stages_up_to_date, stages_failed, stages_blocked, targets, stages_restored";
 
 fn run_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRow> {
     Ok(RunRow {
@@ -53,6 +53,7 @@ fn run_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRow> {
             up_to_date: r.get(8)?,
             failed: r.get(9)?,
             blocked: r.get(10)?,
+            restored: r.get(12)?,
         },
         stages: Vec::new(),
     })
@@ -103,7 +104,7 @@ impl State {
     pub fn recorded_metrics(&self, up_to: Option<i64>) -> Result<Vec<MetricsRecord>, StateError> {
         let mut stmt = self.conn.prepare(
             "SELECT component, run_id, metrics FROM stage_runs
-             WHERE status = 'success' AND metrics IS NOT NULL AND (?1 IS NULL OR run_id <= ?1) ORDER BY id",
+             WHERE status IN ('success', 'restored') AND metrics IS NOT NULL AND (?1 IS NULL OR run_id <= ?1) ORDER BY id",
         )?;
         let rows = stmt
             .query_map(params![up_to], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?)))?;

@@ -22,16 +22,19 @@ pub use records::{
 /// The schema, one plain SQL file per version; `PRAGMA user_version` records how far a
 /// database has come (rusqlite_migration's scheme).
 fn migrations() -> Migrations<'static> {
-    Migrations::new(vec![
-        M::up(include_str!("../../migrations/0001_initial.sql")),
-        M::up(include_str!("../../migrations/0002_stage_metrics.sql")),
-        M::up(include_str!("../../migrations/0003_trust.sql")),
-    ])
+    Migrations::new(MIGRATIONS.iter().map(|sql| M::up(sql)).collect())
 }
+
+const MIGRATIONS: [&str; 4] = [
+    include_str!("../../migrations/0001_initial.sql"),
+    include_str!("../../migrations/0002_stage_metrics.sql"),
+    include_str!("../../migrations/0003_trust.sql"),
+    include_str!("../../migrations/0004_run_cache.sql"),
+];
 
 /// The newest schema version this dagrun knows.
 pub fn schema_version() -> usize {
-    3
+    MIGRATIONS.len()
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -410,7 +413,7 @@ impl State {
     pub fn finish_run(&self, run: RunId, outcome: RunOutcome, counts: &RunCounts) -> Result<(), StateError> {
         self.conn.execute(
             "UPDATE runs SET finished_at = ?2, outcome = ?3, stages_ran = ?4, stages_cut_off = ?5,
-                 stages_up_to_date = ?6, stages_failed = ?7, stages_blocked = ?8 WHERE run_id = ?1",
+                 stages_up_to_date = ?6, stages_failed = ?7, stages_blocked = ?8, stages_restored = ?9 WHERE run_id = ?1",
             params![
                 run.0,
                 timestamp(SystemTime::now()),
@@ -419,7 +422,8 @@ impl State {
                 counts.cut_off,
                 counts.up_to_date,
                 counts.failed,
-                counts.blocked
+                counts.blocked,
+                counts.restored
             ],
         )?;
         Ok(())

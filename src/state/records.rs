@@ -51,6 +51,8 @@ pub enum StageStatus {
     Skipped,
     /// Recorded as up to date by `dagrun accept`, without running.
     Accepted,
+    /// Its outputs were restored from the run-cache instead of running it.
+    Restored,
 }
 
 impl StageStatus {
@@ -65,6 +67,7 @@ impl StageStatus {
             StageStatus::Blocked => "blocked",
             StageStatus::Skipped => "skipped",
             StageStatus::Accepted => "accepted",
+            StageStatus::Restored => "restored",
         }
     }
 
@@ -79,6 +82,7 @@ impl StageStatus {
             "blocked" => StageStatus::Blocked,
             "skipped" => StageStatus::Skipped,
             "accepted" => StageStatus::Accepted,
+            "restored" => StageStatus::Restored,
             _ => return None,
         })
     }
@@ -88,6 +92,8 @@ impl StageStatus {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct RunCounts {
     pub ran: u32,
+    /// Restored from the run-cache instead of run.
+    pub restored: u32,
     pub cut_off: u32,
     pub up_to_date: u32,
     pub failed: u32,
@@ -257,13 +263,14 @@ impl State {
         )?;
         tx.execute(
             "INSERT INTO orchestrator_state (component, last_run_at, is_dirty, run_count, failure_count, fingerprint,
-                 output_hash, last_status, last_duration_ms, last_error, fingerprint_inputs)
-             VALUES (?1, ?2, ?3, ?8, 0, ?4, ?5, 'success', ?6, NULL, ?7)
+                 output_hash, last_status, last_duration_ms, last_error, fingerprint_inputs,
+                 restore_count)
+             VALUES (?1, ?2, ?3, ?8, 0, ?4, ?5, ?10, ?6, NULL, ?7, ?11)
              ON CONFLICT (component) DO UPDATE SET last_run_at = excluded.last_run_at,
                  is_dirty = excluded.is_dirty OR invalidations != ?9,
                  run_count = run_count + excluded.run_count, fingerprint = excluded.fingerprint, output_hash = excluded.output_hash,
-                 last_status = 'success', last_duration_ms = excluded.last_duration_ms, last_error = NULL,
-                 fingerprint_inputs = excluded.fingerprint_inputs",
+                 last_status = excluded.last_status, last_duration_ms = excluded.last_duration_ms, last_error = NULL,
+                 fingerprint_inputs = excluded.fingerprint_inputs, restore_count = restore_count + excluded.restore_count",
             params![
                 success.component,
                 finished,
@@ -272,8 +279,11 @@ impl State {
                 success.output_hash.to_hex(),
                 duration_ms,
                 manifest,
-                i64::from(success.status != StageStatus::Accepted),
-                success.invalidations_seen
+                i64::from(success.status == StageStatus::Success),
+                success.invalidations_seen,
+                // `accept` records a success; a restore says so.
+                if success.status == StageStatus::Restored { "restored" } else { "success" },
+                i64::from(success.status == StageStatus::Restored)
             ],
         )?;
         tx.execute("DELETE FROM stage_outputs WHERE component = ?1", [success.component])?;
@@ -333,7 +343,8 @@ pub struct StageSuccess<'a> {
     pub still_dirty: bool,
     /// What the stage reported (built-ins only), stored as a JSON object when not empty.
     pub metrics: &'a BTreeMap<String, f64>,
-    /// `Success` for a run; `Accepted` for `dagrun accept`, which does not count as a run.
+    /// `Success` for a run; `Accepted` for `dagrun accept` and `Restored` for a restore
+    /// from the run-cache, neither of which counts as a run.
     pub status: StageStatus,
     /// The stage's invalidation count when the build read its record: an `invalidate`
     /// made since (while the stage ran) keeps it dirty.

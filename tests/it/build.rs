@@ -107,12 +107,22 @@ fn changing_a_declared_env_value_reruns_that_stage_only() {
 }
 
 #[test]
-fn a_deleted_output_reruns_its_producer_only() {
+fn a_deleted_output_is_restored_by_its_producer_only() {
     let sb = abc();
     sb.build().success();
     sb.ran();
+    let b_out = sb.read("b.out");
+    // From the run-cache: the fingerprint has run before.
     sb.remove("b.out");
     let run = sb.build().success();
+    assert!(sb.ran().is_empty(), "restored, not run");
+    assert!(run.stdout().contains("restored b  "), "{}", run.stdout());
+    assert!(run.stdout().contains("(output `b.out` is missing)"), "{}", run.stdout());
+    assert!(run.stdout().contains("cut off  c"), "{}", run.stdout());
+    assert_eq!(sb.read("b.out"), b_out);
+    // Without it: run.
+    sb.remove("b.out");
+    let run = sb.dagrun(&["build", "--no-cache"]).success();
     assert_eq!(sb.ran(), ["b"]);
     assert!(run.stdout().contains("run      b  (output `b.out` is missing)"), "{}", run.stdout());
     assert!(run.stdout().contains("cut off  c"), "{}", run.stdout());
@@ -124,7 +134,7 @@ fn an_edited_output_reruns_its_producer_which_restores_it() {
     sb.build().success();
     sb.ran();
     sb.write("a.out", "tampered\n");
-    let run = sb.build().success();
+    let run = sb.dagrun(&["build", "--no-cache"]).success();
     assert_eq!(sb.ran(), ["a"]);
     assert!(run.stdout().contains("(output `a.out` was modified)"), "{}", run.stdout());
     assert_eq!(sb.read("a.out"), "hello\n");

@@ -1,6 +1,7 @@
 //! Random DAGs of shell stages and random edits, checked against a reference model:
-//! after each build exactly the stages the model says were affected have run, and a
-//! second build runs nothing.
+//! after each build exactly the stages the model says were affected have run (or, when
+//! what they read was seen before, were restored from the run-cache), and a second build
+//! runs nothing.
 //!
 //! Stage `sI` writes `outI.txt` = the first line of `srcI.txt`, its param `p`, then its
 //! upstream outputs. Appending a line to a source changes the input but not the output,
@@ -67,12 +68,17 @@ struct Model {
     param: Vec<u8>,
     output_present: Vec<bool>,
     recorded: Vec<Option<Recorded>>,
+    /// The run-cache: each stage's (source, param, upstream outputs) that have run.
+    seen: std::collections::HashSet<(usize, String, u8, Vec<String>)>,
+    /// The stages the last build restored.
+    restored: Vec<String>,
 }
 
 impl Model {
     /// The stages a build runs, and the new recorded state.
     fn build(&mut self) -> Vec<String> {
         let mut ran = Vec::new();
+        self.restored.clear();
         let mut outputs: Vec<String> = Vec::new();
         for i in 0..self.ups.len() {
             let upstream_outputs: Vec<String> = self.ups[i].iter().map(|&j| outputs[j].clone()).collect();
@@ -87,7 +93,13 @@ impl Model {
                 }
             };
             if dirty {
-                ran.push(format!("s{i}"));
+                let key = (i, self.src[i].clone(), self.param[i], upstream_outputs.clone());
+                if self.seen.contains(&key) {
+                    self.restored.push(format!("s{i}"));
+                } else {
+                    ran.push(format!("s{i}"));
+                    self.seen.insert(key);
+                }
                 let first_line = self.src[i].lines().next().unwrap_or("");
                 let output = format!("{first_line}\n{}\n{}", self.param[i], upstream_outputs.concat());
                 self.recorded[i] =
@@ -97,6 +109,7 @@ impl Model {
             outputs.push(self.recorded[i].as_ref().unwrap().output.clone());
         }
         ran.sort();
+        self.restored.sort();
         ran
     }
 }
@@ -126,6 +139,8 @@ fn check(case: Case) -> Result<(), TestCaseError> {
         param: vec![0; n],
         output_present: vec![false; n],
         recorded: vec![None; n],
+        seen: Default::default(),
+        restored: Vec::new(),
     };
     let sb = Sandbox::new().pipeline(&pipeline(&model.ups, &model.param));
     for i in 0..n {
@@ -158,6 +173,10 @@ fn check(case: Case) -> Result<(), TestCaseError> {
         }
         sb.dagrun(&["build", "-j", "2"]).success();
         prop_assert_eq!(sb.ran(), model.build(), "after {:?}", edit);
+        let restored = sb.column(
+            "SELECT component FROM stage_runs WHERE status = 'restored' AND run_id = (SELECT max(run_id) FROM runs) ORDER BY component",
+        );
+        prop_assert_eq!(&restored, &model.restored, "restored after {:?}", edit);
         for i in 0..n {
             prop_assert_eq!(sb.read(&format!("out{i}.txt")), model.recorded[i].as_ref().unwrap().output.clone());
         }

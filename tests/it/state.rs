@@ -43,10 +43,10 @@ fn the_seed_query_works_on_the_state_database() {
 fn migrate_creates_the_schema_and_reports_the_version() {
     let sb = abc();
     let first = sb.dagrun(&["migrate"]).success();
-    assert!(first.stdout().contains("from schema version 0 to 3"), "{}", first.stdout());
+    assert!(first.stdout().contains("from schema version 0 to 4"), "{}", first.stdout());
     let again = sb.dagrun(&["migrate"]).success();
-    assert!(again.stdout().contains("is at schema version 3"), "{}", again.stdout());
-    assert_eq!(sb.column("PRAGMA user_version"), ["3"]);
+    assert!(again.stdout().contains("is at schema version 4"), "{}", again.stdout());
+    assert_eq!(sb.column("PRAGMA user_version"), ["4"]);
 }
 
 #[test]
@@ -59,10 +59,11 @@ fn a_version_1_database_is_upgraded_in_place_keeping_its_rows() {
         .unwrap();
     drop(db);
     let run = sb.dagrun(&["migrate"]).success();
-    assert!(run.stdout().contains("from schema version 1 to 3"), "{}", run.stdout());
+    assert!(run.stdout().contains("from schema version 1 to 4"), "{}", run.stdout());
     assert_eq!(sb.column("SELECT run_count FROM orchestrator_state WHERE component = 'a'"), ["7"]);
     assert_eq!(sb.column("SELECT count(*) FROM pragma_table_info('stage_runs') WHERE name = 'metrics'"), ["1"]);
     assert_eq!(sb.column("SELECT count(*) FROM pragma_table_info('stage_runs') WHERE name = 'attempt_token'"), ["1"]);
+    assert_eq!(sb.column("SELECT restore_count FROM orchestrator_state WHERE component = 'a'"), ["0"]);
 }
 
 #[test]

@@ -1,0 +1,321 @@
+//! The run-cache: every success's outputs kept by content, indexed by the stage's
+//! fingerprint, so that a stage whose fingerprint was seen before is restored instead of
+//! run (switching a param back, a second checkout). What is restored is checked twice:
+//! each file's bytes against its object id while it is copied, and the restored outputs'
+//! hash against the one recorded when they were stored. A damaged entry is removed and
+//! the stage runs; a missing or unreadable one is a miss. Never a failed build.
+//!
+//! The bytes live in a [`Store`]; this module decides what to store, restore and trim.
+
+mod store;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::{Deserialize, Serialize};
+
+use crate::fingerprint::{Fingerprint, OutputHash};
+use crate::spec::RelPath;
+pub use store::{EntryInfo, FsStore, GetError, Store};
+
+/// Bumped when the manifest's meaning changes; other formats are misses.
+const FORMAT: u32 = 1;
+
+/// What one entry holds: a stage's outputs at one fingerprint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: u32,
+    pub stage: String,
+    /// The outputs' hash as the build recorded it (`fingerprint::output_hash`).
+    pub output_hash: String,
+    pub outputs: Vec<StoredOutput>,
+    /// The metrics the run reported, recorded again by a restore.
+    #[serde(default)]
+    pub metrics: BTreeMap<String, f64>,
+}
+
+/// One declared output: a file, or a directory and the files under it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredOutput {
+    pub path: String,
+    pub directory: bool,
+    pub files: Vec<StoredFile>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredFile {
+    /// Relative to the output's directory; empty for an output that is a file.
+    pub path: String,
+    pub object: String,
+    pub size: u64,
+    pub executable: bool,
+}
+
+impl Manifest {
+    /// The objects the entry uses, each once.
+    fn objects(&self) -> HashSet<&str> {
+        self.outputs.iter().flat_map(|o| o.files.iter().map(|f| f.object.as_str())).collect()
+    }
+}
+
+/// The entry key of a fingerprint.
+pub fn key(fingerprint: &Fingerprint) -> String {
+    fingerprint.to_hex()
+}
+
+/// Stores a success's outputs under its fingerprint. Outputs holding anything but regular
+/// files and directories (a symbolic link, a socket) are not stored: `Ok(false)`.
+pub fn save(
+    store: &dyn Store,
+    root: &Path,
+    stage: &str,
+    fingerprint: &Fingerprint,
+    outputs: &[RelPath],
+    output_hash: &OutputHash,
+    metrics: &BTreeMap<String, f64>,
+) -> io::Result<bool> {
+    let mut stored = Vec::with_capacity(outputs.len());
+    for output in outputs {
+        let path = output.to_path(root);
+        let meta = std::fs::symlink_metadata(&path)?;
+        let (directory, files) = if meta.is_file() {
+            (false, vec![(String::new(), path.clone())])
+        } else if meta.is_dir() {
+            match files_under(&path)? {
+                Some(files) => (true, files),
+                None => return Ok(false),
+            }
+        } else {
+            return Ok(false);
+        };
+        let mut kept = Vec::with_capacity(files.len());
+        for (inner, full) in files {
+            let executable = is_executable(&std::fs::metadata(&full)?);
+            let (object, size) = store.put_file(&full)?;
+            kept.push(StoredFile { path: inner, object, size, executable });
+        }
+        stored.push(StoredOutput { path: output.to_string(), directory, files: kept });
+    }
+    let manifest = Manifest {
+        format: FORMAT,
+        stage: stage.to_string(),
+        output_hash: output_hash.to_hex(),
+        outputs: stored,
+        metrics: metrics.clone(),
+    };
+    // serde_json: an entry is small and worth reading by eye when something looks wrong.
+    let bytes = serde_json::to_vec_pretty(&manifest).map_err(io::Error::other)?;
+    store.put_entry(&key(fingerprint), &bytes)?;
+    Ok(true)
+}
+
+/// The regular files under a directory, sorted, with their paths inside it; `None` when
+/// it holds anything else (a link could point anywhere; a restore could not recreate it).
+fn files_under(dir: &Path) -> io::Result<Option<Vec<(String, std::path::PathBuf)>>> {
+    let mut files = Vec::new();
+    for entry in walkdir::WalkDir::new(dir).sort_by_file_name() {
+        let entry = entry.map_err(io::Error::other)?;
+        let kind = entry.file_type();
+        if kind.is_dir() {
+            continue;
+        }
+        if !kind.is_file() {
+            return Ok(None);
+        }
+        let inner = entry.path().strip_prefix(dir).expect("under the directory");
+        let Some(inner) = inner.to_str() else { return Ok(None) };
+        files.push((inner.to_string(), entry.path().to_path_buf()));
+    }
+    Ok(Some(files))
+}
+
+fn is_executable(meta: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    meta.permissions().mode() & 0o111 != 0
+}
+
+/// What a lookup found.
+#[derive(Debug)]
+pub enum Restored {
+    /// No usable entry (none, unreadable, another format, other outputs).
+    Miss,
+    /// Every output is in place, each file's bytes checked against its object id.
+    Done(Manifest),
+    /// An object was damaged or missing: the entry is removed, and the outputs written so
+    /// far are left for the caller to delete.
+    Damaged(String),
+}
+
+/// Restores the outputs stored under `fingerprint`, which must be the stage's declared
+/// `outputs`; they must not exist (the caller removes them first). Each file is written
+/// beside its final name and renamed into place.
+pub fn restore(store: &dyn Store, root: &Path, fingerprint: &Fingerprint, outputs: &[RelPath]) -> Restored {
+    let key = key(fingerprint);
+    let Some(bytes) = store.get_entry(&key) else { return Restored::Miss };
+    let manifest: Manifest = match serde_json::from_slice(&bytes) {
+        Ok(manifest) => manifest,
+        Err(_) => {
+            let _ = store.remove_entry(&key);
+            return Restored::Miss;
+        }
+    };
+    let declared: Vec<String> = outputs.iter().map(ToString::to_string).collect();
+    let stored: Vec<&str> = manifest.outputs.iter().map(|o| o.path.as_str()).collect();
+    if manifest.format != FORMAT || declared != stored {
+        return Restored::Miss;
+    }
+    for output in &manifest.outputs {
+        let base = root.join(&output.path);
+        if output.directory
+            && let Err(e) = std::fs::create_dir_all(&base)
+        {
+            return Restored::Damaged(format!("cannot create `{}`: {e}", output.path));
+        }
+        for file in &output.files {
+            let dest = if file.path.is_empty() { base.clone() } else { base.join(&file.path) };
+            if let Err(problem) = restore_file(store, file, &dest) {
+                if matches!(problem, GetError::Damaged { .. }) {
+                    let _ = store.remove_entry(&key);
+                }
+                return Restored::Damaged(problem.to_string());
+            }
+        }
+    }
+    Restored::Done(manifest)
+}
+
+static RESTORE_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+fn restore_file(store: &dyn Store, file: &StoredFile, dest: &Path) -> Result<(), GetError> {
+    let io_error = |source| GetError::Io { id: file.object.clone(), source };
+    let dir = dest.parent().expect("an output has a parent");
+    std::fs::create_dir_all(dir).map_err(io_error)?;
+    let name = dest.file_name().and_then(|n| n.to_str()).unwrap_or("output");
+    // Named as built-ins name their temporary files: the watcher knows them as dagrun's own.
+    let n = RESTORE_COUNTER.fetch_add(1, Ordering::Relaxed);
+    let temp = dir.join(format!(".{name}.tmp-{}-{n}", std::process::id()));
+    store.get_file(&file.object, &temp)?;
+    if file.executable {
+        use std::os::unix::fs::PermissionsExt;
+        let mut perms = std::fs::metadata(&temp).map_err(io_error)?.permissions();
+        perms.set_mode(perms.mode() | 0o111);
+        std::fs::set_permissions(&temp, perms).map_err(io_error)?;
+    }
+    std::fs::rename(&temp, dest).map_err(|e| {
+        let _ = std::fs::remove_file(&temp);
+        io_error(e)
+    })
+}
+
+/// Forgets an entry whose restored outputs did not hash as recorded.
+pub fn forget(store: &dyn Store, fingerprint: &Fingerprint) {
+    let _ = store.remove_entry(&key(fingerprint));
+}
+
+/// What `gc` keeps.
+#[derive(Debug, Clone, Default)]
+pub struct GcPolicy {
+    /// Entries some stage's current record references: always kept.
+    pub referenced: HashSet<String>,
+    /// Also keep the newest N other entries of each stage (default: none, or all with
+    /// `max_size`).
+    pub keep_last: Option<usize>,
+    /// Then drop the oldest other entries until the store is at most this size.
+    pub max_size: Option<u64>,
+    /// Say what would go; remove nothing.
+    pub dry_run: bool,
+}
+
+/// What `gc` did (or, dry, would do).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct GcReport {
+    pub entries_kept: usize,
+    pub entries_removed: usize,
+    pub objects_removed: usize,
+    pub bytes_freed: u64,
+    pub bytes_kept: u64,
+}
+
+/// Trims the store: entries the policy does not keep, then every object no kept entry uses.
+pub fn gc(store: &dyn Store, policy: &GcPolicy) -> io::Result<GcReport> {
+    let mut entries: Vec<(EntryInfo, Option<Manifest>)> = store
+        .entries()?
+        .into_iter()
+        .map(|info| {
+            let manifest = store.get_entry(&info.key).and_then(|b| serde_json::from_slice::<Manifest>(&b).ok());
+            (info, manifest)
+        })
+        .collect();
+    // Newest first, so that "the newest N of a stage" is a prefix.
+    entries.sort_by(|a, b| b.0.modified.cmp(&a.0.modified));
+    let keep_last = policy.keep_last.unwrap_or(if policy.max_size.is_some() { usize::MAX } else { 0 });
+    let mut kept_of_stage: HashMap<String, usize> = HashMap::new();
+    let mut keep: Vec<bool> = Vec::with_capacity(entries.len());
+    for (info, manifest) in &entries {
+        let Some(manifest) = manifest else {
+            keep.push(false); // unreadable: useless to any build
+            continue;
+        };
+        if policy.referenced.contains(&info.key) {
+            keep.push(true);
+            continue;
+        }
+        let count = kept_of_stage.entry(manifest.stage.clone()).or_default();
+        keep.push(*count < keep_last);
+        *count += 1;
+    }
+    // Objects by how many kept entries use them.
+    let mut uses: HashMap<&str, usize> = HashMap::new();
+    for ((_, manifest), kept) in entries.iter().zip(&keep) {
+        if let (Some(manifest), true) = (manifest, kept) {
+            for object in manifest.objects() {
+                *uses.entry(object).or_default() += 1;
+            }
+        }
+    }
+    let sizes: HashMap<String, u64> = store.objects()?.into_iter().collect();
+    let mut kept_size: u64 = uses.keys().filter_map(|o| sizes.get(*o)).sum();
+    if let Some(max) = policy.max_size {
+        // Oldest unreferenced entries go first.
+        for i in (0..entries.len()).rev() {
+            if kept_size <= max {
+                break;
+            }
+            let (info, Some(manifest)) = &entries[i] else { continue };
+            if !keep[i] || policy.referenced.contains(&info.key) {
+                continue;
+            }
+            keep[i] = false;
+            for object in manifest.objects() {
+                let count = uses.get_mut(object).expect("counted above");
+                *count -= 1;
+                if *count == 0 {
+                    kept_size -= sizes.get(object).copied().unwrap_or(0);
+                }
+            }
+        }
+    }
+    let mut report = GcReport { bytes_kept: kept_size, ..GcReport::default() };
+    for ((info, _), kept) in entries.iter().zip(&keep) {
+        if *kept {
+            report.entries_kept += 1;
+        } else {
+            report.entries_removed += 1;
+            if !policy.dry_run {
+                store.remove_entry(&info.key)?;
+            }
+        }
+    }
+    for (object, size) in &sizes {
+        if uses.get(object.as_str()).copied().unwrap_or(0) == 0 {
+            report.objects_removed += 1;
+            report.bytes_freed += size;
+            if !policy.dry_run {
+                store.remove_object(object)?;
+            }
+        }
+    }
+    Ok(report)
+}

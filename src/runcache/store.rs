@@ -1,0 +1,294 @@
+//! Where the run-cache keeps its bytes: the [`Store`] trait (objects by content hash, and
+//! entries by key), and [`FsStore`], a directory that several builds, checkouts and machines
+//! may share. Another store (an object store such as S3) implements the same trait; the
+//! engine only ever sees the trait.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
+
+/// An object's bytes did not hash to its id: the object is damaged (or gone).
+#[derive(Debug, thiserror::Error)]
+pub enum GetError {
+    #[error("object {id} is damaged: its bytes no longer hash to its id")]
+    Damaged { id: String },
+    #[error("object {id}: {source}")]
+    Io { id: String, source: io::Error },
+}
+
+/// One entry of the index, for listing and trimming.
+#[derive(Debug, Clone)]
+pub struct EntryInfo {
+    pub key: String,
+    pub modified: SystemTime,
+}
+
+/// Objects by content hash (BLAKE3, hex), entries (manifests) by key. Every write is
+/// atomic: a reader never sees half an object or half an entry, whoever writes at once.
+pub trait Store: Send + Sync + std::fmt::Debug {
+    /// Stores a copy of the file at `path` (never a link to it: editing the file later must
+    /// not change the store); returns the id of the bytes stored and their size.
+    fn put_file(&self, path: &Path) -> io::Result<(String, u64)>;
+    /// Writes object `id` to `dest`, a new file, checking that its bytes hash to `id`; a
+    /// damaged object is removed from the store and reported.
+    fn get_file(&self, id: &str, dest: &Path) -> Result<(), GetError>;
+    fn put_entry(&self, key: &str, bytes: &[u8]) -> io::Result<()>;
+    /// An entry's bytes; `None` when missing or unreadable (a miss, never an error).
+    fn get_entry(&self, key: &str) -> Option<Vec<u8>>;
+    fn remove_entry(&self, key: &str) -> io::Result<()>;
+    fn remove_object(&self, id: &str) -> io::Result<()>;
+    fn entries(&self) -> io::Result<Vec<EntryInfo>>;
+    /// Every object's id and size.
+    fn objects(&self) -> io::Result<Vec<(String, u64)>>;
+    /// What the store holds, in bytes (objects and entries).
+    fn size(&self) -> io::Result<u64>;
+    /// Where it is, for messages.
+    fn describe(&self) -> String;
+}
+
+/// A run-cache in a directory: `objects/ab/cdef…` (read-only files named by the hash of
+/// their bytes), `index/<key>.json`, and `tmp/` for writes in progress.
+#[derive(Debug)]
+pub struct FsStore {
+    dir: PathBuf,
+}
+
+/// Distinguishes the temporary files of one process's threads.
+static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+impl FsStore {
+    /// Opens (creating) the store in `dir`.
+    pub fn open(dir: &Path) -> io::Result<FsStore> {
+        for sub in ["objects", "index", "tmp"] {
+            std::fs::create_dir_all(dir.join(sub))?;
+        }
+        Ok(FsStore { dir: dir.to_path_buf() })
+    }
+
+    fn object_path(&self, id: &str) -> PathBuf {
+        let (head, tail) = id.split_at(2.min(id.len()));
+        self.dir.join("objects").join(head).join(tail)
+    }
+
+    fn entry_path(&self, key: &str) -> PathBuf {
+        self.dir.join("index").join(format!("{key}.json"))
+    }
+
+    /// A fresh temporary path in `tmp/`, on the store's filesystem, so that a rename into
+    /// place is atomic.
+    fn temp_path(&self) -> PathBuf {
+        let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+        self.dir.join("tmp").join(format!("{}-{n}", std::process::id()))
+    }
+
+    /// Moves a complete, synced temporary file into place, and syncs the directory so the
+    /// name survives a crash.
+    fn publish(temp: &Path, target: &Path) -> io::Result<()> {
+        let dir = target.parent().expect("store paths have a parent");
+        std::fs::create_dir_all(dir)?;
+        std::fs::rename(temp, target)?;
+        File::open(dir)?.sync_all()
+    }
+}
+
+/// The BLAKE3 hex of a file's bytes.
+fn hash_file(path: &Path) -> io::Result<(String, u64)> {
+    let mut hasher = blake3::Hasher::new();
+    let size = io::copy(&mut File::open(path)?, &mut hasher)?;
+    Ok((hasher.finalize().to_hex().to_string(), size))
+}
+
+/// Copies `from` to the new file `to`: a reflink where the filesystem has them (no bytes
+/// copied, yet an independent file), else a copy. Returns the id and size of the bytes
+/// written, read back from `to` after a reflink or hashed on the way for a copy. `to` is
+/// synced.
+fn copy_hashing(from: &Path, to: &Path) -> io::Result<(String, u64)> {
+    let source = File::open(from)?;
+    let mut target = File::options().write(true).create_new(true).open(to)?;
+    let result = if rustix::fs::ioctl_ficlone(&target, &source).is_ok() {
+        hash_file(to)
+    } else {
+        let mut hasher = blake3::Hasher::new();
+        let mut reader = io::BufReader::with_capacity(1 << 18, source);
+        let mut size = 0u64;
+        let mut buffer = vec![0u8; 1 << 18];
+        loop {
+            let n = match reader.read(&mut buffer) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            hasher.update(&buffer[..n]);
+            target.write_all(&buffer[..n])?;
+            size += n as u64;
+        }
+        Ok((hasher.finalize().to_hex().to_string(), size))
+    };
+    target.sync_all()?;
+    result
+}
+
+impl Store for FsStore {
+    fn put_file(&self, path: &Path) -> io::Result<(String, u64)> {
+        let temp = self.temp_path();
+        let stored = copy_hashing(path, &temp).and_then(|(id, size)| {
+            let target = self.object_path(&id);
+            if target.is_file() {
+                // Content-addressed: the same bytes are already there.
+                std::fs::remove_file(&temp)?;
+            } else {
+                let mut perms = std::fs::metadata(&temp)?.permissions();
+                perms.set_readonly(true);
+                std::fs::set_permissions(&temp, perms)?;
+                Self::publish(&temp, &target)?;
+            }
+            Ok((id, size))
+        });
+        if stored.is_err() {
+            let _ = std::fs::remove_file(&temp);
+        }
+        stored
+    }
+
+    fn get_file(&self, id: &str, dest: &Path) -> Result<(), GetError> {
+        let io_error = |source| GetError::Io { id: id.to_string(), source };
+        let source = self.object_path(id);
+        if !source.is_file() {
+            return Err(GetError::Damaged { id: id.to_string() });
+        }
+        let (got, _) = copy_hashing(&source, dest).map_err(|e| {
+            let _ = std::fs::remove_file(dest);
+            io_error(e)
+        })?;
+        if got != id {
+            let _ = std::fs::remove_file(dest);
+            let _ = self.remove_object(id);
+            return Err(GetError::Damaged { id: id.to_string() });
+        }
+        // Objects are read-only; the restored file is the workspace's, to edit at will.
+        let mut perms = std::fs::metadata(dest).map_err(io_error)?.permissions();
+        #[allow(clippy::permissions_set_readonly_false)] // owner-writable is what is meant
+        perms.set_readonly(false);
+        std::fs::set_permissions(dest, perms).map_err(io_error)
+    }
+
+    fn put_entry(&self, key: &str, bytes: &[u8]) -> io::Result<()> {
+        let temp = self.temp_path();
+        let written = (|| {
+            let mut file = File::options().write(true).create_new(true).open(&temp)?;
+            file.write_all(bytes)?;
+            file.sync_all()?;
+            Self::publish(&temp, &self.entry_path(key))
+        })();
+        if written.is_err() {
+            let _ = std::fs::remove_file(&temp);
+        }
+        written
+    }
+
+    fn get_entry(&self, key: &str) -> Option<Vec<u8>> {
+        std::fs::read(self.entry_path(key)).ok()
+    }
+
+    fn remove_entry(&self, key: &str) -> io::Result<()> {
+        match std::fs::remove_file(self.entry_path(key)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    fn remove_object(&self, id: &str) -> io::Result<()> {
+        match std::fs::remove_file(self.object_path(id)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    fn entries(&self) -> io::Result<Vec<EntryInfo>> {
+        let mut entries = Vec::new();
+        for entry in std::fs::read_dir(self.dir.join("index"))? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(key) = name.strip_suffix(".json") else { continue };
+            let modified = entry.metadata()?.modified()?;
+            entries.push(EntryInfo { key: key.to_string(), modified });
+        }
+        Ok(entries)
+    }
+
+    fn objects(&self) -> io::Result<Vec<(String, u64)>> {
+        let mut objects = Vec::new();
+        for head in std::fs::read_dir(self.dir.join("objects"))? {
+            let head = head?;
+            let head_name = head.file_name().to_string_lossy().into_owned();
+            if !head.file_type()?.is_dir() {
+                continue;
+            }
+            for object in std::fs::read_dir(head.path())? {
+                let object = object?;
+                let tail = object.file_name().to_string_lossy().into_owned();
+                objects.push((format!("{head_name}{tail}"), object.metadata()?.len()));
+            }
+        }
+        Ok(objects)
+    }
+
+    fn size(&self) -> io::Result<u64> {
+        let objects: u64 = self.objects()?.iter().map(|(_, size)| size).sum();
+        let mut entries = 0;
+        for entry in std::fs::read_dir(self.dir.join("index"))? {
+            entries += entry?.metadata()?.len();
+        }
+        Ok(objects + entries)
+    }
+
+    fn describe(&self) -> String {
+        self.dir.display().to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_is_stored_once_by_content_and_comes_back_verified() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsStore::open(&dir.path().join("cache")).unwrap();
+        let file = dir.path().join("a.txt");
+        std::fs::write(&file, b"hello").unwrap();
+        let (id, size) = store.put_file(&file).unwrap();
+        assert_eq!(id, blake3::hash(b"hello").to_hex().to_string());
+        assert_eq!(size, 5);
+        assert_eq!(store.put_file(&file).unwrap().0, id);
+        assert_eq!(store.objects().unwrap().len(), 1);
+        // The workspace file may change: the stored copy does not.
+        std::fs::write(&file, b"changed").unwrap();
+        let back = dir.path().join("back.txt");
+        store.get_file(&id, &back).unwrap();
+        assert_eq!(std::fs::read(&back).unwrap(), b"hello");
+        assert!(!std::fs::metadata(&back).unwrap().permissions().readonly());
+    }
+
+    #[test]
+    fn a_damaged_object_is_refused_and_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsStore::open(&dir.path().join("cache")).unwrap();
+        let file = dir.path().join("a.txt");
+        std::fs::write(&file, b"hello").unwrap();
+        let (id, _) = store.put_file(&file).unwrap();
+        let object = store.object_path(&id);
+        let mut perms = std::fs::metadata(&object).unwrap().permissions();
+        #[allow(clippy::permissions_set_readonly_false)]
+        perms.set_readonly(false);
+        std::fs::set_permissions(&object, perms).unwrap();
+        std::fs::write(&object, b"hellO").unwrap();
+        let back = dir.path().join("back.txt");
+        assert!(matches!(store.get_file(&id, &back), Err(GetError::Damaged { .. })));
+        assert!(!back.exists(), "nothing damaged is left in the workspace");
+        assert!(!object.exists(), "the damaged object is gone from the store");
+    }
+}
