@@ -46,7 +46,7 @@ for round in $(seq "$rounds"); do
   wall=$(seconds_since "$start")
   stage=$("$dagrun" -C "$work" status --json | "$py" -c '
 import json, sys
-print(next(s for s in json.load(sys.stdin) if s["stage"] == "features")["last_duration_ms"] / 1000)')
+print(next(s for s in json.load(sys.stdin)["stages"] if s["stage"] == "features")["last_duration_ms"] / 1000)')
   echo "$stage $wall" >>"$work/times.dagrun"
   for method in global over; do
     sync

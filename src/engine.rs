@@ -418,6 +418,29 @@ impl Engine {
         Ok(state.recorded_metrics(up_to)?)
     }
 
+    /// Trims the run-cache: keeps every entry a stage's current record references, and what
+    /// `policy` keeps besides (see [`crate::runcache::gc`]). Reads the state only.
+    pub fn gc(&self, mut policy: crate::runcache::GcPolicy) -> Result<crate::runcache::GcReport, Error> {
+        let records = match State::open_reader(&self.spec.state_path)? {
+            Some(state) => state.load_records()?,
+            None => Default::default(),
+        };
+        policy.referenced = records.values().filter_map(|r| r.fingerprint.as_ref()).map(crate::runcache::key).collect();
+        let dir = self.spec.cache_dir();
+        let io_error = |source| Error::Io { path: dir.display().to_string(), source };
+        let store = crate::runcache::FsStore::open(&dir).map_err(io_error)?;
+        crate::runcache::gc(&store, &policy).map_err(io_error)
+    }
+
+    /// Where the run-cache is and how many bytes it holds (0 when it does not exist yet).
+    pub fn run_cache_size(&self) -> (std::path::PathBuf, u64) {
+        use crate::runcache::Store;
+        let dir = self.spec.cache_dir();
+        let size =
+            if dir.is_dir() { crate::runcache::FsStore::open(&dir).and_then(|s| s.size()).unwrap_or(0) } else { 0 };
+        (dir, size)
+    }
+
     pub fn history(&self, stage: Option<&str>, limit: usize) -> Result<Vec<crate::state::RunRow>, Error> {
         if let Some(stage) = stage {
             self.stage_index(stage)?;

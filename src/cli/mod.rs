@@ -4,6 +4,7 @@ mod agent;
 mod build;
 #[cfg(debug_assertions)]
 mod debug_stages;
+mod gc;
 mod graph;
 mod history;
 mod init;
@@ -73,6 +74,8 @@ enum Command {
     Metrics(metrics::MetricsArgs),
     /// Print the pipeline.toml equivalent to a DVC pipeline file (dvc.yaml).
     Import(ImportArgs),
+    /// Trim the run-cache, keeping what every stage's current record references.
+    Gc(gc::GcArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -171,6 +174,7 @@ fn run_command(engine: &Engine, command: Command) -> Result<u8, Error> {
         Command::Why(args) => why::run(engine, args),
         Command::Graph(args) => graph::run(engine, args),
         Command::Metrics(args) => metrics::run(engine, args),
+        Command::Gc(args) => gc::run(engine, args),
         Command::Accept(args) => {
             let accepted = engine.accept(&args.stages, &mut |_| {})?;
             println!("accepted {} as up to date with their current inputs and outputs", accepted.join(", "));

@@ -11,7 +11,7 @@ pub struct StatusArgs {
     /// Only these stages and what they depend on.
     #[arg(value_name = "STAGE")]
     stages: Vec<String>,
-    /// Print JSON instead of a table.
+    /// Print JSON instead of a table: `{"stages": [...], "run_cache": {"dir", "size_bytes"}}`.
     #[arg(long)]
     json: bool,
 }
@@ -22,7 +22,12 @@ pub fn run(engine: &Engine, args: StatusArgs) -> Result<u8, Error> {
     let running = engine.running_elsewhere()?;
     let mut out = std::io::stdout().lock();
     if args.json {
-        let _ = serde_json::to_writer_pretty(&mut out, &reports);
+        let (dir, size) = engine.run_cache_size();
+        let status = serde_json::json!({
+            "stages": reports,
+            "run_cache": { "dir": dir.display().to_string(), "size_bytes": size },
+        });
+        let _ = serde_json::to_writer_pretty(&mut out, &status);
         let _ = writeln!(out);
     } else {
         let _ = write_table(&mut out, &reports, &running);

@@ -956,11 +956,13 @@ fn refuse_deleting_outside(spec: &crate::spec::Spec, output: &crate::spec::RelPa
     }
 }
 
+/// Opens an attempt's log. Appends: each attempt has a log of its own, which may already
+/// hold dagrun's note that a run-cache entry could not be restored.
 fn open_log(path: &std::path::Path) -> std::io::Result<File> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    File::create(path)
+    File::options().create(true).append(true).open(path)
 }
 
 /// Adds a line of dagrun's own to a stage's log, best effort.

@@ -249,7 +249,7 @@ pub fn gc(store: &dyn Store, policy: &GcPolicy) -> io::Result<GcReport> {
         })
         .collect();
     // Newest first, so that "the newest N of a stage" is a prefix.
-    entries.sort_by(|a, b| b.0.modified.cmp(&a.0.modified));
+    entries.sort_by_key(|(info, _)| std::cmp::Reverse(info.modified));
     let keep_last = policy.keep_last.unwrap_or(if policy.max_size.is_some() { usize::MAX } else { 0 });
     let mut kept_of_stage: HashMap<String, usize> = HashMap::new();
     let mut keep: Vec<bool> = Vec::with_capacity(entries.len());

@@ -268,6 +268,8 @@ fn status_names_each_dirty_stage_and_why() {
 
     let json = sb.dagrun(&["status", "--json"]).success();
     let parsed: serde_json::Value = serde_json::from_str(&json.stdout()).unwrap();
+    assert!(parsed["run_cache"]["size_bytes"].as_u64().unwrap() > 0, "{parsed}");
+    let parsed = &parsed["stages"];
     assert_eq!(parsed[0]["stage"], "a");
     assert_eq!(parsed[0]["dirty"], true);
     assert_eq!(parsed[0]["reason"]["kind"], "changed");

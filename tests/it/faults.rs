@@ -67,8 +67,9 @@ fn wait_or_kill(mut child: Child, limit: Duration) -> std::process::ExitStatus {
 /// The stages `status` calls up to date.
 fn up_to_date(sb: &Sandbox) -> Vec<String> {
     let json: serde_json::Value = serde_json::from_str(&sb.dagrun(&["status", "--json"]).success().stdout()).unwrap();
-    json.as_array()
-        .expect("status --json is an array")
+    json["stages"]
+        .as_array()
+        .expect("status --json has an array of stages")
         .iter()
         .filter(|report| report["dirty"] == false)
         .map(|report| report["stage"].as_str().unwrap().to_string())

@@ -25,6 +25,7 @@ mod params_files;
 mod paths;
 mod property;
 mod quoting;
+mod run_cache;
 mod state;
 mod templates;
 mod terminal;

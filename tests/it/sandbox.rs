@@ -149,7 +149,7 @@ pub struct Run {
 }
 
 impl Run {
-    fn new(args: &[&str], output: Output) -> Run {
+    pub fn new(args: &[&str], output: Output) -> Run {
         Run { args: args.join(" "), output }
     }
 
