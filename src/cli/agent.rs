@@ -97,10 +97,10 @@ fn print_event(event: &AgentEvent<'_>, schedule: Schedule) -> Option<u8> {
         AgentEvent::CycleFinished { cycle, summary } => {
             let c = &summary.counts;
             let mut line = format!(
-                "{} cycle {cycle} (run {}): {} ran, {} cut off, {} up to date",
+                "{} cycle {cycle} (run {}): {}, {} cut off, {} up to date",
                 now(),
                 summary.run_id.unwrap_or_default(),
-                c.ran,
+                super::output::ran_text(c),
                 c.cut_off,
                 c.up_to_date
             );

@@ -45,13 +45,13 @@ fn write_run(out: &mut impl Write, run: &RunRow, width: usize) -> std::io::Resul
     let c = &run.counts;
     writeln!(
         out,
-        "run {}  {}  {}  {}  {}: {} ran, {} cut off, {} up to date, {} failed, {} blocked",
+        "run {}  {}  {}  {}  {}: {}, {} cut off, {} up to date, {} failed, {} blocked",
         run.run_id,
         run.trigger,
         run.started_at.replace('T', " "),
         ms(run.duration_ms),
         run.outcome,
-        c.ran,
+        super::output::ran_text(c),
         c.cut_off,
         c.up_to_date,
         c.failed,

@@ -157,6 +157,12 @@ fn format_metric(value: f64) -> String {
     }
 }
 
+/// `3 ran`, or `1 ran, 2 restored` when the run-cache restored any: how every count line
+/// (build summary, agent cycle, history) starts.
+pub fn ran_text(c: &dagrun::state::RunCounts) -> String {
+    if c.restored > 0 { format!("{} ran, {} restored", c.ran, c.restored) } else { format!("{} ran", c.ran) }
+}
+
 fn summary_lines(summary: &BuildSummary) -> Vec<Line> {
     let mut lines = Vec::new();
     for failure in &summary.failures {
@@ -169,11 +175,7 @@ fn summary_lines(summary: &BuildSummary) -> Vec<Line> {
         }
     }
     let c = &summary.counts;
-    let mut parts = vec![format!("{} ran", c.ran)];
-    if c.restored > 0 {
-        parts.push(format!("{} restored", c.restored));
-    }
-    parts.extend([format!("{} cut off", c.cut_off), format!("{} up to date", c.up_to_date)]);
+    let mut parts = vec![ran_text(c), format!("{} cut off", c.cut_off), format!("{} up to date", c.up_to_date)];
     if c.failed > 0 {
         parts.push(format!("{} failed", c.failed));
     }

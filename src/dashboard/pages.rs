@@ -106,13 +106,14 @@ pub(crate) async fn runs(State(app): State<Arc<App>>) -> Result<Html<String>, Ap
         .map(|run| {
             format!(
                 "<tr class=\"outcome-{outcome}\"><td><a href=\"/runs/{id}\">{id}</a></td><td>{trigger}</td><td>{started}</td>\
-                 <td>{took}</td><td>{outcome}</td><td>{ran}</td><td>{cut}</td><td>{up}</td><td>{failed}</td></tr>",
+                 <td>{took}</td><td>{outcome}</td><td>{ran}</td><td>{restored}</td><td>{cut}</td><td>{up}</td><td>{failed}</td></tr>",
                 id = run.run_id,
                 trigger = escape(&run.trigger),
                 started = escape(&run.started_at),
                 took = run.duration_ms.map(|ms| format!("{:.2}s", ms as f64 / 1000.0)).unwrap_or_default(),
                 outcome = escape(&run.outcome),
                 ran = run.counts.ran,
+                restored = run.counts.restored,
                 cut = run.counts.cut_off,
                 up = run.counts.up_to_date,
                 failed = run.counts.failed,
@@ -121,7 +122,7 @@ pub(crate) async fn runs(State(app): State<Arc<App>>) -> Result<Html<String>, Ap
         .collect();
     let body = format!(
         "<h1>Runs</h1><table id=\"runs\"><thead><tr><th>run</th><th>trigger</th><th>started</th><th>took</th>\
-         <th>outcome</th><th>ran</th><th>cut off</th><th>up to date</th><th>failed</th></tr></thead><tbody>{rows}</tbody></table>"
+         <th>outcome</th><th>ran</th><th>restored</th><th>cut off</th><th>up to date</th><th>failed</th></tr></thead><tbody>{rows}</tbody></table>"
     );
     Ok(page("Runs", "Runs", &body))
 }

@@ -298,6 +298,10 @@ pub fn gc(store: &dyn Store, policy: &GcPolicy) -> io::Result<GcReport> {
         }
     }
     let mut report = GcReport { bytes_kept: kept_size, ..GcReport::default() };
+    if !policy.dry_run {
+        // An hour: far longer than any write in progress takes.
+        report.bytes_freed += store.sweep_temporary(std::time::Duration::from_secs(3600))?;
+    }
     for ((info, _), kept) in entries.iter().zip(&keep) {
         if *kept {
             report.entries_kept += 1;

@@ -44,6 +44,9 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn objects(&self) -> io::Result<Vec<(String, u64)>>;
     /// What the store holds, in bytes (objects and entries).
     fn size(&self) -> io::Result<u64>;
+    /// Removes what writes that never finished left behind (a build killed mid-write),
+    /// older than `age`; returns the bytes freed.
+    fn sweep_temporary(&self, age: std::time::Duration) -> io::Result<u64>;
     /// Where it is, for messages.
     fn describe(&self) -> String;
 }
@@ -243,6 +246,19 @@ impl Store for FsStore {
             entries += entry?.metadata()?.len();
         }
         Ok(objects + entries)
+    }
+
+    fn sweep_temporary(&self, age: std::time::Duration) -> io::Result<u64> {
+        let mut freed = 0;
+        for entry in std::fs::read_dir(self.dir.join("tmp"))? {
+            let entry = entry?;
+            let meta = entry.metadata()?;
+            let old = meta.modified()?.elapsed().is_ok_and(|elapsed| elapsed > age);
+            if old && std::fs::remove_file(entry.path()).is_ok() {
+                freed += meta.len();
+            }
+        }
+        Ok(freed)
     }
 
     fn describe(&self) -> String {

@@ -44,7 +44,7 @@ pub(super) struct RawPipeline {
     /// The params file that bare keys in a stage's `params` list name.
     pub params_file: Option<String>,
     /// Where the run-cache lives (default `.dagrun/cache`; `DAGRUN_CACHE_DIR` overrides it).
-    pub cache_dir: Option<String>,
+    pub cache_dir: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Clone)]

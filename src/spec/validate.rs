@@ -60,6 +60,9 @@ pub(super) fn validate(
     check_output_overlaps(&stages, &checked, &mut diags);
     check_own_inputs(&stages, &checked, &mut diags);
     check_state_not_an_output(root, &state_path, &stages, &checked, &mut diags);
+    if let Some(dir) = &raw.pipeline.cache_dir {
+        check_cache_not_in_an_output(root, dir, &stages, &mut diags);
+    }
 
     let jobs = match &raw.pipeline.jobs {
         Some(jobs) if *jobs.get_ref() == 0 => {
@@ -80,7 +83,7 @@ pub(super) fn validate(
         .unwrap_or_else(|| root.file_name().map_or_else(|| "pipeline".into(), |n| n.to_string_lossy().into_owned()));
     let own_dir = own_dir(file);
     let allow_outside_paths = raw.pipeline.allow_outside_paths;
-    let cache_dir_setting = raw.pipeline.cache_dir.clone();
+    let cache_dir_setting = raw.pipeline.cache_dir.as_ref().map(|dir| dir.get_ref().clone());
     let mut read_files: Vec<String> = vars_files;
     read_files.extend(params_files.borrow().names().map(str::to_string));
     read_files.sort();
@@ -544,6 +547,22 @@ fn check_state_not_an_output(
                     .help("outputs are deleted before their stage runs; keep `state` out of every output"),
                 );
             }
+        }
+    }
+}
+
+/// Outputs are deleted before their stage runs: none may hold the run-cache.
+fn check_cache_not_in_an_output(root: &Path, dir: &Spanned<String>, stages: &[Stage], diags: &mut Vec<Diagnostic>) {
+    let cache = lexical(&root.join(dir.get_ref()));
+    for stage in stages {
+        if let Some(out) = stage.outputs.iter().find(|out| cache.starts_with(lexical(&out.to_path(root)))) {
+            diags.push(
+                Diagnostic::new(
+                    format!("`cache_dir` is inside output `{out}` of stage `{}`", stage.name),
+                    Some(dir.span()),
+                )
+                .help("outputs are deleted before their stage runs; keep the run-cache out of every output"),
+            );
         }
     }
 }

@@ -252,3 +252,12 @@ fn gc_keeps_what_the_records_reference_and_frees_the_rest() {
     let status: serde_json::Value = serde_json::from_str(&sb.dagrun(&["status", "--json"]).success().stdout()).unwrap();
     assert!(status["run_cache"]["size_bytes"].as_u64().unwrap() > 2000, "{status}");
 }
+
+#[test]
+fn a_cache_dir_inside_an_output_is_refused_before_anything_runs() {
+    let sb = project();
+    sb.edit("pipeline.toml", |p| format!("[pipeline]\ncache_dir = \"model/cache\"\n{p}"));
+    let run = sb.build().usage_error();
+    assert!(run.stderr().contains("`cache_dir` is inside output `model` of stage `train`"), "{}", run.stderr());
+    assert!(sb.ran().is_empty());
+}
