@@ -135,6 +135,29 @@ impl Engine {
         on_event: &mut dyn FnMut(&Event<'_>),
     ) -> Option<std::sync::Arc<dyn crate::runcache::Store>> {
         let dir = self.spec.cache_dir();
+        // `cache_dir` was checked at load; `DAGRUN_CACHE_DIR` can only be checked here.
+        // Outputs are deleted before their stage runs: a cache inside one would go with it.
+        let lexical: std::path::PathBuf = dir.components().fold(std::path::PathBuf::new(), |mut path, part| {
+            match part {
+                std::path::Component::ParentDir => {
+                    path.pop();
+                }
+                std::path::Component::CurDir => {}
+                other => path.push(other),
+            }
+            path
+        });
+        let holder = self
+            .spec
+            .stages
+            .iter()
+            .flat_map(|s| &s.outputs)
+            .find(|out| lexical.starts_with(out.to_path(&self.spec.root)));
+        if let Some(output) = holder {
+            let error = format!("it is inside output `{output}`, which is deleted before its stage runs");
+            on_event(&Event::RunCacheUnavailable { dir: &dir, error: &error });
+            return None;
+        }
         match crate::runcache::FsStore::open(&dir) {
             Ok(store) => Some(std::sync::Arc::new(store)),
             Err(err) => {

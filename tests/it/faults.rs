@@ -340,3 +340,72 @@ fn paths_outside_the_pipeline_directory_need_an_explicit_opt_in() {
     sb.dagrun(&["-C", "project", "build"]).success();
     assert_eq!(sb.read("project/copy.csv"), "3,4\n", "a change outside is seen");
 }
+
+/// Three stages writing directories of 1 MB files, so that restoring them from the
+/// run-cache takes long enough for a kill to land in the middle.
+fn big_outputs(version: u32) -> String {
+    let mut text = String::new();
+    for stage in ["x", "y", "z"] {
+        text.push_str(&format!(
+            "[stages.{stage}]\ncmd = \"mkdir -p {stage} && for i in 1 2 3 4 5 6 7 8 9 10; do yes {stage}-${{params.v}}-$i | head -c 1000000 > {stage}/f$i; done\"\noutputs = [\"{stage}\"]\nparams = {{ v = {version} }}\n\n"
+        ));
+    }
+    text
+}
+
+/// What a clean build of `version` writes in stage `stage`'s directory, file by file.
+fn big_output_is_right(sb: &Sandbox, stage: &str, version: u32) -> bool {
+    (1..=10).all(|i| {
+        let line = format!("{stage}-{version}-{i}\n");
+        let expected: Vec<u8> = line.bytes().cycle().take(1_000_000).collect();
+        std::fs::read(sb.path(&format!("{stage}/f{i}"))).ok() == Some(expected)
+    }) && std::fs::read_dir(sb.path(stage)).map(|d| d.count()).ok() == Some(10)
+}
+
+#[test]
+fn a_build_killed_while_it_restores_from_the_run_cache_never_records_a_wrong_output() {
+    let mut seed: u64 = 0x7e57_0e5e_ed00;
+    let mut next = move || {
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        seed >> 33
+    };
+    let trials = 8;
+    let mut landed = 0;
+    for trial in 0..trials {
+        let sb = Sandbox::new().pipeline(&big_outputs(1));
+        sb.dagrun(&["build", "-j", "2"]).success();
+        sb.write("pipeline.toml", &big_outputs(2));
+        sb.dagrun(&["build", "-j", "2"]).success();
+        // Back to version 1: every stage is restored, and the build is killed meanwhile.
+        sb.write("pipeline.toml", &big_outputs(1));
+        let delay = Duration::from_millis(next() % 60);
+        let what = format!("trial {trial}: SIGKILL after {delay:?}");
+        let mut child = sb.spawn(&["build", "-j", "2"]);
+        std::thread::sleep(delay); // a random moment, not a wait for anything
+        kill_process(Pid::from_raw(child.id() as i32).unwrap(), Signal::KILL).unwrap();
+        wait_or_kill_ref(&mut child, Duration::from_secs(30));
+        // Landed in a restore: a stage directory is there but not whole (files missing, or a
+        // file still being copied under its temporary name).
+        let partial = ["x", "y", "z"].iter().any(|stage| {
+            std::fs::read_dir(sb.path(stage)).is_ok_and(|dir| {
+                let names: Vec<String> = dir.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+                names.len() != 10 || names.iter().any(|n| n.contains(".tmp-"))
+            })
+        });
+        if partial {
+            landed += 1;
+        }
+        for stage in up_to_date(&sb) {
+            assert!(big_output_is_right(&sb, &stage, 1), "{what}: {stage} is recorded up to date");
+        }
+        // The next build finishes the job, restoring or running what is left.
+        sb.dagrun(&["build", "-j", "2"]).success();
+        for stage in ["x", "y", "z"] {
+            assert!(big_output_is_right(&sb, stage, 1), "{what}: {stage} after the repair build");
+        }
+        assert_eq!(up_to_date(&sb).len(), 3, "{what}");
+    }
+    println!("{landed} of {trials} kills landed in the middle of a restore");
+    // The kills must have cut restores short, or the loop proves nothing.
+    assert!(landed * 4 >= trials, "only {landed} of {trials} kills landed in the middle of a restore");
+}

@@ -261,3 +261,14 @@ fn a_cache_dir_inside_an_output_is_refused_before_anything_runs() {
     assert!(run.stderr().contains("`cache_dir` is inside output `model` of stage `train`"), "{}", run.stderr());
     assert!(sb.ran().is_empty());
 }
+
+#[test]
+fn a_cache_dir_from_the_environment_inside_an_output_is_not_used() {
+    let sb = project();
+    let run = Run::new(&["build"], sb.command(&["build"]).env("DAGRUN_CACHE_DIR", "model/cache").output().unwrap());
+    let run = run.success();
+    assert!(run.stderr().contains("the run-cache at"), "{}", run.stderr());
+    assert!(run.stderr().contains("inside output `model`"), "{}", run.stderr());
+    assert!(!sb.exists("model/cache"), "nothing was stored there");
+    assert_eq!(sb.ran(), ["report", "train"]);
+}
