@@ -11,7 +11,7 @@ use crate::executor::{ExecOptions, end_attempt, execute};
 use crate::fingerprint::{CacheClock, HashCache};
 use crate::graph::Dag;
 use crate::planner::{DirtyReason, EvalContext, Verdict, explain_reason, plan_build};
-use crate::spec::{Spec, StageIdx, load_spec, suggest};
+use crate::spec::{Spec, SpecCacheEntry, StageIdx, load_spec_cached, suggest};
 use crate::state::{RunOutcome, StageRecord, StageStatus, State, UnfinishedAttempt, acquire_lock};
 
 /// How to build.
@@ -109,14 +109,18 @@ pub struct Engine {
     spec: Spec,
     dag: Dag,
     registry: Registry,
+    /// The validated spec, for the next load to skip parsing; written by builds only, so
+    /// that readers write nothing.
+    spec_cache: Option<SpecCacheEntry>,
 }
 
 impl Engine {
     /// Loads `pipeline.toml`, validating it against the built-in stages in `registry`.
     pub fn load(file: &Path, registry: Registry) -> Result<Engine, Error> {
-        let spec = load_spec(file, &registry.names())?;
+        let loaded = load_spec_cached(file, &registry.names())?;
+        let spec = loaded.spec;
         let dag = Dag::build(&spec).map_err(|cycle| Error::Cycle { cycle, file: file.display().to_string() })?;
-        Ok(Engine { spec, dag, registry })
+        Ok(Engine { spec, dag, registry, spec_cache: loaded.cache_entry })
     }
 
     pub fn spec(&self) -> &Spec {
@@ -192,6 +196,9 @@ impl Engine {
             || on_event(&Event::StateBusy { path: state_path }),
             || opts.cancel.is_stopping(),
         )?;
+        if let Some(entry) = &self.spec_cache {
+            entry.write();
+        }
         end_orphans(&state, on_event)?;
         let swept = state.sweep_unfinished()?;
         if !swept.is_empty() {

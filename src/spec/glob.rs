@@ -31,6 +31,20 @@ enum Part {
     AnyDirs,
 }
 
+/// Kept as its text (in the spec cache), compiled again when read.
+impl serde::Serialize for GlobPattern {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.text.serialize(serializer)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for GlobPattern {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<GlobPattern, D::Error> {
+        let text = RelPath::deserialize(deserializer)?;
+        GlobPattern::new(text).map_err(serde::de::Error::custom)
+    }
+}
+
 /// A glob that does not compile.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid glob `{pattern}`: {reason}")]

@@ -1,6 +1,7 @@
 //! pipeline.toml → a validated [`Spec`]. Reads the pipeline file and, to resolve symbolic
 //! links, the directories along the paths it declares; touches no state.
 
+mod cache;
 mod command;
 mod diagnostic;
 mod dvc;
@@ -64,7 +65,7 @@ impl std::borrow::Borrow<str> for StageName {
 pub type StageIdx = usize;
 
 /// What a stage does when it runs.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Action {
     /// A shell command run with `sh -c` in the pipeline directory.
     Shell { cmd: String },
@@ -73,7 +74,7 @@ pub enum Action {
 }
 
 /// A declared input: a literal path or a glob (compiled once, expanded at fingerprint time).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Input {
     Path(RelPath),
     Glob(GlobPattern),
@@ -97,13 +98,14 @@ pub struct Resources {
 }
 
 /// One validated stage.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Stage {
     pub name: StageName,
     pub action: Action,
     pub inputs: Vec<Input>,
     pub outputs: Vec<RelPath>,
     pub after: Vec<StageName>,
+    #[serde(with = "cache::table")]
     pub params: toml::Table,
     pub env: Vec<String>,
     pub retries: u32,
@@ -125,7 +127,7 @@ pub struct Stage {
 }
 
 /// A validated pipeline: every path normalised, every reference resolved.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Spec {
     /// The pipeline file, as given.
     pub file: PathBuf,
@@ -199,8 +201,55 @@ pub const MAX_PIPELINE_BYTES: u64 = 16 * 1024 * 1024;
 /// Reads, parses and validates a pipeline file, then checks its declared paths with their
 /// symbolic links resolved.
 pub fn load_spec(file: &Path, builtins: &[&str]) -> Result<Spec, LoadError> {
+    load_spec_cached(file, builtins).map(|loaded| loaded.spec)
+}
+
+/// A loaded spec, and the cache entry a build should write for it (`None` when it was
+/// read from the cache).
+pub struct LoadedSpec {
+    pub spec: Spec,
+    pub cache_entry: Option<SpecCacheEntry>,
+}
+
+/// A validated spec to keep for the next load (`spec/cache.rs`).
+#[derive(Debug)]
+pub struct SpecCacheEntry {
+    path: PathBuf,
+    bytes: Vec<u8>,
+}
+
+impl SpecCacheEntry {
+    /// Writes it, best effort.
+    pub fn write(&self) {
+        cache::write(&self.path, &self.bytes);
+    }
+}
+
+/// [`load_spec`], from the spec cache when nothing the spec was made from has changed. The
+/// symbolic links along declared paths are checked at every load, cached or not.
+pub fn load_spec_cached(file: &Path, builtins: &[&str]) -> Result<LoadedSpec, LoadError> {
     let text = read_pipeline_file(file)?;
     let root = absolute_dir_of(file).map_err(|source| LoadError::Read { path: file.to_path_buf(), source })?;
+    let key = cache::key(&root, &text, builtins);
+    let entry_path = cache::path(&root, &validate::own_dir(file));
+    if let Some(spec) = cache::read(&entry_path, &key, file) {
+        let spans: Vec<validate::Spans> = spec
+            .stages
+            .iter()
+            .map(|s| validate::Spans { inputs: vec![0..0; s.inputs.len()], outputs: vec![0..0; s.outputs.len()] })
+            .collect();
+        // A problem is reported by the full load below, which knows where it was written.
+        if resolve::check_resolved(&spec, &spans).is_empty() {
+            return Ok(LoadedSpec { spec, cache_entry: None });
+        }
+    }
+    let spec = load_uncached(file, &root, text, builtins)?;
+    let cache_entry = cache::encode(&spec, key).map(|bytes| SpecCacheEntry { path: entry_path, bytes });
+    Ok(LoadedSpec { spec, cache_entry })
+}
+
+fn load_uncached(file: &Path, root: &Path, text: String, builtins: &[&str]) -> Result<Spec, LoadError> {
+    let root = root.to_path_buf();
     if dvc::is_dvc_file(file) {
         let translated = translate_dvc(file, &root, &text)?;
         return check_loaded(file, &root, translated, builtins).map_err(|err| match err {

@@ -5,7 +5,8 @@ use std::path::Path;
 
 /// A path relative to the pipeline directory, normalised so that `./a/b`, `a//b/` and
 /// `a/c/../b` are all `a/b`. Comparing two `RelPath`s compares the files they name.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
 pub struct RelPath(String);
 
 impl RelPath {

@@ -108,7 +108,7 @@ pub(super) fn validate(
 /// pipeline file has its own, so that two files in one directory never mix their stages:
 /// `pipeline.toml` keeps the documented `.dagrun/`, any other file
 /// `.dagrun/pipelines/<file name>/`.
-fn own_dir(file: &Path) -> String {
+pub(super) fn own_dir(file: &Path) -> String {
     match file.file_name().and_then(|name| name.to_str()) {
         None | Some("pipeline.toml") => ".dagrun".to_string(),
         Some(name) => format!(".dagrun/pipelines/{name}"),

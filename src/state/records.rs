@@ -132,9 +132,19 @@ pub struct StageAttempt<'a> {
     pub token: Option<&'a str>,
 }
 
-/// A recorded hash: `NULL` is none; any text must parse, or the file is damaged.
-fn parse_hash<T: std::str::FromStr>(state: &State, text: Option<String>) -> Result<Option<T>, StateError> {
-    text.map(|t| t.parse().map_err(|_| state.damaged())).transpose()
+/// A recorded hash: `NULL` is none; any text must parse, or the file is damaged. Read in
+/// place, without a `String` per value: a build reads two per stage and one per file.
+fn parse_hash<T: std::str::FromStr>(
+    state: &State,
+    value: rusqlite::types::ValueRef<'_>,
+) -> Result<Option<T>, StateError> {
+    match value {
+        rusqlite::types::ValueRef::Null => Ok(None),
+        rusqlite::types::ValueRef::Text(bytes) => {
+            std::str::from_utf8(bytes).ok().and_then(|text| text.parse().ok()).map(Some).ok_or_else(|| state.damaged())
+        }
+        _ => Err(state.damaged()),
+    }
 }
 
 impl State {
@@ -152,11 +162,12 @@ impl State {
                 is_dirty: row.get(2)?,
                 run_count: row.get(3)?,
                 failure_count: row.get(4)?,
-                fingerprint: parse_hash(self, row.get(5)?)?,
-                output_hash: parse_hash(self, row.get(6)?)?,
-                last_status: match row.get::<_, Option<String>>(7)? {
-                    None => None,
-                    Some(text) => Some(StageStatus::parse(&text).ok_or_else(|| self.damaged())?),
+                fingerprint: parse_hash(self, row.get_ref(5)?)?,
+                output_hash: parse_hash(self, row.get_ref(6)?)?,
+                last_status: match row.get_ref(7)?.as_str_or_null() {
+                    Ok(None) => None,
+                    Ok(Some(text)) => Some(StageStatus::parse(text).ok_or_else(|| self.damaged())?),
+                    Err(_) => return Err(self.damaged()),
                 },
                 last_duration_ms: row.get(8)?,
                 last_error: row.get(9)?,
@@ -168,8 +179,8 @@ impl State {
         let mut stmt = self.conn.prepare_cached("SELECT component, path, hash FROM stage_outputs")?;
         let mut rows = stmt.query([])?;
         while let Some(row) = rows.next()? {
-            let component: String = row.get(0)?;
-            if let (Some(record), Some(hash)) = (records.get_mut(&component), parse_hash(self, row.get(2)?)?) {
+            let component = row.get_ref(0)?.as_str().map_err(|_| self.damaged())?;
+            if let (Some(record), Some(hash)) = (records.get_mut(component), parse_hash(self, row.get_ref(2)?)?) {
                 record.outputs.insert(row.get(1)?, hash);
             }
         }
@@ -184,7 +195,7 @@ impl State {
         let mut rows = stmt.query([])?;
         let mut entries = HashMap::new();
         while let Some(row) = rows.next()? {
-            let Some(hash) = parse_hash(self, row.get(4)?)? else { continue };
+            let Some(hash) = parse_hash(self, row.get_ref(4)?)? else { continue };
             let entry = CacheEntry {
                 size: row.get::<_, i64>(1)? as u64,
                 mtime_ns: row.get(2)?,

@@ -1,0 +1,171 @@
+//! A validated spec kept between runs. Parsing and validating a large pipeline file costs
+//! more than planning it (for 10,000 stages: 50 ms of TOML and 45 ms of checks, against
+//! 10 ms to decode this), and most runs read a file that has not changed.
+//!
+//! An entry is used only when everything the spec was made from is unchanged: this dagrun
+//! (its executable's identity), the pipeline file's text, its directory, the built-ins, the
+//! params and vars files it read (by content), and what each file template lists. What
+//! depends on the filesystem beyond that (symbolic links along declared paths) is checked
+//! again at every load. A damaged or foreign entry is a miss. Only builds write entries.
+//!
+//! Postcard, not bincode (unmaintained, RUSTSEC-2025-0141): compact and fast. It cannot
+//! decode self-describing values, so params travel as [`Value`], a mirror of `toml::Value`.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::Spec;
+
+/// Changes whenever an entry's layout does.
+const FORMAT: &[u8] = b"dagrun spec cache v1\0";
+
+#[derive(Serialize, Deserialize)]
+struct Entry {
+    key: [u8; 32],
+    /// Each file besides the pipeline file the spec was read from, and its content's hash
+    /// (`None`: it did not exist).
+    read_files: Vec<(String, Option<[u8; 32]>)>,
+    /// The hash of what each of `spec.listed` matched.
+    listed: Vec<[u8; 32]>,
+    spec: Spec,
+}
+
+/// Where a pipeline file's entry lives: in its own directory under `.dagrun`.
+pub(super) fn path(root: &Path, own_dir: &str) -> PathBuf {
+    root.join(own_dir).join("spec.cache")
+}
+
+/// Everything that decides a spec besides the files it names.
+pub(super) fn key(root: &Path, text: &str, builtins: &[&str]) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    h.update(FORMAT);
+    h.update(executable_identity().as_bytes());
+    h.update(root.as_os_str().as_encoded_bytes());
+    h.update(&[0]);
+    for builtin in builtins {
+        h.update(builtin.as_bytes());
+        h.update(&[0]);
+    }
+    h.update(&(text.len() as u64).to_le_bytes());
+    h.update(text.as_bytes());
+    *h.finalize().as_bytes()
+}
+
+/// This dagrun, as a file: a rebuilt binary may validate differently.
+fn executable_identity() -> String {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::env::current_exe().and_then(std::fs::metadata);
+    match meta {
+        Ok(m) => format!("{}:{}:{}:{}.{}", m.dev(), m.ino(), m.len(), m.mtime(), m.mtime_nsec()),
+        Err(_) => String::from("unknown"), // then never equal to a written key's
+    }
+}
+
+fn content_hash(path: &Path) -> Option<[u8; 32]> {
+    std::fs::read(path).ok().map(|bytes| *blake3::hash(&bytes).as_bytes())
+}
+
+fn listing_hash(spec: &Spec, glob: &super::GlobPattern) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    for path in glob.expand(&spec.root) {
+        h.update(path.as_bytes());
+        h.update(&[0]);
+    }
+    *h.finalize().as_bytes()
+}
+
+/// The entry's spec, if there is one for `key` and nothing it was made from has changed.
+pub(super) fn read(entry_path: &Path, key: &[u8; 32], file: &Path) -> Option<Spec> {
+    let bytes = std::fs::read(entry_path).ok()?;
+    let entry: Entry = postcard::from_bytes(&bytes).ok()?;
+    if entry.key != *key || entry.listed.len() != entry.spec.listed.len() {
+        return None;
+    }
+    for (rel, hash) in &entry.read_files {
+        if content_hash(&entry.spec.root.join(rel)) != *hash {
+            return None;
+        }
+    }
+    for (glob, hash) in entry.spec.listed.iter().zip(&entry.listed) {
+        if listing_hash(&entry.spec, glob) != *hash {
+            return None;
+        }
+    }
+    let mut spec = entry.spec;
+    spec.file = file.to_path_buf();
+    Some(spec)
+}
+
+/// An entry for a spec just loaded in full, to be written by a build.
+pub(super) fn encode(spec: &Spec, key: [u8; 32]) -> Option<Vec<u8>> {
+    let read_files = spec.read_files.iter().map(|rel| (rel.clone(), content_hash(&spec.root.join(rel)))).collect();
+    let listed = spec.listed.iter().map(|glob| listing_hash(spec, glob)).collect();
+    let entry = Entry { key, read_files, listed, spec: spec.clone() };
+    postcard::to_allocvec(&entry).ok()
+}
+
+/// Writes an entry: a temporary file renamed into place, so a reader never sees half of
+/// one. Best effort: a cache that cannot be written is a slower next load, nothing more.
+pub fn write(entry_path: &Path, bytes: &[u8]) {
+    let Some(dir) = entry_path.parent() else { return };
+    let temp = dir.join(format!(".spec.cache.tmp-{}", std::process::id()));
+    let written = std::fs::create_dir_all(dir)
+        .and_then(|()| std::fs::write(&temp, bytes))
+        .and_then(|()| std::fs::rename(&temp, entry_path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&temp);
+    }
+}
+
+/// `toml::Table` through postcard, which cannot decode a self-describing `toml::Value`.
+pub(super) mod table {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Serialize, Deserialize)]
+    enum Value {
+        String(String),
+        Integer(i64),
+        Float(f64),
+        Boolean(bool),
+        Datetime(String),
+        Array(Vec<Value>),
+        Table(Vec<(String, Value)>),
+    }
+
+    fn to_mirror(value: &toml::Value) -> Value {
+        match value {
+            toml::Value::String(s) => Value::String(s.clone()),
+            toml::Value::Integer(i) => Value::Integer(*i),
+            toml::Value::Float(f) => Value::Float(*f),
+            toml::Value::Boolean(b) => Value::Boolean(*b),
+            toml::Value::Datetime(d) => Value::Datetime(d.to_string()),
+            toml::Value::Array(items) => Value::Array(items.iter().map(to_mirror).collect()),
+            toml::Value::Table(table) => Value::Table(table.iter().map(|(k, v)| (k.clone(), to_mirror(v))).collect()),
+        }
+    }
+
+    fn from_mirror(value: Value) -> Result<toml::Value, String> {
+        Ok(match value {
+            Value::String(s) => toml::Value::String(s),
+            Value::Integer(i) => toml::Value::Integer(i),
+            Value::Float(f) => toml::Value::Float(f),
+            Value::Boolean(b) => toml::Value::Boolean(b),
+            Value::Datetime(d) => toml::Value::Datetime(d.parse().map_err(|_| format!("bad datetime {d}"))?),
+            Value::Array(items) => toml::Value::Array(items.into_iter().map(from_mirror).collect::<Result<_, _>>()?),
+            Value::Table(entries) => toml::Value::Table(
+                entries.into_iter().map(|(k, v)| Ok((k, from_mirror(v)?))).collect::<Result<_, String>>()?,
+            ),
+        })
+    }
+
+    pub fn serialize<S: Serializer>(table: &toml::Table, serializer: S) -> Result<S::Ok, S::Error> {
+        let mirror: Vec<(String, Value)> = table.iter().map(|(k, v)| (k.clone(), to_mirror(v))).collect();
+        mirror.serialize(serializer)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<toml::Table, D::Error> {
+        let mirror = Vec::<(String, Value)>::deserialize(deserializer)?;
+        mirror.into_iter().map(|(k, v)| Ok((k, from_mirror(v).map_err(serde::de::Error::custom)?))).collect()
+    }
+}
