@@ -10,7 +10,7 @@ use crate::event::{BuildSummary, Event};
 use crate::executor::{ExecOptions, end_attempt, execute};
 use crate::fingerprint::{CacheClock, HashCache};
 use crate::graph::Dag;
-use crate::planner::{DirtyReason, EvalContext, Verdict, explain_reason, plan_build};
+use crate::planner::{DirtyReason, EvalContext, Verdict, evaluate_all, explain_reason, plan_build};
 use crate::spec::{Spec, SpecCacheEntry, StageIdx, load_spec_cached, suggest};
 use crate::state::{RunOutcome, StageRecord, StageStatus, State, UnfinishedAttempt, acquire_lock};
 
@@ -263,10 +263,10 @@ impl Engine {
         };
         let cache = HashCache::new(&self.spec.root, entries, &CacheClock::Local);
         let ctx = self.eval_context(&records, &cache, force);
-        let mut plan = plan_build(&ctx, &selected);
+        let mut evaluations = evaluate_all(&ctx, &selected);
         let mut reports = Vec::new();
         for &idx in self.dag.topo_order() {
-            let Some(eval) = plan.evaluations[idx].take() else { continue };
+            let Some(eval) = evaluations[idx].take() else { continue };
             let name = self.spec.stages[idx].name.as_str();
             let reason = match eval.verdict {
                 Verdict::UpToDate => None,
@@ -312,10 +312,10 @@ impl Engine {
         let ctx = self.eval_context(&records, &cache, false);
         // Accepting a stage vouches for its outputs given its upstream's recorded outputs:
         // every upstream stage outside the accepted set must itself be up to date.
-        let plan = plan_build(&ctx, &self.dag.with_upstream(&wanted));
+        let evaluations = evaluate_all(&ctx, &self.dag.with_upstream(&wanted));
         for &idx in &wanted {
             let dirty_upstream = self.dag.upstream(idx).filter(|up| !wanted.contains(up)).find_map(|up| {
-                let eval = plan.evaluations[up].as_ref()?;
+                let eval = evaluations[up].as_ref()?;
                 match &eval.verdict {
                     Verdict::Dirty(reason) => Some((
                         up,

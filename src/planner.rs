@@ -400,37 +400,63 @@ fn action_text(action: &ActionId) -> String {
 #[derive(Debug, Clone)]
 pub struct Plan {
     /// Indexed by stage; `None` for stages outside the selection.
-    pub evaluations: Vec<Option<Evaluation>>,
+    verdicts: Vec<Option<Verdict>>,
 }
 
 impl Plan {
     pub fn verdict(&self, idx: StageIdx) -> Option<&Verdict> {
-        self.evaluations[idx].as_ref().map(|e| &e.verdict)
+        self.verdicts[idx].as_ref()
     }
 }
 
-/// Evaluates every selected stage against recorded upstream hashes (in parallel), then
-/// marks stages downstream of a dirty one as `UpstreamDirty` when nothing else is wrong.
+/// The verdict of every selected stage, for a build: each evaluation is dropped as soon as
+/// its verdict is known (a build evaluates a dirty stage again when it is about to run), so
+/// that a large pipeline's plan holds one verdict a stage, not everything it was hashed from.
 pub fn plan_build(ctx: &EvalContext<'_>, selected: &[bool]) -> Plan {
+    let recorded_hash = |up: StageIdx| ctx.records.get(ctx.spec.stages[up].name.as_str()).and_then(|r| r.output_hash);
+    let mut verdicts: Vec<Option<Verdict>> = (0..ctx.spec.stages.len())
+        .into_par_iter()
+        .map(|idx| selected[idx].then(|| evaluate_stage(ctx, idx, &recorded_hash).verdict))
+        .collect();
+    mark_upstream_dirty(ctx, &mut verdicts, |v| v.as_mut());
+    Plan { verdicts }
+}
+
+/// Every selected stage's evaluation, verdicts as [`plan_build`] gives them: for `status`,
+/// `why` and `accept`, which explain a dirty stage by what its fingerprint covered. An
+/// up-to-date stage keeps its verdict and fingerprint only (its `inputs` are left empty and
+/// its `input_paths` too), so that a large pipeline's evaluations stay small.
+pub fn evaluate_all(ctx: &EvalContext<'_>, selected: &[bool]) -> Vec<Option<Evaluation>> {
     let recorded_hash = |up: StageIdx| ctx.records.get(ctx.spec.stages[up].name.as_str()).and_then(|r| r.output_hash);
     let mut evaluations: Vec<Option<Evaluation>> = (0..ctx.spec.stages.len())
         .into_par_iter()
-        .map(|idx| selected[idx].then(|| evaluate_stage(ctx, idx, &recorded_hash)))
+        .map(|idx| {
+            selected[idx].then(|| {
+                let mut eval = evaluate_stage(ctx, idx, &recorded_hash);
+                if !eval.verdict.is_dirty() {
+                    eval.inputs = FingerprintInputs::covering_nothing();
+                    eval.input_paths = Vec::new();
+                }
+                eval
+            })
+        })
         .collect();
+    mark_upstream_dirty(ctx, &mut evaluations, |e| e.as_mut().map(|e| &mut e.verdict));
+    evaluations
+}
+
+/// Marks each up-to-date stage downstream of a dirty one as `UpstreamDirty`.
+fn mark_upstream_dirty<T>(ctx: &EvalContext<'_>, items: &mut [T], verdict: impl Fn(&mut T) -> Option<&mut Verdict>) {
     for &idx in ctx.dag.topo_order() {
-        let Some(eval) = &evaluations[idx] else { continue };
-        if eval.verdict.is_dirty() {
+        if verdict(&mut items[idx]).is_none_or(|v| v.is_dirty()) {
             continue;
         }
-        let dirty_upstream =
-            ctx.dag.upstream(idx).find(|&up| evaluations[up].as_ref().is_some_and(|e| e.verdict.is_dirty()));
+        let dirty_upstream = ctx.dag.upstream(idx).find(|&up| verdict(&mut items[up]).is_some_and(|v| v.is_dirty()));
         if let Some(up) = dirty_upstream {
             let stage = ctx.spec.stages[up].name.to_string();
-            evaluations[idx].as_mut().expect("checked above").verdict =
-                Verdict::Dirty(DirtyReason::UpstreamDirty { stage });
+            *verdict(&mut items[idx]).expect("checked above") = Verdict::Dirty(DirtyReason::UpstreamDirty { stage });
         }
     }
-    Plan { evaluations }
 }
 
 /// Fills in how a fingerprint changed, by comparing with the manifest recorded at the
