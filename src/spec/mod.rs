@@ -230,7 +230,10 @@ impl SpecCacheEntry {
 pub fn load_spec_cached(file: &Path, builtins: &[&str]) -> Result<LoadedSpec, LoadError> {
     let text = read_pipeline_file(file)?;
     let root = absolute_dir_of(file).map_err(|source| LoadError::Read { path: file.to_path_buf(), source })?;
-    let key = cache::key(&root, &text, builtins);
+    // A dvc.yaml's translation also depends on whether params.yaml exists (DVC loads it
+    // into the vars when it does).
+    let dvc_params = dvc::is_dvc_file(file) && root.join("params.yaml").is_file();
+    let key = cache::key(&root, &format!("{}{text}", if dvc_params { "params.yaml\n" } else { "" }), builtins);
     let entry_path = cache::path(&root, &validate::own_dir(file));
     if let Some(spec) = cache::read(&entry_path, &key, file) {
         let spans: Vec<validate::Spans> = spec

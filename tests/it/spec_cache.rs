@@ -57,3 +57,17 @@ fn a_symbolic_link_made_after_the_spec_was_cached_is_still_refused() {
     assert!(err.contains("pipeline.toml:"), "the error points at where the output is written: {err}");
     assert_eq!(std::fs::read_to_string(outside.path().join("a.txt")).unwrap(), "precious\n");
 }
+
+#[test]
+fn a_params_yaml_added_to_a_dvc_project_is_seen_after_a_cached_load() {
+    // No params.yaml: `${word}` names no var, and is the shell's (empty).
+    let yaml = "stages:\n  greet:\n    cmd: echo ${word} > out.txt\n    outs:\n      - out.txt\n";
+    let sb = Sandbox::new().file("dvc.yaml", yaml);
+    sb.build().success();
+    assert_eq!(sb.read("out.txt"), "\n");
+    // The same dvc.yaml, and now a params.yaml, which DVC loads into the vars: the cached
+    // translation must not be used.
+    sb.write("params.yaml", "word: hello\n");
+    sb.build().success();
+    assert_eq!(sb.read("out.txt"), "hello\n");
+}
