@@ -132,16 +132,9 @@ impl Engine {
     }
 
     /// Runs every dirty stage among `targets` and their upstream, in dependency order.
-    /// The run-cache, or `None` (said in an event) when its directory cannot be opened:
-    /// a build never fails for want of a cache.
-    fn open_run_cache(
-        &self,
-        on_event: &mut dyn FnMut(&Event<'_>),
-    ) -> Option<std::sync::Arc<dyn crate::runcache::Store>> {
-        let dir = self.spec.cache_dir();
-        // `cache_dir` was checked at load; `DAGRUN_CACHE_DIR` can only be checked here.
-        // Outputs are deleted before their stage runs: a cache inside one would go with it.
-        let lexical: std::path::PathBuf = dir.components().fold(std::path::PathBuf::new(), |mut path, part| {
+    /// The declared output that `dir` lies in, if any (compared by name, `..` resolved).
+    fn output_holding(&self, dir: &Path) -> Option<&crate::spec::RelPath> {
+        let lexical = dir.components().fold(std::path::PathBuf::new(), |mut path, part| {
             match part {
                 std::path::Component::ParentDir => {
                     path.pop();
@@ -151,13 +144,21 @@ impl Engine {
             }
             path
         });
-        let holder = self
-            .spec
-            .stages
-            .iter()
-            .flat_map(|s| &s.outputs)
-            .find(|out| lexical.starts_with(out.to_path(&self.spec.root)));
-        if let Some(output) = holder {
+        self.spec.stages.iter().flat_map(|s| &s.outputs).find(|out| lexical.starts_with(out.to_path(&self.spec.root)))
+    }
+
+    /// The run-cache, or `None` (said in an event) when its directory cannot be opened:
+    /// a build never fails for want of a cache.
+    fn open_run_cache(
+        &self,
+        on_event: &mut dyn FnMut(&Event<'_>),
+    ) -> Option<std::sync::Arc<dyn crate::runcache::Store>> {
+        let dir = self.spec.cache_dir();
+        // `cache_dir` was checked at load; `DAGRUN_CACHE_DIR` can only be checked here.
+        // Outputs are deleted before their stage runs: a cache inside one would go with it.
+        if std::env::var_os("DAGRUN_CACHE_DIR").is_some_and(|d| !d.is_empty())
+            && let Some(output) = self.output_holding(&dir)
+        {
             let error = format!("it is inside output `{output}`, which is deleted before its stage runs");
             on_event(&Event::RunCacheUnavailable { dir: &dir, error: &error });
             return None;

@@ -64,6 +64,15 @@ fn wait_or_kill(mut child: Child, limit: Duration) -> std::process::ExitStatus {
     }
 }
 
+/// A fixed-seed generator (an LCG): kill points that differ between trials and not
+/// between runs of the test.
+fn random(mut seed: u64) -> impl FnMut() -> u64 {
+    move || {
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        seed >> 33
+    }
+}
+
 /// The stages `status` calls up to date.
 fn up_to_date(sb: &Sandbox) -> Vec<String> {
     let json: serde_json::Value = serde_json::from_str(&sb.dagrun(&["status", "--json"]).success().stdout()).unwrap();
@@ -81,11 +90,7 @@ fn a_build_killed_at_any_moment_never_leaves_a_wrong_output_recorded_as_up_to_da
     // Kill points from a fixed-seed generator over the whole build (about 200 ms with
     // -j 2), by SIGKILL (stages outlive dagrun: their background children keep writing)
     // or SIGHUP (a closed terminal), each followed at once by a rebuild.
-    let mut seed: u64 = 0x5eed_d46a_7275;
-    let mut next = move || {
-        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        seed >> 33
-    };
+    let mut next = random(0x5eed_d46a_7275);
     let trials = 24;
     let mut landed_while_running = 0;
     for trial in 0..trials {
@@ -364,11 +369,7 @@ fn big_output_is_right(sb: &Sandbox, stage: &str, version: u32) -> bool {
 
 #[test]
 fn a_build_killed_while_it_restores_from_the_run_cache_never_records_a_wrong_output() {
-    let mut seed: u64 = 0x7e57_0e5e_ed00;
-    let mut next = move || {
-        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        seed >> 33
-    };
+    let mut next = random(0x7e57_0e5e_ed00);
     let trials = 8;
     let mut landed = 0;
     for trial in 0..trials {
