@@ -132,21 +132,6 @@ impl Engine {
     }
 
     /// Runs every dirty stage among `targets` and their upstream, in dependency order.
-    /// The declared output that `dir` lies in, if any (compared by name, `..` resolved).
-    fn output_holding(&self, dir: &Path) -> Option<&crate::spec::RelPath> {
-        let lexical = dir.components().fold(std::path::PathBuf::new(), |mut path, part| {
-            match part {
-                std::path::Component::ParentDir => {
-                    path.pop();
-                }
-                std::path::Component::CurDir => {}
-                other => path.push(other),
-            }
-            path
-        });
-        self.spec.stages.iter().flat_map(|s| &s.outputs).find(|out| lexical.starts_with(out.to_path(&self.spec.root)))
-    }
-
     /// The run-cache, or `None` (said in an event) when its directory cannot be opened:
     /// a build never fails for want of a cache.
     fn open_run_cache(
@@ -157,7 +142,7 @@ impl Engine {
         // `cache_dir` was checked at load; `DAGRUN_CACHE_DIR` can only be checked here.
         // Outputs are deleted before their stage runs: a cache inside one would go with it.
         if std::env::var_os("DAGRUN_CACHE_DIR").is_some_and(|d| !d.is_empty())
-            && let Some(output) = self.output_holding(&dir)
+            && let Some((_, output)) = crate::spec::output_holding(&self.spec.root, &self.spec.stages, &dir)
         {
             let error = format!("it is inside output `{output}`, which is deleted before its stage runs");
             on_event(&Event::RunCacheUnavailable { dir: &dir, error: &error });

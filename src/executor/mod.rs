@@ -733,35 +733,33 @@ fn cache_for<'a>(shared: &Shared<'a>, idx: StageIdx) -> Option<&'a dyn crate::ru
 /// checked file by file and then as a whole against the recorded output hash. Anything
 /// short of that leaves no outputs behind and returns `None`: the stage runs.
 fn restore_from_cache(shared: &Shared<'_>, idx: StageIdx, eval: &Evaluation, reason: &DirtyReason) -> Option<Success> {
-    use crate::runcache::{Restored, forget, restore};
+    use crate::runcache::{forget, lookup, restore};
     // `invalidate` asks for a run: the recorded result is not to be trusted, nor a stored one.
     if matches!(reason, DirtyReason::Invalidated) {
         return None;
     }
     let store = cache_for(shared, idx)?;
-    let key = crate::runcache::key(&eval.fingerprint);
-    store.get_entry(&key)?; // the common miss, before anything is touched
     let spec = shared.eval.spec;
     let stage = &spec.stages[idx];
+    // The common miss, found before anything is touched.
+    let manifest = lookup(store, &eval.fingerprint, &stage.outputs)?;
+    let key = crate::runcache::key(&eval.fingerprint);
     let started = Instant::now();
     remove_outputs(shared, idx).ok()?;
     let log_path = format!("{}/logs/{}/{}.log", spec.own_dir, shared.run.0, stage.name);
     let note = |text: &str| {
         append_log(&spec.root.join(&log_path), text);
     };
-    let manifest = match restore(store, &spec.root, &eval.fingerprint, &stage.outputs) {
-        Restored::Done(manifest) => manifest,
-        Restored::Miss => return None,
-        Restored::Damaged(problem) => {
-            note(&format!("run-cache entry {key} not restored ({problem}); running the stage"));
-            let _ = remove_outputs(shared, idx);
-            return None;
-        }
-    };
+    if let Err(problem) = restore(store, &spec.root, &eval.fingerprint, &manifest) {
+        note(&format!("run-cache entry {key} not restored ({problem}); running the stage"));
+        let _ = remove_outputs(shared, idx);
+        return None;
+    }
     let checked = collect_outputs(shared, idx, eval)
         .ok()
-        .filter(|(outputs, _)| output_hash(outputs).to_hex() == manifest.output_hash);
-    let Some((outputs, moved)) = checked else {
+        .map(|(outputs, moved)| (output_hash(&outputs), outputs, moved))
+        .filter(|(hash, _, _)| hash.to_hex() == manifest.output_hash);
+    let Some((hash, outputs, moved)) = checked else {
         note(&format!(
             "run-cache entry {key} restored outputs that differ from those recorded; entry removed, running the stage"
         ));
@@ -775,7 +773,7 @@ fn restore_from_cache(shared: &Shared<'_>, idx: StageIdx, eval: &Evaluation, rea
         restored: Some((reason.clone(), log_path)),
         eval: eval.clone(),
         metrics: manifest.metrics,
-        output_hash: output_hash(&outputs),
+        output_hash: hash,
         outputs,
         duration,
         at: SystemTime::now(),
@@ -968,8 +966,7 @@ fn open_log(path: &std::path::Path) -> std::io::Result<File> {
 /// Adds a line of dagrun's own to a stage's log, best effort.
 fn append_log(path: &std::path::Path, text: &str) {
     use std::io::Write;
-    let _ = path.parent().map(std::fs::create_dir_all);
-    if let Ok(mut log) = File::options().create(true).append(true).open(path) {
+    if let Ok(mut log) = open_log(path) {
         let _ = writeln!(log, "{text}");
     }
 }

@@ -136,54 +136,42 @@ fn is_executable(meta: &std::fs::Metadata) -> bool {
     meta.permissions().mode() & 0o111 != 0
 }
 
-/// What a lookup found.
-#[derive(Debug)]
-pub enum Restored {
-    /// No usable entry (none, unreadable, another format, other outputs).
-    Miss,
-    /// Every output is in place, each file's bytes checked against its object id.
-    Done(Manifest),
-    /// An object was damaged or missing: the entry is removed, and the outputs written so
-    /// far are left for the caller to delete.
-    Damaged(String),
-}
-
-/// Restores the outputs stored under `fingerprint`, which must be the stage's declared
-/// `outputs`; they must not exist (the caller removes them first). Each file is written
-/// beside its final name and renamed into place.
-pub fn restore(store: &dyn Store, root: &Path, fingerprint: &Fingerprint, outputs: &[RelPath]) -> Restored {
+/// The manifest stored for `fingerprint`, if it is usable for a stage declaring
+/// `outputs`: none, unreadable (then removed), another format or other outputs are misses.
+/// Touches nothing in the workspace.
+pub fn lookup(store: &dyn Store, fingerprint: &Fingerprint, outputs: &[RelPath]) -> Option<Manifest> {
     let key = key(fingerprint);
-    let Some(bytes) = store.get_entry(&key) else { return Restored::Miss };
-    let manifest: Manifest = match serde_json::from_slice(&bytes) {
-        Ok(manifest) => manifest,
-        Err(_) => {
-            let _ = store.remove_entry(&key);
-            return Restored::Miss;
-        }
+    let bytes = store.get_entry(&key)?;
+    let Ok(manifest) = serde_json::from_slice::<Manifest>(&bytes) else {
+        let _ = store.remove_entry(&key);
+        return None;
     };
     let declared: Vec<String> = outputs.iter().map(ToString::to_string).collect();
     let stored: Vec<&str> = manifest.outputs.iter().map(|o| o.path.as_str()).collect();
-    if manifest.format != FORMAT || declared != stored {
-        return Restored::Miss;
-    }
+    (manifest.format == FORMAT && declared == stored).then_some(manifest)
+}
+
+/// Writes a looked-up manifest's outputs, which must not exist (the caller removes them
+/// first). Each file is written beside its final name and renamed into place, its bytes
+/// checked against its object id. On a damaged or missing object the entry is removed
+/// and the outputs written so far are left for the caller to delete.
+pub fn restore(store: &dyn Store, root: &Path, fingerprint: &Fingerprint, manifest: &Manifest) -> Result<(), String> {
     for output in &manifest.outputs {
         let base = root.join(&output.path);
-        if output.directory
-            && let Err(e) = std::fs::create_dir_all(&base)
-        {
-            return Restored::Damaged(format!("cannot create `{}`: {e}", output.path));
+        if output.directory {
+            std::fs::create_dir_all(&base).map_err(|e| format!("cannot create `{}`: {e}", output.path))?;
         }
         for file in &output.files {
             let dest = if file.path.is_empty() { base.clone() } else { base.join(&file.path) };
             if let Err(problem) = restore_file(store, file, &dest) {
                 if matches!(problem, GetError::Damaged { .. }) {
-                    let _ = store.remove_entry(&key);
+                    forget(store, fingerprint);
                 }
-                return Restored::Damaged(problem.to_string());
+                return Err(problem.to_string());
             }
         }
     }
-    Restored::Done(manifest)
+    Ok(())
 }
 
 static RESTORE_COUNTER: AtomicU64 = AtomicU64::new(0);

@@ -27,6 +27,7 @@ pub use diagnostic::{Diagnostic, SpecError, suggest};
 pub use glob::{GlobPattern, InvalidGlob};
 pub use path::{RelPath, is_glob, normalize, normalize_with};
 pub(crate) use resolve::deletes_outside;
+pub(crate) use validate::output_holding;
 
 /// A validated stage name: the component name shown everywhere.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

@@ -553,18 +553,25 @@ fn check_state_not_an_output(
 
 /// Outputs are deleted before their stage runs: none may hold the run-cache.
 fn check_cache_not_in_an_output(root: &Path, dir: &Spanned<String>, stages: &[Stage], diags: &mut Vec<Diagnostic>) {
-    let cache = lexical(&root.join(dir.get_ref()));
-    for stage in stages {
-        if let Some(out) = stage.outputs.iter().find(|out| cache.starts_with(lexical(&out.to_path(root)))) {
-            diags.push(
-                Diagnostic::new(
-                    format!("`cache_dir` is inside output `{out}` of stage `{}`", stage.name),
-                    Some(dir.span()),
-                )
-                .help("outputs are deleted before their stage runs; keep the run-cache out of every output"),
-            );
-        }
+    if let Some((stage, out)) = output_holding(root, stages, &root.join(dir.get_ref())) {
+        diags.push(
+            Diagnostic::new(
+                format!("`cache_dir` is inside output `{out}` of stage `{}`", stage.name),
+                Some(dir.span()),
+            )
+            .help("outputs are deleted before their stage runs; keep the run-cache out of every output"),
+        );
     }
+}
+
+/// The stage and declared output that `path` lies in, if any, compared by name (`..`
+/// resolved, links not followed).
+pub(crate) fn output_holding<'a>(root: &Path, stages: &'a [Stage], path: &Path) -> Option<(&'a Stage, &'a RelPath)> {
+    let path = lexical(path);
+    stages.iter().find_map(|stage| {
+        let out = stage.outputs.iter().find(|out| path.starts_with(lexical(&out.to_path(root))))?;
+        Some((stage, out))
+    })
 }
 
 /// An absolute path with `.` and `..` removed by name alone (no links are followed).
