@@ -69,5 +69,24 @@ fn planning(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, fingerprint, planning);
+/// One large file hashed as an input or output is (`DAGRUN_HASH_MIB`, default 1024 MiB),
+/// to set beside `b3sum` on the same file: `benches/hash_vs_b3sum.sh` runs both.
+fn hash_large_file(c: &mut Criterion) {
+    let mib: usize = std::env::var("DAGRUN_HASH_MIB").ok().and_then(|v| v.parse().ok()).unwrap_or(1024);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("big");
+    let chunk: Vec<u8> = (0..1 << 20).map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+    let mut file = std::fs::File::create(&path).unwrap();
+    for _ in 0..mib {
+        std::io::Write::write_all(&mut file, &chunk).unwrap();
+    }
+    drop(file);
+    let mut group = c.benchmark_group("hash");
+    group.sample_size(10);
+    group.throughput(criterion::Throughput::Bytes((mib << 20) as u64));
+    group.bench_function(format!("{mib} MiB file"), |b| b.iter(|| dagrun::fingerprint::hash_file(&path).unwrap()));
+    group.finish();
+}
+
+criterion_group!(benches, fingerprint, planning, hash_large_file);
 criterion_main!(benches);

@@ -19,7 +19,7 @@ total=$((markets * ticks))
 echo "market pipeline: $markets markets x $ticks ticks = $total ticks, -j 2"
 "$repo/target/release/dagrun" -C "$work" status --json | python3 -c "
 import json, sys
-stages = json.load(sys.stdin)["stages"]
+stages = json.load(sys.stdin)['stages']
 print('| stage | seconds |')
 print('|---|---:|')
 for s in stages:

@@ -189,14 +189,12 @@ impl HashCache {
             return Ok(entry.hash);
         }
         let cached_at_ns = self.clock_ns;
-        let mut hasher = blake3::Hasher::new();
-        // Memory-maps and hashes on several threads for large files; plain reads for small.
-        hasher.update_mmap_rayon(full).map_err(|e| HashError::io(rel, e))?;
+        let (hash, _) = super::hash_file(full).map_err(|e| HashError::io(rel, e))?;
         let entry = CacheEntry {
             size: stat.size,
             mtime_ns: stat.mtime_ns,
             inode: stat.inode,
-            hash: FileHash(hasher.finalize()),
+            hash: FileHash(hash),
             cached_at_ns,
             ctime_ns: stat.ctime_ns,
             dev: stat.dev,

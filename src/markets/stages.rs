@@ -991,7 +991,31 @@ pub fn publish(ctx: &mut BuiltinContext<'_>) -> Result<(), StageError> {
 }
 #[cfg(test)]
 mod tests {
-    use super::decide;
+    use super::{decide, labels};
+
+    #[test]
+    fn labels_keep_flat_moves_and_start_where_the_delayed_trade_fills() {
+        // Two markets; the mid of A moves up, stays flat, then down; B is flat throughout.
+        let ids = arrow_array::StringArray::from(vec!["A", "A", "A", "A", "A", "B", "B", "B"]);
+        let ts = [10, 20, 30, 40, 50, 10, 20, 30];
+        let mid = [1.0, 2.0, 2.0, 1.0, 1.0, 5.0, 5.0, 5.0];
+
+        let now = labels(&ids, &ts, &mid, 0);
+        assert_eq!(
+            now.moves,
+            [Some(1), Some(0), Some(-1), Some(0), None, Some(0), Some(0), None],
+            "a flat mid is a label of its own (neither up nor down), never a dropped row"
+        );
+        assert_eq!(now.flat, 4);
+        assert_eq!(now.end_ts, [20, 30, 40, 50, i64::MAX, 20, 30, i64::MAX]);
+
+        // With one tick of delay, the decision at t earns the move from t+1 to t+2, and a
+        // label never reaches into the next market.
+        let delayed = labels(&ids, &ts, &mid, 1);
+        assert_eq!(delayed.moves, [Some(0), Some(-1), Some(0), None, None, Some(0), None, None]);
+        assert_eq!(delayed.end_ts, [30, 40, 50, i64::MAX, i64::MAX, 30, i64::MAX, i64::MAX]);
+        assert!(delayed.down(1) && !delayed.up(1) && !delayed.up(0) && !delayed.down(0));
+    }
 
     #[test]
     fn positions_enter_beyond_the_threshold_and_leave_inside_the_exit_band() {

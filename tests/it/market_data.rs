@@ -27,6 +27,20 @@ fn with_times(change: impl Fn(&str) -> String) -> String {
     out
 }
 
+/// The export as a decimal-comma locale writes it: `;` between fields, `,` in numbers.
+fn decimal_commas(csv: &str) -> String {
+    csv.lines()
+        .map(|line| {
+            let fields: Vec<String> = line
+                .split(',')
+                .enumerate()
+                .map(|(i, f)| if i >= 2 { f.replace('.', ",") } else { f.to_string() })
+                .collect();
+            fields.join(";") + "\n"
+        })
+        .collect()
+}
+
 fn ms(rfc3339: &str) -> i64 {
     humantime::parse_rfc3339(rfc3339).unwrap().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
 }
@@ -129,7 +143,7 @@ fn parquet_in_every_codec_and_csv_with_other_separators_give_the_same_ticks() {
         Compression::UNCOMPRESSED,
     ] {
         let sb = Sandbox::new().pipeline(&parquet_pipeline());
-        write_parquet_fixtures_compressed(&sb, false, compression);
+        write_parquet_fixtures_compressed(&sb, false, compression, Some("UTC"));
         assert_eq!(ticks_table(&sb), reference, "{compression:?}");
     }
     for separator in [";", "\t"] {
@@ -139,6 +153,39 @@ fn parquet_in_every_codec_and_csv_with_other_separators_give_the_same_ticks() {
             .file("exports/ticks.csv", &fixture("ticks.csv").replace(',', separator));
         assert_eq!(ticks_table(&sb), reference, "separated by {separator:?}");
     }
+
+    // A Parquet timestamp with no zone is wall-clock time: refused until the stage names the zone.
+    let sb = Sandbox::new().pipeline(&parquet_pipeline());
+    write_parquet_fixtures_compressed(&sb, false, Compression::ZSTD(ZstdLevel::default()), None);
+    let run = sb.dagrun(&["build", "ticks"]).failure();
+    assert!(
+        run.stdout().contains("exports/ticks.parquet")
+            && run.stdout().contains("the column is a timestamp without a time zone")
+            && run.stdout().contains("set param `timezone = \"UTC\"`"),
+        "{}",
+        run.stdout()
+    );
+    sb.edit("pipeline.toml", |t| {
+        t.replace(
+            r#"params = { source = "exports/ticks.parquet" }"#,
+            r#"params = { source = "exports/ticks.parquet", timezone = "UTC" }"#,
+        )
+    });
+    assert_eq!(ticks_table(&sb), reference, "naive Parquet times read in the zone given");
+
+    // A `;` export from a locale that writes decimal commas: refused with what to change.
+    let sb = Sandbox::new()
+        .pipeline(CSV_PIPELINE)
+        .file("exports/markets.csv", &fixture("markets.csv").replace(',', ";"))
+        .file("exports/ticks.csv", &decimal_commas(&fixture("ticks.csv")));
+    let run = sb.dagrun(&["build", "ticks"]).failure();
+    assert!(
+        run.stdout().contains("exports/ticks.csv line 2, column `price`")
+            && run.stdout().contains("it has a decimal comma; export numbers with a decimal point"),
+        "{}",
+        run.stdout()
+    );
+    assert!(!sb.path("data/ticks.arrow").exists(), "no partial table is left");
 }
 
 #[test]

@@ -88,17 +88,47 @@ fn report_holds_the_numbers_of_report_json(md: &str, report: &serde_json::Value)
     let threshold = f(&report["strategy"]["threshold"]);
     assert!(md.contains(&format!("Model threshold: {threshold} (tuned on the validation period by net PnL).")), "{md}");
     assert!(md.contains(&format!("| {threshold} (chosen) |")), "the sensitivity table marks the choice");
-    let test = &report["strategy"]["test"];
-    let model_row = format!(
-        "| model | {:+.2}% | {:+.2}% | {:.2}% |",
-        f(&test["pnl"]) * 100.0,
-        f(&test["gross_pnl"]) * 100.0,
-        f(&test["costs"]["fees"]) * 100.0
-    );
-    assert!(md.contains(&model_row), "report.md lacks {model_row}:\n{md}");
-    let ci =
-        format!("| {:.2} [{:.2}, {:.2}] |", f(&test["sharpe"]), f(&test["sharpe_ci95"][0]), f(&test["sharpe_ci95"][1]));
-    assert!(md.contains(&ci), "report.md lacks the Sharpe interval {ci}");
+    // Every cell of the three strategies' rows, as report.json holds them.
+    let pct = |v: &serde_json::Value| format!("{:+.2}%", f(v) * 100.0);
+    let share = |v: &serde_json::Value, places: usize| format!("{:.*}%", places, f(v) * 100.0);
+    let holding = |h: f64| if h < 1.0 { format!("{:.0} min", h * 60.0) } else { format!("{h:.1} h") };
+    for (name, b) in [
+        ("model", &report["strategy"]["test"]),
+        ("momentum baseline", &report["baseline"]["test"]),
+        ("long every market, equal weight", &report["strategy"]["benchmark"]),
+    ] {
+        let row = format!(
+            "| {name} | {} | {} | {} | {} | {} | {:.2} [{:.2}, {:.2}] | {} | {} | {} | {} | {} |",
+            pct(&b["pnl"]),
+            pct(&b["gross_pnl"]),
+            share(&b["costs"]["fees"], 2),
+            share(&b["costs"]["slippage"], 2),
+            share(&b["costs"]["spread"], 2),
+            f(&b["sharpe"]),
+            f(&b["sharpe_ci95"][0]),
+            f(&b["sharpe_ci95"][1]),
+            share(&b["max_drawdown"], 2),
+            share(&b["hit_rate"], 1),
+            share(&b["exposure"], 1),
+            holding(f(&b["avg_holding_hours"])),
+            b["trades"]
+        );
+        assert!(md.contains(&row), "report.md lacks the {name} row {row}:\n{md}");
+    }
+    let sensitivity = report["strategy"]["sensitivity"].as_array().unwrap();
+    assert!(sensitivity.len() >= 3, "a threshold grid, not one point");
+    for r in sensitivity {
+        let t = f(&r["threshold"]);
+        let mark = if t == threshold { " (chosen)" } else { "" };
+        let row = format!(
+            "| {t}{mark} | {} | {} | {} | {} |",
+            pct(&r["pnl_no_costs"]),
+            pct(&r["pnl"]),
+            pct(&r["pnl_double_costs"]),
+            r["trades"]
+        );
+        assert!(md.contains(&row), "report.md lacks the sensitivity row {row}");
+    }
     for m in report["strategy"]["per_market"].as_array().unwrap() {
         let row = format!(
             "| {} | {:.4} | {:+.2}% | {} |",
@@ -284,10 +314,16 @@ fn a_csv_missing_a_column_says_which() {
 /// Writes the CSV fixtures as Parquet, with the types pyarrow would give them: a UTC
 /// millisecond timestamp, integer volumes, float32 tick sizes.
 pub fn write_parquet_fixtures(sb: &Sandbox, price_as_text: bool) {
-    write_parquet_fixtures_compressed(sb, price_as_text, parquet::basic::Compression::SNAPPY);
+    write_parquet_fixtures_compressed(sb, price_as_text, parquet::basic::Compression::SNAPPY, Some("UTC"));
 }
 
-pub fn write_parquet_fixtures_compressed(sb: &Sandbox, price_as_text: bool, compression: parquet::basic::Compression) {
+/// `zone` is the `ts` column's time zone; `None` writes wall-clock times with no zone.
+pub fn write_parquet_fixtures_compressed(
+    sb: &Sandbox,
+    price_as_text: bool,
+    compression: parquet::basic::Compression,
+    zone: Option<&str>,
+) {
     use std::sync::Arc;
 
     use arrow_array::{
@@ -342,7 +378,8 @@ pub fn write_parquet_fixtures_compressed(sb: &Sandbox, price_as_text: bool, comp
             (
                 "ts",
                 Arc::new(
-                    TimestampMillisecondArray::from_iter_values(ticks.iter().map(|r| ms(&r[1]))).with_timezone("UTC"),
+                    TimestampMillisecondArray::from_iter_values(ticks.iter().map(|r| ms(&r[1])))
+                        .with_timezone_opt(zone),
                 ),
             ),
             ("price", price),
@@ -386,4 +423,42 @@ fn a_parquet_column_of_the_wrong_type_is_named() {
         "{}",
         run.stdout()
     );
+}
+
+/// The boundary ARCHITECTURE.md promises, checked so that it cannot rot: the market stages
+/// use nothing of the engine but the built-in API, and the engine (the CLI aside, which
+/// registers them) never names the market stages.
+#[test]
+fn the_market_stages_use_only_the_builtin_api_and_the_engine_never_names_them() {
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let rust_files = |dir: &std::path::Path| -> Vec<std::path::PathBuf> {
+        walkdir::WalkDir::new(dir)
+            .into_iter()
+            .map(|e| e.unwrap().into_path())
+            .filter(|p| p.extension().is_some_and(|e| e == "rs"))
+            .collect()
+    };
+    let markets = rust_files(&src.join("markets"));
+    assert!(markets.len() >= 5, "found the market sources: {markets:?}");
+    for file in &markets {
+        let text = std::fs::read_to_string(file).unwrap();
+        for (n, line) in text.lines().enumerate() {
+            for (at, _) in line.match_indices("crate::") {
+                let rest = &line[at + "crate::".len()..];
+                assert!(
+                    rest.starts_with("builtin") || rest.starts_with("markets"),
+                    "{}:{}: the market stages may use only `crate::builtin`: {line}",
+                    file.display(),
+                    n + 1
+                );
+            }
+        }
+    }
+    for file in rust_files(&src) {
+        if file.starts_with(src.join("markets")) || file.starts_with(src.join("cli")) || file.ends_with("lib.rs") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&file).unwrap();
+        assert!(!text.contains("markets::"), "{} names the market stages; only the CLI registers them", file.display());
+    }
 }
