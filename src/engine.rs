@@ -191,8 +191,8 @@ impl Engine {
             on_event(&Event::SweptInterrupted { stages: &swept });
         }
 
-        let records = state.load_records()?;
-        let cache = HashCache::new(&self.spec.root, state.load_hash_cache()?, &self.writer_clock());
+        let (records, entries) = state.load_plan_state()?;
+        let cache = HashCache::new(&self.spec.root, entries, &self.writer_clock());
         let ctx = self.eval_context(&records, &cache, opts.force);
         let plan = plan_build(&ctx, &selected);
 
@@ -229,6 +229,7 @@ impl Engine {
         };
         state.finish_run(run, run_outcome, &summary.counts)?;
         cached?;
+        state.refresh_snapshot()?;
         on_event(&Event::BuildFinished { summary: &summary });
         Ok(summary)
     }
@@ -239,12 +240,8 @@ impl Engine {
     pub fn status(&self, targets: &[String], force: bool) -> Result<Vec<StageReport>, Error> {
         let selected = self.select(targets)?;
         let state = State::open_reader(&self.spec.state_path)?;
-        let records = match &state {
-            Some(state) => state.load_records()?,
-            None => Default::default(),
-        };
-        let entries = match &state {
-            Some(state) => state.load_hash_cache()?,
+        let (records, entries) = match &state {
+            Some(state) => state.load_plan_state()?,
             None => Default::default(),
         };
         let cache = HashCache::new(&self.spec.root, entries, &CacheClock::Local);
@@ -293,8 +290,8 @@ impl Engine {
         let mut state = State::open(&self.spec.state_path)?;
         end_orphans(&state, on_event)?;
         state.sweep_unfinished()?;
-        let records = state.load_records()?;
-        let cache = HashCache::new(&self.spec.root, state.load_hash_cache()?, &self.writer_clock());
+        let (records, entries) = state.load_plan_state()?;
+        let cache = HashCache::new(&self.spec.root, entries, &self.writer_clock());
         let ctx = self.eval_context(&records, &cache, false);
         // Accepting a stage vouches for its outputs given its upstream's recorded outputs:
         // every upstream stage outside the accepted set must itself be up to date.

@@ -151,10 +151,31 @@ pub(super) fn check_resolved(spec: &Spec, spans: &[Spans]) -> Vec<Diagnostic> {
     ];
     let outputs: std::collections::HashSet<&str> =
         spec.stages.iter().flat_map(|stage| stage.outputs.iter().map(|o| o.as_str())).collect();
+    // Most pipelines write thousands of outputs into a few directories: a directory found
+    // clear answers for every name in it, with no path built per output.
+    let special: Vec<&Path> =
+        protected.iter().flat_map(|p| p.paths.iter().map(PathBuf::as_path)).chain([dagrun_dir.as_path()]).collect();
+    let mut clear_dirs: HashMap<String, bool> = HashMap::new();
+    let mut in_clear_dir = |rel: &crate::spec::RelPath| -> bool {
+        if rel.is_outside() {
+            return false;
+        }
+        let dir = rel.as_str().rsplit_once('/').map_or("", |(dir, _)| dir);
+        if let Some(&clear) = clear_dirs.get(dir) {
+            return clear;
+        }
+        let resolved = resolver.resolve(&spec.root.join(dir));
+        let clear = within(&resolved, &root) && !special.iter().any(|s| within(s, &resolved) || within(&resolved, s));
+        clear_dirs.insert(dir.to_string(), clear);
+        clear
+    };
     let mut diags = Vec::new();
     for (stage, spans) in spec.stages.iter().zip(spans) {
         let name = &stage.name;
         for (rel, span) in stage.outputs.iter().zip(&spans.outputs) {
+            if in_clear_dir(rel) {
+                continue;
+            }
             let target = resolver.resolve_for_delete(&rel.to_path(&spec.root));
             let elsewhere = "outputs are deleted before their stage runs; write the stage's output elsewhere";
             let (message, help) = if let Some(victim) =
@@ -190,6 +211,9 @@ pub(super) fn check_resolved(spec: &Spec, spans: &[Spans]) -> Vec<Diagnostic> {
             let target = match input {
                 Input::Glob(glob) => resolver.resolve(&spec.root.join(glob.base())),
                 Input::Path(path) if outputs.contains(path.as_str()) => {
+                    if in_clear_dir(path) {
+                        continue;
+                    }
                     resolver.resolve_for_delete(&path.to_path(&spec.root))
                 }
                 Input::Path(path) => resolver.resolve(&path.to_path(&spec.root)),

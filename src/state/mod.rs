@@ -6,6 +6,7 @@
 mod history;
 mod lock;
 mod records;
+mod snapshot;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -25,11 +26,12 @@ fn migrations() -> Migrations<'static> {
     Migrations::new(MIGRATIONS.iter().map(|sql| M::up(sql)).collect())
 }
 
-const MIGRATIONS: [&str; 4] = [
+const MIGRATIONS: [&str; 5] = [
     include_str!("../../migrations/0001_initial.sql"),
     include_str!("../../migrations/0002_stage_metrics.sql"),
     include_str!("../../migrations/0003_trust.sql"),
     include_str!("../../migrations/0004_run_cache.sql"),
+    include_str!("../../migrations/0005_state_token.sql"),
 ];
 
 /// The newest schema version this dagrun knows.
@@ -130,6 +132,8 @@ fn is_damage(err: &rusqlite::Error) -> bool {
 pub struct State {
     conn: Connection,
     path: PathBuf,
+    /// The token of the snapshot on disk, once this process has read or written it.
+    snapshot_token: std::cell::Cell<Option<i64>>,
 }
 
 impl std::fmt::Debug for State {
@@ -200,7 +204,7 @@ impl State {
         let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
             .map_err(|source| StateError::Open { path: path.to_path_buf(), source })?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
-        Ok(State { conn, path: path.to_path_buf() })
+        Ok(State { conn, path: path.to_path_buf(), snapshot_token: Default::default() })
     }
 
     /// What readers (`status`, `why`, `history`, `graph`, `build -n`, the dashboard) open:
@@ -248,7 +252,7 @@ impl State {
         let open_err = |source| StateError::Open { path: path.to_path_buf(), source };
         let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE)
             .map_err(open_err)?;
-        let mut state = State { conn, path: path.to_path_buf() };
+        let mut state = State { conn, path: path.to_path_buf(), snapshot_token: Default::default() };
         state.configure()?;
         Ok(state)
     }
@@ -333,9 +337,13 @@ impl State {
         let now = timestamp(SystemTime::now());
         let tx = self.conn.transaction()?;
         let stages: Vec<String> = {
-            let mut stmt =
-                tx.prepare(&format!("SELECT DISTINCT component FROM stage_runs WHERE {rows} ORDER BY component"))?;
-            stmt.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?
+            // Deduplicated and sorted here: with DISTINCT and ORDER BY in the query, SQLite
+            // walks the by-component index over every row ever recorded instead of the
+            // small index of running rows (5 ms of a 10,000-stage no-op build).
+            let mut stmt = tx.prepare(&format!("SELECT component FROM stage_runs WHERE {rows}"))?;
+            let found: std::collections::BTreeSet<String> =
+                stmt.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+            found.into_iter().collect()
         };
         tx.execute(
             &format!(
@@ -430,6 +438,46 @@ impl State {
     }
 
     /// Writes stat-cache entries hashed outside any stage (e.g. by `status`).
+    /// Every stage's record and the stat cache: from the snapshot when it is current, else
+    /// from the tables (read in one transaction).
+    pub fn load_plan_state(&self) -> Result<snapshot::PlanState, StateError> {
+        if let Some(token) = self.token()?
+            && let Some(plan_state) = snapshot::read(&snapshot::path_for(&self.path), token)
+        {
+            self.snapshot_token.set(Some(token));
+            return Ok(plan_state);
+        }
+        Ok(self.load_plan_state_from_tables()?.1)
+    }
+
+    /// After a build: rewrites the snapshot if the state changed since it was made. A
+    /// snapshot that cannot be written is only a slower next load.
+    pub fn refresh_snapshot(&self) -> Result<(), StateError> {
+        if self.snapshot_token.get() == self.token()? {
+            return Ok(());
+        }
+        if let (Some(token), plan_state) = self.load_plan_state_from_tables()?
+            && snapshot::write(&snapshot::path_for(&self.path), token, &plan_state).is_ok()
+        {
+            self.snapshot_token.set(Some(token));
+        }
+        Ok(())
+    }
+
+    /// `None` if someone deleted the token's row: then no snapshot is ever used.
+    fn token(&self) -> Result<Option<i64>, StateError> {
+        Ok(self.conn.query_row("SELECT token FROM state_token WHERE id = 1", [], |r| r.get(0)).optional()?)
+    }
+
+    fn load_plan_state_from_tables(&self) -> Result<(Option<i64>, snapshot::PlanState), StateError> {
+        let read = self.conn.unchecked_transaction()?;
+        let token = self.token()?;
+        let records = self.load_records()?;
+        let entries = self.load_hash_cache()?;
+        read.commit()?;
+        Ok((token, (records, entries)))
+    }
+
     pub fn save_hash_cache(&mut self, entries: &[(String, crate::fingerprint::CacheEntry)]) -> Result<(), StateError> {
         if entries.is_empty() {
             return Ok(());

@@ -43,10 +43,10 @@ fn the_seed_query_works_on_the_state_database() {
 fn migrate_creates_the_schema_and_reports_the_version() {
     let sb = abc();
     let first = sb.dagrun(&["migrate"]).success();
-    assert!(first.stdout().contains("from schema version 0 to 4"), "{}", first.stdout());
+    assert!(first.stdout().contains("from schema version 0 to 5"), "{}", first.stdout());
     let again = sb.dagrun(&["migrate"]).success();
-    assert!(again.stdout().contains("is at schema version 4"), "{}", again.stdout());
-    assert_eq!(sb.column("PRAGMA user_version"), ["4"]);
+    assert!(again.stdout().contains("is at schema version 5"), "{}", again.stdout());
+    assert_eq!(sb.column("PRAGMA user_version"), ["5"]);
 }
 
 #[test]
@@ -59,11 +59,12 @@ fn a_version_1_database_is_upgraded_in_place_keeping_its_rows() {
         .unwrap();
     drop(db);
     let run = sb.dagrun(&["migrate"]).success();
-    assert!(run.stdout().contains("from schema version 1 to 4"), "{}", run.stdout());
+    assert!(run.stdout().contains("from schema version 1 to 5"), "{}", run.stdout());
     assert_eq!(sb.column("SELECT run_count FROM orchestrator_state WHERE component = 'a'"), ["7"]);
     assert_eq!(sb.column("SELECT count(*) FROM pragma_table_info('stage_runs') WHERE name = 'metrics'"), ["1"]);
     assert_eq!(sb.column("SELECT count(*) FROM pragma_table_info('stage_runs') WHERE name = 'attempt_token'"), ["1"]);
     assert_eq!(sb.column("SELECT restore_count FROM orchestrator_state WHERE component = 'a'"), ["0"]);
+    assert_eq!(sb.column("SELECT count(*) FROM state_token"), ["1"]);
 }
 
 #[test]
@@ -198,4 +199,50 @@ fn status_shows_a_stage_another_build_is_running() {
     sb.remove("hold");
     let rebuilt = sb.build().success();
     assert!(rebuilt.stdout().contains("1 ran"), "{}", rebuilt.stdout());
+}
+
+/// The snapshot of the state beside the database (a no-op build's fast path) is believed
+/// only while the database has not changed since it was written, whoever changed it.
+#[test]
+fn the_state_snapshot_is_never_believed_over_the_database() {
+    let sb = abc();
+    sb.build().success();
+    assert_eq!(sb.ran(), ["a", "b", "c"]);
+    let snapshot = sb.path(".dagrun/state.db.snapshot");
+    let written = std::fs::read(&snapshot).expect("a build leaves a snapshot of the state");
+    assert!(written.starts_with(b"dagrun state snapshot 1\n"));
+    sb.build().success();
+    assert!(sb.ran().is_empty(), "the snapshot gives the same plan as the tables");
+
+    // Plain SQL marks b dirty: the snapshot says otherwise, and must lose.
+    sb.db().execute("UPDATE orchestrator_state SET is_dirty = 1 WHERE component = 'b'", []).unwrap();
+    let status = sb.dagrun(&["status"]).success();
+    assert!(status.stdout().lines().any(|l| l.starts_with("b ") && l.contains("dirty")), "{}", status.stdout());
+    sb.build().success();
+    assert_eq!(sb.ran(), ["b"], "b ran; c's input came back identical and was cut off");
+
+    // An old snapshot put back after the state moved on: b is invalidated, and the old
+    // snapshot (which recorded it clean) is put back in place of the new one.
+    let clean = std::fs::read(&snapshot).unwrap();
+    sb.dagrun(&["invalidate", "b"]).success();
+    std::fs::write(&snapshot, &clean).unwrap();
+    sb.build().success();
+    assert_eq!(sb.ran(), ["b"]);
+
+    // A damaged or torn snapshot is ignored, and the next build writes a whole one.
+    let mut damaged = std::fs::read(&snapshot).unwrap();
+    let last = damaged.len() - 1;
+    damaged[last] ^= 0xff;
+    std::fs::write(&snapshot, &damaged).unwrap();
+    sb.dagrun(&["invalidate", "a"]).success();
+    sb.build().success();
+    assert_eq!(sb.ran(), ["a"]);
+    std::fs::write(&snapshot, &damaged[..damaged.len() / 2]).unwrap();
+    sb.build().success();
+    assert!(sb.ran().is_empty());
+    let rewritten = std::fs::read(&snapshot).unwrap();
+    assert!(
+        rewritten.starts_with(b"dagrun state snapshot 1\n") && rewritten.len() > damaged.len() / 2,
+        "the no-op build rewrote it whole"
+    );
 }
