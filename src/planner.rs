@@ -267,9 +267,7 @@ fn check_outputs(ctx: &EvalContext<'_>, idx: StageIdx, record: &StageRecord) -> 
     for (path, hashed) in ctx.cache.hash_paths(&paths) {
         let reason = match hashed {
             Err(_) => DirtyReason::OutputMissing { path: path.to_string() },
-            Ok(hash) if record.outputs.get(path) != Some(&hash) => {
-                DirtyReason::OutputModified { path: path.to_string() }
-            }
+            Ok(hash) if record.output(path) != Some(&hash) => DirtyReason::OutputModified { path: path.to_string() },
             Ok(_) => continue,
         };
         return Verdict::Dirty(reason);

@@ -8,7 +8,7 @@
 //! checksum, and only then believed. A missing, stale, torn or foreign copy costs the SQL
 //! load, never a wrong answer.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -140,7 +140,7 @@ impl Stored {
                 Some(text) => Some(StageStatus::parse(&text)?),
                 None => None,
             };
-            let outputs: BTreeMap<String, FileHash> =
+            let outputs =
                 r.outputs.into_iter().map(|(path, h)| (path, FileHash(blake3::Hash::from_bytes(h)))).collect();
             let record = StageRecord {
                 last_run_at: r.last_run_at,
