@@ -1,5 +1,5 @@
 //! In-process costs of the no-op path: fingerprinting, stat-cache hits, and planning a
-//! whole generated pipeline. `benches/compare.sh` measures the binary beside ninja.
+//! whole generated pipeline. `benches/compare.py` measures the binary beside ninja, make, DVC and Snakemake.
 
 use std::collections::BTreeMap;
 use std::hint::black_box;

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Generates one pipeline as dagrun, ninja and make files, in the shapes of
+"""Generates one pipeline as dagrun, ninja, make, DVC and Snakemake files, in the shapes of
 ../shared/anchors/RESULTS.md: `chains` (round(sqrt(N-1)) independent chains and one
 fan-in sink) or `wide` (N-1 independent leaves and one sink). Each stage is
 `cat INPUTS > OUT && echo NAME >> OUT`.
@@ -56,6 +56,18 @@ def main():
         f.write("all: out/sink.txt\n\n")
         for name, ins, out in all_stages:
             f.write(f"{out}: {' '.join(ins)}\n\tcat {' '.join(ins)} > {out} && echo {name} >> {out}\n")
+    with open(os.path.join(root, "dvc.yaml"), "w") as f:
+        f.write("stages:\n")
+        for name, ins, out in all_stages:
+            f.write(f"  {name}:\n    cmd: cat {' '.join(ins)} > {out} && echo {name} >> {out}\n")
+            f.write("    deps:\n" + "".join(f"      - {i}\n" for i in ins))
+            f.write(f"    outs:\n      - {out}:\n          cache: false\n")
+    with open(os.path.join(root, "Snakefile"), "w") as f:
+        f.write('rule all:\n    input: "out/sink.txt"\n\n')
+        for name, ins, out in all_stages:
+            quoted = ", ".join(f'"{i}"' for i in ins)
+            f.write(f"rule {name}:\n    input: {quoted}\n    output: \"{out}\"\n")
+            f.write(f"    shell: \"cat {{input}} > {{output}} && echo {name} >> {{output}}\"\n\n")
     print(sources[0])
 
 

@@ -59,6 +59,34 @@ pub struct FileStat {
     pub dev: u64,
 }
 
+/// What `hash_path` needs of one `statx`: the kind of file and its key in the cache.
+enum Found {
+    File(FileStat),
+    Dir,
+    Other,
+}
+
+/// `statx` of `rel` (following links) relative to the pipeline directory's descriptor: the
+/// kernel walks `out/x.txt`, not every component of an absolute path, for each of the
+/// thousands of paths a no-op build checks. Fields as `std::fs::Metadata` gives them, so
+/// cache entries recorded either way compare equal.
+fn stat_at(dir: &rustix::fd::OwnedFd, rel: &str) -> io::Result<Found> {
+    use rustix::fs::{AtFlags, FileType, StatxFlags, statx};
+    let st = statx(dir, rel, AtFlags::empty(), StatxFlags::BASIC_STATS)?;
+    let ns = |t: rustix::fs::StatxTimestamp| t.tv_sec * 1_000_000_000 + i64::from(t.tv_nsec);
+    Ok(match FileType::from_raw_mode(st.stx_mode.into()) {
+        FileType::Directory => Found::Dir,
+        FileType::RegularFile => Found::File(FileStat {
+            size: st.stx_size,
+            mtime_ns: ns(st.stx_mtime),
+            ctime_ns: ns(st.stx_ctime),
+            inode: st.stx_ino,
+            dev: rustix::fs::makedev(st.stx_dev_major, st.stx_dev_minor),
+        }),
+        _ => Found::Other,
+    })
+}
+
 impl FileStat {
     fn of(meta: &std::fs::Metadata) -> FileStat {
         FileStat {
@@ -136,6 +164,9 @@ impl HashError {
 #[derive(Debug)]
 pub struct HashCache {
     root: PathBuf,
+    /// `root` opened as a directory (`O_PATH`), for `stat_at`; `None` if it could not be
+    /// opened, and then every path is statted in full.
+    root_dir: Option<rustix::fd::OwnedFd>,
     /// The filesystem's time when the cache was made: every entry hashed by this cache
     /// was hashed after it, so it is a safe `cached_at_ns`.
     clock_ns: i64,
@@ -145,8 +176,10 @@ pub struct HashCache {
 
 impl HashCache {
     pub fn new(root: &Path, entries: HashMap<String, CacheEntry>, clock: &CacheClock) -> HashCache {
+        use rustix::fs::{Mode, OFlags, open};
         HashCache {
             root: root.to_path_buf(),
+            root_dir: open(root, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty()).ok(),
             clock_ns: clock.now_ns(),
             entries: Mutex::new(entries),
             fresh: Mutex::new(Vec::new()),
@@ -161,13 +194,18 @@ impl HashCache {
     /// Hashes a file or a directory (the sorted list of its files' relative paths and hashes).
     pub fn hash_path(&self, rel: &str) -> Result<FileHash, HashError> {
         let full = self.root.join(rel);
-        let meta = std::fs::metadata(&full).map_err(|e| HashError::io(rel, e))?;
-        if meta.is_dir() {
-            self.hash_dir(rel, &full)
-        } else if meta.is_file() {
-            self.hash_file(rel, &full, &meta)
-        } else {
-            Err(HashError::NotAFile { path: rel.to_string() })
+        let found = match &self.root_dir {
+            Some(dir) => stat_at(dir, rel),
+            None => std::fs::metadata(&full).map(|meta| match () {
+                () if meta.is_dir() => Found::Dir,
+                () if meta.is_file() => Found::File(FileStat::of(&meta)),
+                () => Found::Other,
+            }),
+        };
+        match found.map_err(|e| HashError::io(rel, e))? {
+            Found::Dir => self.hash_dir(rel, &full),
+            Found::File(stat) => self.hash_file(rel, &full, stat),
+            Found::Other => Err(HashError::NotAFile { path: rel.to_string() }),
         }
     }
 
@@ -179,8 +217,7 @@ impl HashCache {
         rels.par_iter().map(|&rel| (rel, self.hash_path(rel))).collect()
     }
 
-    fn hash_file(&self, rel: &str, full: &Path, meta: &std::fs::Metadata) -> Result<FileHash, HashError> {
-        let stat = FileStat::of(meta);
+    fn hash_file(&self, rel: &str, full: &Path, stat: FileStat) -> Result<FileHash, HashError> {
         let cached = self.entries.lock().expect("hash cache poisoned").get(rel).copied();
         if let Some(entry) = cached
             && entry.matches(&stat)
@@ -242,7 +279,7 @@ impl HashCache {
                 if !meta.is_file() {
                     return Err(HashError::NotAFile { path: file.clone() });
                 }
-                self.hash_file(file, &full, &meta)
+                self.hash_file(file, &full, FileStat::of(&meta))
             })
             .collect();
         let mut h = blake3::Hasher::new();
@@ -280,6 +317,18 @@ mod tests {
         assert_ne!(first, edited);
         std::fs::rename(dir.path().join("d/sub/b"), dir.path().join("d/sub/c")).unwrap();
         assert_ne!(edited, hash(dir.path()));
+    }
+
+    #[test]
+    fn stat_at_gives_the_key_metadata_gives() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("d")).unwrap();
+        std::fs::write(dir.path().join("d/f"), "x").unwrap();
+        let fd = rustix::fs::open(dir.path(), rustix::fs::OFlags::PATH, rustix::fs::Mode::empty()).unwrap();
+        let Found::File(stat) = stat_at(&fd, "d/f").unwrap() else { panic!("a file") };
+        assert_eq!(stat, FileStat::of(&std::fs::metadata(dir.path().join("d/f")).unwrap()));
+        assert!(matches!(stat_at(&fd, "d").unwrap(), Found::Dir));
+        assert_eq!(stat_at(&fd, "nope").err().map(|e| e.kind()), Some(io::ErrorKind::NotFound));
     }
 
     #[test]
