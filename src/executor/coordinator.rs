@@ -1,0 +1,314 @@
+//! The coordinator: the one owner of the state database during a build. It turns what
+//! workers report into one transaction per finished stage and into events, and blocks
+//! what a failure leaves unable to run; `Schedule` decides what is ready.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime};
+
+use super::runner::{AttemptFailure, log_tail};
+use super::schedule::Schedule;
+use super::{AttemptStart, ExecOutcome, Message, Success, TaskResult};
+use crate::event::{Event, FailedStage};
+use crate::fingerprint::OutputHash;
+use crate::planner::{DirtyReason, EvalContext, explain_reason};
+use crate::spec::StageIdx;
+use crate::state::{RunId, StageAttempt, StageFailure, StageRunId, StageStatus, StageSuccess, State, StateError};
+
+/// The coordinator's bookkeeping: which stage is where, and the database.
+pub(super) struct Coordinator<'a, 'e> {
+    pub(super) eval: &'a EvalContext<'a>,
+    pub(super) state: &'a mut State,
+    pub(super) on_event: &'e mut dyn FnMut(&Event<'_>),
+    pub(super) schedule: Schedule,
+    /// Output hash of each finished stage (recorded or new).
+    pub(super) hashes: Vec<Option<OutputHash>>,
+    pub(super) outcome: ExecOutcome,
+    /// The `stage_runs` row of each stage's running attempt.
+    pub(super) row: Vec<Option<StageRunId>>,
+    pub(super) fail_fast: bool,
+    pub(super) first_error: Option<StateError>,
+    pub(super) run: RunId,
+    /// The latest failed attempt of each stage that may still retry.
+    pub(super) last_failure: Vec<Option<(AttemptFailure, Option<String>)>>,
+}
+
+impl Coordinator<'_, '_> {
+    fn name(&self, idx: StageIdx) -> &str {
+        self.eval.spec.stages[idx].name.as_str()
+    }
+
+    pub(super) fn handle(&mut self, message: Message, stop: &AtomicBool) {
+        let recorded = match message {
+            Message::Started { start, recorded } => {
+                let result = self.started(*start);
+                let _ = recorded.send(result.as_ref().map(|_| ()).map_err(ToString::to_string));
+                result
+            }
+            Message::Finished { idx, result } => self.finished(idx, result, stop),
+        };
+        if let Err(err) = recorded {
+            // The database refused a write (e.g. a full disk): start nothing more, let
+            // running stages finish, and report the error.
+            stop.store(true, Ordering::SeqCst);
+            self.first_error.get_or_insert(err);
+        }
+    }
+
+    fn started(&mut self, start: AttemptStart) -> Result<(), StateError> {
+        self.record_start(start, true).map(drop)
+    }
+
+    /// Records an attempt's row (its reason explained against the recorded manifest), and
+    /// announces it unless it is a restore, which is announced once it is done.
+    fn record_start(&mut self, start: AttemptStart, announce: bool) -> Result<DirtyReason, StateError> {
+        let AttemptStart { idx, attempt, reason, inputs, log_path, at, token } = start;
+        let name = self.eval.spec.stages[idx].name.as_str();
+        let reason = explain_reason(self.state, name, reason, &inputs);
+        let reason_text = reason.to_string();
+        let resources = &self.eval.spec.stages[idx].resources;
+        let resources =
+            (*resources != Default::default()).then(|| serde_json::to_string(resources).expect("resources serialise"));
+        let row = self.state.stage_started(&StageAttempt {
+            run: self.run_id(),
+            component: name,
+            attempt,
+            reason: &reason_text,
+            started_at: at,
+            log_path: &log_path,
+            resources: resources.as_deref(),
+            token: token.as_deref(),
+        })?;
+        self.row[idx] = Some(row);
+        if announce {
+            (self.on_event)(&Event::StageStarted { stage: name, attempt, reason: &reason });
+        }
+        Ok(reason)
+    }
+
+    fn run_id(&self) -> RunId {
+        self.run
+    }
+
+    fn finished(&mut self, idx: StageIdx, result: TaskResult, stop: &AtomicBool) -> Result<(), StateError> {
+        match result {
+            TaskResult::Clean => {
+                let name = self.eval.spec.stages[idx].name.as_str();
+                self.state.record_not_run(self.run, name, StageStatus::CutOff, "upstream outputs unchanged")?;
+                let recorded = self.eval.records.get(self.name(idx)).and_then(|r| r.output_hash);
+                self.hashes[idx] = recorded;
+                self.outcome.counts.cut_off += 1;
+                (self.on_event)(&Event::StageCutOff { stage: self.eval.spec.stages[idx].name.as_str() });
+                self.release(idx);
+            }
+            TaskResult::NotStarted => self.not_started(idx),
+            TaskResult::CannotRun { reason } => {
+                let failure = AttemptFailure::failed(format!("cannot run: {reason}"));
+                self.attempt_failed(idx, failure, Duration::ZERO, SystemTime::now(), None, true, stop)?;
+            }
+            TaskResult::Crashed { message } => {
+                self.attempt_failed(
+                    idx,
+                    AttemptFailure::failed(message),
+                    Duration::ZERO,
+                    SystemTime::now(),
+                    None,
+                    true,
+                    stop,
+                )?;
+            }
+            TaskResult::RetryAbandoned => {
+                let (failure, log_path) =
+                    self.last_failure[idx].take().unwrap_or_else(|| (AttemptFailure::failed("retry abandoned"), None));
+                (self.on_event)(&Event::StageFailed {
+                    stage: self.eval.spec.stages[idx].name.as_str(),
+                    status: failure.status,
+                    error: "the build stopped before the next attempt",
+                    log_path: log_path.as_deref(),
+                    will_retry: false,
+                });
+                self.final_failure(idx, failure, log_path, String::new(), stop);
+            }
+            TaskResult::Succeeded(success) => self.succeeded(idx, *success)?,
+            TaskResult::AttemptFailed { failure, duration, at, log_path, final_attempt } => {
+                self.attempt_failed(idx, failure, duration, at, Some(log_path), final_attempt, stop)?
+            }
+        }
+        Ok(())
+    }
+
+    fn succeeded(&mut self, idx: StageIdx, success: Success) -> Result<(), StateError> {
+        let name = self.eval.spec.stages[idx].name.as_str();
+        let mut restored_because = None;
+        if let Some((reason, log_path)) = &success.restored {
+            let start = AttemptStart {
+                idx,
+                attempt: 1,
+                reason: reason.clone(),
+                inputs: success.eval.inputs.clone(),
+                log_path: log_path.clone(),
+                at: success.at - success.duration,
+                token: None,
+            };
+            restored_because = Some(self.record_start(start, false)?);
+        }
+        let status = if success.restored.is_some() { StageStatus::Restored } else { StageStatus::Success };
+        let row = self.take_row(idx)?;
+        let fresh = self.eval.cache.take_fresh();
+        self.state.record_success(
+            &StageSuccess {
+                row,
+                component: name,
+                finished_at: success.at,
+                duration: success.duration,
+                fingerprint: success.eval.fingerprint,
+                fingerprint_inputs: &success.eval.inputs,
+                output_hash: success.output_hash,
+                outputs: &success.outputs,
+                still_dirty: !success.moved.is_empty(),
+                metrics: &success.metrics,
+                status,
+                invalidations_seen: self.eval.records.get(name).map_or(0, |r| r.invalidations),
+            },
+            &fresh,
+        )?;
+        let previous = self.eval.records.get(name).and_then(|r| r.output_hash);
+        self.hashes[idx] = Some(success.output_hash);
+        for path in &success.moved {
+            (self.on_event)(&Event::InputMoved { stage: name, path });
+        }
+        let output_changed = previous != Some(success.output_hash);
+        if let Some(reason) = &restored_because {
+            self.outcome.counts.restored += 1;
+            (self.on_event)(&Event::StageRestored { stage: name, reason, duration: success.duration, output_changed });
+        } else {
+            self.outcome.counts.ran += 1;
+            (self.on_event)(&Event::StageSucceeded {
+                stage: name,
+                duration: success.duration,
+                output_changed,
+                metrics: &success.metrics,
+            });
+        }
+        self.release(idx);
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn attempt_failed(
+        &mut self,
+        idx: StageIdx,
+        failure: AttemptFailure,
+        duration: Duration,
+        at: SystemTime,
+        log_path: Option<String>,
+        final_attempt: bool,
+        stop: &AtomicBool,
+    ) -> Result<(), StateError> {
+        let name = self.eval.spec.stages[idx].name.as_str();
+        let tail = log_path.as_deref().map(|p| log_tail(&self.eval.spec.root.join(p), 20)).unwrap_or_default();
+        let error = if tail.is_empty() { failure.message.clone() } else { format!("{}\n{tail}", failure.message) };
+        let row = self.take_row(idx)?;
+        let fresh = self.eval.cache.take_fresh();
+        self.state.record_failure(
+            &StageFailure { row, component: name, status: failure.status, finished_at: at, duration, error: &error },
+            &fresh,
+        )?;
+        (self.on_event)(&Event::StageFailed {
+            stage: name,
+            status: failure.status,
+            error: &failure.message,
+            log_path: log_path.as_deref(),
+            will_retry: !final_attempt,
+        });
+        let _ = name;
+        if final_attempt {
+            self.final_failure(idx, failure, log_path, tail, stop);
+        } else {
+            self.last_failure[idx] = Some((failure, log_path));
+        }
+        Ok(())
+    }
+
+    /// The stage has failed for good: count it and block everything after it.
+    fn final_failure(
+        &mut self,
+        idx: StageIdx,
+        failure: AttemptFailure,
+        log_path: Option<String>,
+        log_tail: String,
+        stop: &AtomicBool,
+    ) {
+        let name = self.eval.spec.stages[idx].name.to_string();
+        self.schedule.finish(idx);
+        self.outcome.counts.failed += 1;
+        self.outcome.failures.push(FailedStage {
+            stage: name,
+            status: failure.status,
+            error: failure.message,
+            log_path,
+            log_tail,
+        });
+        if self.fail_fast {
+            stop.store(true, Ordering::SeqCst);
+        }
+        self.block_downstream(idx, Some(idx));
+    }
+
+    /// The `stage_runs` row of the stage's current attempt; one is made if its start was
+    /// never recorded (it could not run at all, or recording the start failed).
+    fn take_row(&mut self, idx: StageIdx) -> Result<StageRunId, StateError> {
+        if let Some(row) = self.row[idx].take() {
+            return Ok(row);
+        }
+        let component = self.eval.spec.stages[idx].name.as_str();
+        self.state.stage_started(&StageAttempt {
+            run: self.run,
+            component,
+            attempt: 1,
+            reason: "could not start",
+            started_at: SystemTime::now(),
+            log_path: "",
+            resources: None,
+            token: None,
+        })
+    }
+
+    pub(super) fn not_started(&mut self, idx: StageIdx) {
+        self.schedule.finish(idx);
+        self.outcome.counts.blocked += 1;
+        let recorded =
+            self.state.record_not_run(self.run, self.name(idx), StageStatus::Skipped, "the build stopped first");
+        self.keep_error(recorded);
+        (self.on_event)(&Event::StageBlocked { stage: self.eval.spec.stages[idx].name.as_str(), upstream: None });
+        self.block_downstream(idx, None);
+    }
+
+    /// Marks every stage waiting (directly or not) on `idx` as blocked.
+    fn block_downstream(&mut self, idx: StageIdx, failed: Option<StageIdx>) {
+        let eval = self.eval;
+        let upstream = failed.map(|f| eval.spec.stages[f].name.as_str());
+        for down in self.schedule.block_downstream(eval.dag, idx) {
+            self.outcome.counts.blocked += 1;
+            let (status, reason) = match upstream {
+                Some(up) => (StageStatus::Blocked, format!("upstream `{up}` failed")),
+                None => (StageStatus::Skipped, "the build stopped first".to_string()),
+            };
+            let stage = eval.spec.stages[down].name.as_str();
+            let recorded = self.state.record_not_run(self.run, stage, status, &reason);
+            self.keep_error(recorded);
+            (self.on_event)(&Event::StageBlocked { stage, upstream });
+        }
+    }
+
+    /// Keeps the first database error; the build reports it at the end.
+    fn keep_error(&mut self, result: Result<(), StateError>) {
+        if let Err(err) = result {
+            self.first_error.get_or_insert(err);
+        }
+    }
+
+    /// A stage finished well: downstream stages with nothing else to wait for are ready.
+    fn release(&mut self, idx: StageIdx) {
+        self.schedule.release(self.eval.dag, idx);
+    }
+}
