@@ -13,10 +13,24 @@ use rayon::prelude::*;
 use super::hashes::FileHash;
 
 /// A file modified this close to the moment it was hashed may change again within the
-/// same timestamp tick without its mtime moving (the "racy" case git also handles), so
-/// such an entry is trusted only once this much time has passed. Linux file timestamps
-/// come from a coarse clock (a few ms); one second also covers coarser filesystems.
-pub const RACY_WINDOW_NS: i64 = 1_000_000_000;
+/// same timestamp tick without its timestamps moving (the "racy" case git also handles),
+/// so such an entry is trusted only once this much time has passed, by the filesystem's own
+/// clock. Filesystems that keep sub-second times (ext4, XFS, Btrfs, tmpfs, NFS on them)
+/// take them from the kernel's coarse clock, which ticks every 1 to 10 ms (HZ 1000 to 100;
+/// exFAT keeps 10 ms); 50 ms is more than two ticks of the slowest, so even the clock file's
+/// own coarse time cannot hide a tick.
+pub const RACY_WINDOW_NS: i64 = 50_000_000;
+
+/// The window for a file whose times are whole seconds: a filesystem that keeps only
+/// seconds (ext3, HFS+) or two (FAT). A file on a fine-grained filesystem lands here once
+/// in a billion, and is only trusted later.
+pub const COARSE_RACY_WINDOW_NS: i64 = 2_000_000_000;
+
+/// The racy window for a file with these times.
+fn racy_window_ns(mtime_ns: i64, ctime_ns: i64) -> i64 {
+    let whole_seconds = |ns: i64| ns.rem_euclid(1_000_000_000) == 0;
+    if whole_seconds(mtime_ns) && whole_seconds(ctime_ns) { COARSE_RACY_WINDOW_NS } else { RACY_WINDOW_NS }
+}
 
 /// What the stat cache knows about one file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,7 +59,7 @@ impl CacheEntry {
     /// Changed within the racy window before it was hashed: it may change again without
     /// its timestamps moving, so it is read again.
     fn is_racy(&self) -> bool {
-        self.mtime_ns.max(self.ctime_ns) >= self.cached_at_ns - RACY_WINDOW_NS
+        self.mtime_ns.max(self.ctime_ns) >= self.cached_at_ns - racy_window_ns(self.mtime_ns, self.ctime_ns)
     }
 }
 
@@ -115,7 +129,7 @@ impl CacheClock {
     fn now_ns(&self) -> i64 {
         match self {
             CacheClock::Filesystem(stamp) => {
-                filesystem_now_ns(stamp).unwrap_or_else(|_| local_now_ns() - RACY_WINDOW_NS)
+                filesystem_now_ns(stamp).unwrap_or_else(|_| local_now_ns() - COARSE_RACY_WINDOW_NS)
             }
             CacheClock::Local => local_now_ns(),
         }
@@ -317,6 +331,28 @@ mod tests {
         assert_ne!(first, edited);
         std::fs::rename(dir.path().join("d/sub/b"), dir.path().join("d/sub/c")).unwrap();
         assert_ne!(edited, hash(dir.path()));
+    }
+
+    #[test]
+    fn whole_second_times_get_the_coarse_window() {
+        let entry = |mtime_ns, ctime_ns, cached_at_ns| CacheEntry {
+            size: 1,
+            mtime_ns,
+            inode: 1,
+            hash: FileHash(blake3::hash(b"")),
+            cached_at_ns,
+            ctime_ns,
+            dev: 1,
+        };
+        let t = 1_700_000_000_000_000_000;
+        // Fine-grained times: trusted 50 ms on, not before.
+        assert!(entry(t + 7, t + 7, t + 7 + RACY_WINDOW_NS - 1).is_racy());
+        assert!(!entry(t + 7, t + 7, t + 8 + RACY_WINDOW_NS).is_racy());
+        // Whole seconds (ext3, FAT): still racy a second later, trusted after two.
+        assert!(entry(t, t, t + 1_000_000_000).is_racy());
+        assert!(!entry(t, t, t + COARSE_RACY_WINDOW_NS + 1).is_racy());
+        // A fine ctime (the file was touched since) counts as fine-grained.
+        assert!(!entry(t, t + 3, t + 4 + RACY_WINDOW_NS).is_racy());
     }
 
     #[test]
