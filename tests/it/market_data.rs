@@ -45,6 +45,16 @@ fn ms(rfc3339: &str) -> i64 {
     humantime::parse_rfc3339(rfc3339).unwrap().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
 }
 
+/// Gives the `ticks` stage reading `source` the param `timezone = "UTC"`.
+fn say_times_are_utc(sb: &Sandbox, source: &str) {
+    sb.edit("pipeline.toml", |t| {
+        t.replace(
+            &format!(r#"params = {{ source = "{source}" }}"#),
+            &format!(r#"params = {{ source = "{source}", timezone = "UTC" }}"#),
+        )
+    });
+}
+
 fn ticks_table(sb: &Sandbox) -> Vec<u8> {
     sb.dagrun(&["build", "ticks"]).success();
     std::fs::read(sb.path("data/ticks.arrow")).unwrap()
@@ -117,12 +127,7 @@ fn implausible_mixed_and_naive_times_are_refused_by_name() {
         "{}",
         run.stdout()
     );
-    sb.edit("pipeline.toml", |t| {
-        t.replace(
-            r#"params = { source = "exports/ticks.csv" }"#,
-            r#"params = { source = "exports/ticks.csv", timezone = "UTC" }"#,
-        )
-    });
+    say_times_are_utc(&sb, "exports/ticks.csv");
     assert_eq!(
         ticks_table(&sb),
         ticks_table(&csv_sandbox(&fixture("ticks.csv"))),
@@ -165,12 +170,7 @@ fn parquet_in_every_codec_and_csv_with_other_separators_give_the_same_ticks() {
         "{}",
         run.stdout()
     );
-    sb.edit("pipeline.toml", |t| {
-        t.replace(
-            r#"params = { source = "exports/ticks.parquet" }"#,
-            r#"params = { source = "exports/ticks.parquet", timezone = "UTC" }"#,
-        )
-    });
+    say_times_are_utc(&sb, "exports/ticks.parquet");
     assert_eq!(ticks_table(&sb), reference, "naive Parquet times read in the zone given");
 
     // A `;` export from a locale that writes decimal commas: refused with what to change.
