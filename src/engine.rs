@@ -240,7 +240,7 @@ impl Engine {
     pub fn status(&self, targets: &[String], force: bool) -> Result<Vec<StageReport>, Error> {
         let selected = self.select(targets)?;
         let state = State::open_reader(&self.spec.state_path)?;
-        let (records, entries) = match &state {
+        let (mut records, entries) = match &state {
             Some(state) => state.load_plan_state()?,
             None => Default::default(),
         };
@@ -258,7 +258,8 @@ impl Engine {
                     None => reason,
                 }),
             };
-            let record = records.get(name).cloned().unwrap_or_default();
+            // Each stage is reported once: its record is moved into the report, not copied.
+            let record = records.remove(name).unwrap_or_default();
             reports.push(report(name, reason, eval.fingerprint.to_hex(), record));
         }
         Ok(reports)
