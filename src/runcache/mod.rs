@@ -1,7 +1,7 @@
 //! The run-cache: every success's outputs kept by content, indexed by the stage's
 //! fingerprint, so that a stage whose fingerprint was seen before is restored instead of
 //! run (switching a param back, a second checkout). What is restored is checked twice:
-//! each file's bytes against its object id while it is copied, and the restored outputs'
+//! each file's bytes against its object id once copied, and the restored outputs'
 //! hash against the one recorded when they were stored. A damaged entry is removed and
 //! the stage runs; a missing or unreadable one is a miss. Never a failed build.
 //!
@@ -21,7 +21,9 @@ use crate::spec::RelPath;
 pub use store::{EntryInfo, FsStore, GetError, Store};
 
 /// Bumped when the manifest's meaning changes; other formats are misses.
-const FORMAT: u32 = 1;
+/// 2: each file's permission bits (format 1 kept only the executable bit); an entry of
+/// another format is a miss.
+const FORMAT: u32 = 2;
 
 /// What one entry holds: a stage's outputs at one fingerprint.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -50,7 +52,8 @@ pub struct StoredFile {
     pub path: String,
     pub object: String,
     pub size: u64,
-    pub executable: bool,
+    /// Permission bits (`0o7777`), restored as they were written.
+    pub mode: u32,
 }
 
 impl Manifest {
@@ -81,7 +84,7 @@ pub fn save(
         let path = output.to_path(root);
         let meta = std::fs::symlink_metadata(&path)?;
         let (directory, files) = if meta.is_file() {
-            (false, vec![(String::new(), path.clone())])
+            (false, vec![(String::new(), path.clone(), meta)])
         } else if meta.is_dir() {
             match files_under(&path)? {
                 Some(files) => (true, files),
@@ -91,10 +94,10 @@ pub fn save(
             return Ok(false);
         };
         let mut kept = Vec::with_capacity(files.len());
-        for (inner, full) in files {
-            let executable = is_executable(&std::fs::metadata(&full)?);
+        for (inner, full, meta) in files {
+            let mode = std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o7777;
             let (object, size) = store.put_file(&full)?;
-            kept.push(StoredFile { path: inner, object, size, executable });
+            kept.push(StoredFile { path: inner, object, size, mode });
         }
         stored.push(StoredOutput { path: output.to_string(), directory, files: kept });
     }
@@ -111,14 +114,20 @@ pub fn save(
     Ok(true)
 }
 
-/// The regular files under a directory, sorted, with their paths inside it; `None` when
-/// it holds anything else (a link could point anywhere; a restore could not recreate it).
-fn files_under(dir: &Path) -> io::Result<Option<Vec<(String, std::path::PathBuf)>>> {
+/// The regular files under a directory, sorted, with their paths inside it and their
+/// metadata; `None` when it holds anything else: a link could point anywhere, and an empty
+/// directory leaves no file to restore it by (its outputs' hash would not see it missing).
+type DirFiles = Vec<(String, std::path::PathBuf, std::fs::Metadata)>;
+
+fn files_under(dir: &Path) -> io::Result<Option<DirFiles>> {
     let mut files = Vec::new();
     for entry in walkdir::WalkDir::new(dir).sort_by_file_name() {
         let entry = entry.map_err(io::Error::other)?;
         let kind = entry.file_type();
         if kind.is_dir() {
+            if entry.depth() > 0 && std::fs::read_dir(entry.path())?.next().is_none() {
+                return Ok(None);
+            }
             continue;
         }
         if !kind.is_file() {
@@ -126,14 +135,10 @@ fn files_under(dir: &Path) -> io::Result<Option<Vec<(String, std::path::PathBuf)
         }
         let inner = entry.path().strip_prefix(dir).expect("under the directory");
         let Some(inner) = inner.to_str() else { return Ok(None) };
-        files.push((inner.to_string(), entry.path().to_path_buf()));
+        let meta = entry.metadata().map_err(io::Error::other)?;
+        files.push((inner.to_string(), entry.path().to_path_buf(), meta));
     }
     Ok(Some(files))
-}
-
-fn is_executable(meta: &std::fs::Metadata) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    meta.permissions().mode() & 0o111 != 0
 }
 
 /// The manifest stored for `fingerprint`, if it is usable for a stage declaring
@@ -185,12 +190,8 @@ fn restore_file(store: &dyn Store, file: &StoredFile, dest: &Path) -> Result<(),
     let n = RESTORE_COUNTER.fetch_add(1, Ordering::Relaxed);
     let temp = dir.join(format!(".{name}.tmp-{}-{n}", std::process::id()));
     store.get_file(&file.object, &temp)?;
-    if file.executable {
-        use std::os::unix::fs::PermissionsExt;
-        let mut perms = std::fs::metadata(&temp).map_err(io_error)?.permissions();
-        perms.set_mode(perms.mode() | 0o111);
-        std::fs::set_permissions(&temp, perms).map_err(io_error)?;
-    }
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&temp, std::fs::Permissions::from_mode(file.mode)).map_err(io_error)?;
     std::fs::rename(&temp, dest).map_err(|e| {
         let _ = std::fs::remove_file(&temp);
         io_error(e)

@@ -167,11 +167,9 @@ impl Store for FsStore {
             let _ = self.remove_object(id);
             return Err(GetError::Damaged { id: id.to_string() });
         }
-        // Objects are read-only; the restored file is the workspace's, to edit at will.
-        let mut perms = std::fs::metadata(dest).map_err(io_error)?.permissions();
-        #[allow(clippy::permissions_set_readonly_false)] // owner-writable is what is meant
-        perms.set_readonly(false);
-        std::fs::set_permissions(dest, perms).map_err(io_error)
+        // `dest` is a new file (a copy or a reflink does not carry the object's read-only
+        // mode); the caller gives it the permissions recorded with the entry.
+        Ok(())
     }
 
     fn put_entry(&self, key: &str, bytes: &[u8]) -> io::Result<()> {

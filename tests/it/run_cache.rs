@@ -272,3 +272,35 @@ fn a_cache_dir_from_the_environment_inside_an_output_is_not_used() {
     assert!(!sb.exists("model/cache"), "nothing was stored there");
     assert_eq!(sb.ran(), ["report", "train"]);
 }
+
+/// A restore writes what a clean build writes, down to each file's permission bits; a
+/// directory output holding an empty directory (which a restore could not bring back, and
+/// the outputs' hash would not miss) is not stored at all: the stage runs.
+#[test]
+fn a_restore_keeps_permissions_and_never_drops_an_empty_directory() {
+    use std::os::unix::fs::PermissionsExt;
+    let sb = Sandbox::new().pipeline(
+        r#"
+[stages.secret]
+cmd = "echo secret >> ran.log && echo ${params.lr} > key.txt && chmod 600 key.txt"
+outputs = ["key.txt"]
+params = { lr = 0.1 }
+
+[stages.tree]
+cmd = "echo tree >> ran.log && mkdir -p out/empty && echo ${params.lr} > out/file.txt"
+outputs = ["out"]
+params = { lr = 0.1 }
+"#,
+    );
+    sb.build().success();
+    assert_eq!(sb.ran(), ["secret", "tree"]);
+    switch_lr(&sb, "0.1", "0.2");
+    sb.build().success();
+    assert_eq!(sb.ran(), ["secret", "tree"]);
+    switch_lr(&sb, "0.2", "0.1");
+    let back = sb.build().success();
+    assert_eq!(sb.ran(), ["tree"], "secret is restored; tree, with its empty directory, runs: {}", back.stdout());
+    let mode = std::fs::metadata(sb.path("key.txt")).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "restored with the mode the stage gave it");
+    assert!(sb.path("out/empty").is_dir());
+}
