@@ -131,7 +131,6 @@ impl Engine {
         &self.dag
     }
 
-    /// Runs every dirty stage among `targets` and their upstream, in dependency order.
     /// The run-cache, or `None` (said in an event) when its directory cannot be opened:
     /// a build never fails for want of a cache.
     fn open_run_cache(
@@ -157,6 +156,7 @@ impl Engine {
         }
     }
 
+    /// Runs every dirty stage among `targets` and their upstream, in dependency order.
     pub fn build(&self, opts: &BuildOptions, on_event: &mut dyn FnMut(&Event<'_>)) -> Result<BuildSummary, Error> {
         let started = Instant::now();
         let selected = self.select(&opts.targets)?;

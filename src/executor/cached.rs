@@ -43,7 +43,7 @@ pub(super) fn restore_from_cache(
     let key = crate::runcache::key(&eval.fingerprint);
     let started = Instant::now();
     remove_outputs(shared, idx).ok()?;
-    let log_path = format!("{}/logs/{}/{}.log", spec.own_dir, shared.run.0, stage.name);
+    let log_path = shared.log_path(idx, 1);
     let note = |text: &str| {
         append_log(&spec.root.join(&log_path), text);
     };

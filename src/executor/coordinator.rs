@@ -69,7 +69,7 @@ impl Coordinator<'_, '_> {
         let resources =
             (*resources != Default::default()).then(|| serde_json::to_string(resources).expect("resources serialise"));
         let row = self.state.stage_started(&StageAttempt {
-            run: self.run_id(),
+            run: self.run,
             component: name,
             attempt,
             reason: &reason_text,
@@ -83,10 +83,6 @@ impl Coordinator<'_, '_> {
             (self.on_event)(&Event::StageStarted { stage: name, attempt, reason: &reason });
         }
         Ok(reason)
-    }
-
-    fn run_id(&self) -> RunId {
-        self.run
     }
 
     fn finished(&mut self, idx: StageIdx, result: TaskResult, stop: &AtomicBool) -> Result<(), StateError> {
@@ -220,7 +216,6 @@ impl Coordinator<'_, '_> {
             log_path: log_path.as_deref(),
             will_retry: !final_attempt,
         });
-        let _ = name;
         if final_attempt {
             self.final_failure(idx, failure, log_path, tail, stop);
         } else {

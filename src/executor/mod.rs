@@ -143,6 +143,16 @@ impl Shared<'_> {
     fn stopped(&self) -> bool {
         self.stop.load(Ordering::SeqCst) || self.watchdog.is_stopping()
     }
+
+    /// Where attempt `attempt` of stage `idx` writes its log, relative to the pipeline
+    /// directory (a restore's notes go to the first attempt's).
+    fn log_path(&self, idx: StageIdx, attempt: u32) -> String {
+        let (spec, name) = (self.eval.spec, &self.eval.spec.stages[idx].name);
+        match attempt {
+            1 => format!("{}/logs/{}/{name}.log", spec.own_dir, self.run.0),
+            n => format!("{}/logs/{}/{name}.attempt{n}.log", spec.own_dir, self.run.0),
+        }
+    }
 }
 
 /// Executes the dirty part of `plan`.

@@ -46,10 +46,7 @@ pub(super) fn run_task(shared: &Shared<'_>, task: Task, tx: &Sender<Message>) {
     }
     let attempts = stage.retries.saturating_add(1);
     for attempt in 1..=attempts {
-        let log_path = match attempt {
-            1 => format!("{}/logs/{}/{}.log", shared.eval.spec.own_dir, shared.run.0, stage.name),
-            n => format!("{}/logs/{}/{}.attempt{n}.log", shared.eval.spec.own_dir, shared.run.0, stage.name),
-        };
+        let log_path = shared.log_path(idx, attempt);
         let at = SystemTime::now();
         let token = matches!(stage.action, Action::Shell { .. }).then(|| group::attempt_token(stage.name.as_str()));
         let (answer, recorded) = mpsc::channel();

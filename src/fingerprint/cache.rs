@@ -19,12 +19,12 @@ use super::hashes::FileHash;
 /// take them from the kernel's coarse clock, which ticks every 1 to 10 ms (HZ 1000 to 100;
 /// exFAT keeps 10 ms); 50 ms is more than two ticks of the slowest, so even the clock file's
 /// own coarse time cannot hide a tick.
-pub const RACY_WINDOW_NS: i64 = 50_000_000;
+const RACY_WINDOW_NS: i64 = 50_000_000;
 
 /// The window for a file whose times are whole seconds: a filesystem that keeps only
 /// seconds (ext3, HFS+) or two (FAT). A file on a fine-grained filesystem lands here once
 /// in a billion, and is only trusted later.
-pub const COARSE_RACY_WINDOW_NS: i64 = 2_000_000_000;
+const COARSE_RACY_WINDOW_NS: i64 = 2_000_000_000;
 
 /// The racy window for a file with these times.
 fn racy_window_ns(mtime_ns: i64, ctime_ns: i64) -> i64 {

@@ -5,7 +5,7 @@ mod file;
 mod hashes;
 mod inputs;
 
-pub use cache::{CacheClock, CacheEntry, HashCache, HashError, RACY_WINDOW_NS};
+pub use cache::{CacheClock, CacheEntry, HashCache, HashError};
 pub use file::hash_file;
 pub use hashes::{FileHash, Fingerprint, OutputHash};
 pub use inputs::{ActionId, FingerprintInputs, output_hash};

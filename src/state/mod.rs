@@ -441,7 +441,6 @@ impl State {
         Ok(())
     }
 
-    /// Writes stat-cache entries hashed outside any stage (e.g. by `status`).
     /// Every stage's record and the stat cache: from the snapshot when it is current, else
     /// from the tables (read in one transaction).
     pub fn load_plan_state(&self) -> Result<snapshot::PlanState, StateError> {
@@ -483,6 +482,7 @@ impl State {
         Ok((token, (records, entries)))
     }
 
+    /// Writes stat-cache entries hashed outside any stage (e.g. by `status`).
     pub fn save_hash_cache(&mut self, entries: &[(String, crate::fingerprint::CacheEntry)]) -> Result<(), StateError> {
         if entries.is_empty() {
             return Ok(());
