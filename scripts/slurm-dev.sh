@@ -19,7 +19,9 @@ running() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 install() {
   command -v slurmctld >/dev/null && command -v munged >/dev/null && return
   echo "slurm-dev: installing slurm-wlm and munge" >&2
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge >/dev/null
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -qq slurm-wlm munge >/dev/null 2>&1 ||
+    { apt-get update -qq >/dev/null && apt-get install -y -qq slurm-wlm munge >/dev/null; }
 }
 
 start_munge() {

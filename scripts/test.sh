@@ -10,7 +10,8 @@ cd "$(dirname "$0")/.."
 # - chromium, chromium-driver: the dashboard's end-to-end test in a real headless browser;
 # - e2fsprogs (chattr): the read-only state database test;
 # - bsdutils (script): the live display test, in a real pseudo-terminal;
-# - python3 with venv: DVC, the oracle of the dvc.yaml tests, goes in target/test-venv.
+# - python3 with venv: DVC, the oracle of the dvc.yaml tests, goes in target/test-venv;
+# - slurm-wlm and munge (by scripts/slurm-dev.sh, below): the Slurm executor's tests.
 # The full-disk and read-only tests need root: elsewhere they fail unless
 # DAGRUN_SKIP_ROOT_TESTS=1 is set, which skips them with a SKIPPED line.
 need=()
@@ -36,5 +37,11 @@ if ! target/test-venv/bin/dvc version 2>/dev/null | grep -q "^DVC version: $dvc_
   echo "installing dvc $dvc_version in target/test-venv" >&2
   python3 -m venv target/test-venv
   target/test-venv/bin/pip install -q --disable-pip-version-check "dvc==$dvc_version"
+fi
+# A single-node Slurm cluster (slurm-wlm, munge) for the Slurm executor's tests: installed
+# and started when missing (root only). Where it cannot start, its tests are skipped, loudly.
+if ! { [ "$(id -u)" = 0 ] && ./scripts/slurm-dev.sh start; }; then
+  echo "WARNING: no Slurm cluster here (scripts/slurm-dev.sh start needs root and apt): the Slurm tests are SKIPPED" >&2
+  export DAGRUN_SKIP_SLURM_TESTS=1
 fi
 cargo test --locked "$@"

@@ -33,6 +33,9 @@ pub struct BuildOptions {
     pub cancel: CancelToken,
     /// Neither restore from the run-cache nor store in it.
     pub no_cache: bool,
+    /// `--executor`: where stages run that do not name their own executor; `None`: the
+    /// pipeline's `executor`.
+    pub executor: Option<crate::spec::ExecutorKind>,
 }
 
 impl Default for BuildOptions {
@@ -47,6 +50,7 @@ impl Default for BuildOptions {
             reset_state: false,
             cancel: CancelToken::new(),
             no_cache: false,
+            executor: None,
         }
     }
 }
@@ -85,6 +89,36 @@ pub struct RunningStage {
     pub pid: u32,
     pub run_id: i64,
     pub started_at: String,
+    /// The cluster job running it, for a stage on Slurm.
+    pub job: Option<ClusterJob>,
+}
+
+/// A stage's Slurm job, and its state as `squeue` reports it now (`None`: Slurm did not say).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ClusterJob {
+    pub id: String,
+    pub state: Option<String>,
+}
+
+impl std::fmt::Display for ClusterJob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Slurm job {} {}", self.id, self.state.as_deref().unwrap_or("(state unknown)"))
+    }
+}
+
+/// The attempts of a run still recorded as running, each with its cluster job and the job's
+/// state: one `squeue` call for all of them, best effort (a reader never fails for Slurm).
+pub fn running_attempts(state: &State, run_id: i64) -> Result<Vec<(String, String, Option<ClusterJob>)>, Error> {
+    let attempts = state.running_attempts(run_id)?;
+    let ids: Vec<&str> = attempts.iter().filter_map(|(_, _, id)| id.as_deref()).collect();
+    let states = if ids.is_empty() { Default::default() } else { crate::executor::slurm::job_states(&ids) };
+    Ok(attempts
+        .into_iter()
+        .map(|(stage, started_at, id)| {
+            let job = id.map(|id| ClusterJob { state: states.get(&id).map(|s| s.state.clone()), id });
+            (stage, started_at, job)
+        })
+        .collect())
 }
 
 /// Whether `pid` is a dagrun process now (a pid may be reused by anything once its
@@ -156,6 +190,25 @@ impl Engine {
         }
     }
 
+    /// The Slurm executor, if a stage the plan will run goes to Slurm; an error if Slurm's
+    /// commands are not here, before anything runs.
+    fn slurm_for(
+        &self,
+        plan: &crate::planner::Plan,
+        executor: Option<crate::spec::ExecutorKind>,
+    ) -> Result<Option<std::sync::Arc<crate::executor::slurm::Slurm>>, Error> {
+        use crate::spec::ExecutorKind;
+        let on_slurm = (0..self.spec.stages.len()).any(|idx| {
+            let kind = self.spec.stages[idx].executor.or(executor).unwrap_or(self.spec.executor);
+            kind == ExecutorKind::Slurm && plan.verdict(idx).is_some_and(Verdict::is_dirty)
+        });
+        if !on_slurm {
+            return Ok(None);
+        }
+        let slurm = crate::executor::slurm::Slurm::new(self.spec.latency_wait).map_err(Error::Executor)?;
+        Ok(Some(std::sync::Arc::new(slurm)))
+    }
+
     /// Runs every dirty stage among `targets` and their upstream, in dependency order.
     pub fn build(&self, opts: &BuildOptions, on_event: &mut dyn FnMut(&Event<'_>)) -> Result<BuildSummary, Error> {
         let started = Instant::now();
@@ -204,7 +257,21 @@ impl Engine {
         on_event(&Event::BuildStarted { run, selected: selected.iter().filter(|&&s| s).count(), to_check, jobs });
 
         let run_cache = if opts.no_cache { None } else { self.open_run_cache(on_event) };
-        let exec_opts = ExecOptions { jobs, fail_fast: opts.fail_fast, cancel: opts.cancel.clone(), run_cache };
+        let slurm = match self.slurm_for(&plan, opts.executor) {
+            Ok(slurm) => slurm,
+            Err(err) => {
+                let _ = state.finish_run(run, RunOutcome::Failed, &Default::default());
+                return Err(err);
+            }
+        };
+        let exec_opts = ExecOptions {
+            jobs,
+            fail_fast: opts.fail_fast,
+            cancel: opts.cancel.clone(),
+            run_cache,
+            executor: opts.executor,
+            slurm,
+        };
         let executed = execute(&ctx, &plan, &mut state, run, &exec_opts, on_event);
         // Cache entries of stages that did not run (e.g. an up-to-date check) are kept too.
         let cached = state.save_hash_cache(&cache.take_fresh());
@@ -363,6 +430,7 @@ impl Engine {
                 log_path: "",
                 resources: None,
                 token: None,
+                executor: None,
             })?;
             let success = crate::state::StageSuccess {
                 row,
@@ -418,8 +486,8 @@ impl Engine {
         let Some(state) = State::open_reader(&self.spec.state_path)? else { return Ok(Vec::new()) };
         let mut running = Vec::new();
         for build in builds {
-            for (stage, started_at) in state.running_attempts(build.run_id)? {
-                running.push(RunningStage { stage, pid: build.pid, run_id: build.run_id, started_at });
+            for (stage, started_at, job) in running_attempts(&state, build.run_id)? {
+                running.push(RunningStage { stage, pid: build.pid, run_id: build.run_id, started_at, job });
             }
         }
         Ok(running)
@@ -613,6 +681,19 @@ fn end_orphans(state: &State, on_event: &mut dyn FnMut(&Event<'_>)) -> Result<()
 
 fn end_attempts(attempts: Vec<UnfinishedAttempt>, on_event: &mut dyn FnMut(&Event<'_>)) -> Result<(), Error> {
     for unfinished in attempts {
+        if let Some(job_id) = &unfinished.cluster_job {
+            let cancelled = crate::executor::slurm::cancel_orphan_jobs(
+                unfinished.run,
+                &unfinished.component,
+                &unfinished.token,
+                job_id.as_deref(),
+            )
+            .map_err(|reason| Error::OrphanJobs { stage: unfinished.component.clone(), reason })?;
+            if !cancelled.is_empty() {
+                on_event(&Event::OrphanJobsCancelled { stage: &unfinished.component, jobs: &cancelled });
+            }
+            continue;
+        }
         match end_attempt(&unfinished.token) {
             Ok(0) => {}
             Ok(processes) => on_event(&Event::OrphansEnded { stage: &unfinished.component, processes }),

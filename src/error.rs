@@ -24,6 +24,10 @@ pub enum Error {
     Accept { stage: String, reason: String },
     #[error("stage `{stage}` of a killed build is still running: {source}")]
     Orphans { stage: String, source: crate::executor::ProcessesSurvive },
+    #[error("stage `{stage}` of a killed build may still run on Slurm: {reason}")]
+    OrphanJobs { stage: String, reason: String },
+    #[error("{0}")]
+    Executor(String),
     #[cfg(feature = "dashboard")]
     #[error(transparent)]
     Serve(#[from] crate::dashboard::ServeError),

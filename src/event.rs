@@ -31,6 +31,16 @@ pub enum Event<'a> {
         stage: &'a str,
         processes: usize,
     },
+    /// Jobs a dead build left queued or running on a cluster, cancelled before anything runs.
+    OrphanJobsCancelled {
+        stage: &'a str,
+        jobs: &'a [String],
+    },
+    /// A cluster executor submitted the stage's attempt as job `job_id`.
+    JobSubmitted {
+        stage: &'a str,
+        job_id: &'a str,
+    },
     BuildStarted {
         run: RunId,
         selected: usize,
@@ -104,6 +114,12 @@ impl Event<'_> {
             Event::StateBusy { path } => json!({ "event": "state_busy", "path": path.display().to_string() }),
             Event::OrphansEnded { stage, processes } => {
                 json!({ "event": "orphans_ended", "stage": stage, "processes": processes })
+            }
+            Event::OrphanJobsCancelled { stage, jobs } => {
+                json!({ "event": "orphan_jobs_cancelled", "stage": stage, "jobs": jobs })
+            }
+            Event::JobSubmitted { stage, job_id } => {
+                json!({ "event": "job_submitted", "stage": stage, "job_id": job_id })
             }
             Event::BuildStarted { run, selected, to_check, jobs } => {
                 json!({ "event": "build_started", "run_id": run.0, "selected": selected, "to_check": to_check, "jobs": jobs })

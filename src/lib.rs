@@ -27,7 +27,7 @@ mod watch;
 
 pub use builtin::{Builtin, BuiltinContext, Registry};
 pub use cancel::CancelToken;
-pub use engine::{BuildOptions, Engine, LiveBuild, RunningStage, StageReport, WhyReport};
+pub use engine::{BuildOptions, ClusterJob, Engine, LiveBuild, RunningStage, StageReport, WhyReport};
 pub use error::Error;
 pub use event::{BuildSummary, Event};
 pub use planner::DirtyReason;

@@ -34,6 +34,10 @@ pub struct BuildArgs {
     /// Neither restore stages from the run-cache nor store their outputs in it.
     #[arg(long)]
     no_cache: bool,
+    /// Where stages run that do not name their own `executor`: `local`, or `slurm` (sbatch
+    /// jobs over a shared filesystem). Default: the pipeline's `executor`, else local.
+    #[arg(long, value_name = "EXECUTOR", value_parser = ["local", "slurm"])]
+    executor: Option<String>,
     /// Print only failures and the summary.
     #[arg(short, long)]
     quiet: bool,
@@ -58,6 +62,7 @@ pub fn run(engine: &Engine, args: BuildArgs) -> Result<u8, Error> {
         reset_state: args.reset_state,
         cancel,
         no_cache: args.no_cache,
+        executor: args.executor.as_deref().and_then(dagrun::spec::ExecutorKind::parse),
     };
     let width = engine.spec().stage_names().map(str::len).max().unwrap_or(0);
     let mut output = Output::choose(width, args.quiet, args.json);

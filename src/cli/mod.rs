@@ -76,6 +76,16 @@ enum Command {
     Import(ImportArgs),
     /// Trim the run-cache, keeping what every stage's current record references.
     Gc(gc::GcArgs),
+    /// Run a built-in stage from a job file: what a Slurm job runs on its node.
+    #[command(hide = true)]
+    RunStage(RunStageArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct RunStageArgs {
+    /// The job file dagrun wrote when it submitted the stage.
+    #[arg(value_name = "JOB_FILE")]
+    job_file: PathBuf,
 }
 
 #[derive(clap::Args, Debug)]
@@ -127,6 +137,9 @@ pub fn run() -> u8 {
 }
 
 fn dispatch(cli: Cli) -> Result<u8, Error> {
+    if let Command::RunStage(args) = &cli.command {
+        return Ok(run_stage(&args.job_file));
+    }
     let file = pipeline_file(&cli);
     if let Command::Init(args) = &cli.command {
         return init::run(&file, args);
@@ -180,7 +193,7 @@ fn run_command(engine: &Engine, command: Command) -> Result<u8, Error> {
             println!("accepted {} as up to date with their current inputs and outputs", accepted.join(", "));
             Ok(EXIT_OK)
         }
-        Command::Agent(_) | Command::Init(_) | Command::Import(_) => {
+        Command::Agent(_) | Command::Init(_) | Command::Import(_) | Command::RunStage(_) => {
             unreachable!("handled before the pipeline is loaded")
         }
         #[cfg(feature = "dashboard")]
@@ -206,6 +219,20 @@ fn pipeline_file(cli: &Cli) -> PathBuf {
     let default = dir.join("pipeline.toml");
     let dvc = dir.join("dvc.yaml");
     if !default.exists() && dvc.is_file() && !matches!(cli.command, Command::Init(_)) { dvc } else { default }
+}
+
+/// `dagrun run-stage JOB_FILE`, on a cluster node. SIGTERM (scancel, a time limit) raises the
+/// built-in's cancel flag, as Ctrl-C does locally.
+fn run_stage(job_file: &std::path::Path) -> u8 {
+    let cancel = dagrun::CancelToken::new();
+    signals::on_stop_signals(&cancel, |cancel| cancel.cancel(), || std::process::exit(i32::from(EXIT_FAILED)));
+    match dagrun::executor::slurm::node::run_stage_job(job_file, &registry(), cancel.flag()) {
+        Ok(()) => EXIT_OK,
+        Err(message) => {
+            eprintln!("error: {message}");
+            EXIT_FAILED
+        }
+    }
 }
 
 /// The built-in stages this binary offers.

@@ -74,6 +74,7 @@ fn is_essential(event: &Event<'_>) -> bool {
             | Event::LockWaiting { .. }
             | Event::SweptInterrupted { .. }
             | Event::OrphansEnded { .. }
+            | Event::OrphanJobsCancelled { .. }
             | Event::StateBusy { .. }
             | Event::StateReset { .. }
             | Event::BuildFinished { .. }
@@ -103,6 +104,13 @@ pub fn lines(event: &Event<'_>, width: usize) -> Vec<Line> {
             "note: ended {processes} process{} of stage `{stage}` that a killed build left running; its outputs are not trusted and it will re-run",
             if *processes == 1 { "" } else { "es" }
         ))),
+        Event::OrphanJobsCancelled { stage, jobs } => one(Line::Err(format!(
+            "note: cancelled Slurm job {} of stage `{stage}` that a killed build left queued or running; it will re-run",
+            jobs.join(", ")
+        ))),
+        Event::JobSubmitted { stage, job_id } => {
+            one(Line::Out(format!("submit   {stage:width$}  (Slurm job {job_id})")))
+        }
         Event::BuildStarted { .. } => Vec::new(),
         Event::StageStarted { stage, attempt: 1, reason } => {
             one(Line::Out(format!("run      {stage:width$}  ({reason})")))

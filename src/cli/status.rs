@@ -11,7 +11,7 @@ pub struct StatusArgs {
     /// Only these stages and what they depend on.
     #[arg(value_name = "STAGE")]
     stages: Vec<String>,
-    /// Print JSON instead of a table: `{"stages": [...], "run_cache": {"dir", "size_bytes"}}`.
+    /// Print JSON instead of a table: `{"stages": [...], "running": [...], "run_cache": {"dir", "size_bytes"}}`.
     #[arg(long)]
     json: bool,
 }
@@ -27,6 +27,7 @@ pub fn run(engine: &Engine, args: StatusArgs) -> Result<u8, Error> {
         let (dir, size) = engine.run_cache_size();
         let status = StatusJson {
             stages: &reports,
+            running: &running,
             run_cache: RunCacheJson { dir: dir.display().to_string(), size_bytes: size },
         };
         let _ = serde_json::to_writer_pretty(&mut out, &status);
@@ -42,6 +43,8 @@ pub fn run(engine: &Engine, args: StatusArgs) -> Result<u8, Error> {
 #[derive(serde::Serialize)]
 struct StatusJson<'a> {
     stages: &'a [StageReport],
+    /// Stages another process's build is running now, with their Slurm jobs.
+    running: &'a [RunningStage],
     run_cache: RunCacheJson,
 }
 
@@ -58,10 +61,11 @@ fn write_table(out: &mut impl Write, reports: &[StageReport], running: &[Running
         .map(|r| {
             let now = running.iter().find(|s| s.stage == r.stage);
             let (state, why) = match now {
-                Some(s) => (
-                    "running".to_string(),
-                    format!("by pid {} (run {}) since {}", s.pid, s.run_id, s.started_at.replace('T', " ")),
-                ),
+                Some(s) => {
+                    let job = s.job.as_ref().map(|job| format!("; {job}")).unwrap_or_default();
+                    let since = s.started_at.replace('T', " ");
+                    ("running".to_string(), format!("by pid {} (run {}) since {since}{job}", s.pid, s.run_id))
+                }
                 None if r.dirty => ("dirty".into(), r.reason.as_ref().map(ToString::to_string).unwrap_or_default()),
                 None => ("up to date".into(), String::new()),
             };

@@ -1,6 +1,6 @@
 //! The JSON API under `/api/`: what the pages show, for scripts too.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::Json;
@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use super::App;
 use super::runner::{LiveRun, Started, live_run, own_run};
-use crate::engine::{Engine, StageReport};
+use crate::engine::{ClusterJob, Engine, StageReport};
 use crate::planner::DirtyReason;
 use crate::state::StageStatus;
 
@@ -47,8 +47,10 @@ pub(crate) struct StageView {
     pub report: StageReport,
     /// `up_to_date`, `dirty`, `running`, `failed` or `interrupted`.
     pub state: &'static str,
-    /// Why it is dirty, in words.
+    /// Why it is dirty, in words; for a stage running on Slurm, its job and the job's state.
     pub why: Option<String>,
+    /// The Slurm job running it now.
+    pub job: Option<ClusterJob>,
 }
 
 /// Everything the Agent page shows.
@@ -67,15 +69,16 @@ pub(crate) fn state_view(app: &App) -> Result<StateView, ApiError> {
     let engine = engine(app)?;
     let reports = engine.status(&[], false).map_err(internal)?;
     let running = own_run(app, &engine).or_else(|| live_run(&engine));
-    let running_stages: HashSet<String> = match running.as_ref().and_then(|run| run.run_id) {
+    let running_stages: HashMap<String, Option<ClusterJob>> = match running.as_ref().and_then(|run| run.run_id) {
         Some(run_id) => crate::state::State::open_reader(&engine.spec().state_path)
             .ok()
             .flatten()
-            .and_then(|state| state.running_stages(run_id).ok())
+            .and_then(|state| crate::engine::running_attempts(&state, run_id).ok())
             .unwrap_or_default()
             .into_iter()
+            .map(|(stage, _, job)| (stage, job))
             .collect(),
-        None => HashSet::new(),
+        None => HashMap::new(),
     };
     let stages = reports.into_iter().map(|report| stage_view(report, &running_stages)).collect();
     let schedule = app.interval.map(|interval| {
@@ -87,15 +90,21 @@ pub(crate) fn state_view(app: &App) -> Result<StateView, ApiError> {
     Ok(StateView { pipeline: engine.spec().name.clone(), running, schedule, stages })
 }
 
-fn stage_view(report: StageReport, running: &HashSet<String>) -> StageView {
+fn stage_view(report: StageReport, running: &HashMap<String, Option<ClusterJob>>) -> StageView {
+    let job = running.get(&report.stage).cloned().flatten();
     let state = match &report.reason {
-        _ if running.contains(&report.stage) => "running",
+        _ if running.contains_key(&report.stage) => "running",
         Some(DirtyReason::LastRunFailed { status: StageStatus::Interrupted }) => "interrupted",
         Some(DirtyReason::LastRunFailed { .. }) => "failed",
         _ if report.dirty => "dirty",
         _ => "up_to_date",
     };
-    StageView { state, why: report.reason.as_ref().map(ToString::to_string), report }
+    // A running stage's why is its Slurm job, when it has one.
+    let why = match &job {
+        Some(job) => Some(job.to_string()),
+        None => report.reason.as_ref().map(ToString::to_string),
+    };
+    StageView { state, why, job, report }
 }
 
 /// `GET /api/state`

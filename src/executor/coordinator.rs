@@ -11,7 +11,7 @@ use super::{AttemptStart, ExecOutcome, Message, Success, TaskResult};
 use crate::event::{Event, FailedStage};
 use crate::fingerprint::OutputHash;
 use crate::planner::{DirtyReason, EvalContext, explain_reason};
-use crate::spec::StageIdx;
+use crate::spec::{ExecutorKind, StageIdx};
 use crate::state::{RunId, StageAttempt, StageFailure, StageRunId, StageStatus, StageSuccess, State, StateError};
 
 /// The coordinator's bookkeeping: which stage is where, and the database.
@@ -44,6 +44,7 @@ impl Coordinator<'_, '_> {
                 let _ = recorded.send(result.as_ref().map(|_| ()).map_err(ToString::to_string));
                 result
             }
+            Message::Submitted { idx, job_id } => self.submitted(idx, &job_id),
             Message::Finished { idx, result } => self.finished(idx, result, stop),
         };
         if let Err(err) = recorded {
@@ -54,6 +55,15 @@ impl Coordinator<'_, '_> {
         }
     }
 
+    /// An attempt became cluster job `job_id`: recorded, so that a later build finds it.
+    fn submitted(&mut self, idx: StageIdx, job_id: &str) -> Result<(), StateError> {
+        if let Some(row) = self.row[idx] {
+            self.state.record_job_id(row, job_id)?;
+        }
+        (self.on_event)(&Event::JobSubmitted { stage: self.eval.spec.stages[idx].name.as_str(), job_id });
+        Ok(())
+    }
+
     fn started(&mut self, start: AttemptStart) -> Result<(), StateError> {
         self.record_start(start, true).map(drop)
     }
@@ -61,13 +71,11 @@ impl Coordinator<'_, '_> {
     /// Records an attempt's row (its reason explained against the recorded manifest), and
     /// announces it unless it is a restore, which is announced once it is done.
     fn record_start(&mut self, start: AttemptStart, announce: bool) -> Result<DirtyReason, StateError> {
-        let AttemptStart { idx, attempt, reason, inputs, log_path, at, token } = start;
+        let AttemptStart { idx, attempt, reason, inputs, log_path, at, token, executor } = start;
         let name = self.eval.spec.stages[idx].name.as_str();
         let reason = explain_reason(self.state, name, reason, &inputs);
         let reason_text = reason.to_string();
-        let resources = &self.eval.spec.stages[idx].resources;
-        let resources =
-            (*resources != Default::default()).then(|| serde_json::to_string(resources).expect("resources serialise"));
+        let resources = resources_json(&self.eval.spec.stages[idx].resources);
         let row = self.state.stage_started(&StageAttempt {
             run: self.run,
             component: name,
@@ -77,6 +85,7 @@ impl Coordinator<'_, '_> {
             log_path: &log_path,
             resources: resources.as_deref(),
             token: token.as_deref(),
+            executor: (executor != ExecutorKind::Local).then_some(executor.as_str()),
         })?;
         self.row[idx] = Some(row);
         if announce {
@@ -144,6 +153,7 @@ impl Coordinator<'_, '_> {
                 log_path: log_path.clone(),
                 at: success.at - success.duration,
                 token: None,
+                executor: ExecutorKind::Local,
             };
             restored_because = Some(self.record_start(start, false)?);
         }
@@ -265,6 +275,7 @@ impl Coordinator<'_, '_> {
             log_path: "",
             resources: None,
             token: None,
+            executor: None,
         })
     }
 
@@ -306,4 +317,14 @@ impl Coordinator<'_, '_> {
     fn release(&mut self, idx: StageIdx) {
         self.schedule.release(self.eval.dag, idx);
     }
+}
+
+/// A stage's `resources` as `stage_runs` keeps them: JSON of what it declared, `None` for
+/// nothing. (The spec's type keeps every field for its binary cache; the JSON only the set ones.)
+fn resources_json(resources: &crate::spec::Resources) -> Option<String> {
+    let serde_json::Value::Object(mut fields) = serde_json::to_value(resources).expect("resources serialise") else {
+        return None;
+    };
+    fields.retain(|_, value| !value.is_null());
+    (!fields.is_empty()).then(|| serde_json::Value::Object(fields).to_string())
 }

@@ -10,12 +10,15 @@
 //! a parallel hash steal a whole other stage and run it inline, delaying the first.
 //! Rayon still does the data-parallel hashing inside each stage.
 
+mod attempt;
 mod cached;
 mod coordinator;
 mod group;
+mod local;
 mod outputs;
 mod runner;
 mod schedule;
+pub mod slurm;
 mod task;
 mod watchdog;
 
@@ -25,24 +28,25 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Sender};
 use std::time::{Duration, SystemTime};
 
+pub use attempt::{Attempt, Control, Executor, Work};
 pub use group::{ProcessesSurvive, end_attempt};
-pub use runner::{ShellCommand, expand_command, log_tail};
+pub use local::Local;
+pub use runner::{AttemptFailure, ShellCommand, expand_command, log_tail, run_builtin};
 pub use watchdog::KILL_GRACE;
 
 use crate::cancel::CancelToken;
 use crate::event::{Event, FailedStage};
 use crate::fingerprint::{FileHash, FingerprintInputs, OutputHash};
 use crate::planner::{DirtyReason, EvalContext, Evaluation, Plan, Verdict};
-use crate::spec::StageIdx;
+use crate::spec::{ExecutorKind, StageIdx};
 use crate::state::{RunCounts, RunId, State, StateError};
 use coordinator::Coordinator;
-use runner::AttemptFailure;
 use schedule::Schedule;
 use task::run_task;
 use watchdog::Watchdog;
 
 /// How to execute.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ExecOptions {
     pub jobs: usize,
     pub fail_fast: bool,
@@ -50,6 +54,10 @@ pub struct ExecOptions {
     pub cancel: CancelToken,
     /// Where successes are stored and dirty stages restored from; `None`: no run-cache.
     pub run_cache: Option<std::sync::Arc<dyn crate::runcache::Store>>,
+    /// `dagrun build --executor`: where stages run that do not name their own executor.
+    pub executor: Option<ExecutorKind>,
+    /// The Slurm executor, when any stage runs on Slurm.
+    pub slurm: Option<std::sync::Arc<slurm::Slurm>>,
 }
 
 /// What execution did.
@@ -74,6 +82,11 @@ enum Message {
         start: Box<AttemptStart>,
         recorded: Sender<Result<(), String>>,
     },
+    /// A cluster executor submitted the attempt as job `job_id`.
+    Submitted {
+        idx: StageIdx,
+        job_id: String,
+    },
     Finished {
         idx: StageIdx,
         result: TaskResult,
@@ -88,8 +101,9 @@ struct AttemptStart {
     inputs: FingerprintInputs,
     log_path: String,
     at: SystemTime,
-    /// For a shell attempt: the token its processes will carry.
+    /// For a shell attempt or a cluster job: the token its processes (or job) will carry.
     token: Option<String>,
+    executor: ExecutorKind,
 }
 
 enum TaskResult {
@@ -137,9 +151,28 @@ struct Shared<'a> {
     stop: AtomicBool,
     run: RunId,
     run_cache: Option<&'a dyn crate::runcache::Store>,
+    /// The build's choice of executor, for stages that do not name theirs.
+    executor: Option<ExecutorKind>,
+    slurm: Option<&'a slurm::Slurm>,
 }
 
 impl Shared<'_> {
+    /// Where stage `idx` runs: its own choice, else the build's, else the pipeline's.
+    fn executor_kind(&self, idx: StageIdx) -> ExecutorKind {
+        self.eval.spec.stages[idx].executor.or(self.executor).unwrap_or(self.eval.spec.executor)
+    }
+
+    fn executor(&self, idx: StageIdx) -> Result<&dyn Executor, AttemptFailure> {
+        match (self.executor_kind(idx), self.slurm) {
+            (ExecutorKind::Slurm, Some(slurm)) => Ok(slurm),
+            // The engine makes the Slurm executor whenever a stage may run on it.
+            (ExecutorKind::Slurm, None) => {
+                Err(AttemptFailure::failed("the slurm executor was not set up for this build"))
+            }
+            (ExecutorKind::Local, _) => Ok(&Local),
+        }
+    }
+
     fn stopped(&self) -> bool {
         self.stop.load(Ordering::SeqCst) || self.watchdog.is_stopping()
     }
@@ -198,6 +231,8 @@ pub fn execute(
         stop: AtomicBool::new(false),
         run,
         run_cache: opts.run_cache.as_deref(),
+        executor: opts.executor,
+        slurm: opts.slurm.as_deref(),
     };
     let workers = opts.jobs.clamp(1, candidates);
     let (task_tx, task_rx) = mpsc::channel::<Task>();

@@ -2,19 +2,17 @@
 //! restore it or run it (with retries), one attempt at a time, and report each back.
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::path::PathBuf;
 use std::sync::mpsc::{self, Sender};
 use std::time::{Duration, Instant, SystemTime};
 
+use super::attempt::{Attempt, Control, Work};
 use super::cached::{restore_from_cache, store_in_cache};
 use super::outputs::{collect_outputs, read_declared_metrics};
-use super::runner::{self, AttemptFailure, ShellJob, expand_command};
+use super::runner::{self, AttemptFailure, expand_command};
 use super::{AttemptStart, Message, Shared, Success, Task, TaskResult, group};
-use crate::builtin::BuiltinContext;
 use crate::fingerprint::output_hash;
 use crate::planner::{DirtyReason, Evaluation, Verdict, evaluate_stage};
-use crate::spec::{Action, StageIdx};
+use crate::spec::{Action, ExecutorKind, StageIdx};
 use crate::state::StageStatus;
 
 /// Worker side: evaluate the stage again with its upstream's hashes, then run it
@@ -48,7 +46,9 @@ pub(super) fn run_task(shared: &Shared<'_>, task: Task, tx: &Sender<Message>) {
     for attempt in 1..=attempts {
         let log_path = shared.log_path(idx, attempt);
         let at = SystemTime::now();
-        let token = matches!(stage.action, Action::Shell { .. }).then(|| group::attempt_token(stage.name.as_str()));
+        let executor = shared.executor_kind(idx);
+        let token = (matches!(stage.action, Action::Shell { .. }) || executor == ExecutorKind::Slurm)
+            .then(|| group::attempt_token(stage.name.as_str()));
         let (answer, recorded) = mpsc::channel();
         let start = AttemptStart {
             idx,
@@ -58,6 +58,7 @@ pub(super) fn run_task(shared: &Shared<'_>, task: Task, tx: &Sender<Message>) {
             log_path: log_path.clone(),
             at,
             token: token.clone(),
+            executor,
         };
         let _ = tx.send(Message::Started { start: Box::new(start), recorded: answer });
         // Nothing runs that the state does not name: a later build must be able to find it.
@@ -65,7 +66,7 @@ pub(super) fn run_task(shared: &Shared<'_>, task: Task, tx: &Sender<Message>) {
             return finish(TaskResult::NotStarted);
         }
         let started = Instant::now();
-        let result = run_attempt(shared, idx, &eval, &log_path, token.as_deref().unwrap_or_default())
+        let result = run_attempt(shared, idx, &eval, &log_path, token.as_deref().unwrap_or_default(), tx)
             .and_then(|metrics| collect_outputs(shared, idx, &eval).map(|(outputs, moved)| (outputs, moved, metrics)))
             .and_then(|(outputs, moved, mut metrics)| {
                 read_declared_metrics(shared, idx, &mut metrics)?;
@@ -135,14 +136,15 @@ fn retry_backoff(shared: &Shared<'_>, attempt: u32) {
     }
 }
 
-/// One attempt: clear the old outputs, then run the command or built-in with its log.
-/// Returns the metrics the stage reported (built-ins only).
+/// One attempt: clear the old outputs, then run the command or built-in with its log, on
+/// the stage's executor. Returns the metrics the stage reported (built-ins only).
 fn run_attempt(
     shared: &Shared<'_>,
     idx: StageIdx,
     eval: &Evaluation,
     log_path: &str,
     token: &str,
+    tx: &Sender<Message>,
 ) -> Result<BTreeMap<String, f64>, AttemptFailure> {
     let spec = shared.eval.spec;
     let stage = &spec.stages[idx];
@@ -158,10 +160,8 @@ fn run_attempt(
                 .map_err(|e| AttemptFailure::failed(format!("cannot create directory for `{output}`: {e}")))?;
         }
     }
-    let log_full = spec.root.join(log_path);
-    let log = open_log(&log_full).map_err(|e| AttemptFailure::failed(format!("cannot create log {log_path}: {e}")))?;
     let outputs: Vec<String> = stage.outputs.iter().map(|o| o.to_string()).collect();
-    match &stage.action {
+    let work = match &stage.action {
         Action::Shell { cmd } => {
             let values = runner::CommandValues {
                 params: &stage.params,
@@ -170,44 +170,27 @@ fn run_attempt(
                 named_inputs: &stage.named_inputs,
                 named_outputs: &stage.named_outputs,
             };
-            let command = expand_command(cmd, &values);
-            let job = ShellJob {
-                stage: stage.name.as_str(),
-                command: &command.script,
-                env: &command.env,
-                root: &spec.root,
-                log,
-                timeout: stage.timeout,
-                token,
-            };
-            runner::run_shell(job, &shared.watchdog).map(|()| BTreeMap::new())
+            Work::Shell(expand_command(cmd, &values))
         }
-        Action::Builtin { name } => {
-            let builtin = shared
+        Action::Builtin { name } => Work::Builtin {
+            name,
+            builtin: shared
                 .eval
                 .registry
                 .get(name)
-                .ok_or_else(|| AttemptFailure::failed(format!("unknown built-in `{name}`")))?;
-            let mut log = log;
-            let mut metrics = BTreeMap::new();
-            let watch = shared.watchdog.watch_builtin(stage.timeout);
-            let ctx = BuiltinContext {
-                stage: stage.name.as_str(),
-                root: &spec.root,
-                params: &stage.params,
-                inputs: eval.input_paths.iter().flatten().map(|p| spec.root.join(p)).collect(),
-                outputs: outputs.iter().map(|p| spec.root.join(p)).collect::<Vec<PathBuf>>(),
-                log: &mut log,
-                cancel: &watch.flag,
-                metrics: &mut metrics,
-            };
-            let result = runner::run_builtin(builtin, ctx);
-            match shared.watchdog.unwatch_builtin(&watch) {
-                Some(cause) => Err(AttemptFailure::stopped(cause, stage.timeout, "the built-in was told to stop")),
-                None => result.map(|()| metrics),
-            }
-        }
-    }
+                .ok_or_else(|| AttemptFailure::failed(format!("unknown built-in `{name}`")))?,
+            inputs: eval.input_paths.iter().flatten().cloned().collect(),
+            outputs,
+        },
+    };
+    let log = spec.root.join(log_path);
+    let attempt = Attempt { stage, root: &spec.root, work, log: &log, token, run: shared.run.0 };
+    let stop_starting = || shared.stop.load(std::sync::atomic::Ordering::SeqCst);
+    let submitted = |job_id: &str| {
+        let _ = tx.send(Message::Submitted { idx, job_id: job_id.to_string() });
+    };
+    let control = Control { watchdog: &shared.watchdog, stop_starting: &stop_starting, submitted: &submitted };
+    shared.executor(idx)?.run(&attempt, &control)
 }
 
 /// Whether the filesystem holding `dir` has no space left for ordinary users. A stage that
@@ -254,19 +237,10 @@ fn refuse_deleting_outside(spec: &crate::spec::Spec, output: &crate::spec::RelPa
     }
 }
 
-/// Opens an attempt's log. Appends: each attempt has a log of its own, which may already
-/// hold dagrun's note that a run-cache entry could not be restored.
-fn open_log(path: &std::path::Path) -> std::io::Result<File> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    File::options().create(true).append(true).open(path)
-}
-
 /// Adds a line of dagrun's own to a stage's log, best effort.
 pub(super) fn append_log(path: &std::path::Path, text: &str) {
     use std::io::Write;
-    if let Ok(mut log) = open_log(path) {
+    if let Ok(mut log) = super::local::open_log(path) {
         let _ = writeln!(log, "{text}");
     }
 }

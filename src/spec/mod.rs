@@ -90,12 +90,45 @@ impl Input {
     }
 }
 
-/// Resources a stage asks for; used by cluster executors, recorded otherwise.
+/// Resources a stage asks for: sbatch flags on Slurm (`executor/slurm`), recorded otherwise.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Resources {
     pub cpus: Option<u32>,
     pub mem_mb: Option<u64>,
+    /// Slurm's time limit, in minutes (its own unit): a job past it ends as `TIMEOUT`.
+    pub time_min: Option<u32>,
+    pub partition: Option<String>,
+    /// Generic resources, as sbatch's `--gres` takes them (`gpu:1`).
+    pub gres: Option<String>,
+}
+
+/// Where a stage's attempts run. What a stage's fingerprint covers is the same whichever
+/// runs it, and so are its recorded outputs: the executor is never part of a fingerprint.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ExecutorKind {
+    /// On this machine, as dagrun's own child processes (built-ins in dagrun's process).
+    #[default]
+    Local,
+    /// As Slurm batch jobs, submitted with `sbatch`, over a shared filesystem.
+    Slurm,
+}
+
+impl ExecutorKind {
+    pub fn parse(text: &str) -> Option<ExecutorKind> {
+        match text {
+            "local" => Some(ExecutorKind::Local),
+            "slurm" => Some(ExecutorKind::Slurm),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExecutorKind::Local => "local",
+            ExecutorKind::Slurm => "slurm",
+        }
+    }
 }
 
 /// One validated stage.
@@ -112,6 +145,11 @@ pub struct Stage {
     pub retries: u32,
     pub timeout: Option<Duration>,
     pub resources: Resources,
+    /// `executor = "local"` or `"slurm"`: where this stage runs whatever the build's or the
+    /// pipeline's choice; `None`: the build's choice, else the pipeline's.
+    pub executor: Option<ExecutorKind>,
+    /// Further sbatch options, each one argument (`--qos=high`); never parsed by a shell.
+    pub slurm_args: Vec<String>,
     /// Outputs holding metrics, read and recorded after each success.
     pub metrics: Vec<RelPath>,
     /// `${inputs.NAME}`: the index in `inputs` of each named input.
@@ -152,6 +190,12 @@ pub struct Spec {
     pub listed: Vec<GlobPattern>,
     /// `[pipeline] cache_dir`, absolute; `None` for the default (see `Spec::cache_dir`).
     pub cache_dir_setting: Option<PathBuf>,
+    /// `[pipeline] executor`: where stages run unless the build or the stage says otherwise.
+    pub executor: ExecutorKind,
+    /// `[pipeline] latency_wait_sec`: how long a cluster stage's missing outputs are waited
+    /// for once its job has ended, for a shared filesystem to show them (Snakemake's
+    /// `--latency-wait`).
+    pub latency_wait: Duration,
 }
 
 impl Spec {

@@ -45,6 +45,10 @@ pub(super) struct RawPipeline {
     pub params_file: Option<String>,
     /// Where the run-cache lives (default `.dagrun/cache`; `DAGRUN_CACHE_DIR` overrides it).
     pub cache_dir: Option<Spanned<String>>,
+    /// `"local"` (the default) or `"slurm"`.
+    pub executor: Option<Spanned<String>>,
+    /// Seconds to wait for a cluster stage's outputs to appear on a shared filesystem.
+    pub latency_wait_sec: Option<Spanned<u32>>,
 }
 
 #[derive(Deserialize, Clone)]
@@ -67,6 +71,11 @@ pub(super) struct RawStage {
     pub timeout_sec: Option<Spanned<u64>>,
     #[serde(default)]
     pub resources: super::Resources,
+    /// `"local"` or `"slurm"`: where this stage runs, whatever the build or pipeline says.
+    pub executor: Option<Spanned<String>>,
+    /// Further sbatch options, one argument each.
+    #[serde(default)]
+    pub slurm_args: Vec<Spanned<String>>,
     /// Outputs that hold metrics (JSON, YAML or TOML), read after each success.
     #[serde(default)]
     pub metrics: Vec<Spanned<String>>,

@@ -64,6 +64,9 @@ pub(super) fn validate(
         check_cache_not_in_an_output(root, dir, &stages, &mut diags);
     }
 
+    let executor = raw.pipeline.executor.as_ref().and_then(|e| parse_executor(e, &mut diags)).unwrap_or_default();
+    let latency_wait =
+        Duration::from_secs(raw.pipeline.latency_wait_sec.as_ref().map_or(5, |s| u64::from(*s.get_ref())));
     let jobs = match &raw.pipeline.jobs {
         Some(jobs) if *jobs.get_ref() == 0 => {
             diags.push(
@@ -100,6 +103,8 @@ pub(super) fn validate(
         jobs,
         allow_outside_paths,
         stages,
+        executor,
+        latency_wait,
     };
     Ok((spec, checked))
 }
@@ -321,6 +326,15 @@ fn check_stage(
         other => other.as_ref().map(|t| Duration::from_secs(*t.get_ref())),
     };
 
+    let executor = raw.executor.as_ref().and_then(|e| parse_executor(e, diags));
+    for arg in &raw.slurm_args {
+        if let Err(problem) = check_slurm_arg(arg.get_ref()) {
+            diags.push(Diagnostic::new(problem, Some(arg.span())).help(
+                "each item is one sbatch option with its value, such as \"--qos=high\"; dagrun sets the job's name, directory and log itself",
+            ));
+        }
+    }
+
     let stage = Stage {
         name,
         action,
@@ -332,6 +346,8 @@ fn check_stage(
         retries,
         timeout,
         resources: raw.resources.clone(),
+        executor,
+        slurm_args: raw.slurm_args.iter().map(|a| a.get_ref().clone()).collect(),
         metrics,
         named_inputs,
         named_outputs,
@@ -587,4 +603,53 @@ fn lexical(path: &Path) -> PathBuf {
         }
     }
     clean
+}
+
+/// `executor = "local"` or `"slurm"`.
+fn parse_executor(text: &Spanned<String>, diags: &mut Vec<Diagnostic>) -> Option<super::ExecutorKind> {
+    let kind = super::ExecutorKind::parse(text.get_ref());
+    if kind.is_none() {
+        diags.push(
+            Diagnostic::new(format!("unknown executor `{}`", text.get_ref()), Some(text.span()))
+                .help("use \"local\" (this machine) or \"slurm\" (sbatch jobs on a shared filesystem)"),
+        );
+    }
+    kind
+}
+
+/// sbatch options that dagrun sets itself, and that a stage may not change: the job's name
+/// finds it again after a killed build, its log and directory are where dagrun reads them,
+/// and a requeued or array job would run the stage more than once.
+const SLURM_OPTIONS_OF_DAGRUN: &[&str] = &[
+    "--job-name",
+    "-J",
+    "--output",
+    "-o",
+    "--error",
+    "-e",
+    "--chdir",
+    "-D",
+    "--wrap",
+    "--array",
+    "-a",
+    "--parsable",
+    "--requeue",
+    "--open-mode",
+    "--export",
+    "--wait",
+    "-W",
+];
+
+/// One `slurm_args` item: a single option (`--qos=high`, `-q high` as two items is refused
+/// since each item must start with `-`), not one of dagrun's own.
+fn check_slurm_arg(arg: &str) -> Result<(), String> {
+    if !arg.starts_with('-') {
+        return Err(format!("`slurm_args` item `{arg}` is not an sbatch option"));
+    }
+    let option = arg.split('=').next().unwrap_or(arg);
+    let short_with_value = SLURM_OPTIONS_OF_DAGRUN.iter().any(|o| o.len() == 2 && arg.starts_with(o));
+    if SLURM_OPTIONS_OF_DAGRUN.contains(&option) || short_with_value {
+        return Err(format!("`slurm_args` may not set `{option}`: dagrun sets it for every job"));
+    }
+    Ok(())
 }

@@ -143,12 +143,12 @@ impl State {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// The attempts of run `run_id` still running: (stage, started at).
-    pub fn running_attempts(&self, run_id: i64) -> Result<Vec<(String, String)>, StateError> {
+    /// The attempts of run `run_id` still running: (stage, started at, cluster job id).
+    pub fn running_attempts(&self, run_id: i64) -> Result<Vec<(String, String, Option<String>)>, StateError> {
         let mut stmt = self.conn.prepare(
-            "SELECT component, started_at FROM stage_runs WHERE run_id = ?1 AND status = 'running' ORDER BY id",
+            "SELECT component, started_at, job_id FROM stage_runs WHERE run_id = ?1 AND status = 'running' ORDER BY id",
         )?;
-        let rows = stmt.query_map([run_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        let rows = stmt.query_map([run_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 

@@ -26,12 +26,13 @@ fn migrations() -> Migrations<'static> {
     Migrations::new(MIGRATIONS.iter().map(|sql| M::up(sql)).collect())
 }
 
-const MIGRATIONS: [&str; 5] = [
+const MIGRATIONS: [&str; 6] = [
     include_str!("../../migrations/0001_initial.sql"),
     include_str!("../../migrations/0002_stage_metrics.sql"),
     include_str!("../../migrations/0003_trust.sql"),
     include_str!("../../migrations/0004_run_cache.sql"),
     include_str!("../../migrations/0005_state_token.sql"),
+    include_str!("../../migrations/0006_cluster_jobs.sql"),
 ];
 
 /// The newest schema version this dagrun knows.
@@ -392,14 +393,21 @@ impl State {
         Ok(())
     }
 
-    /// The shell attempts a dead build left `running`, with their tokens. Call only while
-    /// holding the build lock: then none of them belongs to a live build.
+    /// The shell attempts and cluster jobs a dead build left `running`, with their tokens.
+    /// Call only while holding the build lock: then none of them belongs to a live build.
     pub fn unfinished_attempts(&self) -> Result<Vec<UnfinishedAttempt>, StateError> {
         let mut stmt = self.conn.prepare(
-            "SELECT component, attempt_token FROM stage_runs
+            "SELECT component, attempt_token, run_id, executor, job_id FROM stage_runs
              WHERE status = 'running' AND attempt_token IS NOT NULL ORDER BY id",
         )?;
-        let rows = stmt.query_map([], |r| Ok(UnfinishedAttempt { component: r.get(0)?, token: r.get(1)? }))?;
+        let rows = stmt.query_map([], |r| {
+            Ok(UnfinishedAttempt {
+                component: r.get(0)?,
+                token: r.get(1)?,
+                run: r.get(2)?,
+                cluster_job: r.get::<_, Option<String>>(3)?.is_some().then_some(r.get(4)?),
+            })
+        })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -499,6 +507,10 @@ impl State {
 pub struct UnfinishedAttempt {
     pub component: String,
     pub token: String,
+    pub run: i64,
+    /// For an attempt handed to a cluster scheduler: `Some`, with its job id if the
+    /// scheduler's answer was recorded.
+    pub cluster_job: Option<Option<String>>,
 }
 
 /// RFC 3339 UTC with milliseconds: sorts as text, readable in plain SQL.

@@ -139,6 +139,8 @@ pub struct StageAttempt<'a> {
     pub resources: Option<&'a str>,
     /// The token in the environment of every process of a shell attempt.
     pub token: Option<&'a str>,
+    /// `Some("slurm")` for an attempt run as a cluster job; `None`: a local one.
+    pub executor: Option<&'a str>,
 }
 
 /// A recorded hash: `NULL` is none; any text must parse, or the file is damaged. Read in
@@ -223,8 +225,8 @@ impl State {
     pub fn stage_started(&self, attempt: &StageAttempt<'_>) -> Result<StageRunId, StateError> {
         self.conn.execute(
             "INSERT INTO stage_runs (run_id, component, attempt, status, reason, started_at, log_path, resources,
-                 attempt_token)
-             VALUES (?1, ?2, ?3, 'running', ?4, ?5, ?6, ?7, ?8)",
+                 attempt_token, executor)
+             VALUES (?1, ?2, ?3, 'running', ?4, ?5, ?6, ?7, ?8, ?9)",
             params![
                 attempt.run.0,
                 attempt.component,
@@ -233,10 +235,17 @@ impl State {
                 timestamp(attempt.started_at),
                 attempt.log_path,
                 attempt.resources,
-                attempt.token
+                attempt.token,
+                attempt.executor
             ],
         )?;
         Ok(StageRunId(self.conn.last_insert_rowid()))
+    }
+
+    /// The cluster job an attempt was submitted as.
+    pub fn record_job_id(&self, row: StageRunId, job_id: &str) -> Result<(), StateError> {
+        self.conn.execute("UPDATE stage_runs SET job_id = ?2 WHERE id = ?1", params![row.0, job_id])?;
+        Ok(())
     }
 
     /// A stage the build considered but did not run (cut off, blocked, skipped): one

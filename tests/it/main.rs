@@ -26,6 +26,7 @@ mod paths;
 mod property;
 mod quoting;
 mod run_cache;
+mod slurm;
 mod spec_cache;
 mod state;
 mod templates;

@@ -43,10 +43,10 @@ fn the_seed_query_works_on_the_state_database() {
 fn migrate_creates_the_schema_and_reports_the_version() {
     let sb = abc();
     let first = sb.dagrun(&["migrate"]).success();
-    assert!(first.stdout().contains("from schema version 0 to 5"), "{}", first.stdout());
+    assert!(first.stdout().contains("from schema version 0 to 6"), "{}", first.stdout());
     let again = sb.dagrun(&["migrate"]).success();
-    assert!(again.stdout().contains("is at schema version 5"), "{}", again.stdout());
-    assert_eq!(sb.column("PRAGMA user_version"), ["5"]);
+    assert!(again.stdout().contains("is at schema version 6"), "{}", again.stdout());
+    assert_eq!(sb.column("PRAGMA user_version"), ["6"]);
 }
 
 #[test]
@@ -59,7 +59,7 @@ fn a_version_1_database_is_upgraded_in_place_keeping_its_rows() {
         .unwrap();
     drop(db);
     let run = sb.dagrun(&["migrate"]).success();
-    assert!(run.stdout().contains("from schema version 1 to 5"), "{}", run.stdout());
+    assert!(run.stdout().contains("from schema version 1 to 6"), "{}", run.stdout());
     assert_eq!(sb.column("SELECT run_count FROM orchestrator_state WHERE component = 'a'"), ["7"]);
     assert_eq!(sb.column("SELECT count(*) FROM pragma_table_info('stage_runs') WHERE name = 'metrics'"), ["1"]);
     assert_eq!(sb.column("SELECT count(*) FROM pragma_table_info('stage_runs') WHERE name = 'attempt_token'"), ["1"]);

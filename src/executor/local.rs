@@ -1,0 +1,64 @@
+//! The local executor: a shell attempt as dagrun's child process in a process group of its
+//! own, a built-in in dagrun's own process.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::PathBuf;
+
+use super::attempt::{Attempt, Control, Executor, Work};
+use super::runner::{self, AttemptFailure, ShellJob};
+use crate::builtin::BuiltinContext;
+
+/// Runs attempts on this machine.
+pub struct Local;
+
+impl Executor for Local {
+    fn run(&self, attempt: &Attempt<'_>, control: &Control<'_>) -> Result<BTreeMap<String, f64>, AttemptFailure> {
+        let log = open_log(attempt.log)
+            .map_err(|e| AttemptFailure::failed(format!("cannot create log {}: {e}", attempt.log.display())))?;
+        let stage = attempt.stage;
+        match &attempt.work {
+            Work::Shell(command) => {
+                let job = ShellJob {
+                    stage: stage.name.as_str(),
+                    command: &command.script,
+                    env: &command.env,
+                    root: attempt.root,
+                    log,
+                    timeout: stage.timeout,
+                    token: attempt.token,
+                };
+                runner::run_shell(job, control.watchdog).map(|()| BTreeMap::new())
+            }
+            Work::Builtin { builtin, inputs, outputs, .. } => {
+                let mut log = log;
+                let mut metrics = BTreeMap::new();
+                let watch = control.watchdog.watch_builtin(stage.timeout);
+                let ctx = BuiltinContext {
+                    stage: stage.name.as_str(),
+                    root: attempt.root,
+                    params: &stage.params,
+                    inputs: inputs.iter().map(|p| attempt.root.join(p)).collect(),
+                    outputs: outputs.iter().map(|p| attempt.root.join(p)).collect::<Vec<PathBuf>>(),
+                    log: &mut log,
+                    cancel: &watch.flag,
+                    metrics: &mut metrics,
+                };
+                let result = runner::run_builtin(builtin, ctx);
+                match control.watchdog.unwatch_builtin(&watch) {
+                    Some(cause) => Err(AttemptFailure::stopped(cause, stage.timeout, "the built-in was told to stop")),
+                    None => result.map(|()| metrics),
+                }
+            }
+        }
+    }
+}
+
+/// Opens an attempt's log. Appends: each attempt has a log of its own, which may already
+/// hold dagrun's note that a run-cache entry could not be restored.
+pub(super) fn open_log(path: &std::path::Path) -> std::io::Result<File> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    File::options().create(true).append(true).open(path)
+}

@@ -1,0 +1,373 @@
+//! The Slurm executor: each attempt is a batch job submitted with `sbatch`, over a shared
+//! filesystem, as Snakemake and Nextflow hand work to a cluster. dagrun stays the
+//! coordinator: it plans, fingerprints, hashes outputs and records state on its own machine;
+//! the cluster only runs commands.
+//!
+//! - A shell stage's job script is its command, exactly as `sh -c` would run it locally; the
+//!   substituted values travel in the job's environment (sbatch passes its own on), never in
+//!   the script. A built-in runs as `dagrun run-stage JOB_FILE` on the node (`node.rs`).
+//! - Every waiting worker shares one poll: one `squeue` call for all jobs in flight per
+//!   interval (0.2 s, backing off to 5 s while nothing changes), whoever's turn it is.
+//! - Interruption and timeouts `scancel` the job and wait for Slurm to say it ended, so that
+//!   nothing of it can still write when the attempt is recorded. Under `--fail-fast` a job
+//!   still queued is withdrawn; a running one finishes, as a local stage would.
+//! - A killed build's jobs are found again by the next build and cancelled (`orphans.rs`).
+
+mod client;
+pub mod node;
+mod orphans;
+pub mod queue;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+pub use orphans::cancel_orphan_jobs;
+pub use queue::JobState;
+
+use super::attempt::{Attempt, Control, Executor, Work};
+use super::runner::AttemptFailure;
+use super::watchdog::KillCause;
+use crate::state::StageStatus;
+
+const FIRST_POLL: Duration = Duration::from_millis(200);
+const MAX_POLL: Duration = Duration::from_secs(5);
+/// How often a waiting worker looks at the build's stop flags between polls.
+const CHECK: Duration = Duration::from_millis(50);
+/// Polls in a row that find a job in neither `squeue` nor `sacct` before it is given up.
+const LOST_AFTER: u32 = 5;
+
+/// Runs attempts as Slurm jobs.
+pub struct Slurm {
+    board: Mutex<Board>,
+    changed: Condvar,
+    /// How long a job's missing outputs are waited for (`[pipeline] latency_wait_sec`).
+    latency_wait: Duration,
+    /// This dagrun, for built-ins: the node runs the same binary (shared filesystem).
+    exe: PathBuf,
+}
+
+/// The jobs in flight and what the last poll said of them.
+struct Board {
+    jobs: HashMap<String, Option<JobState>>,
+    /// Polls in a row that did not find the job.
+    misses: HashMap<String, u32>,
+    polling: bool,
+    last_poll: Option<Instant>,
+    interval: Duration,
+}
+
+/// Why dagrun cancelled a job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Cancelled {
+    Killed(KillCause),
+    /// Still queued when the build stopped starting stages.
+    Withdrawn,
+}
+
+/// What Slurm says of jobs `ids` now: an empty answer if it cannot be asked.
+pub fn job_states(ids: &[&str]) -> HashMap<String, JobState> {
+    client::job_states(ids).unwrap_or_default()
+}
+
+impl Slurm {
+    /// Checks that Slurm's commands are here, so that a missing install is one clear error
+    /// before anything is submitted rather than a failure per stage.
+    pub fn new(latency_wait: Duration) -> Result<Slurm, String> {
+        let mut version = std::process::Command::new("sbatch");
+        version.arg("--version");
+        client::call(version)?;
+        let exe = std::env::current_exe().map_err(|e| format!("cannot find dagrun's own executable: {e}"))?;
+        let board = Board {
+            jobs: HashMap::new(),
+            misses: HashMap::new(),
+            polling: false,
+            last_poll: None,
+            interval: FIRST_POLL,
+        };
+        Ok(Slurm { board: Mutex::new(board), changed: Condvar::new(), latency_wait, exe })
+    }
+
+    fn board(&self) -> MutexGuard<'_, Board> {
+        self.board.lock().expect("slurm board poisoned")
+    }
+
+    /// Waits until Slurm reports job `id` ended, cancelling it when the build says so.
+    fn wait(
+        &self,
+        id: &str,
+        attempt: &Attempt<'_>,
+        control: &Control<'_>,
+    ) -> Result<(JobState, Option<Cancelled>), AttemptFailure> {
+        let mut board = self.board();
+        board.jobs.insert(id.to_string(), None);
+        board.interval = FIRST_POLL;
+        let mut cancelled = None;
+        let mut running_since = None;
+        loop {
+            if let Some(Some(job)) = board.jobs.get(id) {
+                if job.is_final() {
+                    let job = job.clone();
+                    board.jobs.remove(id);
+                    board.misses.remove(id);
+                    return Ok((job, cancelled));
+                }
+                if job.is_running() && running_since.is_none() {
+                    running_since = Some(Instant::now());
+                }
+            }
+            if board.misses.get(id).copied().unwrap_or(0) >= LOST_AFTER {
+                board.jobs.remove(id);
+                board.misses.remove(id);
+                return Err(AttemptFailure::failed(format!(
+                    "Slurm no longer knows job {id} (neither squeue nor sacct lists it): its outcome is unknown"
+                )));
+            }
+            if cancelled.is_none() {
+                let pending = board.jobs.get(id).is_none_or(|job| job.as_ref().is_none_or(JobState::is_pending));
+                let timed_out = match (attempt.stage.timeout, running_since) {
+                    (Some(limit), Some(since)) => since.elapsed() >= limit,
+                    _ => false,
+                };
+                let cause = if control.watchdog.is_stopping() {
+                    Some(Cancelled::Killed(KillCause::Interrupted))
+                } else if timed_out {
+                    Some(Cancelled::Killed(KillCause::TimedOut))
+                } else if pending && (control.stop_starting)() {
+                    Some(Cancelled::Withdrawn)
+                } else {
+                    None
+                };
+                if let Some(cause) = cause {
+                    drop(board);
+                    // Should scancel fail (the controller unreachable), the poll goes on: the
+                    // attempt ends only when Slurm says the job has.
+                    let _ = client::scancel(&[id]);
+                    board = self.board();
+                    cancelled = Some(cause);
+                    board.interval = FIRST_POLL;
+                    board.last_poll = None;
+                    continue;
+                }
+            }
+            let now = Instant::now();
+            let due = board.last_poll.is_none_or(|at| now.duration_since(at) >= board.interval);
+            if due && !board.polling {
+                board = self.poll(board);
+                continue;
+            }
+            let next = board.last_poll.map_or(CHECK, |at| (at + board.interval).saturating_duration_since(now));
+            board = self
+                .changed
+                .wait_timeout(board, next.clamp(Duration::from_millis(1), CHECK))
+                .expect("slurm board poisoned")
+                .0;
+        }
+    }
+
+    /// One `squeue` (and, for jobs it has forgotten, `sacct`) for every job in flight.
+    fn poll<'b>(&'b self, mut board: MutexGuard<'b, Board>) -> MutexGuard<'b, Board> {
+        board.polling = true;
+        let ids: Vec<String> = board.jobs.keys().cloned().collect();
+        drop(board);
+        let answer = client::job_states(&ids.iter().map(String::as_str).collect::<Vec<_>>());
+        let mut board = self.board();
+        board.polling = false;
+        board.last_poll = Some(Instant::now());
+        let mut changed = false;
+        // On an error (the controller busy or away) nothing changes: ask again later, less often.
+        if let Ok(mut states) = answer {
+            for id in &ids {
+                let found = states.remove(id);
+                let board = &mut *board;
+                // A job whose waiter has returned meanwhile is not brought back.
+                let Some(slot) = board.jobs.get_mut(id) else { continue };
+                match found {
+                    Some(state) => {
+                        board.misses.remove(id);
+                        changed |= slot.as_ref() != Some(&state);
+                        *slot = Some(state);
+                    }
+                    None => *board.misses.entry(id.clone()).or_default() += 1,
+                }
+            }
+        }
+        board.interval = if changed { FIRST_POLL } else { (board.interval * 3 / 2).min(MAX_POLL) };
+        self.changed.notify_all();
+        board
+    }
+
+    /// The job script and the environment sbatch passes on to the job.
+    fn script(&self, attempt: &Attempt<'_>, dir: &Path) -> Result<(String, Vec<(String, String)>), AttemptFailure> {
+        let stage = attempt.stage.name.as_str();
+        let mut env = vec![("DAGRUN_STAGE".to_string(), stage.to_string())];
+        env.push((super::group::TOKEN_VAR.to_string(), attempt.token.to_string()));
+        let header = format!("#!/bin/sh\n# dagrun: stage `{stage}`, submitted by dagrun with sbatch\n");
+        match &attempt.work {
+            Work::Shell(command) => {
+                env.extend(command.env.iter().cloned());
+                Ok((format!("{header}{}\n", command.script), env))
+            }
+            Work::Builtin { name, builtin, inputs, outputs } => {
+                let job_file = dir.join(format!("{}.job.json", file_stem(attempt.log)));
+                let job = node::NodeJob {
+                    stage: stage.to_string(),
+                    builtin: name.to_string(),
+                    version: builtin.version().to_string(),
+                    root: attempt.root.to_path_buf(),
+                    params: toml::to_string(&attempt.stage.params)
+                        .map_err(|e| AttemptFailure::failed(format!("cannot write the stage's params: {e}")))?,
+                    inputs: inputs.clone(),
+                    outputs: outputs.clone(),
+                    metrics: metrics_file(attempt.log),
+                };
+                let json = serde_json::to_vec_pretty(&job).expect("a job file serialises");
+                std::fs::write(&job_file, json)
+                    .map_err(|e| AttemptFailure::failed(format!("cannot write {}: {e}", job_file.display())))?;
+                env.push(("DAGRUN_EXE".to_string(), self.exe.to_string_lossy().into_owned()));
+                env.push(("DAGRUN_JOB_FILE".to_string(), job_file.to_string_lossy().into_owned()));
+                Ok((format!("{header}exec \"$DAGRUN_EXE\" run-stage \"$DAGRUN_JOB_FILE\"\n"), env))
+            }
+        }
+    }
+
+    /// Waits up to the latency wait for outputs the job wrote but this machine does not see
+    /// yet (a shared filesystem's attribute cache). Outputs that exist are not waited for.
+    fn wait_for_outputs(&self, attempt: &Attempt<'_>) {
+        let until = Instant::now() + self.latency_wait;
+        let missing = |p: &crate::spec::RelPath| std::fs::symlink_metadata(p.to_path(attempt.root)).is_err();
+        while attempt.stage.outputs.iter().any(missing) && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Executor for Slurm {
+    fn run(&self, attempt: &Attempt<'_>, control: &Control<'_>) -> Result<BTreeMap<String, f64>, AttemptFailure> {
+        let log = attempt.log;
+        let dir = log.parent().expect("a log path has a directory");
+        std::fs::create_dir_all(dir)
+            .map_err(|e| AttemptFailure::failed(format!("cannot create log directory {}: {e}", dir.display())))?;
+        if log.to_string_lossy().contains('%') || attempt.root.to_string_lossy().contains('%') {
+            return Err(AttemptFailure::failed(
+                "the pipeline directory's path holds `%`, which sbatch reads as a pattern in a log path: move the pipeline",
+            ));
+        }
+        let (script, env) = self.script(attempt, dir)?;
+        let script_file = dir.join(format!("{}.sbatch", file_stem(log)));
+        std::fs::write(&script_file, script)
+            .map_err(|e| AttemptFailure::failed(format!("cannot write {}: {e}", script_file.display())))?;
+        if control.watchdog.is_stopping() {
+            return Err(AttemptFailure::stopped(KillCause::Interrupted, None, "its job was not submitted"));
+        }
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let id = client::sbatch(&sbatch_args(attempt), &script_file, &env).map_err(AttemptFailure::failed)?;
+        (control.submitted)(&id);
+        let (job, cancelled) = self.wait(&id, attempt, control)?;
+        if let Some(cancelled) = cancelled {
+            return Err(cancelled_failure(&id, cancelled, attempt));
+        }
+        if !job.succeeded() {
+            return Err(job_failure(&id, &job, attempt));
+        }
+        self.wait_for_outputs(attempt);
+        match &attempt.work {
+            Work::Shell(_) => Ok(BTreeMap::new()),
+            Work::Builtin { .. } => read_metrics(&metrics_file(log)),
+        }
+    }
+}
+
+/// sbatch's options for an attempt. The stage's `resources` map onto sbatch's own flags, and
+/// `slurm_args` (checked when the pipeline loaded) come last.
+fn sbatch_args(attempt: &Attempt<'_>) -> Vec<String> {
+    let stage = attempt.stage;
+    let resources = &stage.resources;
+    let mut args = vec![
+        format!("--job-name=dagrun-{}-{}", attempt.run, stage.name),
+        format!("--comment={}", orphans::job_comment(attempt.token)),
+        format!("--chdir={}", attempt.root.display()),
+        format!("--output={}", attempt.log.display()),
+        "--open-mode=append".to_string(),
+        // A requeued job would run the stage a second time, perhaps beside a retry.
+        "--no-requeue".to_string(),
+        "--export=ALL".to_string(),
+    ];
+    if let Some(cpus) = resources.cpus {
+        args.push(format!("--cpus-per-task={cpus}"));
+    }
+    if let Some(mem) = resources.mem_mb {
+        args.push(format!("--mem={mem}M"));
+    }
+    // Slurm counts time in minutes; a `timeout_sec` alone tells its scheduler as much.
+    let minutes = resources.time_min.or_else(|| stage.timeout.map(|t| t.as_secs().div_ceil(60).max(1) as u32));
+    if let Some(minutes) = minutes {
+        args.push(format!("--time={minutes}"));
+    }
+    if let Some(partition) = &resources.partition {
+        args.push(format!("--partition={partition}"));
+    }
+    if let Some(gres) = &resources.gres {
+        args.push(format!("--gres={gres}"));
+    }
+    args.extend(stage.slurm_args.iter().cloned());
+    args
+}
+
+fn cancelled_failure(id: &str, cancelled: Cancelled, attempt: &Attempt<'_>) -> AttemptFailure {
+    let timeout = attempt.stage.timeout;
+    match cancelled {
+        Cancelled::Killed(cause) => {
+            AttemptFailure::stopped(cause, timeout, &format!("its Slurm job {id} was cancelled"))
+        }
+        Cancelled::Withdrawn => AttemptFailure {
+            status: StageStatus::Interrupted,
+            message: format!(
+                "the build stopped first; its Slurm job {id} was withdrawn from the queue before it started"
+            ),
+        },
+    }
+}
+
+/// A job that ended without success, its Slurm state named.
+fn job_failure(id: &str, job: &JobState, attempt: &Attempt<'_>) -> AttemptFailure {
+    let resources = &attempt.stage.resources;
+    let how = job.exit_text().map(|t| format!(", {t}")).unwrap_or_default();
+    let mut message = format!("Slurm job {id} ended {}{how}", job.state);
+    match job.state.as_str() {
+        "TIMEOUT" => {
+            let limit = resources.time_min.map_or(String::new(), |m| format!(" (resources.time_min = {m})"));
+            message.push_str(&format!(": it ran past its time limit{limit}"));
+            return AttemptFailure { status: StageStatus::TimedOut, message };
+        }
+        "OUT_OF_MEMORY" => {
+            let limit = resources.mem_mb.map_or(String::new(), |m| format!(" (resources.mem_mb = {m})"));
+            message.push_str(&format!(": it used more memory than it asked for{limit}"));
+        }
+        "CANCELLED" => message.push_str(": cancelled outside dagrun"),
+        "NODE_FAIL" | "BOOT_FAIL" => message.push_str(": its node failed; build again to retry it"),
+        _ => {}
+    }
+    AttemptFailure::failed(message)
+}
+
+fn file_stem(log: &Path) -> String {
+    log.file_stem().map_or_else(|| "stage".into(), |s| s.to_string_lossy().into_owned())
+}
+
+/// Where a built-in on a node writes the metrics it reports.
+fn metrics_file(log: &Path) -> PathBuf {
+    log.with_extension("metrics.json")
+}
+
+fn read_metrics(path: &Path) -> Result<BTreeMap<String, f64>, AttemptFailure> {
+    let text = std::fs::read(path).map_err(|e| {
+        AttemptFailure::failed(format!(
+            "the job ended well but its metrics file {} cannot be read: {e}",
+            path.display()
+        ))
+    })?;
+    serde_json::from_slice(&text)
+        .map_err(|e| AttemptFailure::failed(format!("the job's metrics file {} is damaged: {e}", path.display())))
+}
