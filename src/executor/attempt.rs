@@ -44,7 +44,8 @@ pub struct Attempt<'a> {
 
 /// How the build talks to a running attempt.
 pub struct Control<'a> {
-    /// Timeouts and interruption (Ctrl-C, the agent's shutdown): the attempt is ended.
+    /// Timeouts and interruption (Ctrl-C, the agent's shutdown): the attempt is ended. While
+    /// it only drains, a cluster job still queued is withdrawn.
     pub watchdog: &'a Watchdog,
     /// The build starts nothing new (`--fail-fast` after a failure): a cluster job still
     /// queued has not started, so it is withdrawn; a running one finishes.

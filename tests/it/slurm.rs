@@ -36,15 +36,21 @@ fn needs_slurm(test: &str) -> bool {
 }
 
 /// Twenty shell stages in four chains of five, fed by two sources, plus (with the market
-/// stages compiled in) two built-ins, which run on the node as `dagrun run-stage`.
+/// stages compiled in) two built-ins, which run on the node as `dagrun run-stage`. The first
+/// stage says `executor = "local"`: it runs here whatever the build says.
 fn twenty_stages() -> String {
     let mut text = String::new();
     for chain in 0..4 {
         for step in 0..5 {
             let input =
                 if step == 0 { format!("src{}.txt", chain % 2) } else { format!("out/c{chain}s{}.txt", step - 1) };
+            if (chain, step) == (0, 0) {
+                text.push_str("[stages.c0s0]\nexecutor = \"local\"\n");
+            } else {
+                text.push_str(&format!("[stages.c{chain}s{step}]\n"));
+            }
             text.push_str(&format!(
-                "[stages.c{chain}s{step}]\ncmd = \"echo c{chain}s{step} >> ran.log; cat ${{inputs}} > ${{outputs}}; echo ${{params.tag}} >> ${{outputs}}\"\n\
+                "cmd = \"echo c{chain}s{step} >> ran.log; cat ${{inputs}} > ${{outputs}}; echo ${{params.tag}} >> ${{outputs}}\"\n\
                  inputs = [\"{input}\"]\noutputs = [\"out/c{chain}s{step}.txt\"]\nparams = {{ tag = \"step {step} 'quoted' $(not run)\" }}\n\n"
             ));
         }
@@ -99,13 +105,14 @@ fn a_build_on_slurm_writes_and_records_what_a_local_build_does_and_an_edit_rerun
     assert!(written.len() >= 20, "{written:?}");
     assert_eq!(outputs(&cluster), written, "the outputs are byte for byte a local build's");
     assert_eq!(recorded_state(&cluster), recorded_state(&local));
-    let stages = cluster.column("SELECT count(*) FROM orchestrator_state")[0].clone();
+    let stages: usize = cluster.column("SELECT count(*) FROM orchestrator_state")[0].parse().unwrap();
     assert_eq!(
         cluster
             .column("SELECT count(*) FROM stage_runs WHERE executor = 'slurm' AND job_id > 0 AND status = 'success'"),
-        [stages],
-        "every stage ran as a Slurm job, its id recorded"
+        [(stages - 1).to_string()],
+        "every other stage ran as a Slurm job, its id recorded"
     );
+    assert_eq!(cluster.column("SELECT component FROM stage_runs WHERE executor IS NULL"), ["c0s0"]);
     if cfg!(feature = "markets") {
         assert_eq!(
             cluster.column("SELECT metrics FROM stage_runs WHERE component = 'ticks'"),
@@ -144,9 +151,15 @@ fn a_failed_job_and_a_job_past_its_time_limit_are_reported_with_their_slurm_stat
         cmd = "sleep 600 > ${outputs}"
         outputs = ["slow.txt"]
         resources = { time_min = 1 }
+
+        # dagrun's own timeout: measured from when the job starts running.
+        [stages.timeout]
+        cmd = "sleep 600 > ${outputs}"
+        outputs = ["timeout.txt"]
+        timeout_sec = 1
         "#,
     );
-    let run = sb.dagrun(&["build", "-j", "2"]).failure();
+    let run = sb.dagrun(&["build", "-j", "3"]).failure();
     let error = |stage: &str| {
         sb.column(&format!(
             "SELECT last_status || ': ' || last_error FROM orchestrator_state WHERE component = '{stage}'"
@@ -161,6 +174,9 @@ fn a_failed_job_and_a_job_past_its_time_limit_are_reported_with_their_slurm_stat
     assert!(slow.starts_with("timed_out: Slurm job "), "{slow}");
     assert!(slow.contains(" ended TIMEOUT") && slow.contains("(resources.time_min = 1)"), "{slow}");
     assert!(run.stdout().contains("ended TIMEOUT"), "{}", run.stdout());
+    let timeout = error("timeout");
+    assert!(timeout.starts_with("timed_out: timed out after 1s; its Slurm job "), "{timeout}");
+    assert!(timeout.contains(" was cancelled"), "{timeout}");
     assert!(!sb.exists("slow.txt"), "a timed-out stage's partial output is removed");
 }
 

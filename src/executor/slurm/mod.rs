@@ -8,9 +8,11 @@
 //!   the script. A built-in runs as `dagrun run-stage JOB_FILE` on the node (`node.rs`).
 //! - Every waiting worker shares one poll: one `squeue` call for all jobs in flight per
 //!   interval (0.2 s, backing off to 5 s while nothing changes), whoever's turn it is.
-//! - Interruption and timeouts `scancel` the job and wait for Slurm to say it ended, so that
-//!   nothing of it can still write when the attempt is recorded. Under `--fail-fast` a job
-//!   still queued is withdrawn; a running one finishes, as a local stage would.
+//! - Interruption (Ctrl-C, the agent's shutdown once its grace period is over) and timeouts
+//!   `scancel` the job and wait for Slurm to say it ended, so that nothing of it can still
+//!   write when the attempt is recorded. When the build only stops starting stages
+//!   (`--fail-fast`, the agent draining), a job still queued is withdrawn, since it has not
+//!   started; a running one finishes, as a local stage would.
 //! - A killed build's jobs are found again by the next build and cancelled (`orphans.rs`).
 
 mod client;
@@ -130,11 +132,11 @@ impl Slurm {
                     (Some(limit), Some(since)) => since.elapsed() >= limit,
                     _ => false,
                 };
-                let cause = if control.watchdog.is_stopping() {
+                let cause = if control.watchdog.is_cancelled() {
                     Some(Cancelled::Killed(KillCause::Interrupted))
                 } else if timed_out {
                     Some(Cancelled::Killed(KillCause::TimedOut))
-                } else if pending && (control.stop_starting)() {
+                } else if pending && (control.watchdog.is_stopping() || (control.stop_starting)()) {
                     Some(Cancelled::Withdrawn)
                 } else {
                     None
@@ -258,8 +260,11 @@ impl Executor for Slurm {
         let script_file = dir.join(format!("{}.sbatch", file_stem(log)));
         std::fs::write(&script_file, script)
             .map_err(|e| AttemptFailure::failed(format!("cannot write {}: {e}", script_file.display())))?;
-        if control.watchdog.is_stopping() {
-            return Err(AttemptFailure::stopped(KillCause::Interrupted, None, "its job was not submitted"));
+        if control.watchdog.is_stopping() || (control.stop_starting)() {
+            return Err(AttemptFailure {
+                status: StageStatus::Interrupted,
+                message: "the build stopped first; its job was not submitted".into(),
+            });
         }
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         let id = client::sbatch(&sbatch_args(attempt), &script_file, &env).map_err(AttemptFailure::failed)?;
