@@ -111,7 +111,7 @@ impl std::fmt::Display for ClusterJob {
 pub fn running_attempts(state: &State, run_id: i64) -> Result<Vec<(String, String, Option<ClusterJob>)>, Error> {
     let attempts = state.running_attempts(run_id)?;
     let ids: Vec<&str> = attempts.iter().filter_map(|(_, _, id)| id.as_deref()).collect();
-    let states = if ids.is_empty() { Default::default() } else { crate::executor::slurm::job_states(&ids) };
+    let states = if ids.is_empty() { Default::default() } else { crate::executor::slurm::queued_states_or_none(&ids) };
     Ok(attempts
         .into_iter()
         .map(|(stage, started_at, id)| {
@@ -199,8 +199,8 @@ impl Engine {
     ) -> Result<Option<std::sync::Arc<crate::executor::slurm::Slurm>>, Error> {
         use crate::spec::ExecutorKind;
         let on_slurm = (0..self.spec.stages.len()).any(|idx| {
-            let kind = self.spec.stages[idx].executor.or(executor).unwrap_or(self.spec.executor);
-            kind == ExecutorKind::Slurm && plan.verdict(idx).is_some_and(Verdict::is_dirty)
+            self.spec.executor_of(idx, executor) == ExecutorKind::Slurm
+                && plan.verdict(idx).is_some_and(Verdict::is_dirty)
         });
         if !on_slurm {
             return Ok(None);
@@ -297,6 +297,7 @@ impl Engine {
         state.finish_run(run, run_outcome, &summary.counts)?;
         cached?;
         state.refresh_snapshot()?;
+        state.trim_wal()?;
         on_event(&Event::BuildFinished { summary: &summary });
         Ok(summary)
     }
@@ -681,23 +682,30 @@ fn end_orphans(state: &State, on_event: &mut dyn FnMut(&Event<'_>)) -> Result<()
 
 fn end_attempts(attempts: Vec<UnfinishedAttempt>, on_event: &mut dyn FnMut(&Event<'_>)) -> Result<(), Error> {
     for unfinished in attempts {
-        if let Some(job_id) = &unfinished.cluster_job {
-            let cancelled = crate::executor::slurm::cancel_orphan_jobs(
-                unfinished.run,
-                &unfinished.component,
-                &unfinished.token,
-                job_id.as_deref(),
-            )
-            .map_err(|reason| Error::OrphanJobs { stage: unfinished.component.clone(), reason })?;
-            if !cancelled.is_empty() {
-                on_event(&Event::OrphanJobsCancelled { stage: &unfinished.component, jobs: &cancelled });
-            }
-            continue;
-        }
-        match end_attempt(&unfinished.token) {
+        // For a Slurm attempt only an `sbatch` still running (it carries the token), which
+        // could otherwise submit after the look for its job below.
+        let ended = if unfinished.on_slurm {
+            crate::executor::end_submitter(&unfinished.token)
+        } else {
+            end_attempt(&unfinished.token)
+        };
+        match ended {
             Ok(0) => {}
             Ok(processes) => on_event(&Event::OrphansEnded { stage: &unfinished.component, processes }),
             Err(source) => return Err(Error::Orphans { stage: unfinished.component, source }),
+        }
+        if unfinished.on_slurm {
+            let (run, stage) = (unfinished.run, unfinished.component.as_str());
+            let cancelled =
+                crate::executor::slurm::cancel_orphan_jobs(run, stage, &unfinished.token, unfinished.job_id.as_deref())
+                    .map_err(|reason| Error::OrphanJobs {
+                        stage: stage.to_string(),
+                        job: format!("dagrun-{run}-{stage}"),
+                        reason,
+                    })?;
+            if !cancelled.is_empty() {
+                on_event(&Event::OrphanJobsCancelled { stage, jobs: &cancelled });
+            }
         }
     }
     Ok(())

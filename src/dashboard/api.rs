@@ -47,7 +47,7 @@ pub(crate) struct StageView {
     pub report: StageReport,
     /// `up_to_date`, `dirty`, `running`, `failed` or `interrupted`.
     pub state: &'static str,
-    /// Why it is dirty, in words; for a stage running on Slurm, its job and the job's state.
+    /// Why it is dirty, in words.
     pub why: Option<String>,
     /// The Slurm job running it now.
     pub job: Option<ClusterJob>,
@@ -99,12 +99,7 @@ fn stage_view(report: StageReport, running: &HashMap<String, Option<ClusterJob>>
         _ if report.dirty => "dirty",
         _ => "up_to_date",
     };
-    // A running stage's why is its Slurm job, when it has one.
-    let why = match &job {
-        Some(job) => Some(job.to_string()),
-        None => report.reason.as_ref().map(ToString::to_string),
-    };
-    StageView { state, why, job, report }
+    StageView { state, why: report.reason.as_ref().map(ToString::to_string), job, report }
 }
 
 /// `GET /api/state`

@@ -9,8 +9,10 @@ function escapeHtml(text) {
 function row(stage) {
   const took = stage.last_duration_ms == null ? "" : (stage.last_duration_ms / 1000).toFixed(2) + "s";
   const name = escapeHtml(stage.stage);
+  // A stage running on Slurm shows its job instead of why it was dirty.
+  const job = stage.job && `Slurm job ${stage.job.id} ${stage.job.state ?? "(state unknown)"}`;
   return `<tr data-stage="${name}" class="state-${stage.state}"><td>${name}</td>` +
-    `<td class="state">${stage.state.replace(/_/g, " ")}</td><td class="why">${escapeHtml(stage.why)}</td>` +
+    `<td class="state">${stage.state.replace(/_/g, " ")}</td><td class="why">${escapeHtml(job || stage.why)}</td>` +
     `<td>${escapeHtml(stage.last_run_at ?? "never")}</td><td class="runs">${stage.run_count}</td>` +
     `<td class="failures">${stage.failure_count}</td><td>${took}</td>` +
     `<td><button class="invalidate" data-stage="${name}" type="button">Invalidate</button></td></tr>`;

@@ -75,7 +75,8 @@ fn stage_row(stage: &super::api::StageView) -> String {
         name = escape(&stage.report.stage),
         state = stage.state,
         label = stage.state.replace('_', " "),
-        why = escape(stage.why.as_deref().unwrap_or("")),
+        // A stage running on Slurm shows its job instead of why it was dirty.
+        why = escape(&stage.job.as_ref().map(ToString::to_string).or_else(|| stage.why.clone()).unwrap_or_default()),
         last = escape(stage.report.last_run_at.as_deref().unwrap_or("never")),
         runs = stage.report.run_count,
         fails = stage.report.failure_count,

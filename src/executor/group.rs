@@ -37,16 +37,32 @@ pub struct ProcessesSurvive {
 /// (the attempt's `sh`) takes its group with it, so that a member that cleared its
 /// environment goes too.
 pub fn end_attempt(token: &str) -> Result<usize, ProcessesSurvive> {
+    end_carriers(token, None)
+}
+
+/// Ends an `sbatch` that a dead build's Slurm attempt left running, so that it cannot submit
+/// after the next build looked for its job. Only `sbatch`: on a single-node cluster the job's
+/// own processes carry the token too, and ending those is Slurm's business (`scancel`).
+pub fn end_submitter(token: &str) -> Result<usize, ProcessesSurvive> {
+    end_carriers(token, Some("sbatch"))
+}
+
+/// Ends the live processes that carry `token`, or only those running `program`.
+fn end_carriers(token: &str, program: Option<&str>) -> Result<usize, ProcessesSurvive> {
     let wanted = format!("{TOKEN_VAR}={token}");
     let unreadable = |err: io::Error| ProcessesSurvive { detail: format!("cannot read /proc: {err}") };
-    let first = carriers(&wanted).map_err(unreadable)?;
+    let ours = |wanted: &str| {
+        carriers(wanted)
+            .map(|found| found.into_iter().filter(|&(pid, _)| program.is_none_or(|p| runs(pid, p))).collect::<Vec<_>>())
+    };
+    let first = ours(&wanted).map_err(unreadable)?;
     if first.is_empty() {
         return Ok(0);
     }
     let deadline = Instant::now() + END_DEADLINE;
     let mut pause = Duration::from_millis(1);
     loop {
-        let alive = carriers(&wanted).map_err(unreadable)?;
+        let alive = ours(&wanted).map_err(unreadable)?;
         if alive.is_empty() {
             return Ok(first.len());
         }
@@ -168,6 +184,11 @@ pub fn attempt_token(stage: &str) -> String {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     hasher.update(&now.as_nanos().to_le_bytes());
     hasher.finalize().to_hex()[..24].to_string()
+}
+
+/// Whether process `pid` runs `program` (its command name, as `/proc/PID/comm` gives it).
+fn runs(pid: i32, program: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|comm| comm.trim_end() == program)
 }
 
 /// Whether process `pid` has the variable `wanted` (`NAME=value`) in its environment

@@ -29,7 +29,7 @@ use std::sync::mpsc::{self, Sender};
 use std::time::{Duration, SystemTime};
 
 pub use attempt::{Attempt, Control, Executor, Work};
-pub use group::{ProcessesSurvive, end_attempt};
+pub use group::{ProcessesSurvive, end_attempt, end_submitter};
 pub use local::Local;
 pub use runner::{AttemptFailure, ShellCommand, expand_command, log_tail, run_builtin};
 pub use watchdog::KILL_GRACE;
@@ -46,7 +46,7 @@ use task::run_task;
 use watchdog::Watchdog;
 
 /// How to execute.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct ExecOptions {
     pub jobs: usize,
     pub fail_fast: bool,
@@ -159,7 +159,7 @@ struct Shared<'a> {
 impl Shared<'_> {
     /// Where stage `idx` runs: its own choice, else the build's, else the pipeline's.
     fn executor_kind(&self, idx: StageIdx) -> ExecutorKind {
-        self.eval.spec.stages[idx].executor.or(self.executor).unwrap_or(self.eval.spec.executor)
+        self.eval.spec.executor_of(idx, self.executor)
     }
 
     fn executor(&self, idx: StageIdx) -> Result<&dyn Executor, AttemptFailure> {

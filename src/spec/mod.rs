@@ -199,6 +199,12 @@ pub struct Spec {
 }
 
 impl Spec {
+    /// Where stage `idx` runs: its own `executor`, else the build's choice, else the
+    /// pipeline's.
+    pub fn executor_of(&self, idx: StageIdx, build: Option<ExecutorKind>) -> ExecutorKind {
+        self.stages[idx].executor.or(build).unwrap_or(self.executor)
+    }
+
     pub fn stage_index(&self, name: &str) -> Option<StageIdx> {
         self.stages.binary_search_by(|s| s.name.as_str().cmp(name)).ok()
     }

@@ -618,8 +618,9 @@ fn parse_executor(text: &Spanned<String>, diags: &mut Vec<Diagnostic>) -> Option
 }
 
 /// sbatch options that dagrun sets itself, and that a stage may not change: the job's name
-/// finds it again after a killed build, its log and directory are where dagrun reads them,
-/// and a requeued or array job would run the stage more than once.
+/// and comment find it again after a killed build, its log and directory are where dagrun
+/// reads them, a requeued or array job would run the stage more than once, a job on another
+/// cluster would be one squeue and scancel cannot see, and a held one is dagrun's to release.
 const SLURM_OPTIONS_OF_DAGRUN: &[&str] = &[
     "--job-name",
     "-J",
@@ -638,10 +639,16 @@ const SLURM_OPTIONS_OF_DAGRUN: &[&str] = &[
     "--export",
     "--wait",
     "-W",
+    "--comment",
+    "--clusters",
+    "-M",
+    "--hold",
+    "-H",
+    "--test-only",
 ];
 
-/// One `slurm_args` item: a single option (`--qos=high`, `-q high` as two items is refused
-/// since each item must start with `-`), not one of dagrun's own.
+/// One `slurm_args` item: a single option with its value (`--qos=high`; `-q`, `high` as two
+/// items is refused, since each item must start with `-`), not one of dagrun's own.
 fn check_slurm_arg(arg: &str) -> Result<(), String> {
     if !arg.starts_with('-') {
         return Err(format!("`slurm_args` item `{arg}` is not an sbatch option"));

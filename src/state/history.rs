@@ -152,14 +152,6 @@ impl State {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// The stages of run `run_id` with an attempt still running.
-    pub fn running_stages(&self, run_id: i64) -> Result<Vec<String>, StateError> {
-        let mut stmt =
-            self.conn.prepare("SELECT DISTINCT component FROM stage_runs WHERE run_id = ?1 AND status = 'running'")?;
-        let rows = stmt.query_map([run_id], |r| r.get(0))?;
-        Ok(rows.collect::<Result<_, _>>()?)
-    }
-
     /// The log file of a stage's latest attempt in a run, relative to the pipeline directory.
     pub fn log_path(&self, run_id: i64, component: &str) -> Result<Option<String>, StateError> {
         use rusqlite::OptionalExtension;

@@ -35,6 +35,10 @@ const MIGRATIONS: [&str; 6] = [
     include_str!("../../migrations/0006_cluster_jobs.sql"),
 ];
 
+/// How long the write-ahead log may grow before a build checkpoints and truncates it: 64
+/// pages, which a process opening the database reads in well under a millisecond.
+const WAL_TRIM_BYTES: u64 = 64 * 4096;
+
 /// The newest schema version this dagrun knows.
 pub fn schema_version() -> usize {
     MIGRATIONS.len()
@@ -298,9 +302,9 @@ impl State {
         // In WAL mode NORMAL loses no committed transaction on a process crash, only
         // possibly the last ones on power loss, and avoids an fsync per stage.
         self.conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")?;
-        // The WAL stays when the process exits, to be checkpointed by a later write (every
-        // 1,000 pages). Checkpointing at every close cost each build, no-op or not, four
-        // fsyncs: the WAL recreated, the directory, the WAL and the database on the way out.
+        // The WAL stays when the process exits, to be checkpointed by a later build once it
+        // is long (`trim_wal`). Checkpointing at every close cost each build, no-op or not,
+        // four fsyncs: the WAL recreated, the directory, the WAL and the database.
         self.conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)?;
         Ok(())
     }
@@ -405,7 +409,8 @@ impl State {
                 component: r.get(0)?,
                 token: r.get(1)?,
                 run: r.get(2)?,
-                cluster_job: r.get::<_, Option<String>>(3)?.is_some().then_some(r.get(4)?),
+                on_slurm: r.get::<_, Option<String>>(3)?.as_deref() == Some("slurm"),
+                job_id: r.get(4)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -475,6 +480,21 @@ impl State {
         Ok(())
     }
 
+    /// Keeps the write-ahead log short. Nobody holds the database open between builds, so
+    /// whoever opens it first rebuilds the log's index by reading every frame of it: after a
+    /// big build, each no-op build read megabytes. Once the log is over `WAL_TRIM_BYTES`, a
+    /// build checkpoints it into the database and truncates it: a few fsyncs, once in a
+    /// while (a no-op build adds two pages). A reader in the way only postpones it.
+    pub fn trim_wal(&self) -> Result<(), StateError> {
+        let mut wal = self.path.clone().into_os_string();
+        wal.push("-wal");
+        if std::fs::metadata(&wal).map_or(0, |m| m.len()) <= WAL_TRIM_BYTES {
+            return Ok(());
+        }
+        self.conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        Ok(())
+    }
+
     /// `None` if someone deleted the token's row: then no snapshot is ever used.
     fn token(&self) -> Result<Option<i64>, StateError> {
         Ok(self.conn.query_row("SELECT token FROM state_token WHERE id = 1", [], |r| r.get(0)).optional()?)
@@ -508,9 +528,10 @@ pub struct UnfinishedAttempt {
     pub component: String,
     pub token: String,
     pub run: i64,
-    /// For an attempt handed to a cluster scheduler: `Some`, with its job id if the
-    /// scheduler's answer was recorded.
-    pub cluster_job: Option<Option<String>>,
+    /// Handed to Slurm: its job is found by `job_id`, if sbatch's answer was recorded, or by
+    /// its name and comment.
+    pub on_slurm: bool,
+    pub job_id: Option<String>,
 }
 
 /// RFC 3339 UTC with milliseconds: sorts as text, readable in plain SQL.

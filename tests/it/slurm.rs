@@ -19,9 +19,15 @@ use crate::sandbox::{Run, Sandbox, wait_until};
 /// skips it with a `SKIPPED` line.
 #[track_caller]
 fn needs_slurm(test: &str) -> bool {
-    let up = Command::new("timeout").args(["10", "sinfo", "-h", "-o", "%T"]).output().is_ok_and(|out| {
-        String::from_utf8_lossy(&out.stdout).lines().any(|l| ["idle", "mixed", "allocated"].contains(&l))
-    });
+    // A node that answers: idle, or busy with other tests' jobs (mixed, allocated,
+    // completing); `*` marks one that does not respond.
+    let answers = |state: &str| {
+        !state.contains('*') && ["idle", "mixed", "allocated", "completing"].iter().any(|s| state.starts_with(s))
+    };
+    let up = Command::new("timeout")
+        .args(["10", "sinfo", "-h", "-o", "%T"])
+        .output()
+        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).lines().any(answers));
     if up {
         return true;
     }
@@ -384,4 +390,45 @@ fn without_slurm_installed_a_slurm_build_fails_at_once_naming_what_is_missing() 
     assert_eq!(sb.column("SELECT outcome FROM runs"), ["failed"]);
     // Nothing about the stage was recorded: it is still simply never built.
     assert_eq!(sb.column("SELECT count(*) FROM stage_runs"), ["0"]);
+}
+
+/// `sbatch --parsable ARGS`: the job id.
+fn sbatch(args: &[&str]) -> String {
+    let out = Command::new("sbatch").arg("--parsable").args(args).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn a_killed_builds_job_whose_id_was_never_recorded_is_found_by_its_name_and_comment() {
+    if !needs_slurm("a_killed_builds_job_whose_id_was_never_recorded_is_found_by_its_name_and_comment") {
+        return;
+    }
+    let sb = Sandbox::new().pipeline(
+        "[pipeline]\nexecutor = \"slurm\"\n\n[stages.slow]\ncmd = \"echo slow >> ran.log; echo done > ${outputs}\"\noutputs = [\"slow.txt\"]\n",
+    );
+    sb.dagrun(&["migrate"]).success();
+    // What a build killed after sbatch took its job, before the answer was recorded, leaves:
+    // the attempt's row with its token, and no job id.
+    sb.db()
+        .execute_batch(
+            "INSERT INTO runs (run_id, trigger, started_at, pid, jobs) VALUES (7, 'build', '2026-01-01T00:00:00Z', 999999, 1);
+             INSERT INTO stage_runs (run_id, component, status, reason, started_at, log_path, attempt_token, executor)
+             VALUES (7, 'slow', 'running', 'never succeeded', '2026-01-01T00:00:00Z', '', 'tok-left-behind', 'slurm');",
+        )
+        .unwrap();
+    let left = sbatch(&["--job-name=dagrun-7-slow", "--comment=dagrun:tok-left-behind", "--wrap", "sleep 600"]);
+    // Another pipeline's job of the same name: not this build's to cancel.
+    let other = sbatch(&["--job-name=dagrun-7-slow", "--comment=dagrun:someone-else", "--wrap", "sleep 600"]);
+    let build = LiveBuild::start(&sb, &["build", "--json"]);
+    let cancelled = build.next("orphan_jobs_cancelled");
+    assert_eq!(cancelled["jobs"], serde_json::json!([left]));
+    let mut build = build;
+    assert!(build.child.wait().unwrap().success());
+    let states = slurm_states(&[left.clone(), other.clone()]);
+    assert_eq!(states[&left], "CANCELLED");
+    assert_ne!(states[&other], "CANCELLED", "a job with another comment is left alone");
+    let _ = Command::new("scancel").arg(&other).status();
+    assert_eq!(sb.ran(), ["slow"]);
+    assert_eq!(sb.column("SELECT status FROM stage_runs ORDER BY id"), ["interrupted", "success"]);
 }

@@ -15,7 +15,12 @@ const CALL_LIMIT: Duration = Duration::from_secs(30);
 
 /// Runs `command` to its end or for at most `CALL_LIMIT`; its stdout, or an error naming the
 /// command and what it printed.
-pub fn call(mut command: Command) -> Result<String, String> {
+pub fn call(command: Command) -> Result<String, String> {
+    call_within(command, CALL_LIMIT)
+}
+
+/// [`call`] with a time limit of its own.
+fn call_within(mut command: Command, limit: Duration) -> Result<String, String> {
     let program = command.get_program().to_string_lossy().into_owned();
     command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let child = command.spawn().map_err(|e| match e.kind() {
@@ -29,16 +34,13 @@ pub fn call(mut command: Command) -> Result<String, String> {
     std::thread::spawn(move || {
         let _ = tx.send(child.wait_with_output());
     });
-    let output: Output = match rx.recv_timeout(CALL_LIMIT) {
+    let output: Output = match rx.recv_timeout(limit) {
         Ok(output) => output.map_err(|e| format!("`{program}` failed: {e}"))?,
         Err(_) => {
             if let Some(pid) = i32::try_from(pid).ok().and_then(rustix::process::Pid::from_raw) {
                 let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
             }
-            return Err(format!(
-                "`{program}` did not answer within {}s: is slurmctld reachable?",
-                CALL_LIMIT.as_secs()
-            ));
+            return Err(format!("`{program}` did not answer within {}s: is slurmctld reachable?", limit.as_secs()));
         }
     };
     if output.status.success() {
@@ -48,11 +50,18 @@ pub fn call(mut command: Command) -> Result<String, String> {
     Err(format!("`{program}` failed ({}): {}", output.status, stderr.trim()))
 }
 
+/// Input variables of sbatch that would change what dagrun submits: an array job, a blocking
+/// sbatch, or another cluster than the one squeue and scancel ask.
+const SBATCH_VARS_OF_DAGRUN: &[&str] = &["SBATCH_ARRAY_INX", "SBATCH_WAIT", "SBATCH_CLUSTERS", "SBATCH_HOLD"];
+
 /// `sbatch --parsable ARGS SCRIPT` with `env` added to dagrun's environment (sbatch hands its
 /// environment to the job): the job id.
 pub fn sbatch(args: &[String], script: &std::path::Path, env: &[(&str, &str)]) -> Result<String, String> {
     let mut command = Command::new("sbatch");
     command.arg("--parsable").args(args).arg(script).envs(env.iter().copied());
+    for var in SBATCH_VARS_OF_DAGRUN {
+        command.env_remove(var);
+    }
     let out = call(command)?;
     // `--parsable` prints `id` or `id;cluster`.
     let id = out.trim().split(';').next().unwrap_or_default().to_string();
@@ -86,6 +95,14 @@ pub fn job_states(ids: &[&str]) -> Result<HashMap<String, JobState>, String> {
     Ok(states)
 }
 
+/// What `squeue` says of jobs `ids` now, asked once with a short limit: for readers
+/// (`status`, the dashboard), which must not wait on an unreachable controller.
+pub fn queued_states(ids: &[&str]) -> Result<HashMap<String, JobState>, String> {
+    let mut command = Command::new("squeue");
+    command.args(["-h", "--states=all", "-j", &ids.join(","), "-O", SQUEUE_FORMAT]);
+    call_within(command, Duration::from_secs(5)).map(|text| parse_squeue(&text))
+}
+
 /// What `sacct` (or, without accounting storage, `sacct -c`) knows of ended jobs.
 fn accounted(ids: &[&str]) -> HashMap<String, JobState> {
     let list = ids.join(",");
@@ -100,6 +117,13 @@ fn accounted(ids: &[&str]) -> HashMap<String, JobState> {
             call(command).map(|text| parse_sacct(&text)).unwrap_or_default()
         }
     }
+}
+
+/// `scontrol release ID`: a held job may start.
+pub fn release(id: &str) -> Result<(), String> {
+    let mut command = Command::new("scontrol");
+    command.args(["release", id]);
+    call(command).map(drop)
 }
 
 /// `scancel IDS`.

@@ -39,8 +39,12 @@ const MAX_POLL: Duration = Duration::from_secs(5);
 const CHECK: Duration = Duration::from_millis(50);
 /// Polls in a row that find a job in neither `squeue` nor `sacct` before it is given up.
 const LOST_AFTER: u32 = 5;
+/// How often scancel is sent again while a cancelled job has not ended, and for how long.
+const RESEND_CANCEL: Duration = Duration::from_secs(2);
+const CANCEL_LIMIT: Duration = Duration::from_secs(120);
 
 /// Runs attempts as Slurm jobs.
+#[derive(Debug)]
 pub struct Slurm {
     board: Mutex<Board>,
     changed: Condvar,
@@ -51,6 +55,7 @@ pub struct Slurm {
 }
 
 /// The jobs in flight and what the last poll said of them.
+#[derive(Debug)]
 struct Board {
     jobs: HashMap<String, Option<JobState>>,
     /// Polls in a row that did not find the job.
@@ -68,9 +73,11 @@ enum Cancelled {
     Withdrawn,
 }
 
-/// What Slurm says of jobs `ids` now: an empty answer if it cannot be asked.
-pub fn job_states(ids: &[&str]) -> HashMap<String, JobState> {
-    client::job_states(ids).unwrap_or_default()
+/// What `squeue` says of jobs `ids` now, for a reader: nothing for a job it does not list,
+/// and nothing at all when it cannot be asked within a few seconds (a reader never fails
+/// for Slurm, nor waits long on it).
+pub fn queued_states_or_none(ids: &[&str]) -> HashMap<String, JobState> {
+    client::queued_states(ids).unwrap_or_default()
 }
 
 impl Slurm {
@@ -105,15 +112,16 @@ impl Slurm {
         let mut board = self.board();
         board.jobs.insert(id.to_string(), None);
         board.interval = FIRST_POLL;
-        let mut cancelled = None;
+        // Why it was cancelled, when scancel was first and last sent.
+        let mut cancelled: Option<(Cancelled, Instant, Instant)> = None;
         let mut running_since = None;
         loop {
-            if let Some(Some(job)) = board.jobs.get(id) {
+            let known = board.jobs.get(id).cloned().flatten();
+            if let Some(job) = &known {
                 if job.is_final() {
-                    let job = job.clone();
                     board.jobs.remove(id);
                     board.misses.remove(id);
-                    return Ok((job, cancelled));
+                    return Ok((job.clone(), cancelled.map(|(why, ..)| why)));
                 }
                 if job.is_running() && running_since.is_none() {
                     running_since = Some(Instant::now());
@@ -122,49 +130,85 @@ impl Slurm {
             if board.misses.get(id).copied().unwrap_or(0) >= LOST_AFTER {
                 board.jobs.remove(id);
                 board.misses.remove(id);
+                drop(board);
+                // Should it still exist somewhere, it must not run beside a retry.
+                let _ = client::scancel(&[id]);
                 return Err(AttemptFailure::failed(format!(
-                    "Slurm no longer knows job {id} (neither squeue nor sacct lists it): its outcome is unknown"
+                    "Slurm no longer knows job {id} (neither squeue nor sacct lists it): its outcome is unknown; it was cancelled in case it still runs"
                 )));
             }
-            if cancelled.is_none() {
-                let pending = board.jobs.get(id).is_none_or(|job| job.as_ref().is_none_or(JobState::is_pending));
-                let timed_out = match (attempt.stage.timeout, running_since) {
-                    (Some(limit), Some(since)) => since.elapsed() >= limit,
-                    _ => false,
-                };
-                let cause = if control.watchdog.is_cancelled() {
-                    Some(Cancelled::Killed(KillCause::Interrupted))
-                } else if timed_out {
-                    Some(Cancelled::Killed(KillCause::TimedOut))
-                } else if pending && (control.watchdog.is_stopping() || (control.stop_starting)()) {
-                    Some(Cancelled::Withdrawn)
-                } else {
-                    None
-                };
-                if let Some(cause) = cause {
-                    drop(board);
-                    // Should scancel fail (the controller unreachable), the poll goes on: the
-                    // attempt ends only when Slurm says the job has.
-                    let _ = client::scancel(&[id]);
-                    board = self.board();
-                    cancelled = Some(cause);
-                    board.interval = FIRST_POLL;
-                    board.last_poll = None;
-                    continue;
-                }
-            }
             let now = Instant::now();
+            let resend = match cancelled {
+                None => self.cancel_cause(known.as_ref(), running_since, attempt, control).map(|why| (why, now)),
+                // A scancel the controller did not take is sent again, until it gives up.
+                Some((why, first, last)) if now.duration_since(last) >= RESEND_CANCEL => {
+                    if now.duration_since(first) >= CANCEL_LIMIT {
+                        board.jobs.remove(id);
+                        board.misses.remove(id);
+                        return Err(AttemptFailure {
+                            status: StageStatus::Interrupted,
+                            message: format!(
+                                "Slurm job {id} did not end within {}s of scancel; end it with `scancel -f {id}` before building again",
+                                CANCEL_LIMIT.as_secs()
+                            ),
+                        });
+                    }
+                    Some((why, first))
+                }
+                Some(_) => None,
+            };
+            if let Some((why, first)) = resend {
+                drop(board);
+                // Should scancel fail (the controller away), it is sent again: the attempt
+                // ends only when Slurm says the job has.
+                let _ = client::scancel(&[id]);
+                board = self.board();
+                cancelled = Some((why, first, Instant::now()));
+                board.interval = FIRST_POLL;
+                board.last_poll = None;
+                continue;
+            }
             let due = board.last_poll.is_none_or(|at| now.duration_since(at) >= board.interval);
             if due && !board.polling {
                 board = self.poll(board);
                 continue;
             }
-            let next = board.last_poll.map_or(CHECK, |at| (at + board.interval).saturating_duration_since(now));
+            // While another waiter polls, its `notify_all` wakes this one.
+            let next = match board.last_poll {
+                Some(at) if !board.polling => (at + board.interval).saturating_duration_since(now),
+                _ => CHECK,
+            };
             board = self
                 .changed
                 .wait_timeout(board, next.clamp(Duration::from_millis(1), CHECK))
                 .expect("slurm board poisoned")
                 .0;
+        }
+    }
+
+    /// Whether the build wants job `job` ended now, and why: interrupted, past the stage's
+    /// `timeout_sec` since it started running, or still queued when the build stops starting
+    /// stages (a job not yet seen queued may already run: it is left to finish).
+    fn cancel_cause(
+        &self,
+        job: Option<&JobState>,
+        running_since: Option<Instant>,
+        attempt: &Attempt<'_>,
+        control: &Control<'_>,
+    ) -> Option<Cancelled> {
+        let timed_out = match (attempt.stage.timeout, running_since) {
+            (Some(limit), Some(since)) => since.elapsed() >= limit,
+            _ => false,
+        };
+        if control.watchdog.is_cancelled() {
+            Some(Cancelled::Killed(KillCause::Interrupted))
+        } else if timed_out {
+            Some(Cancelled::Killed(KillCause::TimedOut))
+        } else if job.is_some_and(JobState::is_pending) && (control.watchdog.is_stopping() || (control.stop_starting)())
+        {
+            Some(Cancelled::Withdrawn)
+        } else {
+            None
         }
     }
 
@@ -195,6 +239,8 @@ impl Slurm {
                 }
             }
         }
+        // A job submitted while this poll ran is asked about soon, not after the backoff.
+        changed |= board.jobs.keys().any(|id| !ids.contains(id));
         board.interval = if changed { FIRST_POLL } else { (board.interval * 3 / 2).min(MAX_POLL) };
         self.changed.notify_all();
         board
@@ -234,12 +280,16 @@ impl Slurm {
         }
     }
 
-    /// Waits up to the latency wait for outputs the job wrote but this machine does not see
-    /// yet (a shared filesystem's attribute cache). Outputs that exist are not waited for.
+    /// Waits up to the latency wait for files the job wrote (its outputs, a built-in's
+    /// metrics) that this machine does not see yet (a shared filesystem's attribute cache).
+    /// Files that exist are not waited for.
     fn wait_for_outputs(&self, attempt: &Attempt<'_>) {
+        let mut expected: Vec<PathBuf> = attempt.stage.outputs.iter().map(|p| p.to_path(attempt.root)).collect();
+        if let Work::Builtin { .. } = attempt.work {
+            expected.push(metrics_file(attempt.log));
+        }
         let until = Instant::now() + self.latency_wait;
-        let missing = |p: &crate::spec::RelPath| std::fs::symlink_metadata(p.to_path(attempt.root)).is_err();
-        while attempt.stage.outputs.iter().any(missing) && Instant::now() < until {
+        while expected.iter().any(|p| std::fs::symlink_metadata(p).is_err()) && Instant::now() < until {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -267,8 +317,12 @@ impl Executor for Slurm {
             });
         }
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        let id = client::sbatch(&sbatch_args(attempt), &script_file, &env).map_err(AttemptFailure::failed)?;
+        let id = submit_held(attempt, &script_file, &env)?;
         (control.submitted)(&id);
+        if let Err(err) = client::release(&id) {
+            let _ = client::scancel(&[id.as_str()]);
+            return Err(AttemptFailure::failed(format!("cannot release Slurm job {id}: {err}")));
+        }
         let (job, cancelled) = self.wait(&id, attempt, control)?;
         if let Some(cancelled) = cancelled {
             return Err(cancelled_failure(&id, cancelled, attempt));
@@ -284,13 +338,33 @@ impl Executor for Slurm {
     }
 }
 
+/// Submits the attempt's job held: it runs only once released. Should sbatch fail after
+/// the controller took the job (a timeout, a lost answer), the job it may have left is held,
+/// so it cannot run beside a retry; it is cancelled here, and failing that by the next build,
+/// which finds it by name and comment.
+fn submit_held(attempt: &Attempt<'_>, script: &Path, env: &[(&str, &str)]) -> Result<String, AttemptFailure> {
+    let args = sbatch_args(attempt);
+    client::sbatch(&args, script, env).map_err(|err| {
+        let name = job_name(attempt);
+        if let Ok(left) = client::jobs_named(&name, &orphans::job_comment(attempt.token)) {
+            let _ = client::scancel(&left);
+        }
+        AttemptFailure::failed(err)
+    })
+}
+
+fn job_name(attempt: &Attempt<'_>) -> String {
+    format!("dagrun-{}-{}", attempt.run, attempt.stage.name)
+}
+
 /// sbatch's options for an attempt. The stage's `resources` map onto sbatch's own flags, and
 /// `slurm_args` (checked when the pipeline loaded) come last.
 fn sbatch_args(attempt: &Attempt<'_>) -> Vec<String> {
     let stage = attempt.stage;
     let resources = &stage.resources;
     let mut args = vec![
-        format!("--job-name=dagrun-{}-{}", attempt.run, stage.name),
+        format!("--job-name={}", job_name(attempt)),
+        "--hold".to_string(),
         format!("--comment={}", orphans::job_comment(attempt.token)),
         format!("--chdir={}", attempt.root.display()),
         format!("--output={}", attempt.log.display()),
