@@ -50,8 +50,9 @@ pub struct Control<'a> {
     /// The build starts nothing new (`--fail-fast` after a failure): a cluster job still
     /// queued has not started, so it is withdrawn; a running one finishes.
     pub stop_starting: &'a (dyn Fn() -> bool + Sync),
-    /// A cluster executor reports the job id it was given, for the state to record.
-    pub submitted: &'a (dyn Fn(&str) + Sync),
+    /// A cluster executor reports the job id it was given; `true` once the state has recorded
+    /// it (the job may then start), `false` if it could not be.
+    pub submitted: &'a (dyn Fn(&str) -> bool + Sync),
 }
 
 /// Where an attempt runs.

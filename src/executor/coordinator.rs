@@ -44,7 +44,11 @@ impl Coordinator<'_, '_> {
                 let _ = recorded.send(result.as_ref().map(|_| ()).map_err(ToString::to_string));
                 result
             }
-            Message::Submitted { idx, job_id } => self.submitted(idx, &job_id),
+            Message::Submitted { idx, job_id, recorded } => {
+                let result = self.submitted(idx, &job_id);
+                let _ = recorded.send(result.as_ref().map(|_| ()).map_err(ToString::to_string));
+                result
+            }
             Message::Finished { idx, result } => self.finished(idx, result, stop),
         };
         if let Err(err) = recorded {

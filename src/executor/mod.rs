@@ -82,10 +82,12 @@ enum Message {
         start: Box<AttemptStart>,
         recorded: Sender<Result<(), String>>,
     },
-    /// A cluster executor submitted the attempt as job `job_id`.
+    /// A cluster executor submitted the attempt as job `job_id` (held); the job is released
+    /// only once the coordinator has recorded its id and answered.
     Submitted {
         idx: StageIdx,
         job_id: String,
+        recorded: Sender<Result<(), String>>,
     },
     Finished {
         idx: StageIdx,

@@ -187,7 +187,9 @@ fn run_attempt(
     let attempt = Attempt { stage, root: &spec.root, work, log: &log, token, run: shared.run.0 };
     let stop_starting = || shared.stop.load(std::sync::atomic::Ordering::SeqCst);
     let submitted = |job_id: &str| {
-        let _ = tx.send(Message::Submitted { idx, job_id: job_id.to_string() });
+        let (answer, recorded) = mpsc::channel();
+        let _ = tx.send(Message::Submitted { idx, job_id: job_id.to_string(), recorded: answer });
+        matches!(recorded.recv(), Ok(Ok(())))
     };
     let control = Control { watchdog: &shared.watchdog, stop_starting: &stop_starting, submitted: &submitted };
     shared.executor(idx)?.run(&attempt, &control)

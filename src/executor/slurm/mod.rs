@@ -318,7 +318,11 @@ impl Executor for Slurm {
         }
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         let id = submit_held(attempt, &script_file, &env)?;
-        (control.submitted)(&id);
+        // Released only once a later build can find it by its id.
+        if !(control.submitted)(&id) {
+            let _ = client::scancel(&[id.as_str()]);
+            return Err(AttemptFailure::failed(format!("Slurm job {id} was cancelled: its id could not be recorded")));
+        }
         if let Err(err) = client::release(&id) {
             let _ = client::scancel(&[id.as_str()]);
             return Err(AttemptFailure::failed(format!("cannot release Slurm job {id}: {err}")));
