@@ -20,8 +20,9 @@ pub enum Schedule {
     /// next one (cycles never overlap or queue up).
     Every(Duration),
     /// A cycle at start, then one whenever a source input or the pipeline file changes
-    /// (changes within `debounce` of each other make one cycle).
-    Watch { debounce: Duration },
+    /// (changes less than `settle` apart make one cycle, which starts `settle` after the
+    /// last of them).
+    Watch { settle: Duration },
 }
 
 impl Schedule {
@@ -91,15 +92,28 @@ pub fn run_agent(
         _ => None,
     };
     let mut cycle = 0;
+    // What changed before this cycle (watch mode, after the first).
+    let mut changes: Option<crate::watch::Changes> = None;
     while !opts.cancel.is_stopping() {
-        reload(opts, registry, &mut engine, &mut loaded_text, on_event);
-        let started = Instant::now();
-        // Watch before building, so that an input edited during the cycle starts another.
-        if let (Some(watcher), Some(engine)) = (&mut watcher, &engine)
-            && let Err(error) = watcher.watch(engine)
-        {
-            on_event(&AgentEvent::WatchFailed { error: &error });
+        // The pipeline is loaded again unless only source inputs changed (and no symbolic
+        // link along a declared path): then the stages are what they were, and re-reading
+        // and re-watching 100,000 of them would be most of the cycle.
+        let keep = match (&watcher, &changes, &engine) {
+            (Some(watcher), Some(changes), Some(engine)) => {
+                !watcher.touches_pipeline(changes) && crate::spec::paths_still_resolve(engine.spec())
+            }
+            _ => false,
+        };
+        if !keep {
+            reload(opts, registry, &mut engine, &mut loaded_text, on_event);
+            // Watch before building, so that an input edited during the cycle starts another.
+            if let (Some(watcher), Some(engine)) = (&mut watcher, &engine)
+                && let Err(error) = watcher.watch(engine)
+            {
+                on_event(&AgentEvent::WatchFailed { error: &error });
+            }
         }
+        let started = Instant::now();
         if let Some(engine) = &engine {
             cycle += 1;
             on_event(&AgentEvent::CycleStarted { cycle });
@@ -124,10 +138,10 @@ pub fn run_agent(
                 on_event(&AgentEvent::Idle { next_in: next.checked_duration_since(Instant::now()) });
                 sleep_until(next, &opts.cancel);
             }
-            Schedule::Watch { debounce } => {
+            Schedule::Watch { settle } => {
                 on_event(&AgentEvent::Idle { next_in: None });
                 if let Some(watcher) = &mut watcher {
-                    watcher.wait_for_change(debounce, &opts.cancel);
+                    changes = Some(watcher.wait_for_change(settle, &opts.cancel));
                 }
             }
         }

@@ -36,11 +36,26 @@ impl Interest {
     }
 }
 
+/// What changed since the last cycle.
+#[derive(Debug, Default)]
+pub struct Changes {
+    /// Absolute paths of watched files that changed.
+    pub paths: Vec<PathBuf>,
+    /// Events were lost: anything may have changed.
+    pub rescan: bool,
+}
+
+/// The longest a burst of changes is waited out before a cycle starts anyway.
+const MAX_SETTLE: Duration = Duration::from_millis(300);
+
 pub struct InputWatcher {
     watcher: RecommendedWatcher,
     events: Receiver<notify::Result<notify::Event>>,
     watched: HashMap<PathBuf, RecursiveMode>,
     interesting: Vec<Interest>,
+    /// What the stages themselves are read from: the pipeline file, params and vars files,
+    /// and where templates list their files.
+    pipeline: Vec<Interest>,
     /// The pipeline's own doing: outputs, `.dagrun/`, the state database.
     ignored: Vec<PathBuf>,
 }
@@ -52,10 +67,17 @@ impl InputWatcher {
         let (tx, events) = channel();
         let watcher = notify::recommended_watcher(tx).map_err(|e| Error::Watch { message: e.to_string() })?;
         let file = std::path::absolute(pipeline_file).unwrap_or_else(|_| pipeline_file.to_path_buf());
-        let mut watcher =
-            InputWatcher { watcher, events, watched: HashMap::new(), interesting: Vec::new(), ignored: Vec::new() };
+        let mut watcher = InputWatcher {
+            watcher,
+            events,
+            watched: HashMap::new(),
+            interesting: Vec::new(),
+            pipeline: Vec::new(),
+            ignored: Vec::new(),
+        };
         watcher.add(file.parent().unwrap_or(Path::new("/")), RecursiveMode::NonRecursive)?;
-        watcher.interesting.push(Interest::Path(file));
+        watcher.interesting.push(Interest::Path(file.clone()));
+        watcher.pipeline.push(Interest::Path(file));
         Ok(watcher)
     }
 
@@ -65,17 +87,21 @@ impl InputWatcher {
     pub fn watch(&mut self, engine: &Engine) -> Result<(), Error> {
         let spec = engine.spec();
         let root = &spec.root;
-        self.interesting = vec![Interest::Path(root.join(spec.file.file_name().unwrap_or_default()))];
+        let file = root.join(spec.file.file_name().unwrap_or_default());
+        self.interesting = vec![Interest::Path(file.clone())];
+        self.pipeline = vec![Interest::Path(file)];
         // What the stages were read from besides the pipeline file.
         for file in &spec.read_files {
             let path = root.join(file);
             if let Some(dir) = path.parent().filter(|d| d.exists()) {
                 self.add(dir, RecursiveMode::NonRecursive)?;
             }
-            self.interesting.push(Interest::Path(path));
+            self.interesting.push(Interest::Path(path.clone()));
+            self.pipeline.push(Interest::Path(path));
         }
         for glob in &spec.listed {
             self.watch_glob(root, glob)?;
+            self.pipeline.push(Interest::Glob { root: root.to_path_buf(), glob: glob.clone() });
         }
         for stage in &spec.stages {
             for input in &stage.inputs {
@@ -126,20 +152,54 @@ impl InputWatcher {
         Ok(())
     }
 
-    /// Blocks until a watched path changes, then until changes have been quiet for
-    /// `debounce`; returns early when the agent is asked to stop.
-    pub fn wait_for_change(&mut self, debounce: Duration, cancel: &CancelToken) {
-        let mut changed_at: Option<Instant> = None;
+    /// Blocks until a watched path changes, then until changes have been quiet for `settle`
+    /// (an editor's save is several events within a millisecond or two), at most `MAX_SETTLE`
+    /// in all; returns what changed. Returns early, with nothing, when the agent is asked to
+    /// stop.
+    pub fn wait_for_change(&mut self, settle: Duration, cancel: &CancelToken) -> Changes {
+        let mut changes = Changes::default();
+        let mut first: Option<Instant> = None;
+        let mut last = Instant::now();
         while !cancel.is_stopping() {
-            if changed_at.is_some_and(|at| at.elapsed() >= debounce) {
-                return;
-            }
-            match self.events.recv_timeout(Duration::from_millis(50)) {
-                Ok(Ok(event)) if self.is_relevant(&event) => changed_at = Some(Instant::now()),
-                Ok(_) | Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => return,
+            let wait = match first {
+                None => Duration::from_millis(50),
+                Some(first) => {
+                    let now = Instant::now();
+                    if now.duration_since(last) >= settle || now.duration_since(first) >= MAX_SETTLE {
+                        return changes;
+                    }
+                    settle.saturating_sub(now.duration_since(last)).max(Duration::from_millis(1))
+                }
+            };
+            match self.events.recv_timeout(wait) {
+                Ok(Ok(event)) => {
+                    if event.need_rescan() {
+                        changes.rescan = true;
+                    } else if !self.is_relevant(&event) {
+                        continue;
+                    }
+                    let relevant = event.paths.into_iter().filter(|p| !self.is_own(p));
+                    changes.paths.extend(relevant);
+                    last = Instant::now();
+                    first.get_or_insert(last);
+                }
+                // The watcher lost events (its queue overflowed): anything may have changed.
+                Ok(Err(_)) => {
+                    changes.rescan = true;
+                    last = Instant::now();
+                    first.get_or_insert(last);
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return changes,
             }
         }
+        changes
+    }
+
+    /// Whether `changes` may change the stages themselves: the pipeline file, a params or
+    /// vars file, a file appearing where a template lists its files, or events lost.
+    pub fn touches_pipeline(&self, changes: &Changes) -> bool {
+        changes.rescan || changes.paths.iter().any(|p| self.pipeline.iter().any(|i| i.covers(p)))
     }
 
     fn is_relevant(&self, event: &notify::Event) -> bool {

@@ -249,6 +249,18 @@ pub enum LoadError {
 /// The largest pipeline file dagrun reads: far beyond any real one, and a bound on memory.
 pub const MAX_PIPELINE_BYTES: u64 = 16 * 1024 * 1024;
 
+/// Whether a loaded spec's declared paths still pass the checks made at load with their
+/// symbolic links resolved (a link along one may have changed since). Where a problem is,
+/// only a full load says.
+pub fn paths_still_resolve(spec: &Spec) -> bool {
+    let spans: Vec<validate::Spans> = spec
+        .stages
+        .iter()
+        .map(|s| validate::Spans { inputs: vec![0..0; s.inputs.len()], outputs: vec![0..0; s.outputs.len()] })
+        .collect();
+    resolve::check_resolved(spec, &spans).is_empty()
+}
+
 /// Reads, parses and validates a pipeline file, then checks its declared paths with their
 /// symbolic links resolved.
 pub fn load_spec(file: &Path, builtins: &[&str]) -> Result<Spec, LoadError> {
@@ -286,16 +298,11 @@ pub fn load_spec_cached(file: &Path, builtins: &[&str]) -> Result<LoadedSpec, Lo
     let dvc_params = dvc::is_dvc_file(file) && root.join("params.yaml").is_file();
     let key = cache::key(&root, &format!("{}{text}", if dvc_params { "params.yaml\n" } else { "" }), builtins);
     let entry_path = cache::path(&root, &validate::own_dir(file));
-    if let Some(spec) = cache::read(&entry_path, &key, file) {
-        let spans: Vec<validate::Spans> = spec
-            .stages
-            .iter()
-            .map(|s| validate::Spans { inputs: vec![0..0; s.inputs.len()], outputs: vec![0..0; s.outputs.len()] })
-            .collect();
-        // A problem is reported by the full load below, which knows where it was written.
-        if resolve::check_resolved(&spec, &spans).is_empty() {
-            return Ok(LoadedSpec { spec, cache_entry: None });
-        }
+    // A problem is reported by the full load below, which knows where it was written.
+    if let Some(spec) = cache::read(&entry_path, &key, file)
+        && paths_still_resolve(&spec)
+    {
+        return Ok(LoadedSpec { spec, cache_entry: None });
     }
     let spec = load_uncached(file, &root, text, builtins)?;
     let cache_entry = cache::encode(&spec, key).map(|bytes| SpecCacheEntry { path: entry_path, bytes });

@@ -172,7 +172,7 @@ fn watch_runs_a_cycle_when_a_source_input_changes() {
     wait_until("a cycle after the change", || child.stdout().contains(" cycle 2 (run 2): 1 ran"));
     assert_eq!(sb.read("tick.out"), "changed\n");
     // Its own outputs do not trigger more cycles. That is an absence: nothing marks it, so it
-    // is watched for a window of five debounce periods (300 ms) after cycle 2 ended.
+    // is watched for 1.5 s after cycle 2 ended (150 settle periods of 10 ms).
     let quiet_until = Instant::now() + Duration::from_millis(1500);
     while Instant::now() < quiet_until {
         assert!(!child.stdout().contains(" cycle 3 "), "its own outputs started a cycle: {}", child.stdout());
