@@ -94,15 +94,27 @@ pub fn run_agent(
     let mut cycle = 0;
     // What changed before this cycle (watch mode, after the first).
     let mut changes: Option<crate::watch::Changes> = None;
+    // The state token the last cycle's build left, if it finished every stage it could.
+    let mut last_token: Option<i64> = None;
     while !opts.cancel.is_stopping() {
-        // The pipeline is loaded again unless only source inputs changed (and no symbolic
-        // link along a declared path): then the stages are what they were, and re-reading
-        // and re-watching 100,000 of them would be most of the cycle.
+        // The pipeline is loaded again unless only inputs and outputs changed, and no
+        // symbolic link was made that moves a declared path: then the stages are what they
+        // were, and re-reading and re-watching 100,000 of them would be most of the cycle.
         let keep = match (&watcher, &changes, &engine) {
             (Some(watcher), Some(changes), Some(engine)) => {
-                !watcher.touches_pipeline(changes) && crate::spec::paths_still_resolve(engine.spec())
+                !watcher.touches_pipeline(changes)
+                    && (!changes.made_a_link() || crate::spec::paths_still_resolve(engine.spec()))
             }
             _ => false,
+        };
+        // With the same stages, and a watcher that saw every change since the last build,
+        // the plan looks only at what those changes touch (if the state is as that build left
+        // it: the engine checks).
+        let since = match (keep, &changes, &engine, last_token) {
+            (true, Some(changes), Some(engine), Some(state_token)) if !changes.rescan => {
+                Some(crate::engine::SinceLastBuild { state_token, touched: engine.stages_touched_by(&changes.paths) })
+            }
+            _ => None,
         };
         if !keep {
             reload(opts, registry, &mut engine, &mut loaded_text, on_event);
@@ -121,11 +133,13 @@ pub fn run_agent(
                 jobs: opts.jobs,
                 trigger: opts.schedule.trigger().into(),
                 cancel: opts.cancel.clone(),
+                since,
                 ..BuildOptions::default()
             };
             let built = engine
                 .build(&build, &mut |event| on_event(&AgentEvent::Build(event)))
                 .map_err(|error| error.at_state(&engine.spec().state_path));
+            last_token = built.as_ref().ok().and_then(|summary| summary.state_token);
             match built {
                 Ok(summary) => on_event(&AgentEvent::CycleFinished { cycle, summary: &summary }),
                 Err(error) => on_event(&AgentEvent::CycleFailed { cycle, error: &error }),

@@ -1,6 +1,6 @@
 //! The engine: a loaded pipeline and the commands run against it. Start reading here.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use crate::builtin::Registry;
@@ -10,7 +10,7 @@ use crate::event::{BuildSummary, Event};
 use crate::executor::{ExecOptions, end_attempt, execute};
 use crate::fingerprint::{CacheClock, HashCache};
 use crate::graph::Dag;
-use crate::planner::{DirtyReason, EvalContext, Verdict, evaluate_all, explain_reason, plan_build};
+use crate::planner::{DirtyReason, EvalContext, Verdict, evaluate_all, explain_reason, plan_build, plan_build_touched};
 use crate::spec::{Spec, SpecCacheEntry, StageIdx, load_spec_cached, suggest};
 use crate::state::{RunOutcome, StageRecord, StageStatus, State, UnfinishedAttempt, acquire_lock};
 
@@ -36,6 +36,20 @@ pub struct BuildOptions {
     /// `--executor`: where stages run that do not name their own executor; `None`: the
     /// pipeline's `executor`.
     pub executor: Option<crate::spec::ExecutorKind>,
+    /// What changed since an earlier build of this same engine (the agent's watcher): the
+    /// plan then evaluates only what that can have made dirty, if the state is still as that
+    /// build left it. `None`: a full plan.
+    pub since: Option<SinceLastBuild>,
+}
+
+/// What changed since an earlier build, as a watcher that saw every change knows it.
+#[derive(Debug, Clone)]
+pub struct SinceLastBuild {
+    /// The state token that build left (`BuildSummary::state_token`, which a build that
+    /// did not finish every stage it could leaves empty).
+    pub state_token: i64,
+    /// By stage index: a source input or an output of it changed.
+    pub touched: Vec<bool>,
 }
 
 impl Default for BuildOptions {
@@ -51,6 +65,7 @@ impl Default for BuildOptions {
             cancel: CancelToken::new(),
             no_cache: false,
             executor: None,
+            since: None,
         }
     }
 }
@@ -146,6 +161,45 @@ pub struct Engine {
     /// The validated spec, for the next load to skip parsing; written by builds only, so
     /// that readers write nothing.
     spec_cache: Option<SpecCacheEntry>,
+    /// What the last build of this engine left in the state (records and stat cache) with
+    /// the state token it was read under: the next build of a long-lived engine (the agent,
+    /// the dashboard) starts from it instead of decoding the snapshot, if the token has not
+    /// moved since.
+    kept: std::sync::Mutex<Option<(i64, crate::state::PlanState)>>,
+    /// Which stages declare each path, made on first use (`stages_touched_by`).
+    declared: std::sync::OnceLock<DeclaredPaths>,
+}
+
+/// Every path the stages declare (source inputs, produced inputs and outputs), and which
+/// stages declare it; globs and paths outside the pipeline directory apart.
+#[derive(Debug)]
+struct DeclaredPaths {
+    by_path: std::collections::HashMap<String, Vec<StageIdx>>,
+    globs: Vec<(StageIdx, crate::spec::GlobPattern)>,
+    outside: Vec<(StageIdx, PathBuf)>,
+}
+
+impl DeclaredPaths {
+    fn of(spec: &Spec) -> DeclaredPaths {
+        let mut paths = DeclaredPaths { by_path: Default::default(), globs: Vec::new(), outside: Vec::new() };
+        for (idx, stage) in spec.stages.iter().enumerate() {
+            let inputs = stage.inputs.iter().filter_map(|input| match input {
+                crate::spec::Input::Path(p) => Some(p),
+                crate::spec::Input::Glob(glob) => {
+                    paths.globs.push((idx, glob.clone()));
+                    None
+                }
+            });
+            for path in inputs.chain(&stage.outputs) {
+                if path.is_outside() {
+                    paths.outside.push((idx, path.to_path(&spec.root)));
+                } else {
+                    paths.by_path.entry(path.as_str().to_string()).or_default().push(idx);
+                }
+            }
+        }
+        paths
+    }
 }
 
 impl Engine {
@@ -154,7 +208,14 @@ impl Engine {
         let loaded = load_spec_cached(file, &registry.names())?;
         let spec = loaded.spec;
         let dag = Dag::build(&spec).map_err(|cycle| Error::Cycle { cycle, file: file.display().to_string() })?;
-        Ok(Engine { spec, dag, registry, spec_cache: loaded.cache_entry })
+        Ok(Engine {
+            spec,
+            dag,
+            registry,
+            spec_cache: loaded.cache_entry,
+            kept: Default::default(),
+            declared: Default::default(),
+        })
     }
 
     pub fn spec(&self) -> &Spec {
@@ -188,6 +249,55 @@ impl Engine {
                 None
             }
         }
+    }
+
+    /// By stage index: whether one of `changed` (absolute paths) is, holds or lies under a
+    /// source input or an output of the stage, or matches a glob input. Costs a few lookups
+    /// per change, not a pass over the stages (a cycle sees every file the last one wrote).
+    pub fn stages_touched_by(&self, changed: &[PathBuf]) -> Vec<bool> {
+        let index = self.declared.get_or_init(|| DeclaredPaths::of(&self.spec));
+        let root = &self.spec.root;
+        let mut touched = vec![false; self.spec.stages.len()];
+        let mut mark = |stages: &[StageIdx]| stages.iter().for_each(|&idx| touched[idx] = true);
+        let relative: std::collections::HashSet<&str> =
+            changed.iter().filter_map(|p| p.strip_prefix(root).ok()?.to_str()).filter(|p| !p.is_empty()).collect();
+        for &path in &relative {
+            // It is a declared path, or lies under one (a directory input or output).
+            let within = std::iter::once(path).chain(path.match_indices('/').map(|(i, _)| &path[..i]));
+            for declared in within {
+                if let Some(stages) = index.by_path.get(declared) {
+                    mark(stages);
+                }
+            }
+            // A directory that holds declared paths (made, removed, renamed): the rare case
+            // that needs a pass over them.
+            let full = root.join(path);
+            if std::fs::symlink_metadata(&full).map_or(true, |m| m.is_dir()) {
+                let prefix = format!("{path}/");
+                for (declared, stages) in &index.by_path {
+                    if declared.starts_with(&prefix) {
+                        mark(stages);
+                    }
+                }
+            }
+        }
+        for (idx, glob) in &index.globs {
+            let matches = |c: &&str| {
+                glob.matches(c)
+                    || crate::spec::RelPath::parse_normalized(c)
+                        .is_some_and(|rel| rel.ancestors().any(|dir| glob.matches(dir)))
+            };
+            if relative.iter().any(matches) {
+                touched[*idx] = true;
+            }
+        }
+        let outside: Vec<&PathBuf> = changed.iter().filter(|p| !p.starts_with(root)).collect();
+        for (idx, path) in &index.outside {
+            if outside.iter().any(|c| c.starts_with(path) || path.starts_with(c)) {
+                touched[*idx] = true;
+            }
+        }
+        touched
     }
 
     /// The Slurm executor, if a stage the plan will run goes to Slurm; an error if Slurm's
@@ -244,10 +354,19 @@ impl Engine {
             on_event(&Event::SweptInterrupted { stages: &swept });
         }
 
-        let (records, entries) = state.load_plan_state()?;
+        // Only what changed since our own last build is looked at, if nobody wrote since.
+        let touched = match &opts.since {
+            Some(since) if swept.is_empty() && state.token()? == Some(since.state_token) => Some(&since.touched),
+            _ => None,
+        };
+        let kept = self.kept.lock().expect("kept plan state poisoned").take();
+        let (records, entries) = state.load_plan_state_keeping(kept)?;
         let cache = HashCache::new(&self.spec.root, entries, &self.writer_clock());
         let ctx = self.eval_context(&records, &cache, opts.force);
-        let plan = plan_build(&ctx, &selected);
+        let plan = match touched {
+            Some(touched) if touched.len() == self.spec.stages.len() => plan_build_touched(&ctx, &selected, touched),
+            _ => plan_build(&ctx, &selected),
+        };
 
         let jobs =
             opts.jobs.or(self.spec.jobs).unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
@@ -288,6 +407,7 @@ impl Engine {
             elapsed: started.elapsed(),
             failures: outcome.failures,
             interrupted: outcome.interrupted,
+            state_token: None,
         };
         let run_outcome = match (summary.interrupted, summary.succeeded()) {
             (true, _) => RunOutcome::Interrupted,
@@ -296,8 +416,18 @@ impl Engine {
         };
         state.finish_run(run, run_outcome, &summary.counts)?;
         cached?;
-        state.refresh_snapshot()?;
+        // Kept for the next build of this engine: what the snapshot now holds, or, when
+        // nothing changed, what this build started from.
+        let kept = match state.refresh_snapshot()? {
+            Some(refreshed) => Some(refreshed),
+            None => state.token()?.map(|token| (token, (records, cache.into_entries()))),
+        };
+        *self.kept.lock().expect("kept plan state poisoned") = kept;
         state.trim_wal()?;
+        // A build that stopped starting stages (interrupted, or --fail-fast) may have left a
+        // dirty stage unrun with a clean record: no later plan may take its word.
+        let complete = !summary.interrupted && !opts.fail_fast;
+        let summary = BuildSummary { state_token: if complete { state.token()? } else { None }, ..summary };
         on_event(&Event::BuildFinished { summary: &summary });
         Ok(summary)
     }

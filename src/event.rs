@@ -177,6 +177,10 @@ pub struct BuildSummary {
     pub elapsed: Duration,
     pub failures: Vec<FailedStage>,
     pub interrupted: bool,
+    /// The state token once the build had written everything: a later build told nobody
+    /// wrote since (`BuildOptions::since`) checks it.
+    #[serde(skip)]
+    pub state_token: Option<i64>,
 }
 
 impl BuildSummary {

@@ -420,6 +420,44 @@ pub fn plan_build(ctx: &EvalContext<'_>, selected: &[bool]) -> Plan {
     Plan { verdicts }
 }
 
+/// [`plan_build`] when the caller knows what can have changed since the state was last
+/// written, and by whom (the agent under `--watch`: its own build wrote the state, nobody
+/// has since, and its watcher names every file that changed): only stages `touched`
+/// (a source input or an output changed) or not clean by their record are evaluated; the
+/// others are up to date as recorded, since nothing they are fingerprinted on can have moved.
+/// Downstream of a dirty stage is marked as in a full plan, and evaluated again by the
+/// executor once its upstream is done.
+pub fn plan_build_touched(ctx: &EvalContext<'_>, selected: &[bool], touched: &[bool]) -> Plan {
+    let recorded_hash = |up: StageIdx| ctx.records.get(ctx.spec.stages[up].name.as_str()).and_then(|r| r.output_hash);
+    let mut verdicts: Vec<Option<Verdict>> = (0..ctx.spec.stages.len())
+        .into_par_iter()
+        .map(|idx| {
+            selected[idx].then(|| {
+                if touched[idx] || !recorded_clean(ctx, idx) {
+                    evaluate_stage(ctx, idx, &recorded_hash).verdict
+                } else {
+                    Verdict::UpToDate
+                }
+            })
+        })
+        .collect();
+    mark_upstream_dirty(ctx, &mut verdicts, |v| v.as_mut());
+    Plan { verdicts }
+}
+
+/// Whether a stage's record alone says it is up to date, given unchanged files: it succeeded
+/// last, was not invalidated since, and does not run at every build. (`own_reason`'s
+/// checks that need no fingerprint.)
+fn recorded_clean(ctx: &EvalContext<'_>, idx: StageIdx) -> bool {
+    let stage = &ctx.spec.stages[idx];
+    let Some(record) = ctx.records.get(stage.name.as_str()) else { return false };
+    !ctx.force
+        && !stage.always_run
+        && record.fingerprint.is_some()
+        && !record.is_dirty
+        && record.last_status.is_none_or(|s| matches!(s, StageStatus::Success | StageStatus::Restored))
+}
+
 /// Every selected stage's evaluation, verdicts as [`plan_build`] gives them: for `status`,
 /// `why` and `accept`, which explain a dirty stage by what its fingerprint covered. An
 /// up-to-date stage keeps its verdict and fingerprint only (its `inputs` are left empty and

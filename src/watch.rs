@@ -45,6 +45,15 @@ pub struct Changes {
     pub rescan: bool,
 }
 
+impl Changes {
+    /// Whether one of the changed paths is a symbolic link now: a link made or re-pointed,
+    /// which can change where a declared path resolves. (A file edited cannot.)
+    pub fn made_a_link(&self) -> bool {
+        let unique: std::collections::HashSet<&PathBuf> = self.paths.iter().collect();
+        unique.into_iter().any(|p| std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_symlink()))
+    }
+}
+
 /// The longest a burst of changes is waited out before a cycle starts anyway.
 const MAX_SETTLE: Duration = Duration::from_millis(300);
 
@@ -58,6 +67,8 @@ pub struct InputWatcher {
     pipeline: Vec<Interest>,
     /// The pipeline's own doing: outputs, `.dagrun/`, the state database.
     ignored: Vec<PathBuf>,
+    /// dagrun's own files: `.dagrun/` and the state database.
+    dagrun_files: Vec<PathBuf>,
 }
 
 impl InputWatcher {
@@ -74,6 +85,7 @@ impl InputWatcher {
             interesting: Vec::new(),
             pipeline: Vec::new(),
             ignored: Vec::new(),
+            dagrun_files: Vec::new(),
         };
         watcher.add(file.parent().unwrap_or(Path::new("/")), RecursiveMode::NonRecursive)?;
         watcher.interesting.push(Interest::Path(file.clone()));
@@ -120,7 +132,23 @@ impl InputWatcher {
                 }
             }
         }
+        // Outputs are watched too, though a change to one starts no cycle: the next cycle's
+        // plan must look at a stage whose output someone edited or deleted.
+        for stage in &spec.stages {
+            for output in &stage.outputs {
+                let path = output.to_path(root);
+                if stage.output_dirs.contains(output) && path.is_dir() {
+                    self.add(&path, RecursiveMode::Recursive)?;
+                } else if let Some(dir) = path.parent().filter(|d| d.is_dir()) {
+                    self.add(dir, RecursiveMode::NonRecursive)?;
+                }
+            }
+        }
         self.ignored = spec.stages.iter().flat_map(|s| s.outputs.iter().map(|o| o.to_path(root))).collect();
+        self.dagrun_files = vec![spec.dagrun_dir()];
+        for suffix in ["", "-wal", "-shm", "-journal"] {
+            self.dagrun_files.push(PathBuf::from(format!("{}{suffix}", spec.state_path.display())));
+        }
         self.ignored.push(spec.dagrun_dir());
         for suffix in ["", "-wal", "-shm", "-journal"] {
             self.ignored.push(PathBuf::from(format!("{}{suffix}", spec.state_path.display())));
@@ -173,15 +201,21 @@ impl InputWatcher {
             };
             match self.events.recv_timeout(wait) {
                 Ok(Ok(event)) => {
-                    if event.need_rescan() {
-                        changes.rescan = true;
-                    } else if !self.is_relevant(&event) {
-                        continue;
+                    let starts_cycle = event.need_rescan() || self.is_relevant(&event);
+                    // A directory made, removed or renamed: a watch may be gone, or one missing
+                    // where an input will appear. The next cycle watches and plans afresh.
+                    changes.rescan |= event.need_rescan() || self.moves_a_directory(&event);
+                    // Every change is kept, outputs' included (they start no cycle, but the
+                    // next plan must look at their stages), except dagrun's own files.
+                    // (A file opened or read changes nothing: `dagrun status` reads the
+                    // pipeline file.)
+                    if !matches!(event.kind, EventKind::Access(_)) {
+                        changes.paths.extend(event.paths.into_iter().filter(|p| !self.is_dagrun_file(p)));
                     }
-                    let relevant = event.paths.into_iter().filter(|p| !self.is_own(p));
-                    changes.paths.extend(relevant);
-                    last = Instant::now();
-                    first.get_or_insert(last);
+                    if starts_cycle {
+                        last = Instant::now();
+                        first.get_or_insert(last);
+                    }
                 }
                 // The watcher lost events (its queue overflowed): anything may have changed.
                 Ok(Err(_)) => {
@@ -210,6 +244,23 @@ impl InputWatcher {
                 | EventKind::Modify(ModifyKind::Data(_) | ModifyKind::Name(_) | ModifyKind::Any)
         );
         kind && event.paths.iter().any(|p| self.interesting.iter().any(|i| i.covers(p)) && !self.is_own(p))
+    }
+
+    fn moves_a_directory(&self, event: &notify::Event) -> bool {
+        use notify::event::{CreateKind, RemoveKind};
+        match event.kind {
+            EventKind::Create(CreateKind::Folder) | EventKind::Remove(RemoveKind::Folder) => true,
+            EventKind::Remove(_) | EventKind::Modify(ModifyKind::Name(_)) => {
+                event.paths.iter().any(|p| self.watched.contains_key(p))
+            }
+            _ => false,
+        }
+    }
+
+    /// `.dagrun/`, the state database and its journals, and built-ins' temporary files.
+    fn is_dagrun_file(&self, path: &Path) -> bool {
+        let temp = path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.') && n.contains(".tmp-"));
+        temp || self.dagrun_files.iter().any(|own| path.starts_with(own))
     }
 
     /// Changes the pipeline makes itself: outputs, dagrun's files, and the temporary files

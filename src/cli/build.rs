@@ -63,6 +63,7 @@ pub fn run(engine: &Engine, args: BuildArgs) -> Result<u8, Error> {
         cancel,
         no_cache: args.no_cache,
         executor: args.executor.as_deref().and_then(dagrun::spec::ExecutorKind::parse),
+        since: None,
     };
     let width = engine.spec().stage_names().map(str::len).max().unwrap_or(0);
     let mut output = Output::choose(width, args.quiet, args.json);

@@ -200,6 +200,11 @@ impl HashCache {
         }
     }
 
+    /// Every entry, those hashed by this cache included: what a later plan may start from.
+    pub fn into_entries(self) -> HashMap<String, CacheEntry> {
+        self.entries.into_inner().expect("hash cache poisoned")
+    }
+
     /// Entries hashed since the last call, to be written to the state database.
     pub fn take_fresh(&self) -> Vec<(String, CacheEntry)> {
         std::mem::take(&mut *self.fresh.lock().expect("hash cache poisoned"))

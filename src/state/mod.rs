@@ -19,6 +19,7 @@ pub use lock::{BuildLock, LockError, LockHolder, acquire as acquire_lock};
 pub use records::{
     RunCounts, RunId, RunOutcome, StageAttempt, StageFailure, StageRecord, StageRunId, StageStatus, StageSuccess,
 };
+pub use snapshot::PlanState;
 
 /// The schema, one plain SQL file per version; `PRAGMA user_version` records how far a
 /// database has come (rusqlite_migration's scheme).
@@ -457,7 +458,24 @@ impl State {
     /// Every stage's record and the stat cache: from the snapshot when it is current, else
     /// from the tables (read in one transaction).
     pub fn load_plan_state(&self) -> Result<snapshot::PlanState, StateError> {
-        if let Some(token) = self.token()?
+        self.load_plan_state_keeping(None)
+    }
+
+    /// [`load_plan_state`](Self::load_plan_state), but from `kept` (a plan state held in
+    /// memory since a build of this process, with the token it was read under) when the
+    /// token has not moved since: nobody has changed what a plan reads.
+    pub fn load_plan_state_keeping(
+        &self,
+        kept: Option<(i64, snapshot::PlanState)>,
+    ) -> Result<snapshot::PlanState, StateError> {
+        let token = self.token()?;
+        if let Some((kept_token, plan_state)) = kept
+            && token == Some(kept_token)
+        {
+            self.snapshot_token.set(token);
+            return Ok(plan_state);
+        }
+        if let Some(token) = token
             && let Some(plan_state) = snapshot::read(&snapshot::path_for(&self.path), token)
         {
             self.snapshot_token.set(Some(token));
@@ -466,18 +484,18 @@ impl State {
         Ok(self.load_plan_state_from_tables()?.1)
     }
 
-    /// After a build: rewrites the snapshot if the state changed since it was made. A
-    /// snapshot that cannot be written is only a slower next load.
-    pub fn refresh_snapshot(&self) -> Result<(), StateError> {
+    /// After a build: rewrites the snapshot if the state changed since it was made, and
+    /// returns what it wrote, with its token (`None` when nothing changed). A snapshot that
+    /// cannot be written is only a slower next load.
+    pub fn refresh_snapshot(&self) -> Result<Option<(i64, snapshot::PlanState)>, StateError> {
         if self.snapshot_token.get() == self.token()? {
-            return Ok(());
+            return Ok(None);
         }
-        if let (Some(token), plan_state) = self.load_plan_state_from_tables()?
-            && snapshot::write(&snapshot::path_for(&self.path), token, &plan_state).is_ok()
-        {
+        let (Some(token), plan_state) = self.load_plan_state_from_tables()? else { return Ok(None) };
+        if snapshot::write(&snapshot::path_for(&self.path), token, &plan_state).is_ok() {
             self.snapshot_token.set(Some(token));
         }
-        Ok(())
+        Ok(Some((token, plan_state)))
     }
 
     /// Keeps the write-ahead log short. Nobody holds the database open between builds, so
@@ -495,8 +513,9 @@ impl State {
         Ok(())
     }
 
-    /// `None` if someone deleted the token's row: then no snapshot is ever used.
-    fn token(&self) -> Result<Option<i64>, StateError> {
+    /// The state token (see migration 0005): it changes whenever anyone changes what a plan
+    /// reads. `None` if someone deleted its row: then no snapshot is ever used.
+    pub fn token(&self) -> Result<Option<i64>, StateError> {
         Ok(self.conn.query_row("SELECT token FROM state_token WHERE id = 1", [], |r| r.get(0)).optional()?)
     }
 

@@ -261,3 +261,58 @@ outputs = ["counts/${name}.txt"]
     let (code, _, err) = finish(child);
     assert_eq!(code, 0, "{err}");
 }
+
+/// Two chains, each in a directory of its own: `a -> b` reads `in/a.txt`, `c` reads `in/c.txt`.
+const TWO_CHAINS: &str = r#"
+[stages.a]
+cmd = "echo a >> ran.log; cp in/a.txt out/a.txt"
+inputs = ["in/a.txt"]
+outputs = ["out/a.txt"]
+
+[stages.b]
+cmd = "echo b >> ran.log; cp out/a.txt out/b.txt"
+inputs = ["out/a.txt"]
+outputs = ["out/b.txt"]
+
+[stages.c]
+cmd = "echo c >> ran.log; cp in/c.txt out/c.txt"
+inputs = ["in/c.txt"]
+outputs = ["out/c.txt"]
+"#;
+
+/// A watch cycle plans only what changed since the agent's own last build. What else can
+/// make a stage dirty must still be seen: an output edited by hand (it starts no cycle, but
+/// the next cycle looks at it), and the state changed by someone else (`dagrun invalidate`).
+#[test]
+fn a_watch_cycle_sees_an_output_edited_by_hand_and_an_invalidation_made_meanwhile() {
+    let sb = Sandbox::new().pipeline(TWO_CHAINS).file("in/a.txt", "a\n").file("in/c.txt", "c\n");
+    let child = agent(&sb, &["--watch"]);
+    wait_until("the first cycle", || child.stdout().contains(" cycle 1 (run 1): 3 ran"));
+    assert_eq!(sb.ran(), ["a", "b", "c"]);
+
+    // By hand: an output of `a` (which `b` reads) changes. No cycle starts for it.
+    sb.write("out/a.txt", "edited by hand\n");
+    // An unrelated source changes: the cycle it starts must also put `a` right, before `b`
+    // could read the edited file.
+    sb.write("in/c.txt", "c2\n");
+    wait_until("a cycle after the change", || child.stdout().contains(" cycle 2 (run 2): "));
+    // `a` is put back from the run-cache (its fingerprint ran before), `c` runs, and `b`,
+    // whose upstream's outputs are as recorded again, is cut off.
+    assert!(
+        child.stdout().contains(" cycle 2 (run 2): 1 ran, 1 restored, 1 cut off"),
+        "a restored, c ran, b cut off: {}",
+        child.stdout()
+    );
+    assert_eq!(sb.ran(), ["c"]);
+    assert_eq!(sb.read("out/a.txt"), "a\n");
+    assert_eq!(sb.read("out/b.txt"), "a\n");
+
+    // Someone else's write to the state: the next cycle's plan is a full one.
+    sb.dagrun(&["invalidate", "b"]).success();
+    sb.write("in/c.txt", "c3\n");
+    wait_until("a cycle after the invalidation", || child.stdout().contains(" cycle 3 (run 3): "));
+    assert_eq!(sb.ran(), ["b", "c"]);
+    terminate(&child);
+    let (code, _, err) = finish(child);
+    assert_eq!(code, 0, "{err}");
+}
