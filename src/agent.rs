@@ -96,14 +96,20 @@ pub fn run_agent(
     let mut changes: Option<crate::watch::Changes> = None;
     // The state token the last cycle's build left, if it finished every stage it could.
     let mut last_token: Option<i64> = None;
+    // Whether every path the pipeline declares is watched: if not, a change can go unseen,
+    // and no cycle may plan only what was seen to change.
+    let mut watched_all = false;
     while !opts.cancel.is_stopping() {
-        // The pipeline is loaded again unless only inputs and outputs changed, and no
-        // symbolic link was made that moves a declared path: then the stages are what they
-        // were, and re-reading and re-watching 100,000 of them would be most of the cycle.
+        if let (Some(watcher), Some(changes)) = (&mut watcher, &mut changes) {
+            watcher.take_pending(changes);
+        }
+        // The pipeline is loaded again (and watched afresh) unless only inputs and outputs
+        // changed and no symbolic link was made (which can move where a declared path
+        // resolves): then the stages are what they were, and re-reading and re-watching
+        // 100,000 of them would be most of the cycle.
         let keep = match (&watcher, &changes, &engine) {
-            (Some(watcher), Some(changes), Some(engine)) => {
-                !watcher.touches_pipeline(changes)
-                    && (!changes.made_a_link() || crate::spec::paths_still_resolve(engine.spec()))
+            (Some(watcher), Some(changes), Some(_)) => {
+                watched_all && !changes.rescan && !watcher.touches_pipeline(changes) && !changes.made_a_link()
             }
             _ => false,
         };
@@ -111,7 +117,7 @@ pub fn run_agent(
         // the plan looks only at what those changes touch (if the state is as that build left
         // it: the engine checks).
         let since = match (keep, &changes, &engine, last_token) {
-            (true, Some(changes), Some(engine), Some(state_token)) if !changes.rescan => {
+            (true, Some(changes), Some(engine), Some(state_token)) => {
                 Some(crate::engine::SinceLastBuild { state_token, touched: engine.stages_touched_by(&changes.paths) })
             }
             _ => None,
@@ -119,10 +125,14 @@ pub fn run_agent(
         if !keep {
             reload(opts, registry, &mut engine, &mut loaded_text, on_event);
             // Watch before building, so that an input edited during the cycle starts another.
-            if let (Some(watcher), Some(engine)) = (&mut watcher, &engine)
-                && let Err(error) = watcher.watch(engine)
-            {
-                on_event(&AgentEvent::WatchFailed { error: &error });
+            if let (Some(watcher), Some(engine)) = (&mut watcher, &engine) {
+                watched_all = match watcher.watch(engine) {
+                    Ok(()) => true,
+                    Err(error) => {
+                        on_event(&AgentEvent::WatchFailed { error: &error });
+                        false
+                    }
+                };
             }
         }
         let started = Instant::now();

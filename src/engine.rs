@@ -12,7 +12,7 @@ use crate::fingerprint::{CacheClock, HashCache};
 use crate::graph::Dag;
 use crate::planner::{DirtyReason, EvalContext, Verdict, evaluate_all, explain_reason, plan_build, plan_build_touched};
 use crate::spec::{Spec, SpecCacheEntry, StageIdx, load_spec_cached, suggest};
-use crate::state::{RunOutcome, StageRecord, StageStatus, State, UnfinishedAttempt, acquire_lock};
+use crate::state::{Refreshed, RunOutcome, StageRecord, StageStatus, State, UnfinishedAttempt, acquire_lock};
 
 /// How to build.
 #[derive(Debug, Clone)]
@@ -259,8 +259,9 @@ impl Engine {
         let root = &self.spec.root;
         let mut touched = vec![false; self.spec.stages.len()];
         let mut mark = |stages: &[StageIdx]| stages.iter().for_each(|&idx| touched[idx] = true);
-        let relative: std::collections::HashSet<&str> =
-            changed.iter().filter_map(|p| p.strip_prefix(root).ok()?.to_str()).filter(|p| !p.is_empty()).collect();
+        // A path written `root/../x` strips to `../x`: it is outside, and so are paths that are
+        // not text (compared whole, with the declared paths outside the directory).
+        let relative: std::collections::HashSet<&str> = changed.iter().filter_map(|p| plain_within(p, root)).collect();
         for &path in &relative {
             // It is a declared path, or lies under one (a directory input or output).
             let within = std::iter::once(path).chain(path.match_indices('/').map(|(i, _)| &path[..i]));
@@ -269,10 +270,10 @@ impl Engine {
                     mark(stages);
                 }
             }
-            // A directory that holds declared paths (made, removed, renamed): the rare case
-            // that needs a pass over them.
+            // Not a plain file (now): a directory, a link or nothing, which may hold declared
+            // paths; the rare case that needs a pass over them.
             let full = root.join(path);
-            if std::fs::symlink_metadata(&full).map_or(true, |m| m.is_dir()) {
+            if !std::fs::symlink_metadata(&full).is_ok_and(|m| m.is_file()) {
                 let prefix = format!("{path}/");
                 for (declared, stages) in &index.by_path {
                     if declared.starts_with(&prefix) {
@@ -291,7 +292,7 @@ impl Engine {
                 touched[*idx] = true;
             }
         }
-        let outside: Vec<&PathBuf> = changed.iter().filter(|p| !p.starts_with(root)).collect();
+        let outside: Vec<&PathBuf> = changed.iter().filter(|p| plain_within(p, root).is_none()).collect();
         for (idx, path) in &index.outside {
             if outside.iter().any(|c| c.starts_with(path) || path.starts_with(c)) {
                 touched[*idx] = true;
@@ -354,13 +355,14 @@ impl Engine {
             on_event(&Event::SweptInterrupted { stages: &swept });
         }
 
-        // Only what changed since our own last build is looked at, if nobody wrote since.
+        let kept = self.kept.lock().expect("kept plan state poisoned").take();
+        let (token, (records, entries)) = state.load_plan_state_keeping(kept)?;
+        // Only what changed since our own last build is looked at, if nobody wrote since:
+        // the records were read under the token that build left.
         let touched = match &opts.since {
-            Some(since) if swept.is_empty() && state.token()? == Some(since.state_token) => Some(&since.touched),
+            Some(since) if swept.is_empty() && token == Some(since.state_token) => Some(&since.touched),
             _ => None,
         };
-        let kept = self.kept.lock().expect("kept plan state poisoned").take();
-        let (records, entries) = state.load_plan_state_keeping(kept)?;
         let cache = HashCache::new(&self.spec.root, entries, &self.writer_clock());
         let ctx = self.eval_context(&records, &cache, opts.force);
         let plan = match touched {
@@ -416,18 +418,18 @@ impl Engine {
         };
         state.finish_run(run, run_outcome, &summary.counts)?;
         cached?;
-        // Kept for the next build of this engine: what the snapshot now holds, or, when
-        // nothing changed, what this build started from.
-        let kept = match state.refresh_snapshot()? {
-            Some(refreshed) => Some(refreshed),
-            None => state.token()?.map(|token| (token, (records, cache.into_entries()))),
+        // Kept for the next build of this engine, with the token it was read under: what the
+        // snapshot now holds, or, when nothing changed, what this build started from.
+        let (token, kept) = match state.refresh_snapshot()? {
+            Refreshed::Reloaded(token, plan_state) => (Some(token), Some((token, plan_state))),
+            Refreshed::Unchanged(token) => (token, token.map(|token| (token, (records, cache.into_entries())))),
         };
         *self.kept.lock().expect("kept plan state poisoned") = kept;
-        state.trim_wal()?;
+        state.trim_wal();
         // A build that stopped starting stages (interrupted, or --fail-fast) may have left a
         // dirty stage unrun with a clean record: no later plan may take its word.
         let complete = !summary.interrupted && !opts.fail_fast;
-        let summary = BuildSummary { state_token: if complete { state.token()? } else { None }, ..summary };
+        let summary = BuildSummary { state_token: token.filter(|_| complete), ..summary };
         on_event(&Event::BuildFinished { summary: &summary });
         Ok(summary)
     }
@@ -801,6 +803,13 @@ impl Engine {
         }
         Ok(indices)
     }
+}
+
+/// `path` relative to `root`, as text, if it lies inside it by name alone (no `..`).
+fn plain_within<'a>(path: &'a Path, root: &Path) -> Option<&'a str> {
+    let rel = path.strip_prefix(root).ok()?;
+    let plain = rel.components().all(|c| matches!(c, std::path::Component::Normal(_)));
+    rel.to_str().filter(|rel| plain && !rel.is_empty())
 }
 
 /// Ends what the stages of a killed build left running, before anything runs: an output

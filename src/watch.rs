@@ -1,7 +1,7 @@
 //! Waiting for a pipeline's source inputs (or its file) to change, for `agent --watch`.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
 use std::time::{Duration, Instant};
 
@@ -65,8 +65,8 @@ pub struct InputWatcher {
     /// What the stages themselves are read from: the pipeline file, params and vars files,
     /// and where templates list their files.
     pipeline: Vec<Interest>,
-    /// The pipeline's own doing: outputs, `.dagrun/`, the state database.
-    ignored: Vec<PathBuf>,
+    /// The stages' outputs: changes there start no cycle.
+    outputs: Vec<PathBuf>,
     /// dagrun's own files: `.dagrun/` and the state database.
     dagrun_files: Vec<PathBuf>,
 }
@@ -84,7 +84,7 @@ impl InputWatcher {
             watched: HashMap::new(),
             interesting: Vec::new(),
             pipeline: Vec::new(),
-            ignored: Vec::new(),
+            outputs: Vec::new(),
             dagrun_files: Vec::new(),
         };
         watcher.add(file.parent().unwrap_or(Path::new("/")), RecursiveMode::NonRecursive)?;
@@ -99,14 +99,20 @@ impl InputWatcher {
     pub fn watch(&mut self, engine: &Engine) -> Result<(), Error> {
         let spec = engine.spec();
         let root = &spec.root;
+        // Afresh: a directory removed and made again since is a new one, whose old watch
+        // died with the old one.
+        for dir in std::mem::take(&mut self.watched).into_keys() {
+            let _ = self.watcher.unwatch(&dir);
+        }
         let file = root.join(spec.file.file_name().unwrap_or_default());
+        self.add(root, RecursiveMode::NonRecursive)?;
         self.interesting = vec![Interest::Path(file.clone())];
         self.pipeline = vec![Interest::Path(file)];
         // What the stages were read from besides the pipeline file.
         for file in &spec.read_files {
             let path = root.join(file);
-            if let Some(dir) = path.parent().filter(|d| d.exists()) {
-                self.add(dir, RecursiveMode::NonRecursive)?;
+            if let Some(dir) = path.parent() {
+                self.add_nearest(dir)?;
             }
             self.interesting.push(Interest::Path(path.clone()));
             self.pipeline.push(Interest::Path(path));
@@ -122,8 +128,8 @@ impl InputWatcher {
                         let path = p.to_path(root);
                         if path.is_dir() {
                             self.add(&path, RecursiveMode::Recursive)?;
-                        } else if let Some(dir) = path.parent().filter(|d| d.exists()) {
-                            self.add(dir, RecursiveMode::NonRecursive)?;
+                        } else if let Some(dir) = path.parent() {
+                            self.add_nearest(dir)?;
                         }
                         self.interesting.push(Interest::Path(path));
                     }
@@ -139,27 +145,48 @@ impl InputWatcher {
                 let path = output.to_path(root);
                 if stage.output_dirs.contains(output) && path.is_dir() {
                     self.add(&path, RecursiveMode::Recursive)?;
-                } else if let Some(dir) = path.parent().filter(|d| d.is_dir()) {
-                    self.add(dir, RecursiveMode::NonRecursive)?;
+                } else if let Some(dir) = path.parent() {
+                    self.add_nearest(dir)?;
                 }
             }
         }
-        self.ignored = spec.stages.iter().flat_map(|s| s.outputs.iter().map(|o| o.to_path(root))).collect();
+        // Every directory between the pipeline's and a watched one, so that renaming or
+        // replacing one (`mv data.new data`) is seen.
+        let inside = |dir: &Path| {
+            dir.strip_prefix(root).is_ok_and(|rel| rel.components().all(|c| matches!(c, Component::Normal(_))))
+        };
+        let between: std::collections::HashSet<PathBuf> = self
+            .watched
+            .keys()
+            .filter(|dir| inside(dir))
+            .flat_map(|dir| dir.ancestors().skip(1).take_while(|a| inside(a)).map(Path::to_path_buf))
+            .collect();
+        for dir in between {
+            self.add(&dir, RecursiveMode::NonRecursive)?;
+        }
+        self.outputs = spec.stages.iter().flat_map(|s| s.outputs.iter().map(|o| o.to_path(root))).collect();
         self.dagrun_files = vec![spec.dagrun_dir()];
         for suffix in ["", "-wal", "-shm", "-journal"] {
             self.dagrun_files.push(PathBuf::from(format!("{}{suffix}", spec.state_path.display())));
         }
-        self.ignored.push(spec.dagrun_dir());
-        for suffix in ["", "-wal", "-shm", "-journal"] {
-            self.ignored.push(PathBuf::from(format!("{}{suffix}", spec.state_path.display())));
-        }
         Ok(())
+    }
+
+    /// Watches `dir`, or, while it does not exist, the nearest directory above it that does:
+    /// its making is then seen (and starts a rescan, which watches it).
+    fn add_nearest(&mut self, dir: &Path) -> Result<(), Error> {
+        match dir.ancestors().find(|d| d.is_dir()) {
+            Some(existing) => self.add(existing, RecursiveMode::NonRecursive),
+            None => Ok(()),
+        }
     }
 
     fn watch_glob(&mut self, root: &Path, glob: &GlobPattern) -> Result<(), Error> {
         let dir = root.join(glob.base());
-        if dir.exists() {
+        if dir.is_dir() {
             self.add(&dir, RecursiveMode::Recursive)?;
+        } else {
+            self.add_nearest(&dir)?;
         }
         self.interesting.push(Interest::Glob { root: root.to_path_buf(), glob: glob.clone() });
         Ok(())
@@ -200,34 +227,45 @@ impl InputWatcher {
                 }
             };
             match self.events.recv_timeout(wait) {
-                Ok(Ok(event)) => {
-                    let starts_cycle = event.need_rescan() || self.is_relevant(&event);
-                    // A directory made, removed or renamed: a watch may be gone, or one missing
-                    // where an input will appear. The next cycle watches and plans afresh.
-                    changes.rescan |= event.need_rescan() || self.moves_a_directory(&event);
-                    // Every change is kept, outputs' included (they start no cycle, but the
-                    // next plan must look at their stages), except dagrun's own files.
-                    // (A file opened or read changes nothing: `dagrun status` reads the
-                    // pipeline file.)
-                    if !matches!(event.kind, EventKind::Access(_)) {
-                        changes.paths.extend(event.paths.into_iter().filter(|p| !self.is_dagrun_file(p)));
-                    }
-                    if starts_cycle {
+                Ok(event) => {
+                    if self.note(event, &mut changes) {
                         last = Instant::now();
                         first.get_or_insert(last);
                     }
-                }
-                // The watcher lost events (its queue overflowed): anything may have changed.
-                Ok(Err(_)) => {
-                    changes.rescan = true;
-                    last = Instant::now();
-                    first.get_or_insert(last);
                 }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return changes,
             }
         }
         changes
+    }
+
+    /// Adds what arrived since `wait_for_change` returned: changes made just before a
+    /// cycle plans belong in its plan.
+    pub fn take_pending(&mut self, changes: &mut Changes) {
+        while let Ok(event) = self.events.try_recv() {
+            self.note(event, changes);
+        }
+    }
+
+    /// Adds an event to `changes`; returns whether it starts a cycle.
+    fn note(&self, event: notify::Result<notify::Event>, changes: &mut Changes) -> bool {
+        let Ok(event) = event else {
+            // The watcher lost events (its queue overflowed): anything may have changed.
+            changes.rescan = true;
+            return true;
+        };
+        let starts_cycle = event.need_rescan() || self.is_relevant(&event);
+        // A directory made, removed or renamed: a watch may be gone, or one missing where a
+        // declared path will appear. The next cycle watches and plans afresh.
+        changes.rescan |= event.need_rescan() || self.moves_a_directory(&event);
+        // Every change is kept, outputs' included (they start no cycle, but the next plan
+        // must look at their stages), except dagrun's own files. A file opened or read
+        // changes nothing (`dagrun status` reads the pipeline file).
+        if !matches!(event.kind, EventKind::Access(_)) {
+            changes.paths.extend(event.paths.into_iter().filter(|p| !self.is_dagrun_file(p)));
+        }
+        starts_cycle
     }
 
     /// Whether `changes` may change the stages themselves: the pipeline file, a params or
@@ -250,8 +288,9 @@ impl InputWatcher {
         use notify::event::{CreateKind, RemoveKind};
         match event.kind {
             EventKind::Create(CreateKind::Folder) | EventKind::Remove(RemoveKind::Folder) => true,
+            // A watched directory, or one above it, removed or renamed.
             EventKind::Remove(_) | EventKind::Modify(ModifyKind::Name(_)) => {
-                event.paths.iter().any(|p| self.watched.contains_key(p))
+                event.paths.iter().any(|p| self.watched.keys().any(|dir| dir.starts_with(p)))
             }
             _ => false,
         }
@@ -263,10 +302,8 @@ impl InputWatcher {
         temp || self.dagrun_files.iter().any(|own| path.starts_with(own))
     }
 
-    /// Changes the pipeline makes itself: outputs, dagrun's files, and the temporary files
-    /// built-ins write next to an output before renaming it (`.NAME.tmp-PID`).
+    /// Changes the pipeline makes itself: outputs, and dagrun's own files.
     fn is_own(&self, path: &Path) -> bool {
-        let temp = path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.') && n.contains(".tmp-"));
-        temp || self.ignored.iter().any(|ignored| path.starts_with(ignored))
+        self.is_dagrun_file(path) || self.outputs.iter().any(|output| path.starts_with(output))
     }
 }

@@ -36,6 +36,16 @@ const MIGRATIONS: [&str; 6] = [
     include_str!("../../migrations/0006_cluster_jobs.sql"),
 ];
 
+/// What [`State::refresh_snapshot`] did, and the token of what the tables hold.
+#[derive(Debug)]
+pub enum Refreshed {
+    /// Nothing changed since the plan state was read: the token it was read under (`None`
+    /// if there is no token row).
+    Unchanged(Option<i64>),
+    /// The snapshot was rewritten with this plan state, read under this token.
+    Reloaded(i64, snapshot::PlanState),
+}
+
 /// How long the write-ahead log may grow before a build checkpoints and truncates it: 64
 /// pages, which a process opening the database reads in well under a millisecond.
 const WAL_TRIM_BYTES: u64 = 64 * 4096;
@@ -458,44 +468,48 @@ impl State {
     /// Every stage's record and the stat cache: from the snapshot when it is current, else
     /// from the tables (read in one transaction).
     pub fn load_plan_state(&self) -> Result<snapshot::PlanState, StateError> {
-        self.load_plan_state_keeping(None)
+        Ok(self.load_plan_state_keeping(None)?.1)
     }
 
     /// [`load_plan_state`](Self::load_plan_state), but from `kept` (a plan state held in
     /// memory since a build of this process, with the token it was read under) when the
     /// token has not moved since: nobody has changed what a plan reads.
+    /// Returns it with the token it was read under.
     pub fn load_plan_state_keeping(
         &self,
         kept: Option<(i64, snapshot::PlanState)>,
-    ) -> Result<snapshot::PlanState, StateError> {
+    ) -> Result<(Option<i64>, snapshot::PlanState), StateError> {
         let token = self.token()?;
         if let Some((kept_token, plan_state)) = kept
             && token == Some(kept_token)
         {
             self.snapshot_token.set(token);
-            return Ok(plan_state);
+            return Ok((token, plan_state));
         }
         if let Some(token) = token
             && let Some(plan_state) = snapshot::read(&snapshot::path_for(&self.path), token)
         {
             self.snapshot_token.set(Some(token));
-            return Ok(plan_state);
+            return Ok((Some(token), plan_state));
         }
-        Ok(self.load_plan_state_from_tables()?.1)
+        self.load_plan_state_from_tables()
     }
 
     /// After a build: rewrites the snapshot if the state changed since it was made, and
-    /// returns what it wrote, with its token (`None` when nothing changed). A snapshot that
-    /// cannot be written is only a slower next load.
-    pub fn refresh_snapshot(&self) -> Result<Option<(i64, snapshot::PlanState)>, StateError> {
-        if self.snapshot_token.get() == self.token()? {
-            return Ok(None);
+    /// returns what it wrote, with its token. A snapshot that cannot be written is only a
+    /// slower next load.
+    pub fn refresh_snapshot(&self) -> Result<Refreshed, StateError> {
+        let token = self.token()?;
+        if self.snapshot_token.get() == token {
+            return Ok(Refreshed::Unchanged(token));
         }
-        let (Some(token), plan_state) = self.load_plan_state_from_tables()? else { return Ok(None) };
+        let (Some(token), plan_state) = self.load_plan_state_from_tables()? else {
+            return Ok(Refreshed::Unchanged(None));
+        };
         if snapshot::write(&snapshot::path_for(&self.path), token, &plan_state).is_ok() {
             self.snapshot_token.set(Some(token));
         }
-        Ok(Some((token, plan_state)))
+        Ok(Refreshed::Reloaded(token, plan_state))
     }
 
     /// Keeps the write-ahead log short. Nobody holds the database open between builds, so
@@ -503,14 +517,19 @@ impl State {
     /// big build, each no-op build read megabytes. Once the log is over `WAL_TRIM_BYTES`, a
     /// build checkpoints it into the database and truncates it: a few fsyncs, once in a
     /// while (a no-op build adds two pages). A reader in the way only postpones it.
-    pub fn trim_wal(&self) -> Result<(), StateError> {
+    ///
+    /// Best effort, after everything is recorded: it never waits for a reader, and never fails
+    /// the build (what it could not do, a later build does).
+    pub fn trim_wal(&self) {
         let mut wal = self.path.clone().into_os_string();
         wal.push("-wal");
         if std::fs::metadata(&wal).map_or(0, |m| m.len()) <= WAL_TRIM_BYTES {
-            return Ok(());
+            return;
         }
-        self.conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
-        Ok(())
+        if self.conn.busy_timeout(Duration::ZERO).is_ok() {
+            let _ = self.conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+            let _ = self.conn.busy_timeout(BUSY_TIMEOUT);
+        }
     }
 
     /// The state token (see migration 0005): it changes whenever anyone changes what a plan

@@ -280,6 +280,13 @@ inputs = ["in/c.txt"]
 outputs = ["out/c.txt"]
 "#;
 
+/// Waits for cycle `n`'s line, and returns it.
+fn cycle_line(child: &Agent, n: usize) -> String {
+    let prefix = format!(" cycle {n} (run {n}): ");
+    wait_until(&format!("cycle {n}"), || child.stdout().contains(&prefix));
+    child.stdout().lines().find(|l| l.contains(&prefix)).unwrap().to_string()
+}
+
 /// A watch cycle plans only what changed since the agent's own last build. What else can
 /// make a stage dirty must still be seen: an output edited by hand (it starts no cycle, but
 /// the next cycle looks at it), and the state changed by someone else (`dagrun invalidate`).
@@ -287,22 +294,20 @@ outputs = ["out/c.txt"]
 fn a_watch_cycle_sees_an_output_edited_by_hand_and_an_invalidation_made_meanwhile() {
     let sb = Sandbox::new().pipeline(TWO_CHAINS).file("in/a.txt", "a\n").file("in/c.txt", "c\n");
     let child = agent(&sb, &["--watch"]);
-    wait_until("the first cycle", || child.stdout().contains(" cycle 1 (run 1): 3 ran"));
-    assert_eq!(sb.ran(), ["a", "b", "c"]);
+    assert!(cycle_line(&child, 1).contains("3 ran"));
+    // The first cycle made `out/`: the next one watches it, and plans everything.
+    sb.write("in/c.txt", "c1\n");
+    assert!(cycle_line(&child, 2).contains("1 ran"));
+    assert_eq!(sb.ran(), ["a", "b", "c", "c"]);
 
     // By hand: an output of `a` (which `b` reads) changes. No cycle starts for it.
     sb.write("out/a.txt", "edited by hand\n");
     // An unrelated source changes: the cycle it starts must also put `a` right, before `b`
-    // could read the edited file.
+    // could read the edited file. `a` comes back from the run-cache (its fingerprint ran
+    // before), `c` runs, and `b`, whose upstream's outputs are as recorded again, is cut off.
     sb.write("in/c.txt", "c2\n");
-    wait_until("a cycle after the change", || child.stdout().contains(" cycle 2 (run 2): "));
-    // `a` is put back from the run-cache (its fingerprint ran before), `c` runs, and `b`,
-    // whose upstream's outputs are as recorded again, is cut off.
-    assert!(
-        child.stdout().contains(" cycle 2 (run 2): 1 ran, 1 restored, 1 cut off"),
-        "a restored, c ran, b cut off: {}",
-        child.stdout()
-    );
+    let line = cycle_line(&child, 3);
+    assert!(line.contains("1 ran, 1 restored, 1 cut off"), "a restored, c ran, b cut off: {line}");
     assert_eq!(sb.ran(), ["c"]);
     assert_eq!(sb.read("out/a.txt"), "a\n");
     assert_eq!(sb.read("out/b.txt"), "a\n");
@@ -310,9 +315,90 @@ fn a_watch_cycle_sees_an_output_edited_by_hand_and_an_invalidation_made_meanwhil
     // Someone else's write to the state: the next cycle's plan is a full one.
     sb.dagrun(&["invalidate", "b"]).success();
     sb.write("in/c.txt", "c3\n");
-    wait_until("a cycle after the invalidation", || child.stdout().contains(" cycle 3 (run 3): "));
+    cycle_line(&child, 4);
     assert_eq!(sb.ran(), ["b", "c"]);
     terminate(&child);
     let (code, _, err) = finish(child);
     assert_eq!(code, 0, "{err}");
+}
+
+/// What a watch cycle must not miss when it plans only what changed: a directory output
+/// (deleted and made again by its stage's run) edited by hand afterwards, an input outside
+/// the pipeline directory, and an input whose directory is a symbolic link re-pointed.
+#[test]
+fn a_watch_cycle_sees_a_remade_output_directory_an_outside_input_and_a_repointed_link() {
+    let sb = Sandbox::new();
+    let shared = std::path::PathBuf::from(format!("{}-shared", sb.root().display()));
+    std::fs::create_dir_all(&shared).unwrap();
+    std::fs::write(shared.join("x.txt"), "x1\n").unwrap();
+    let shared_name = shared.file_name().unwrap().to_str().unwrap().to_string();
+    let sb = sb
+        .pipeline(&format!(
+            r#"
+            [pipeline]
+            allow_outside_paths = true
+
+            [stages.dir]
+            cmd = "echo dir >> ran.log; cp in/d.txt out_d/copy.txt"
+            inputs = ["in/d.txt"]
+            outputs = ["out_d/"]
+
+            [stages.outside]
+            cmd = "echo outside >> ran.log; cp ../{shared_name}/x.txt outside.txt"
+            inputs = ["../{shared_name}/x.txt"]
+            outputs = ["outside.txt"]
+
+            [stages.linked]
+            cmd = "echo linked >> ran.log; cp data/raw/x.csv linked.txt"
+            inputs = ["data/raw/x.csv"]
+            outputs = ["linked.txt"]
+
+            [stages.other]
+            cmd = "echo other >> ran.log; cp in/o.txt other.txt"
+            inputs = ["in/o.txt"]
+            outputs = ["other.txt"]
+            "#
+        ))
+        .file("in/d.txt", "d1\n")
+        .file("in/o.txt", "o1\n")
+        .file("v1/raw/x.csv", "v1\n")
+        .file("v2/raw/x.csv", "v2\n");
+    std::os::unix::fs::symlink("v1", sb.path("data")).unwrap();
+    let child = agent(&sb, &["--watch"]);
+    assert!(cycle_line(&child, 1).contains("4 ran"));
+    sb.write("in/o.txt", "o2\n");
+    cycle_line(&child, 2);
+    sb.ran();
+
+    // `dir` runs again: dagrun deletes `out_d/` before the run and the stage makes it anew.
+    sb.write("in/d.txt", "d2\n");
+    cycle_line(&child, 3);
+    sb.write("in/o.txt", "o3\n");
+    cycle_line(&child, 4);
+    assert_eq!(sb.ran(), ["dir", "other"]);
+    // By hand, in the new directory; then an unrelated change starts a cycle.
+    sb.write("out_d/copy.txt", "edited by hand\n");
+    sb.write("in/o.txt", "o4\n");
+    cycle_line(&child, 5);
+    assert_eq!(sb.read("out_d/copy.txt"), "d2\n", "the hand-edited output is put right");
+
+    // (Putting it right made `out_d/` anew: the next cycle watches it, and plans everything.)
+    sb.write("in/o.txt", "o5\n");
+    cycle_line(&child, 6);
+
+    // The input outside the pipeline directory.
+    std::fs::write(shared.join("x.txt"), "x2\n").unwrap();
+    cycle_line(&child, 7);
+    assert_eq!(sb.read("outside.txt"), "x2\n");
+
+    // The link re-pointed: `data/raw/x.csv` is another file now.
+    std::fs::remove_file(sb.path("data")).unwrap();
+    std::os::unix::fs::symlink("v2", sb.path("data")).unwrap();
+    sb.write("in/o.txt", "o6\n");
+    let line = cycle_line(&child, 8);
+    assert_eq!(sb.read("linked.txt"), "v2\n", "{line}");
+    terminate(&child);
+    let (code, _, err) = finish(child);
+    assert_eq!(code, 0, "{err}");
+    let _ = std::fs::remove_dir_all(&shared);
 }
