@@ -123,10 +123,13 @@ impl std::fmt::Display for ClusterJob {
 
 /// The attempts of a run still recorded as running, each with its cluster job and the job's
 /// state: one `squeue` call for all of them, best effort (a reader never fails for Slurm).
-pub fn running_attempts(state: &State, run_id: i64) -> Result<Vec<(String, String, Option<ClusterJob>)>, Error> {
+pub fn running_attempts_with_jobs(
+    state: &State,
+    run_id: i64,
+) -> Result<Vec<(String, String, Option<ClusterJob>)>, Error> {
     let attempts = state.running_attempts(run_id)?;
     let ids: Vec<&str> = attempts.iter().filter_map(|(_, _, id)| id.as_deref()).collect();
-    let states = if ids.is_empty() { Default::default() } else { crate::executor::slurm::queued_states_or_none(&ids) };
+    let states = if ids.is_empty() { Default::default() } else { crate::executor::slurm::current_states_or_none(&ids) };
     Ok(attempts
         .into_iter()
         .map(|(stage, started_at, id)| {
@@ -165,7 +168,7 @@ pub struct Engine {
     /// the state token it was read under: the next build of a long-lived engine (the agent,
     /// the dashboard) starts from it instead of decoding the snapshot, if the token has not
     /// moved since.
-    kept: std::sync::Mutex<Option<(i64, crate::state::PlanState)>>,
+    last_plan_state: std::sync::Mutex<Option<(i64, crate::state::PlanState)>>,
     /// Which stages declare each path, made on first use (`stages_touched_by`).
     declared: std::sync::OnceLock<DeclaredPaths>,
 }
@@ -213,7 +216,7 @@ impl Engine {
             dag,
             registry,
             spec_cache: loaded.cache_entry,
-            kept: Default::default(),
+            last_plan_state: Default::default(),
             declared: Default::default(),
         })
     }
@@ -261,7 +264,8 @@ impl Engine {
         let mut mark = |stages: &[StageIdx]| stages.iter().for_each(|&idx| touched[idx] = true);
         // A path written `root/../x` strips to `../x`: it is outside, and so are paths that are
         // not text (compared whole, with the declared paths outside the directory).
-        let relative: std::collections::HashSet<&str> = changed.iter().filter_map(|p| plain_within(p, root)).collect();
+        let relative: std::collections::HashSet<&str> =
+            changed.iter().filter_map(|p| crate::spec::relative_inside(p, root)).collect();
         for &path in &relative {
             // It is a declared path, or lies under one (a directory input or output).
             let within = std::iter::once(path).chain(path.match_indices('/').map(|(i, _)| &path[..i]));
@@ -292,7 +296,8 @@ impl Engine {
                 touched[*idx] = true;
             }
         }
-        let outside: Vec<&PathBuf> = changed.iter().filter(|p| plain_within(p, root).is_none()).collect();
+        let outside: Vec<&PathBuf> =
+            changed.iter().filter(|p| crate::spec::relative_inside(p, root).is_none()).collect();
         for (idx, path) in &index.outside {
             if outside.iter().any(|c| c.starts_with(path) || path.starts_with(c)) {
                 touched[*idx] = true;
@@ -355,7 +360,7 @@ impl Engine {
             on_event(&Event::SweptInterrupted { stages: &swept });
         }
 
-        let kept = self.kept.lock().expect("kept plan state poisoned").take();
+        let kept = self.last_plan_state.lock().expect("last plan state poisoned").take();
         let (token, (records, entries)) = state.load_plan_state_keeping(kept)?;
         // Only what changed since our own last build is looked at, if nobody wrote since:
         // the records were read under the token that build left.
@@ -424,7 +429,7 @@ impl Engine {
             Refreshed::Reloaded(token, plan_state) => (Some(token), Some((token, plan_state))),
             Refreshed::Unchanged(token) => (token, token.map(|token| (token, (records, cache.into_entries())))),
         };
-        *self.kept.lock().expect("kept plan state poisoned") = kept;
+        *self.last_plan_state.lock().expect("last plan state poisoned") = kept;
         state.trim_wal();
         // A build that stopped starting stages (interrupted, or --fail-fast) may have left a
         // dirty stage unrun with a clean record: no later plan may take its word.
@@ -619,7 +624,7 @@ impl Engine {
         let Some(state) = State::open_reader(&self.spec.state_path)? else { return Ok(Vec::new()) };
         let mut running = Vec::new();
         for build in builds {
-            for (stage, started_at, job) in running_attempts(&state, build.run_id)? {
+            for (stage, started_at, job) in running_attempts_with_jobs(&state, build.run_id)? {
                 running.push(RunningStage { stage, pid: build.pid, run_id: build.run_id, started_at, job });
             }
         }
@@ -805,13 +810,6 @@ impl Engine {
     }
 }
 
-/// `path` relative to `root`, as text, if it lies inside it by name alone (no `..`).
-fn plain_within<'a>(path: &'a Path, root: &Path) -> Option<&'a str> {
-    let rel = path.strip_prefix(root).ok()?;
-    let plain = rel.components().all(|c| matches!(c, std::path::Component::Normal(_)));
-    rel.to_str().filter(|rel| plain && !rel.is_empty())
-}
-
 /// Ends what the stages of a killed build left running, before anything runs: an output
 /// such a process could still write is never trusted, and never raced by a new run.
 /// Call only while holding the build lock.
@@ -839,7 +837,7 @@ fn end_attempts(attempts: Vec<UnfinishedAttempt>, on_event: &mut dyn FnMut(&Even
                 crate::executor::slurm::cancel_orphan_jobs(run, stage, &unfinished.token, unfinished.job_id.as_deref())
                     .map_err(|reason| Error::OrphanJobs {
                         stage: stage.to_string(),
-                        job: format!("dagrun-{run}-{stage}"),
+                        job: crate::executor::slurm::slurm_job_name(run, stage),
                         reason,
                     })?;
             if !cancelled.is_empty() {

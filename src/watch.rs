@@ -1,7 +1,8 @@
-//! Waiting for a pipeline's source inputs (or its file) to change, for `agent --watch`.
+//! Waiting for a pipeline's source inputs (or its file) to change, for `agent --watch`, and
+//! noting every change meanwhile, outputs' included, for the next cycle's plan.
 
 use std::collections::HashMap;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
 use std::time::{Duration, Instant};
 
@@ -41,7 +42,8 @@ impl Interest {
 pub struct Changes {
     /// Absolute paths of watched files that changed.
     pub paths: Vec<PathBuf>,
-    /// Events were lost: anything may have changed.
+    /// Watch afresh and plan everything: events were lost, or a directory was made,
+    /// removed or renamed (a watch may be gone, or missing where a path will appear).
     pub rescan: bool,
 }
 
@@ -93,9 +95,10 @@ impl InputWatcher {
         Ok(watcher)
     }
 
-    /// Watches every source input of `engine` (and its pipeline file). Files are watched
-    /// through their directory, so a save that replaces the file (as most editors do) is
-    /// seen; directories and globs recursively.
+    /// Watches, afresh, every source input and output of `engine`, its pipeline file and
+    /// what its stages were read from, and the directories between the pipeline's and a
+    /// watched one. Files are watched through their directory, so a save that replaces the
+    /// file (as most editors do) is seen; directories and globs recursively.
     pub fn watch(&mut self, engine: &Engine) -> Result<(), Error> {
         let spec = engine.spec();
         let root = &spec.root;
@@ -152,9 +155,7 @@ impl InputWatcher {
         }
         // Every directory between the pipeline's and a watched one, so that renaming or
         // replacing one (`mv data.new data`) is seen.
-        let inside = |dir: &Path| {
-            dir.strip_prefix(root).is_ok_and(|rel| rel.components().all(|c| matches!(c, Component::Normal(_))))
-        };
+        let inside = |dir: &Path| crate::spec::relative_inside(dir, root).is_some();
         let between: std::collections::HashSet<PathBuf> = self
             .watched
             .keys()
@@ -209,8 +210,8 @@ impl InputWatcher {
 
     /// Blocks until a watched path changes, then until changes have been quiet for `settle`
     /// (an editor's save is several events within a millisecond or two), at most `MAX_SETTLE`
-    /// in all; returns what changed. Returns early, with nothing, when the agent is asked to
-    /// stop.
+    /// in all; returns what changed. Returns early, with what it has, when the agent is asked
+    /// to stop.
     pub fn wait_for_change(&mut self, settle: Duration, cancel: &CancelToken) -> Changes {
         let mut changes = Changes::default();
         let mut first: Option<Instant> = None;

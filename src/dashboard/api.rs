@@ -73,7 +73,7 @@ pub(crate) fn state_view(app: &App) -> Result<StateView, ApiError> {
         Some(run_id) => crate::state::State::open_reader(&engine.spec().state_path)
             .ok()
             .flatten()
-            .and_then(|state| crate::engine::running_attempts(&state, run_id).ok())
+            .and_then(|state| crate::engine::running_attempts_with_jobs(&state, run_id).ok())
             .unwrap_or_default()
             .into_iter()
             .map(|(stage, _, job)| (stage, job))

@@ -154,14 +154,14 @@ struct Shared<'a> {
     run: RunId,
     run_cache: Option<&'a dyn crate::runcache::Store>,
     /// The build's choice of executor, for stages that do not name theirs.
-    executor: Option<ExecutorKind>,
+    build_executor: Option<ExecutorKind>,
     slurm: Option<&'a slurm::Slurm>,
 }
 
 impl Shared<'_> {
     /// Where stage `idx` runs: its own choice, else the build's, else the pipeline's.
     fn executor_kind(&self, idx: StageIdx) -> ExecutorKind {
-        self.eval.spec.executor_of(idx, self.executor)
+        self.eval.spec.executor_of(idx, self.build_executor)
     }
 
     fn executor(&self, idx: StageIdx) -> Result<&dyn Executor, AttemptFailure> {
@@ -233,7 +233,7 @@ pub fn execute(
         stop: AtomicBool::new(false),
         run,
         run_cache: opts.run_cache.as_deref(),
-        executor: opts.executor,
+        build_executor: opts.executor,
         slurm: opts.slurm.as_deref(),
     };
     let workers = opts.jobs.clamp(1, candidates);

@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 pub use command::{CommandRef, Placeholder, Quoting, command_references, float_text, param, scan_command, shell_quote};
 pub use diagnostic::{Diagnostic, SpecError, suggest};
 pub use glob::{GlobPattern, InvalidGlob};
-pub use path::{RelPath, is_glob, normalize, normalize_with};
+pub use path::{RelPath, is_glob, normalize, normalize_with, relative_inside};
 pub(crate) use resolve::deletes_outside;
 pub(crate) use validate::output_holding;
 
@@ -252,7 +252,7 @@ pub const MAX_PIPELINE_BYTES: u64 = 16 * 1024 * 1024;
 /// Whether a loaded spec's declared paths still pass the checks made at load with their
 /// symbolic links resolved (a link along one may have changed since). Where a problem is,
 /// only a full load says.
-pub fn paths_still_resolve(spec: &Spec) -> bool {
+fn paths_still_resolve(spec: &Spec) -> bool {
     let spans: Vec<validate::Spans> = spec
         .stages
         .iter()

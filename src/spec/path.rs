@@ -154,6 +154,14 @@ fn normalize_inside(root: &Path, raw: &str) -> Result<RelPath, PathProblem> {
     Ok(RelPath(parts.join("/")))
 }
 
+/// `path` relative to `root`, as text, when it lies inside it by name alone (no `..`, not
+/// `root` itself): what a watcher's absolute path is to the stages' declared paths.
+pub fn relative_inside<'a>(path: &'a Path, root: &Path) -> Option<&'a str> {
+    let rel = path.strip_prefix(root).ok()?;
+    let plain = rel.components().all(|c| matches!(c, std::path::Component::Normal(_)));
+    rel.to_str().filter(|rel| plain && !rel.is_empty())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

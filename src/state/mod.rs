@@ -495,9 +495,10 @@ impl State {
         self.load_plan_state_from_tables()
     }
 
-    /// After a build: rewrites the snapshot if the state changed since it was made, and
-    /// returns what it wrote, with its token. A snapshot that cannot be written is only a
-    /// slower next load.
+    /// After a build: rewrites the snapshot if the state changed since the plan state was
+    /// read, and returns the plan state it read for it (written or not: a snapshot that
+    /// cannot be written is only a slower next load) with its token; or, when nothing
+    /// changed, the token the plan state was read under.
     pub fn refresh_snapshot(&self) -> Result<Refreshed, StateError> {
         let token = self.token()?;
         if self.snapshot_token.get() == token {
@@ -534,7 +535,7 @@ impl State {
 
     /// The state token (see migration 0005): it changes whenever anyone changes what a plan
     /// reads. `None` if someone deleted its row: then no snapshot is ever used.
-    pub fn token(&self) -> Result<Option<i64>, StateError> {
+    fn token(&self) -> Result<Option<i64>, StateError> {
         Ok(self.conn.query_row("SELECT token FROM state_token WHERE id = 1", [], |r| r.get(0)).optional()?)
     }
 

@@ -137,7 +137,8 @@ pub struct StageAttempt<'a> {
     pub log_path: &'a str,
     /// The stage's `resources` as JSON, `None` when it declares none.
     pub resources: Option<&'a str>,
-    /// The token in the environment of every process of a shell attempt.
+    /// The token in the environment of every process of a shell attempt, and the comment of
+    /// a Slurm attempt's job (built-ins' included).
     pub token: Option<&'a str>,
     /// `Some("slurm")` for an attempt run as a cluster job; `None`: a local one.
     pub executor: Option<&'a str>,

@@ -392,9 +392,9 @@ fn without_slurm_installed_a_slurm_build_fails_at_once_naming_what_is_missing() 
     assert_eq!(sb.column("SELECT count(*) FROM stage_runs"), ["0"]);
 }
 
-/// `sbatch --parsable ARGS`: the job id.
+/// `sbatch --parsable ARGS`, its log discarded: the job id.
 fn sbatch(args: &[&str]) -> String {
-    let out = Command::new("sbatch").arg("--parsable").args(args).output().unwrap();
+    let out = Command::new("sbatch").args(["--parsable", "--output=/dev/null"]).args(args).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }

@@ -97,7 +97,7 @@ pub fn job_states(ids: &[&str]) -> Result<HashMap<String, JobState>, String> {
 
 /// What `squeue` says of jobs `ids` now, asked once with a short limit: for readers
 /// (`status`, the dashboard), which must not wait on an unreachable controller.
-pub fn queued_states(ids: &[&str]) -> Result<HashMap<String, JobState>, String> {
+pub fn current_states(ids: &[&str]) -> Result<HashMap<String, JobState>, String> {
     let mut command = Command::new("squeue");
     command.args(["-h", "--states=all", "-j", &ids.join(","), "-O", SQUEUE_FORMAT]);
     call_within(command, Duration::from_secs(5)).map(|text| parse_squeue(&text))

@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-pub use orphans::cancel_orphan_jobs;
+pub use orphans::{cancel_orphan_jobs, job_name as slurm_job_name};
 pub use queue::JobState;
 
 use super::attempt::{Attempt, Control, Executor, Work};
@@ -36,7 +36,7 @@ use crate::state::StageStatus;
 const FIRST_POLL: Duration = Duration::from_millis(200);
 const MAX_POLL: Duration = Duration::from_secs(5);
 /// How often a waiting worker looks at the build's stop flags between polls.
-const CHECK: Duration = Duration::from_millis(50);
+const STOP_CHECK_EVERY: Duration = Duration::from_millis(50);
 /// Polls in a row that find a job in neither `squeue` nor `sacct` before it is given up.
 const LOST_AFTER: u32 = 5;
 /// How often scancel is sent again while a cancelled job has not ended, and for how long.
@@ -76,8 +76,8 @@ enum Cancelled {
 /// What `squeue` says of jobs `ids` now, for a reader: nothing for a job it does not list,
 /// and nothing at all when it cannot be asked within a few seconds (a reader never fails
 /// for Slurm, nor waits long on it).
-pub fn queued_states_or_none(ids: &[&str]) -> HashMap<String, JobState> {
-    client::queued_states(ids).unwrap_or_default()
+pub fn current_states_or_none(ids: &[&str]) -> HashMap<String, JobState> {
+    client::current_states(ids).unwrap_or_default()
 }
 
 impl Slurm {
@@ -176,11 +176,11 @@ impl Slurm {
             // While another waiter polls, its `notify_all` wakes this one.
             let next = match board.last_poll {
                 Some(at) if !board.polling => (at + board.interval).saturating_duration_since(now),
-                _ => CHECK,
+                _ => STOP_CHECK_EVERY,
             };
             board = self
                 .changed
-                .wait_timeout(board, next.clamp(Duration::from_millis(1), CHECK))
+                .wait_timeout(board, next.clamp(Duration::from_millis(1), STOP_CHECK_EVERY))
                 .expect("slurm board poisoned")
                 .0;
         }
@@ -358,7 +358,7 @@ fn submit_held(attempt: &Attempt<'_>, script: &Path, env: &[(&str, &str)]) -> Re
 }
 
 fn job_name(attempt: &Attempt<'_>) -> String {
-    format!("dagrun-{}-{}", attempt.run, attempt.stage.name)
+    orphans::job_name(attempt.run, attempt.stage.name.as_str())
 }
 
 /// sbatch's options for an attempt. The stage's `resources` map onto sbatch's own flags, and
@@ -445,12 +445,6 @@ fn metrics_file(log: &Path) -> PathBuf {
 }
 
 fn read_metrics(path: &Path) -> Result<BTreeMap<String, f64>, AttemptFailure> {
-    let text = std::fs::read(path).map_err(|e| {
-        AttemptFailure::failed(format!(
-            "the job ended well but its metrics file {} cannot be read: {e}",
-            path.display()
-        ))
-    })?;
-    serde_json::from_slice(&text)
-        .map_err(|e| AttemptFailure::failed(format!("the job's metrics file {} is damaged: {e}", path.display())))
+    crate::metrics::read_metrics_file(path)
+        .map_err(|e| AttemptFailure::failed(format!("the job ended well but its metrics file {}: {e}", path.display())))
 }

@@ -1,7 +1,8 @@
-//! The jobs of a killed build. The attempt's row, its token and the job's name are recorded
-//! before `sbatch` runs, and its job id once sbatch answers; the next build finds the job by
-//! either, cancels it and waits until Slurm says it ended, before anything runs: a stage never
-//! runs twice at once, and a job that can still write never has its outputs trusted.
+//! The jobs of a killed build. The attempt's row and its token (the job's comment) are
+//! recorded before `sbatch` runs, and its job id before the held job is released; the next
+//! build finds the job by its id, or by its name (made from the run and the stage) and
+//! comment, cancels it and waits until Slurm says it ended, before anything runs: a stage
+//! never runs twice at once, and a job that can still write never has its outputs trusted.
 
 use std::time::{Duration, Instant};
 
@@ -9,6 +10,11 @@ use super::client;
 
 /// How long a cancelled job may take to end before the build gives up with an error.
 const END_WITHIN: Duration = Duration::from_secs(120);
+
+/// The name of an attempt's job: `dagrun-<run id>-<stage>`.
+pub fn job_name(run: i64, stage: &str) -> String {
+    format!("dagrun-{run}-{stage}")
+}
 
 /// The comment a job carries: its attempt's token, which no other job shares.
 pub(super) fn job_comment(token: &str) -> String {
@@ -18,7 +24,7 @@ pub(super) fn job_comment(token: &str) -> String {
 /// Cancels what is left of a dead build's attempt of `stage` (in run `run`), and waits until
 /// it has ended. Returns the ids of the jobs that were still queued or running.
 pub fn cancel_orphan_jobs(run: i64, stage: &str, token: &str, job_id: Option<&str>) -> Result<Vec<String>, String> {
-    let name = format!("dagrun-{run}-{stage}");
+    let name = job_name(run, stage);
     let mut ids = client::jobs_named(&name, &job_comment(token))?;
     if let Some(id) = job_id
         && !ids.iter().any(|i| i == id)
