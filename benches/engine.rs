@@ -58,7 +58,7 @@ fn planning(c: &mut Criterion) {
                 registry: &Registry::new(),
                 force: false,
             };
-            black_box(plan_build(&ctx, &vec![true; 500]))
+            black_box(plan_build(&ctx, &vec![true; 500], None))
         })
     });
     c.bench_function("load spec and DAG of 500 stages", |b| {

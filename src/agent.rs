@@ -109,7 +109,7 @@ pub fn run_agent(
         // 100,000 of them would be most of the cycle.
         let keep = match (&watcher, &changes, &engine) {
             (Some(watcher), Some(changes), Some(_)) => {
-                watched_all && !changes.rescan && !watcher.touches_pipeline(changes) && !changes.made_a_link()
+                watched_all && !watcher.touches_pipeline(changes) && !changes.made_a_link()
             }
             _ => false,
         };

@@ -10,7 +10,7 @@ use crate::event::{BuildSummary, Event};
 use crate::executor::{ExecOptions, end_attempt, execute};
 use crate::fingerprint::{CacheClock, HashCache};
 use crate::graph::Dag;
-use crate::planner::{DirtyReason, EvalContext, Verdict, evaluate_all, explain_reason, plan_build, plan_build_touched};
+use crate::planner::{DirtyReason, EvalContext, Verdict, evaluate_all, explain_reason, plan_build};
 use crate::spec::{Spec, SpecCacheEntry, StageIdx, load_spec_cached, suggest};
 use crate::state::{Refreshed, RunOutcome, StageRecord, StageStatus, State, UnfinishedAttempt, acquire_lock};
 
@@ -257,7 +257,7 @@ impl Engine {
     /// By stage index: whether one of `changed` (absolute paths) is, holds or lies under a
     /// source input or an output of the stage, or matches a glob input. Costs a few lookups
     /// per change, not a pass over the stages (a cycle sees every file the last one wrote).
-    pub fn stages_touched_by(&self, changed: &[PathBuf]) -> Vec<bool> {
+    pub fn stages_touched_by(&self, changed: &std::collections::HashSet<PathBuf>) -> Vec<bool> {
         let index = self.declared.get_or_init(|| DeclaredPaths::of(&self.spec));
         let root = &self.spec.root;
         let mut touched = vec![false; self.spec.stages.len()];
@@ -370,10 +370,8 @@ impl Engine {
         };
         let cache = HashCache::new(&self.spec.root, entries, &self.writer_clock());
         let ctx = self.eval_context(&records, &cache, opts.force);
-        let plan = match touched {
-            Some(touched) if touched.len() == self.spec.stages.len() => plan_build_touched(&ctx, &selected, touched),
-            _ => plan_build(&ctx, &selected),
-        };
+        let touched = touched.filter(|t| t.len() == self.spec.stages.len()).map(Vec::as_slice);
+        let plan = plan_build(&ctx, &selected, touched);
 
         let jobs =
             opts.jobs.or(self.spec.jobs).unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));

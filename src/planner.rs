@@ -236,6 +236,22 @@ fn own_reason(
     fingerprint: Fingerprint,
     always_run: bool,
 ) -> Option<DirtyReason> {
+    if let Some(reason) = record_reason(ctx, record, always_run) {
+        return Some(reason);
+    }
+    let record = record.expect("record_reason is NeverSucceeded without a record");
+    if record.fingerprint != Some(fingerprint) {
+        return Some(DirtyReason::Changed { changes: Vec::new() });
+    }
+    if record.is_dirty {
+        return Some(DirtyReason::Invalidated);
+    }
+    None
+}
+
+/// The reasons a stage is dirty that its record alone gives (no fingerprint needed), except
+/// an invalidation, which `own_reason` names after a changed fingerprint.
+fn record_reason(ctx: &EvalContext<'_>, record: Option<&StageRecord>, always_run: bool) -> Option<DirtyReason> {
     if ctx.force {
         return Some(DirtyReason::Forced);
     }
@@ -248,14 +264,8 @@ fn own_reason(
     {
         return Some(DirtyReason::LastRunFailed { status });
     }
-    let Some(record) = record.filter(|r| r.fingerprint.is_some()) else {
+    if record.is_none_or(|r| r.fingerprint.is_none()) {
         return Some(DirtyReason::NeverSucceeded);
-    };
-    if record.fingerprint != Some(fingerprint) {
-        return Some(DirtyReason::Changed { changes: Vec::new() });
-    }
-    if record.is_dirty {
-        return Some(DirtyReason::Invalidated);
     }
     None
 }
@@ -410,34 +420,22 @@ impl Plan {
 /// The verdict of every selected stage, for a build: each evaluation is dropped as soon as
 /// its verdict is known (a build evaluates a dirty stage again when it is about to run), so
 /// that a large pipeline's plan holds one verdict a stage, not everything it was hashed from.
-pub fn plan_build(ctx: &EvalContext<'_>, selected: &[bool]) -> Plan {
-    let recorded_hash = |up: StageIdx| ctx.records.get(ctx.spec.stages[up].name.as_str()).and_then(|r| r.output_hash);
-    let mut verdicts: Vec<Option<Verdict>> = (0..ctx.spec.stages.len())
-        .into_par_iter()
-        .map(|idx| selected[idx].then(|| evaluate_stage(ctx, idx, &recorded_hash).verdict))
-        .collect();
-    mark_upstream_dirty(ctx, &mut verdicts, |v| v.as_mut());
-    Plan { verdicts }
-}
-
-/// [`plan_build`] when the caller knows what can have changed since the state was last
-/// written, and by whom (the agent under `--watch`: its own build wrote the state, nobody
-/// has since, and its watcher names every file that changed): only stages `touched`
-/// (a source input or an output changed) or not clean by their record are evaluated; the
-/// others are up to date as recorded, since nothing they are fingerprinted on can have moved.
-/// Downstream of a dirty stage is marked as in a full plan, and evaluated again by the
-/// executor once its upstream is done.
-pub fn plan_build_touched(ctx: &EvalContext<'_>, selected: &[bool], touched: &[bool]) -> Plan {
+///
+/// `touched`, when the caller knows what can have changed since the state was last written
+/// and by whom (the agent under `--watch`: its own build wrote the state, nobody has since,
+/// and its watcher names every file that changed): only stages touched (a source input or an
+/// output changed) or not clean by their record are evaluated; the others are up to date as
+/// recorded, since nothing they are fingerprinted on can have moved. Downstream of a dirty
+/// stage is marked as in a full plan, and evaluated again by the executor once its upstream
+/// is done.
+pub fn plan_build(ctx: &EvalContext<'_>, selected: &[bool], touched: Option<&[bool]>) -> Plan {
     let recorded_hash = |up: StageIdx| ctx.records.get(ctx.spec.stages[up].name.as_str()).and_then(|r| r.output_hash);
     let mut verdicts: Vec<Option<Verdict>> = (0..ctx.spec.stages.len())
         .into_par_iter()
         .map(|idx| {
-            selected[idx].then(|| {
-                if touched[idx] || !recorded_clean(ctx, idx) {
-                    evaluate_stage(ctx, idx, &recorded_hash).verdict
-                } else {
-                    Verdict::UpToDate
-                }
+            selected[idx].then(|| match touched {
+                Some(touched) if !touched[idx] && recorded_clean(ctx, idx) => Verdict::UpToDate,
+                _ => evaluate_stage(ctx, idx, &recorded_hash).verdict,
             })
         })
         .collect();
@@ -445,17 +443,11 @@ pub fn plan_build_touched(ctx: &EvalContext<'_>, selected: &[bool], touched: &[b
     Plan { verdicts }
 }
 
-/// Whether a stage's record alone says it is up to date, given unchanged files: it succeeded
-/// last, was not invalidated since, and does not run at every build. (`own_reason`'s
-/// checks that need no fingerprint.)
+/// Whether a stage's record alone says it is up to date, given unchanged files.
 fn recorded_clean(ctx: &EvalContext<'_>, idx: StageIdx) -> bool {
     let stage = &ctx.spec.stages[idx];
-    let Some(record) = ctx.records.get(stage.name.as_str()) else { return false };
-    !ctx.force
-        && !stage.always_run
-        && record.fingerprint.is_some()
-        && !record.is_dirty
-        && record.last_status.is_none_or(|s| matches!(s, StageStatus::Success | StageStatus::Restored))
+    let record = ctx.records.get(stage.name.as_str());
+    record_reason(ctx, record, stage.always_run).is_none() && record.is_some_and(|r| !r.is_dirty)
 }
 
 /// Every selected stage's evaluation, verdicts as [`plan_build`] gives them: for `status`,

@@ -41,7 +41,7 @@ impl Interest {
 #[derive(Debug, Default)]
 pub struct Changes {
     /// Absolute paths of watched files that changed.
-    pub paths: Vec<PathBuf>,
+    pub paths: std::collections::HashSet<PathBuf>,
     /// Watch afresh and plan everything: events were lost, or a directory was made,
     /// removed or renamed (a watch may be gone, or missing where a path will appear).
     pub rescan: bool,
@@ -51,8 +51,7 @@ impl Changes {
     /// Whether one of the changed paths is a symbolic link now: a link made or re-pointed,
     /// which can change where a declared path resolves. (A file edited cannot.)
     pub fn made_a_link(&self) -> bool {
-        let unique: std::collections::HashSet<&PathBuf> = self.paths.iter().collect();
-        unique.into_iter().any(|p| std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_symlink()))
+        self.paths.iter().any(|p| std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_symlink()))
     }
 }
 

@@ -2,11 +2,10 @@
 //! own, a built-in in dagrun's own process.
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::path::PathBuf;
 
 use super::attempt::{Attempt, Control, Executor, Work};
-use super::runner::{self, AttemptFailure, ShellJob};
+use super::runner::{self, AttemptFailure, ShellJob, open_log};
 use crate::builtin::BuiltinContext;
 
 /// Runs attempts on this machine.
@@ -52,13 +51,4 @@ impl Executor for Local {
             }
         }
     }
-}
-
-/// Opens an attempt's log. Appends: each attempt has a log of its own, which may already
-/// hold dagrun's note that a run-cache entry could not be restored.
-pub(super) fn open_log(path: &std::path::Path) -> std::io::Result<File> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    File::options().create(true).append(true).open(path)
 }

@@ -235,6 +235,15 @@ pub fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_default()
 }
 
+/// Opens an attempt's log. Appends: each attempt has a log of its own, which may already
+/// hold dagrun's note that a run-cache entry could not be restored.
+pub(super) fn open_log(path: &Path) -> std::io::Result<File> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    File::options().create(true).append(true).open(path)
+}
+
 /// The last `lines` lines of a log file (at most 8 KiB of it).
 pub fn log_tail(path: &Path, lines: usize) -> String {
     let Ok(mut file) = File::open(path) else { return String::new() };

@@ -57,12 +57,19 @@ pub struct Slurm {
 /// The jobs in flight and what the last poll said of them.
 #[derive(Debug)]
 struct Board {
-    jobs: HashMap<String, Option<JobState>>,
-    /// Polls in a row that did not find the job.
-    misses: HashMap<String, u32>,
+    jobs: HashMap<String, Seen>,
     polling: bool,
     last_poll: Option<Instant>,
     interval: Duration,
+}
+
+/// What the polls said of a job in flight.
+#[derive(Debug, Default)]
+struct Seen {
+    /// The latest state found; `None` until a poll finds the job.
+    state: Option<JobState>,
+    /// Polls in a row that did not find it.
+    misses: u32,
 }
 
 /// Why dagrun cancelled a job.
@@ -88,13 +95,7 @@ impl Slurm {
         version.arg("--version");
         client::call(version)?;
         let exe = std::env::current_exe().map_err(|e| format!("cannot find dagrun's own executable: {e}"))?;
-        let board = Board {
-            jobs: HashMap::new(),
-            misses: HashMap::new(),
-            polling: false,
-            last_poll: None,
-            interval: FIRST_POLL,
-        };
+        let board = Board { jobs: HashMap::new(), polling: false, last_poll: None, interval: FIRST_POLL };
         Ok(Slurm { board: Mutex::new(board), changed: Condvar::new(), latency_wait, exe })
     }
 
@@ -110,26 +111,24 @@ impl Slurm {
         control: &Control<'_>,
     ) -> Result<(JobState, Option<Cancelled>), AttemptFailure> {
         let mut board = self.board();
-        board.jobs.insert(id.to_string(), None);
+        board.jobs.insert(id.to_string(), Seen::default());
         board.interval = FIRST_POLL;
         // Why it was cancelled, when scancel was first and last sent.
         let mut cancelled: Option<(Cancelled, Instant, Instant)> = None;
         let mut running_since = None;
         loop {
-            let known = board.jobs.get(id).cloned().flatten();
+            let known = board.jobs.get(id).and_then(|seen| seen.state.clone());
             if let Some(job) = &known {
                 if job.is_final() {
                     board.jobs.remove(id);
-                    board.misses.remove(id);
                     return Ok((job.clone(), cancelled.map(|(why, ..)| why)));
                 }
                 if job.is_running() && running_since.is_none() {
                     running_since = Some(Instant::now());
                 }
             }
-            if board.misses.get(id).copied().unwrap_or(0) >= LOST_AFTER {
+            if board.jobs.get(id).is_some_and(|seen| seen.misses >= LOST_AFTER) {
                 board.jobs.remove(id);
-                board.misses.remove(id);
                 drop(board);
                 // Should it still exist somewhere, it must not run beside a retry.
                 let _ = client::scancel(&[id]);
@@ -144,7 +143,6 @@ impl Slurm {
                 Some((why, first, last)) if now.duration_since(last) >= RESEND_CANCEL => {
                     if now.duration_since(first) >= CANCEL_LIMIT {
                         board.jobs.remove(id);
-                        board.misses.remove(id);
                         return Err(AttemptFailure {
                             status: StageStatus::Interrupted,
                             message: format!(
@@ -204,8 +202,7 @@ impl Slurm {
             Some(Cancelled::Killed(KillCause::Interrupted))
         } else if timed_out {
             Some(Cancelled::Killed(KillCause::TimedOut))
-        } else if job.is_some_and(JobState::is_pending) && (control.watchdog.is_stopping() || (control.stop_starting)())
-        {
+        } else if job.is_some_and(JobState::is_pending) && starts_nothing(control) {
             Some(Cancelled::Withdrawn)
         } else {
             None
@@ -225,17 +222,15 @@ impl Slurm {
         // On an error (the controller busy or away) nothing changes: ask again later, less often.
         if let Ok(mut states) = answer {
             for id in &ids {
-                let found = states.remove(id);
-                let board = &mut *board;
                 // A job whose waiter has returned meanwhile is not brought back.
-                let Some(slot) = board.jobs.get_mut(id) else { continue };
-                match found {
+                let Some(seen) = board.jobs.get_mut(id) else { continue };
+                match states.remove(id) {
                     Some(state) => {
-                        board.misses.remove(id);
-                        changed |= slot.as_ref() != Some(&state);
-                        *slot = Some(state);
+                        seen.misses = 0;
+                        changed |= seen.state.as_ref() != Some(&state);
+                        seen.state = Some(state);
                     }
-                    None => *board.misses.entry(id.clone()).or_default() += 1,
+                    None => seen.misses += 1,
                 }
             }
         }
@@ -310,7 +305,7 @@ impl Executor for Slurm {
         let script_file = dir.join(format!("{}.sbatch", file_stem(log)));
         std::fs::write(&script_file, script)
             .map_err(|e| AttemptFailure::failed(format!("cannot write {}: {e}", script_file.display())))?;
-        if control.watchdog.is_stopping() || (control.stop_starting)() {
+        if starts_nothing(control) {
             return Err(AttemptFailure {
                 status: StageStatus::Interrupted,
                 message: "the build stopped first; its job was not submitted".into(),
@@ -359,6 +354,12 @@ fn submit_held(attempt: &Attempt<'_>, script: &Path, env: &[(&str, &str)]) -> Re
 
 fn job_name(attempt: &Attempt<'_>) -> String {
     orphans::job_name(attempt.run, attempt.stage.name.as_str())
+}
+
+/// Whether the build starts nothing new: it drains, is interrupted, or stopped starting
+/// stages (`--fail-fast`).
+fn starts_nothing(control: &Control<'_>) -> bool {
+    control.watchdog.is_stopping() || (control.stop_starting)()
 }
 
 /// sbatch's options for an attempt. The stage's `resources` map onto sbatch's own flags, and
