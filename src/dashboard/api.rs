@@ -157,9 +157,13 @@ pub(crate) async fn log(
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())
 }
 
+/// A recorded log that is not there is a stage that printed nothing (see `executor/log.rs`).
 fn read_tail(path: &std::path::Path) -> std::io::Result<String> {
     use std::io::{Read, Seek, SeekFrom};
-    let mut file = std::fs::File::open(path)?;
+    let mut file = match std::fs::File::open(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(String::new()),
+        opened => opened?,
+    };
     let len = file.metadata()?.len();
     file.seek(SeekFrom::Start(len.saturating_sub(LOG_LIMIT)))?;
     let mut bytes = Vec::new();

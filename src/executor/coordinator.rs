@@ -5,7 +5,8 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
-use super::runner::{AttemptFailure, log_tail};
+use super::log::log_tail;
+use super::runner::AttemptFailure;
 use super::schedule::Schedule;
 use super::{AttemptStart, ExecOutcome, Message, Success, TaskResult};
 use crate::event::{Event, FailedStage};
@@ -215,6 +216,8 @@ impl Coordinator<'_, '_> {
         stop: &AtomicBool,
     ) -> Result<(), StateError> {
         let name = self.eval.spec.stages[idx].name.as_str();
+        // A stage that printed nothing has no log to point to (`log.rs`).
+        let log_path = log_path.filter(|p| self.eval.spec.root.join(p).exists());
         let tail = log_path.as_deref().map(|p| log_tail(&self.eval.spec.root.join(p), 20)).unwrap_or_default();
         let error = if tail.is_empty() { failure.message.clone() } else { format!("{}\n{tail}", failure.message) };
         let row = self.take_row(idx)?;

@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use super::attempt::{Attempt, Control, Executor, Work};
-use super::runner::{self, AttemptFailure, ShellJob, open_log};
+use super::log::AttemptLog;
+use super::runner::{self, AttemptFailure, ShellJob};
 use crate::builtin::BuiltinContext;
 
 /// Runs attempts on this machine.
@@ -13,8 +14,7 @@ pub struct Local;
 
 impl Executor for Local {
     fn run(&self, attempt: &Attempt<'_>, control: &Control<'_>) -> Result<BTreeMap<String, f64>, AttemptFailure> {
-        let log = open_log(attempt.log)
-            .map_err(|e| AttemptFailure::failed(format!("cannot create log {}: {e}", attempt.log.display())))?;
+        let mut log = AttemptLog::new(attempt.log);
         let stage = attempt.stage;
         match &attempt.work {
             Work::Shell(command) => {
@@ -23,14 +23,13 @@ impl Executor for Local {
                     command: &command.script,
                     env: &command.env,
                     root: attempt.root,
-                    log,
+                    log: &mut log,
                     timeout: stage.timeout,
                     token: attempt.token,
                 };
                 runner::run_shell(job, control.watchdog).map(|()| BTreeMap::new())
             }
             Work::Builtin { builtin, inputs, outputs, .. } => {
-                let mut log = log;
                 let mut metrics = BTreeMap::new();
                 let watch = control.watchdog.watch_builtin(stage.timeout);
                 let ctx = BuiltinContext {

@@ -15,6 +15,7 @@ mod cached;
 mod coordinator;
 mod group;
 mod local;
+mod log;
 mod outputs;
 mod runner;
 mod schedule;
@@ -31,7 +32,8 @@ use std::time::{Duration, SystemTime};
 pub use attempt::{Attempt, Control, Executor, Work};
 pub use group::{ProcessesSurvive, end_attempt, end_submitter};
 pub use local::Local;
-pub use runner::{AttemptFailure, ShellCommand, expand_command, log_tail, run_builtin};
+pub use log::log_tail;
+pub use runner::{AttemptFailure, ShellCommand, expand_command, run_builtin};
 pub use watchdog::KILL_GRACE;
 
 use crate::cancel::CancelToken;

@@ -1,14 +1,17 @@
 //! Runs one attempt of one stage: a shell command or a built-in, with its log.
 
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
+use std::io::{Read, Write};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use rustix::process::PidfdFlags;
+
 use super::group;
+use super::log::AttemptLog;
 use super::watchdog::{KillCause, Watchdog};
 use crate::builtin::{Builtin, BuiltinContext};
 use crate::spec::{CommandRef, Quoting, scan_command};
@@ -133,7 +136,7 @@ pub struct ShellJob<'a> {
     /// Variables the command refers to (the substituted values).
     pub env: &'a [(String, String)],
     pub root: &'a Path,
-    pub log: File,
+    pub log: &'a mut AttemptLog,
     pub timeout: Option<Duration>,
     /// The attempt's token, recorded before it starts; in its environment (see
     /// `group::TOKEN_VAR`).
@@ -142,9 +145,13 @@ pub struct ShellJob<'a> {
 
 /// Runs `sh -c COMMAND` in the pipeline directory in a process group of its own, output to
 /// the log. Whatever the outcome, every process of the attempt is dead when this returns.
+///
+/// The output comes through a pipe that dagrun copies to the log as it arrives, so that a
+/// stage that prints nothing makes no log file. Where the kernel has no pidfd (before Linux
+/// 5.3) to wait on the stage's exit and its output at once, the log is made first and the
+/// stage writes to it itself.
 pub fn run_shell(job: ShellJob<'_>, watchdog: &Watchdog) -> Result<(), AttemptFailure> {
-    let stderr = job.log.try_clone().map_err(|e| AttemptFailure::failed(format!("cannot open log: {e}")))?;
-    let mut command = Command::new("sh");
+    let mut command = Command::new(shell());
     command
         .arg("-c")
         .arg(job.command)
@@ -153,38 +160,162 @@ pub fn run_shell(job: ShellJob<'_>, watchdog: &Watchdog) -> Result<(), AttemptFa
         .env(group::TOKEN_VAR, job.token)
         .envs(job.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
-        .stdout(job.log)
-        .stderr(stderr)
         .process_group(0);
-    let mut child = command.spawn().map_err(|e| {
+    let output = if pidfd_works() { Output::pipe(&mut command) } else { Output::file(&mut command, job.log) };
+    let output = output.map_err(|e| AttemptFailure::failed(format!("cannot open log: {e}")))?;
+    let spawned = command.spawn();
+    // Our copies of the pipe's write end go with `command`: the pipe then ends when the
+    // stage's own processes have closed theirs.
+    drop(command);
+    let mut child = spawned.map_err(|e| {
         let hint = if e.raw_os_error() == Some(24) { crate::state::open_file_limit_hint() } else { String::new() };
         AttemptFailure::failed(format!("cannot start `sh`: {e}{hint}"))
     })?;
     let pid = child.id();
     watchdog.watch(pid, job.timeout);
-    let exited = wait_for_exit(pid);
+    let mut copy = LogCopy { log: job.log, error: None };
+    let exited = match &output {
+        Output::Pipe(reader) => copy.until_exit(reader, pid),
+        Output::File => wait_for_exit(pid),
+    };
     let killed = watchdog.unwatch(pid);
     let status = end_group(&mut child, pid, job.token)?;
+    if let Output::Pipe(reader) = &output {
+        copy.rest(reader);
+    }
     exited.map_err(|e| AttemptFailure::failed(format!("lost track of the stage's process: {e}")))?;
     if let Some(cause) = killed {
         return Err(AttemptFailure::stopped(cause, job.timeout, "its process group was killed"));
     }
-    if status.success() {
-        return Ok(());
+    if !status.success() {
+        let message = match (status.code(), status.signal()) {
+            (Some(code), _) => format!("exit status {code}"),
+            (None, Some(signal)) => format!("killed by signal {signal}"),
+            _ => "failed".to_string(),
+        };
+        return Err(AttemptFailure::failed(message));
     }
-    let message = match (status.code(), status.signal()) {
-        (Some(code), _) => format!("exit status {code}"),
-        (None, Some(signal)) => format!("killed by signal {signal}"),
-        _ => "failed".to_string(),
-    };
-    Err(AttemptFailure::failed(message))
+    match copy.error {
+        // The stage's output is lost: do not record it as a success nobody can check.
+        Some(e) => Err(AttemptFailure::failed(format!("cannot write its log {}: {e}", copy.log.path().display()))),
+        None => Ok(()),
+    }
+}
+
+/// `sh`, found on `PATH` once rather than at every stage (as `Command` would, trying each
+/// directory of `PATH` in turn); `/bin/sh` where `PATH` has none.
+fn shell() -> &'static Path {
+    static SHELL: OnceLock<PathBuf> = OnceLock::new();
+    SHELL.get_or_init(|| {
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        std::env::split_paths(&path)
+            .map(|dir| dir.join("sh"))
+            .find(|candidate| {
+                use std::os::unix::fs::PermissionsExt;
+                candidate.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            })
+            .unwrap_or_else(|| PathBuf::from("/bin/sh"))
+    })
+}
+
+/// Whether this kernel gives a process's pidfd (Linux 5.3 and later).
+fn pidfd_works() -> bool {
+    static WORKS: OnceLock<bool> = OnceLock::new();
+    *WORKS.get_or_init(|| rustix::process::pidfd_open(rustix::process::getpid(), PidfdFlags::empty()).is_ok())
+}
+
+/// Where a shell attempt's stdout and stderr go, both to the same place so that their lines
+/// keep their order.
+enum Output {
+    /// A pipe's read end; the write end is the child's.
+    Pipe(File),
+    /// The log file itself.
+    File,
+}
+
+impl Output {
+    fn pipe(command: &mut Command) -> std::io::Result<Output> {
+        let (reader, writer) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+        command.stdout(Stdio::from(writer.try_clone()?)).stderr(Stdio::from(writer));
+        Ok(Output::Pipe(File::from(reader)))
+    }
+
+    fn file(command: &mut Command, log: &mut AttemptLog) -> std::io::Result<Output> {
+        let file = log.file()?;
+        command.stdout(file.try_clone()?).stderr(file.try_clone()?);
+        Ok(Output::File)
+    }
+}
+
+/// Copies a stage's output from its pipe to its log. A write that fails (a full disk) is
+/// kept to report, and the pipe is still read, so that the stage never blocks on it.
+struct LogCopy<'a> {
+    log: &'a mut AttemptLog,
+    error: Option<std::io::Error>,
+}
+
+impl LogCopy<'_> {
+    /// Copies until the group's leader has exited (without reaping it, as `wait_for_exit`).
+    fn until_exit(&mut self, reader: &File, pid: u32) -> std::io::Result<()> {
+        use rustix::event::{PollFd, PollFlags, poll};
+        let pid = to_pid(pid)?;
+        let pidfd = rustix::process::pidfd_open(pid, PidfdFlags::empty())?;
+        let mut pipe_open = true;
+        let mut buf = vec![0; 64 * 1024];
+        loop {
+            let mut fds = [PollFd::new(&pidfd, PollFlags::IN), PollFd::new(reader, PollFlags::IN)];
+            let watched = if pipe_open { &mut fds[..] } else { &mut fds[..1] };
+            match poll(watched, None) {
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(err) => return Err(err.into()),
+                Ok(_) => {}
+            }
+            let exited = !watched[0].revents().is_empty();
+            if pipe_open && !watched[1].revents().is_empty() {
+                pipe_open = self.copy_some(reader, &mut buf)?;
+            }
+            if exited {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Copies what is left in the pipe once every process of the attempt is dead, without
+    /// waiting for a writer that escaped the group.
+    fn rest(&mut self, reader: &File) {
+        if rustix::io::ioctl_fionbio(reader, true).is_err() {
+            return;
+        }
+        let mut buf = vec![0; 64 * 1024];
+        while let Ok(true) = self.copy_some(reader, &mut buf) {}
+    }
+
+    /// One read from the pipe, written to the log; `false` at its end.
+    fn copy_some(&mut self, mut reader: &File, buf: &mut [u8]) -> std::io::Result<bool> {
+        let n = match reader.read(buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => return Ok(true),
+            Err(e) => return Err(e),
+        };
+        if n > 0
+            && self.error.is_none()
+            && let Err(e) = self.log.write_all(&buf[..n])
+        {
+            self.error = Some(e);
+        }
+        Ok(n > 0)
+    }
+}
+
+fn to_pid(pid: u32) -> std::io::Result<rustix::process::Pid> {
+    i32::try_from(pid).ok().and_then(rustix::process::Pid::from_raw).ok_or_else(|| std::io::Error::other("bad pid"))
 }
 
 /// Waits until the group's leader has exited, without reaping it: its zombie keeps the
 /// group id from being reused while the rest of the group is killed.
 fn wait_for_exit(pid: u32) -> std::io::Result<()> {
-    use rustix::process::{Pid, WaitId, WaitIdOptions, waitid};
-    let pid = i32::try_from(pid).ok().and_then(Pid::from_raw).ok_or_else(|| std::io::Error::other("bad pid"))?;
+    use rustix::process::{WaitId, WaitIdOptions, waitid};
+    let pid = to_pid(pid)?;
     loop {
         match waitid(WaitId::Pid(pid), WaitIdOptions::EXITED | WaitIdOptions::NOWAIT) {
             Ok(_) => return Ok(()),
@@ -233,27 +364,6 @@ pub fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
         .map(|s| s.to_string())
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_default()
-}
-
-/// Opens an attempt's log. Appends: each attempt has a log of its own, which may already
-/// hold dagrun's note that a run-cache entry could not be restored.
-pub(super) fn open_log(path: &Path) -> std::io::Result<File> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    File::options().create(true).append(true).open(path)
-}
-
-/// The last `lines` lines of a log file (at most 8 KiB of it).
-pub fn log_tail(path: &Path, lines: usize) -> String {
-    let Ok(mut file) = File::open(path) else { return String::new() };
-    let len = file.metadata().map_or(0, |m| m.len());
-    let _ = file.seek(SeekFrom::Start(len.saturating_sub(8192)));
-    let mut bytes = Vec::new();
-    let _ = file.read_to_end(&mut bytes);
-    let text = String::from_utf8_lossy(&bytes);
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 #[cfg(test)]

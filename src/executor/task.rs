@@ -242,7 +242,7 @@ fn refuse_deleting_outside(spec: &crate::spec::Spec, output: &crate::spec::RelPa
 /// Adds a line of dagrun's own to a stage's log, best effort.
 pub(super) fn append_log(path: &std::path::Path, text: &str) {
     use std::io::Write;
-    if let Ok(mut log) = super::runner::open_log(path) {
+    if let Ok(mut log) = super::log::open_log(path) {
         let _ = writeln!(log, "{text}");
     }
 }

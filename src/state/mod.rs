@@ -305,6 +305,9 @@ impl State {
         // Every transaction takes the write lock at BEGIN, where the busy timeout applies;
         // a deferred one upgraded later would fail at once with "database is locked".
         self.conn.set_transaction_behavior(rusqlite::TransactionBehavior::Immediate);
+        // Per-stage writes reuse their prepared statements (parsing one cost as much as
+        // running it); room for every statement a build uses.
+        self.conn.set_prepared_statement_cache_capacity(64);
         // journal_mode is the first statement that reads the file: a non-database fails here.
         let mode: String = self.conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0)).map_err(|e| {
             if is_not_db(&e) { StateError::NotADatabase { path: self.path.clone() } } else { StateError::Sql(e) }

@@ -224,11 +224,13 @@ impl State {
 
     /// Records that a stage execution started (status `running`).
     pub fn stage_started(&self, attempt: &StageAttempt<'_>) -> Result<StageRunId, StateError> {
-        self.conn.execute(
-            "INSERT INTO stage_runs (run_id, component, attempt, status, reason, started_at, log_path, resources,
+        self.conn
+            .prepare_cached(
+                "INSERT INTO stage_runs (run_id, component, attempt, status, reason, started_at, log_path, resources,
                  attempt_token, executor)
              VALUES (?1, ?2, ?3, 'running', ?4, ?5, ?6, ?7, ?8, ?9)",
-            params![
+            )?
+            .execute(params![
                 attempt.run.0,
                 attempt.component,
                 attempt.attempt,
@@ -238,14 +240,13 @@ impl State {
                 attempt.resources,
                 attempt.token,
                 attempt.executor
-            ],
-        )?;
+            ])?;
         Ok(StageRunId(self.conn.last_insert_rowid()))
     }
 
     /// The cluster job an attempt was submitted as.
     pub fn record_job_id(&self, row: StageRunId, job_id: &str) -> Result<(), StateError> {
-        self.conn.execute("UPDATE stage_runs SET job_id = ?2 WHERE id = ?1", params![row.0, job_id])?;
+        self.conn.prepare_cached("UPDATE stage_runs SET job_id = ?2 WHERE id = ?1")?.execute(params![row.0, job_id])?;
         Ok(())
     }
 
@@ -259,11 +260,12 @@ impl State {
         reason: &str,
     ) -> Result<(), StateError> {
         let now = timestamp(SystemTime::now());
-        self.conn.execute(
-            "INSERT INTO stage_runs (run_id, component, status, reason, started_at, finished_at, duration_ms)
+        self.conn
+            .prepare_cached(
+                "INSERT INTO stage_runs (run_id, component, status, reason, started_at, finished_at, duration_ms)
              VALUES (?1, ?2, ?3, ?4, ?5, ?5, 0)",
-            params![run.0, component, status.as_str(), reason, now],
-        )?;
+            )?
+            .execute(params![run.0, component, status.as_str(), reason, now])?;
         Ok(())
     }
 
@@ -278,20 +280,20 @@ impl State {
         let duration_ms = success.duration.as_millis() as i64;
         let manifest = serde_json::to_string(success.fingerprint_inputs).expect("fingerprint inputs serialise");
         let tx = self.conn.transaction()?;
-        tx.execute(
+        tx.prepare_cached(
             "UPDATE stage_runs SET status = ?7, finished_at = ?2, duration_ms = ?3, fingerprint = ?4,
                  output_hash = ?5, metrics = ?6 WHERE id = ?1",
-            params![
-                success.row.0,
-                finished,
-                duration_ms,
-                success.fingerprint.to_hex(),
-                success.output_hash.to_hex(),
-                metrics_json(success.metrics),
-                success.status.as_str()
-            ],
-        )?;
-        tx.execute(
+        )?
+        .execute(params![
+            success.row.0,
+            finished,
+            duration_ms,
+            success.fingerprint.to_hex(),
+            success.output_hash.to_hex(),
+            metrics_json(success.metrics),
+            success.status.as_str()
+        ])?;
+        tx.prepare_cached(
             "INSERT INTO orchestrator_state (component, last_run_at, is_dirty, run_count, failure_count, fingerprint,
                  output_hash, last_status, last_duration_ms, last_error, fingerprint_inputs,
                  restore_count)
@@ -301,6 +303,8 @@ impl State {
                  run_count = run_count + excluded.run_count, fingerprint = excluded.fingerprint, output_hash = excluded.output_hash,
                  last_status = excluded.last_status, last_duration_ms = excluded.last_duration_ms, last_error = NULL,
                  fingerprint_inputs = excluded.fingerprint_inputs, restore_count = restore_count + excluded.restore_count",
+        )?
+        .execute(
             params![
                 success.component,
                 finished,
@@ -316,7 +320,7 @@ impl State {
                 i64::from(success.status == StageStatus::Restored)
             ],
         )?;
-        tx.execute("DELETE FROM stage_outputs WHERE component = ?1", [success.component])?;
+        tx.prepare_cached("DELETE FROM stage_outputs WHERE component = ?1")?.execute([success.component])?;
         {
             let mut insert =
                 tx.prepare_cached("INSERT INTO stage_outputs (component, path, hash) VALUES (?1, ?2, ?3)")?;
@@ -339,19 +343,19 @@ impl State {
         let finished = timestamp(failure.finished_at);
         let duration_ms = failure.duration.as_millis() as i64;
         let tx = self.conn.transaction()?;
-        tx.execute(
+        tx.prepare_cached(
             "UPDATE stage_runs SET status = ?2, finished_at = ?3, duration_ms = ?4, error = ?5 WHERE id = ?1",
-            params![failure.row.0, failure.status.as_str(), finished, duration_ms, failure.error],
-        )?;
-        tx.execute(
+        )?
+        .execute(params![failure.row.0, failure.status.as_str(), finished, duration_ms, failure.error])?;
+        tx.prepare_cached(
             "INSERT INTO orchestrator_state (component, is_dirty, run_count, failure_count, last_status,
                  last_duration_ms, last_error)
              VALUES (?1, 1, 1, 1, ?2, ?3, ?4)
              ON CONFLICT (component) DO UPDATE SET is_dirty = 1, run_count = run_count + 1,
                  failure_count = failure_count + 1, last_status = excluded.last_status,
                  last_duration_ms = excluded.last_duration_ms, last_error = excluded.last_error",
-            params![failure.component, failure.status.as_str(), duration_ms, failure.error],
-        )?;
+        )?
+        .execute(params![failure.component, failure.status.as_str(), duration_ms, failure.error])?;
         put_cache_entries(&tx, cache)?;
         tx.commit()?;
         Ok(())

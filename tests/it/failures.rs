@@ -133,6 +133,32 @@ fn a_missing_source_input_fails_that_stage_with_the_path_and_the_rest_runs() {
 }
 
 #[test]
+fn a_log_is_made_only_for_a_stage_that_prints_and_keeps_its_lines_in_order() {
+    let sb = Sandbox::new().pipeline(
+        r#"
+        [stages.quiet]
+        cmd = "echo q > q.out"
+        outputs = ["q.out"]
+        [stages.chatty]
+        cmd = "echo one; echo two >&2; sleep 300 & echo three; echo four >&2; echo c > c.out"
+        outputs = ["c.out"]
+        [stages.quiet_failure]
+        cmd = "exit 4"
+        "#,
+    );
+    let run = sb.build().failure();
+    // A background child holding the output's pipe open neither holds up the stage nor
+    // outlives it.
+    assert_eq!(sb.read(".dagrun/logs/1/chatty.log"), "one\ntwo\nthree\nfour\n");
+    assert!(!sb.exists(".dagrun/logs/1/quiet.log"), "a stage that printed nothing has no log");
+    assert!(!sb.exists(".dagrun/logs/1/quiet_failure.log"));
+    assert!(run.stdout().contains("FAILED   quiet_failure  exit status 4\n"), "no log to point to: {}", run.stdout());
+    assert!(!run.stderr().contains("log:"), "{}", run.stderr());
+    wait_until("the stage's background child to be gone", || processes_matching("sleep 300").is_empty());
+    assert_eq!(sb.column("SELECT log_path FROM stage_runs WHERE component = 'quiet'"), [".dagrun/logs/1/quiet.log"]);
+}
+
+#[test]
 fn a_timeout_kills_the_whole_process_group_and_is_recorded() {
     let sb = Sandbox::new().pipeline(
         r#"

@@ -8,7 +8,7 @@ use crate::sandbox::{Run, Sandbox};
 /// A model trained into a directory, with a param to switch, and a report reading it.
 const PIPELINE: &str = r#"
 [stages.train]
-cmd = "echo train >> ran.log && mkdir -p model && echo lr=${params.lr} > model/weights.txt && printf 'x%.0s' $(seq 1 2000) > model/big.bin && cp tool.sh model/tool.sh"
+cmd = "echo train >> ran.log && mkdir -p model && echo lr=${params.lr} > model/weights.txt && printf 'x%.0s' $(seq 1 5000) > model/big.bin && cp tool.sh model/tool.sh"
 inputs = ["tool.sh"]
 outputs = ["model"]
 params = { lr = 0.1 }
@@ -170,6 +170,16 @@ fn damaged_objects_and_entries_are_never_restored() {
             std::fs::write(path, vec![b'#'; len]).unwrap();
         }
     }
+    // ...and every small file kept in an entry rather than as an object (weights.txt,
+    // report.txt) given other bytes under the same id.
+    let mut inline_damaged = 0;
+    for entry in std::fs::read_dir(sb.path(".dagrun/cache/index")).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        inline_damaged += text.matches("\"text\": \"lr=0.1").count();
+        std::fs::write(&path, text.replace("\"text\": \"lr=0.1", "\"text\": \"lr=0.9")).unwrap();
+    }
+    assert_eq!(inline_damaged, 2, "weights.txt and report.txt are kept in their entries");
     switch_lr(&sb, "0.2", "0.1");
     let run = sb.build().success();
     assert_eq!(sb.ran(), ["report", "train"], "{}", run.stdout());
