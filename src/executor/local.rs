@@ -30,6 +30,9 @@ impl Executor for Local {
                 runner::run_shell(job, control.watchdog).map(|()| BTreeMap::new())
             }
             Work::Builtin { builtin, inputs, outputs, .. } => {
+                // A built-in's writes to its log are best effort: make sure there is one.
+                log.file()
+                    .map_err(|e| AttemptFailure::failed(format!("cannot create log {}: {e}", attempt.log.display())))?;
                 let mut metrics = BTreeMap::new();
                 let watch = control.watchdog.watch_builtin(stage.timeout);
                 let ctx = BuiltinContext {

@@ -153,6 +153,7 @@ pub struct ShellJob<'a> {
 pub fn run_shell(job: ShellJob<'_>, watchdog: &Watchdog) -> Result<(), AttemptFailure> {
     let mut command = Command::new(shell());
     command
+        .arg0("sh")
         .arg("-c")
         .arg(job.command)
         .current_dir(job.root)
@@ -162,15 +163,16 @@ pub fn run_shell(job: ShellJob<'_>, watchdog: &Watchdog) -> Result<(), AttemptFa
         .stdin(Stdio::null())
         .process_group(0);
     let output = if pidfd_works() { Output::pipe(&mut command) } else { Output::file(&mut command, job.log) };
-    let output = output.map_err(|e| AttemptFailure::failed(format!("cannot open log: {e}")))?;
+    let output = output.map_err(|e| {
+        let what = if pidfd_works() { "make a pipe for its output" } else { "open its log" };
+        AttemptFailure::failed(format!("cannot {what}: {e}{}", file_limit_hint(&e)))
+    })?;
     let spawned = command.spawn();
     // Our copies of the pipe's write end go with `command`: the pipe then ends when the
     // stage's own processes have closed theirs.
     drop(command);
-    let mut child = spawned.map_err(|e| {
-        let hint = if e.raw_os_error() == Some(24) { crate::state::open_file_limit_hint() } else { String::new() };
-        AttemptFailure::failed(format!("cannot start `sh`: {e}{hint}"))
-    })?;
+    let mut child =
+        spawned.map_err(|e| AttemptFailure::failed(format!("cannot start `sh`: {e}{}", file_limit_hint(&e))))?;
     let pid = child.id();
     watchdog.watch(pid, job.timeout);
     let mut copy = LogCopy { log: job.log, error: None };
@@ -183,7 +185,9 @@ pub fn run_shell(job: ShellJob<'_>, watchdog: &Watchdog) -> Result<(), AttemptFa
     if let Output::Pipe(reader) = &output {
         copy.rest(reader);
     }
-    exited.map_err(|e| AttemptFailure::failed(format!("lost track of the stage's process: {e}")))?;
+    exited.map_err(|e| {
+        AttemptFailure::failed(format!("lost track of the stage's process (it was ended): {e}{}", file_limit_hint(&e)))
+    })?;
     if let Some(cause) = killed {
         return Err(AttemptFailure::stopped(cause, job.timeout, "its process group was killed"));
     }
@@ -202,13 +206,20 @@ pub fn run_shell(job: ShellJob<'_>, watchdog: &Watchdog) -> Result<(), AttemptFa
     }
 }
 
+/// The hint for running out of file descriptors (each running shell stage holds a few).
+fn file_limit_hint(e: &std::io::Error) -> String {
+    if matches!(e.raw_os_error(), Some(23 | 24)) { crate::state::open_file_limit_hint() } else { String::new() }
+}
+
 /// `sh`, found on `PATH` once rather than at every stage (as `Command` would, trying each
-/// directory of `PATH` in turn); `/bin/sh` where `PATH` has none.
+/// directory of `PATH` in turn); `/bin/sh` where `PATH` has none. Only absolute directories:
+/// a relative one would be read against the stage's directory, not dagrun's.
 fn shell() -> &'static Path {
     static SHELL: OnceLock<PathBuf> = OnceLock::new();
     SHELL.get_or_init(|| {
         let path = std::env::var_os("PATH").unwrap_or_default();
         std::env::split_paths(&path)
+            .filter(|dir| dir.is_absolute())
             .map(|dir| dir.join("sh"))
             .find(|candidate| {
                 use std::os::unix::fs::PermissionsExt;
@@ -280,14 +291,19 @@ impl LogCopy<'_> {
         }
     }
 
-    /// Copies what is left in the pipe once every process of the attempt is dead, without
-    /// waiting for a writer that escaped the group.
+    /// Copies what is left in the pipe once every process of the attempt is dead: at most
+    /// what a pipe can hold, without waiting, so that a writer that escaped the group can
+    /// neither hold the stage up nor fill the disk through it.
     fn rest(&mut self, reader: &File) {
+        const PIPE_MAX: usize = 1 << 20; // Linux's default `pipe-max-size`
         if rustix::io::ioctl_fionbio(reader, true).is_err() {
             return;
         }
         let mut buf = vec![0; 64 * 1024];
-        while let Ok(true) = self.copy_some(reader, &mut buf) {}
+        let mut copied = 0;
+        while copied < PIPE_MAX && matches!(self.copy_some(reader, &mut buf), Ok(true)) {
+            copied += buf.len();
+        }
     }
 
     /// One read from the pipe, written to the log; `false` at its end.

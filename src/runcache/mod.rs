@@ -354,7 +354,9 @@ pub fn gc(store: &dyn Store, policy: &GcPolicy) -> io::Result<GcReport> {
         }
     }
     let sizes: HashMap<String, u64> = store.objects()?.into_iter().collect();
-    let mut kept_size: u64 = uses.keys().filter_map(|o| sizes.get(*o)).sum();
+    // Entries count too: they hold small files' bytes themselves.
+    let kept_entries: u64 = entries.iter().zip(&keep).filter(|(_, kept)| **kept).map(|((info, _), _)| info.size).sum();
+    let mut kept_size: u64 = kept_entries + uses.keys().filter_map(|o| sizes.get(*o)).sum::<u64>();
     if let Some(max) = policy.max_size {
         // Oldest unreferenced entries go first.
         for i in (0..entries.len()).rev() {
@@ -366,6 +368,7 @@ pub fn gc(store: &dyn Store, policy: &GcPolicy) -> io::Result<GcReport> {
                 continue;
             }
             keep[i] = false;
+            kept_size -= info.size;
             for object in manifest.objects() {
                 let count = uses.get_mut(object).expect("counted above");
                 *count -= 1;
@@ -385,6 +388,7 @@ pub fn gc(store: &dyn Store, policy: &GcPolicy) -> io::Result<GcReport> {
             report.entries_kept += 1;
         } else {
             report.entries_removed += 1;
+            report.bytes_freed += info.size;
             if !policy.dry_run {
                 store.remove_entry(&info.key)?;
             }
@@ -423,5 +427,26 @@ mod tests {
         assert!(matches!(damaged, Err(GetError::Damaged { .. })));
         assert!(matches!(write_inline(&Inline::Hex("0g".into()), &other, &dest), Err(GetError::Damaged { .. })));
         assert!(!dest.exists(), "nothing damaged is written");
+    }
+
+    #[test]
+    fn gc_counts_small_files_kept_in_entries_against_max_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsStore::open(&dir.path().join("cache")).unwrap();
+        let outputs = [RelPath::parse_normalized("out.txt").unwrap()];
+        for n in 0..3u8 {
+            std::fs::write(dir.path().join("out.txt"), vec![b'a' + n; 1500]).unwrap();
+            let fingerprint = Fingerprint(blake3::hash(&[n]));
+            let hash = OutputHash(blake3::hash(&[n, n]));
+            assert!(save(&store, dir.path(), "s", &fingerprint, &outputs, &hash, &BTreeMap::new()).unwrap());
+        }
+        assert!(store.objects().unwrap().is_empty(), "every output was small enough to keep inline");
+        let entry_size = store.entries().unwrap()[0].size;
+        assert!(entry_size > 1500, "{entry_size}");
+        let policy = GcPolicy { max_size: Some(entry_size * 2), ..GcPolicy::default() };
+        let report = gc(&store, &policy).unwrap();
+        assert_eq!((report.entries_removed, report.entries_kept), (1, 2), "{report:?}");
+        assert!(report.bytes_freed >= entry_size && report.bytes_kept <= entry_size * 2, "{report:?}");
+        assert_eq!(store.entries().unwrap().len(), 2);
     }
 }

@@ -23,6 +23,8 @@ pub enum GetError {
 pub struct EntryInfo {
     pub key: String,
     pub modified: SystemTime,
+    /// The entry's own bytes (small files kept inline count here).
+    pub size: u64,
 }
 
 /// Objects by content hash (BLAKE3, hex), entries (manifests) by key. Every write is
@@ -209,8 +211,8 @@ impl Store for FsStore {
             let entry = entry?;
             let name = entry.file_name().to_string_lossy().into_owned();
             let Some(key) = name.strip_suffix(".json") else { continue };
-            let modified = entry.metadata()?.modified()?;
-            entries.push(EntryInfo { key: key.to_string(), modified });
+            let meta = entry.metadata()?;
+            entries.push(EntryInfo { key: key.to_string(), modified: meta.modified()?, size: meta.len() });
         }
         Ok(entries)
     }
