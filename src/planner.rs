@@ -439,7 +439,7 @@ pub fn plan_build(ctx: &EvalContext<'_>, selected: &[bool], touched: Option<&[bo
             })
         })
         .collect();
-    mark_upstream_dirty(ctx, &mut verdicts, |v| v.as_mut());
+    mark_upstream_dirty(ctx, &mut verdicts);
     Plan { verdicts }
 }
 
@@ -450,39 +450,66 @@ fn recorded_clean(ctx: &EvalContext<'_>, idx: StageIdx) -> bool {
     record_reason(ctx, record, stage.always_run).is_none() && record.is_some_and(|r| !r.is_dirty)
 }
 
+/// A stage's evaluation as [`evaluate_all`] keeps it: an up-to-date stage by its
+/// fingerprint alone, a dirty one whole. A whole `Evaluation` is 328 bytes before anything
+/// it points to: 33 MB for 100,000 up-to-date stages, against 4 MB this way.
+#[derive(Debug)]
+pub enum Evaluated {
+    UpToDate(Fingerprint),
+    Dirty(Box<Evaluation>),
+}
+
+impl Evaluated {
+    pub fn fingerprint(&self) -> Fingerprint {
+        match self {
+            Evaluated::UpToDate(fingerprint) => *fingerprint,
+            Evaluated::Dirty(eval) => eval.fingerprint,
+        }
+    }
+}
+
 /// Every selected stage's evaluation, verdicts as [`plan_build`] gives them: for `status`,
-/// `why` and `accept`, which explain a dirty stage by what its fingerprint covered. An
-/// up-to-date stage keeps its verdict and fingerprint only (its `inputs` are left empty and
-/// its `input_paths` too), so that a large pipeline's evaluations stay small.
-pub fn evaluate_all(ctx: &EvalContext<'_>, selected: &[bool]) -> Vec<Option<Evaluation>> {
+/// `why` and `accept`, which explain a dirty stage by what its fingerprint covered.
+pub fn evaluate_all(ctx: &EvalContext<'_>, selected: &[bool]) -> Vec<Option<Evaluated>> {
     let recorded_hash = |up: StageIdx| ctx.records.get(ctx.spec.stages[up].name.as_str()).and_then(|r| r.output_hash);
-    let mut evaluations: Vec<Option<Evaluation>> = (0..ctx.spec.stages.len())
+    let mut evaluations: Vec<Option<Evaluated>> = (0..ctx.spec.stages.len())
         .into_par_iter()
         .map(|idx| {
             selected[idx].then(|| {
-                let mut eval = evaluate_stage(ctx, idx, &recorded_hash);
-                if !eval.verdict.is_dirty() {
-                    eval.inputs = FingerprintInputs::covering_nothing();
-                    eval.input_paths = Vec::new();
+                let eval = evaluate_stage(ctx, idx, &recorded_hash);
+                match eval.verdict {
+                    Verdict::UpToDate => Evaluated::UpToDate(eval.fingerprint),
+                    Verdict::Dirty(_) => Evaluated::Dirty(Box::new(eval)),
                 }
-                eval
             })
         })
         .collect();
-    mark_upstream_dirty(ctx, &mut evaluations, |e| e.as_mut().map(|e| &mut e.verdict));
+    let is_dirty = |e: &Option<Evaluated>| matches!(e, Some(Evaluated::Dirty(_)));
+    for &idx in ctx.dag.topo_order() {
+        let Some(Evaluated::UpToDate(fingerprint)) = evaluations[idx] else { continue };
+        if let Some(up) = ctx.dag.upstream(idx).find(|&up| is_dirty(&evaluations[up])) {
+            let stage = ctx.spec.stages[up].name.to_string();
+            evaluations[idx] = Some(Evaluated::Dirty(Box::new(Evaluation {
+                inputs: FingerprintInputs::covering_nothing(),
+                fingerprint,
+                verdict: Verdict::Dirty(DirtyReason::UpstreamDirty { stage }),
+                input_paths: Vec::new(),
+            })));
+        }
+    }
     evaluations
 }
 
 /// Marks each up-to-date stage downstream of a dirty one as `UpstreamDirty`.
-fn mark_upstream_dirty<T>(ctx: &EvalContext<'_>, items: &mut [T], verdict: impl Fn(&mut T) -> Option<&mut Verdict>) {
+fn mark_upstream_dirty(ctx: &EvalContext<'_>, items: &mut [Option<Verdict>]) {
     for &idx in ctx.dag.topo_order() {
-        if verdict(&mut items[idx]).is_none_or(|v| v.is_dirty()) {
+        if items[idx].as_ref().is_none_or(Verdict::is_dirty) {
             continue;
         }
-        let dirty_upstream = ctx.dag.upstream(idx).find(|&up| verdict(&mut items[up]).is_some_and(|v| v.is_dirty()));
+        let dirty_upstream = ctx.dag.upstream(idx).find(|&up| items[up].as_ref().is_some_and(Verdict::is_dirty));
         if let Some(up) = dirty_upstream {
             let stage = ctx.spec.stages[up].name.to_string();
-            *verdict(&mut items[idx]).expect("checked above") = Verdict::Dirty(DirtyReason::UpstreamDirty { stage });
+            items[idx] = Some(Verdict::Dirty(DirtyReason::UpstreamDirty { stage }));
         }
     }
 }

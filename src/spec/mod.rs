@@ -182,6 +182,7 @@ pub struct Spec {
     /// `[pipeline] allow_outside_paths`: inputs and outputs may name paths outside `root`.
     pub allow_outside_paths: bool,
     /// Stages sorted by name.
+    #[serde(deserialize_with = "cache::exact_vec")]
     pub stages: Vec<Stage>,
     /// Files besides the pipeline file that its stages were read from (params files and
     /// vars files), relative to `root`: an edit of one can change the stages.
