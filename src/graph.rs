@@ -14,6 +14,8 @@ pub struct Dag {
     graph: DiGraph<(), ()>,
     /// Every stage, upstream before downstream; ties broken by name.
     topo: Vec<StageIdx>,
+    /// Each stage's place in `topo`.
+    position: Vec<usize>,
     producers: Producers,
 }
 
@@ -46,7 +48,11 @@ impl Dag {
         let Some(topo) = topological_order(&graph) else {
             return Err(CycleError { path: find_cycle(&graph, spec) });
         };
-        Ok(Dag { graph, topo, producers })
+        let mut position = vec![0; topo.len()];
+        for (place, &idx) in topo.iter().enumerate() {
+            position[idx] = place;
+        }
+        Ok(Dag { graph, topo, position, producers })
     }
 
     pub fn len(&self) -> usize {
@@ -68,6 +74,25 @@ impl Dag {
 
     pub fn downstream(&self, stage: StageIdx) -> impl Iterator<Item = StageIdx> + '_ {
         self.graph.neighbors_directed(NodeIndex::new(stage), Direction::Outgoing).map(NodeIndex::index)
+    }
+
+    /// The stages for which `passes` holds that depend, through such stages only, on one of
+    /// `from`, upstream before downstream (as in `topo_order`). Visits only them and their
+    /// edges: after one edit of a large pipeline, a few stages, not all of them.
+    pub fn downstream_through(&self, from: &[StageIdx], passes: impl Fn(StageIdx) -> bool) -> Vec<StageIdx> {
+        let mut seen = std::collections::HashSet::new();
+        let mut stack: Vec<StageIdx> = from.to_vec();
+        let mut found = Vec::new();
+        while let Some(stage) = stack.pop() {
+            for down in self.downstream(stage) {
+                if passes(down) && seen.insert(down) {
+                    found.push(down);
+                    stack.push(down);
+                }
+            }
+        }
+        found.sort_unstable_by_key(|&idx| self.position[idx]);
+        found
     }
 
     /// `targets` and everything they depend on, as a membership mask.
@@ -241,6 +266,41 @@ mod tests {
 
     fn spec(text: &str) -> Spec {
         parse_spec(Path::new("pipeline.toml"), Path::new("/p"), text.to_string(), &[]).unwrap()
+    }
+
+    #[test]
+    fn downstream_through_visits_only_what_passes_in_dependency_order() {
+        // a -> b -> d, a -> c -> d, e -> f: from `a`, through all but `c`.
+        let s = spec(
+            r#"
+            [stages.a]
+            cmd = "x"
+            [stages.b]
+            cmd = "x"
+            after = ["a"]
+            [stages.c]
+            cmd = "x"
+            after = ["a"]
+            [stages.d]
+            cmd = "x"
+            after = ["b", "c"]
+            [stages.e]
+            cmd = "x"
+            [stages.f]
+            cmd = "x"
+            after = ["e"]
+            "#,
+        );
+        let dag = Dag::build(&s).unwrap();
+        let idx = |name: &str| s.stage_index(name).unwrap();
+        let names = |found: Vec<StageIdx>| found.into_iter().map(|i| s.stages[i].name.to_string()).collect::<Vec<_>>();
+        assert_eq!(names(dag.downstream_through(&[idx("a")], |_| true)), ["b", "c", "d"]);
+        assert_eq!(names(dag.downstream_through(&[idx("a")], |i| i != idx("c"))), ["b", "d"]);
+        assert_eq!(
+            names(dag.downstream_through(&[idx("a")], |i| i != idx("b") && i != idx("c"))),
+            Vec::<String>::new()
+        );
+        assert_eq!(names(dag.downstream_through(&[idx("e"), idx("c")], |_| true)), ["d", "f"]);
     }
 
     #[test]

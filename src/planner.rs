@@ -485,7 +485,9 @@ pub fn evaluate_all(ctx: &EvalContext<'_>, selected: &[bool]) -> Vec<Option<Eval
         })
         .collect();
     let is_dirty = |e: &Option<Evaluated>| matches!(e, Some(Evaluated::Dirty(_)));
-    for &idx in ctx.dag.topo_order() {
+    let dirty: Vec<StageIdx> = (0..evaluations.len()).filter(|&idx| is_dirty(&evaluations[idx])).collect();
+    let cone = ctx.dag.downstream_through(&dirty, |idx| matches!(evaluations[idx], Some(Evaluated::UpToDate(_))));
+    for idx in cone {
         let Some(Evaluated::UpToDate(fingerprint)) = evaluations[idx] else { continue };
         if let Some(up) = ctx.dag.upstream(idx).find(|&up| is_dirty(&evaluations[up])) {
             let stage = ctx.spec.stages[up].name.to_string();
@@ -500,12 +502,13 @@ pub fn evaluate_all(ctx: &EvalContext<'_>, selected: &[bool]) -> Vec<Option<Eval
     evaluations
 }
 
-/// Marks each up-to-date stage downstream of a dirty one as `UpstreamDirty`.
+/// Marks each up-to-date stage downstream of a dirty one as `UpstreamDirty`, naming the
+/// first of its upstream stages that is dirty by then (upstream stages are marked first).
 fn mark_upstream_dirty(ctx: &EvalContext<'_>, items: &mut [Option<Verdict>]) {
-    for &idx in ctx.dag.topo_order() {
-        if items[idx].as_ref().is_none_or(Verdict::is_dirty) {
-            continue;
-        }
+    let dirty: Vec<StageIdx> =
+        (0..items.len()).filter(|&idx| items[idx].as_ref().is_some_and(Verdict::is_dirty)).collect();
+    let cone = ctx.dag.downstream_through(&dirty, |idx| matches!(items[idx], Some(Verdict::UpToDate)));
+    for idx in cone {
         let dirty_upstream = ctx.dag.upstream(idx).find(|&up| items[up].as_ref().is_some_and(Verdict::is_dirty));
         if let Some(up) = dirty_upstream {
             let stage = ctx.spec.stages[up].name.to_string();

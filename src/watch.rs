@@ -1,7 +1,7 @@
 //! Waiting for a pipeline's source inputs (or its file) to change, for `agent --watch`, and
 //! noting every change meanwhile, outputs' included, for the next cycle's plan.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
 use std::time::{Duration, Instant};
@@ -37,11 +37,37 @@ impl Interest {
     }
 }
 
+/// Paths and globs a change may concern, checked in time that does not grow with their
+/// number: a path by looking up each of the changed path's ancestors, the globs (few) one by
+/// one. At 100,000 stages a list cost milliseconds per event, and a cycle's own outputs
+/// make thousands of events.
+#[derive(Default)]
+struct Interests {
+    paths: HashSet<PathBuf>,
+    globs: Vec<Interest>,
+}
+
+impl Interests {
+    fn push(&mut self, interest: Interest) {
+        match interest {
+            Interest::Path(path) => {
+                self.paths.insert(path);
+            }
+            glob @ Interest::Glob { .. } => self.globs.push(glob),
+        }
+    }
+
+    /// Whether `path` is one of them, or under one.
+    fn covers(&self, path: &Path) -> bool {
+        path.ancestors().any(|a| self.paths.contains(a)) || self.globs.iter().any(|i| i.covers(path))
+    }
+}
+
 /// What changed since the last cycle.
 #[derive(Debug, Default)]
 pub struct Changes {
     /// Absolute paths of watched files that changed.
-    pub paths: std::collections::HashSet<PathBuf>,
+    pub paths: HashSet<PathBuf>,
     /// Watch afresh and plan everything: events were lost, or a directory was made,
     /// removed or renamed (a watch may be gone, or missing where a path will appear).
     pub rescan: bool,
@@ -62,12 +88,15 @@ pub struct InputWatcher {
     watcher: RecommendedWatcher,
     events: Receiver<notify::Result<notify::Event>>,
     watched: HashMap<PathBuf, RecursiveMode>,
-    interesting: Vec<Interest>,
+    /// Each watched directory and every directory above it: what a removal or rename at
+    /// one of them takes away.
+    above_watched: HashSet<PathBuf>,
+    interesting: Interests,
     /// What the stages themselves are read from: the pipeline file, params and vars files,
     /// and where templates list their files.
-    pipeline: Vec<Interest>,
+    pipeline: Interests,
     /// The stages' outputs: changes there start no cycle.
-    outputs: Vec<PathBuf>,
+    outputs: Interests,
     /// dagrun's own files: `.dagrun/` and the state database.
     dagrun_files: Vec<PathBuf>,
 }
@@ -83,9 +112,10 @@ impl InputWatcher {
             watcher,
             events,
             watched: HashMap::new(),
-            interesting: Vec::new(),
-            pipeline: Vec::new(),
-            outputs: Vec::new(),
+            above_watched: HashSet::new(),
+            interesting: Interests::default(),
+            pipeline: Interests::default(),
+            outputs: Interests::default(),
             dagrun_files: Vec::new(),
         };
         watcher.add(file.parent().unwrap_or(Path::new("/")), RecursiveMode::NonRecursive)?;
@@ -106,10 +136,13 @@ impl InputWatcher {
         for dir in std::mem::take(&mut self.watched).into_keys() {
             let _ = self.watcher.unwatch(&dir);
         }
+        self.above_watched.clear();
         let file = root.join(spec.file.file_name().unwrap_or_default());
         self.add(root, RecursiveMode::NonRecursive)?;
-        self.interesting = vec![Interest::Path(file.clone())];
-        self.pipeline = vec![Interest::Path(file)];
+        self.interesting = Interests::default();
+        self.interesting.push(Interest::Path(file.clone()));
+        self.pipeline = Interests::default();
+        self.pipeline.push(Interest::Path(file));
         // What the stages were read from besides the pipeline file.
         for file in &spec.read_files {
             let path = root.join(file);
@@ -164,7 +197,10 @@ impl InputWatcher {
         for dir in between {
             self.add(&dir, RecursiveMode::NonRecursive)?;
         }
-        self.outputs = spec.stages.iter().flat_map(|s| s.outputs.iter().map(|o| o.to_path(root))).collect();
+        self.outputs = Interests::default();
+        for output in spec.stages.iter().flat_map(|s| &s.outputs) {
+            self.outputs.push(Interest::Path(output.to_path(root)));
+        }
         self.dagrun_files = vec![spec.dagrun_dir()];
         for suffix in ["", "-wal", "-shm", "-journal"] {
             self.dagrun_files.push(PathBuf::from(format!("{}{suffix}", spec.state_path.display())));
@@ -204,6 +240,11 @@ impl InputWatcher {
         }
         self.watcher.watch(dir, mode).map_err(|e| Error::Watch { message: format!("{}: {e}", dir.display()) })?;
         self.watched.insert(dir.to_path_buf(), mode);
+        for above in dir.ancestors() {
+            if !self.above_watched.insert(above.to_path_buf()) {
+                break; // and so is everything above it
+            }
+        }
         Ok(())
     }
 
@@ -271,7 +312,7 @@ impl InputWatcher {
     /// Whether `changes` may change the stages themselves: the pipeline file, a params or
     /// vars file, a file appearing where a template lists its files, or events lost.
     pub fn touches_pipeline(&self, changes: &Changes) -> bool {
-        changes.rescan || changes.paths.iter().any(|p| self.pipeline.iter().any(|i| i.covers(p)))
+        changes.rescan || changes.paths.iter().any(|p| self.pipeline.covers(p))
     }
 
     fn is_relevant(&self, event: &notify::Event) -> bool {
@@ -281,7 +322,7 @@ impl InputWatcher {
                 | EventKind::Remove(_)
                 | EventKind::Modify(ModifyKind::Data(_) | ModifyKind::Name(_) | ModifyKind::Any)
         );
-        kind && event.paths.iter().any(|p| self.interesting.iter().any(|i| i.covers(p)) && !self.is_own(p))
+        kind && event.paths.iter().any(|p| self.interesting.covers(p) && !self.is_own(p))
     }
 
     fn moves_a_directory(&self, event: &notify::Event) -> bool {
@@ -290,7 +331,7 @@ impl InputWatcher {
             EventKind::Create(CreateKind::Folder) | EventKind::Remove(RemoveKind::Folder) => true,
             // A watched directory, or one above it, removed or renamed.
             EventKind::Remove(_) | EventKind::Modify(ModifyKind::Name(_)) => {
-                event.paths.iter().any(|p| self.watched.keys().any(|dir| dir.starts_with(p)))
+                event.paths.iter().any(|p| self.above_watched.contains(p))
             }
             _ => false,
         }
@@ -304,6 +345,6 @@ impl InputWatcher {
 
     /// Changes the pipeline makes itself: outputs, and dagrun's own files.
     fn is_own(&self, path: &Path) -> bool {
-        self.is_dagrun_file(path) || self.outputs.iter().any(|output| path.starts_with(output))
+        self.is_dagrun_file(path) || self.outputs.covers(path)
     }
 }

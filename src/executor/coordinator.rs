@@ -21,7 +21,8 @@ pub(super) struct Coordinator<'a, 'e> {
     pub(super) state: &'a mut State,
     pub(super) on_event: &'e mut dyn FnMut(&Event<'_>),
     pub(super) schedule: Schedule,
-    /// Output hash of each finished stage (recorded or new).
+    /// Output hash of each stage this build finished (recorded or new); an up-to-date
+    /// stage's is looked up in the records when needed.
     pub(super) hashes: Vec<Option<OutputHash>>,
     pub(super) outcome: ExecOutcome,
     /// The `stage_runs` row of each stage's running attempt.

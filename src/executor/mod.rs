@@ -216,12 +216,14 @@ pub fn execute(
         run,
         last_failure: vec![None; n],
     };
-    for idx in 0..n {
-        if let Some(Verdict::UpToDate) = plan.verdict(idx) {
-            coordinator.hashes[idx] = eval.records.get(spec.stages[idx].name.as_str()).and_then(|r| r.output_hash);
-            coordinator.outcome.counts.up_to_date += 1;
-        }
-    }
+    coordinator.outcome.counts.up_to_date =
+        (0..n).filter(|&idx| matches!(plan.verdict(idx), Some(Verdict::UpToDate))).count() as u32;
+    // An up-to-date stage's output hash is its recorded one, looked up when a stage that
+    // depends on it starts: looking up all 100,000 of a large pipeline's took 40 ms.
+    let recorded_if_clean = |up: StageIdx| match plan.verdict(up) {
+        Some(Verdict::UpToDate) => eval.records.get(spec.stages[up].name.as_str()).and_then(|r| r.output_hash),
+        _ => None,
+    };
     let candidates = coordinator.schedule.waiting();
     if candidates == 0 {
         return Ok(coordinator.outcome);
@@ -280,8 +282,11 @@ pub fn execute(
                     coordinator.not_started(idx);
                     continue;
                 }
-                let upstream =
-                    eval.dag.upstream(idx).filter_map(|up| coordinator.hashes[up].map(|h| (up, h))).collect();
+                let upstream = eval
+                    .dag
+                    .upstream(idx)
+                    .filter_map(|up| coordinator.hashes[up].or_else(|| recorded_if_clean(up)).map(|h| (up, h)))
+                    .collect();
                 task_tx.send(Task { idx, upstream }).expect("workers outlive the coordinator loop");
                 outstanding += 1;
             }
