@@ -164,6 +164,9 @@ pub fn run_agent(
             }
             Schedule::Watch { settle } => {
                 on_event(&AgentEvent::Idle { next_in: None });
+                if let (Some(engine), Some(_)) = (&engine, last_token) {
+                    engine.prepare_next_build();
+                }
                 if let Some(watcher) = &mut watcher {
                     changes = Some(watcher.wait_for_change(settle, &opts.cancel));
                 }

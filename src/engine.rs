@@ -170,6 +170,9 @@ pub struct Engine {
     /// the dashboard) starts from it instead of decoding the snapshot, if the token has not
     /// moved since.
     last_plan_state: std::sync::Mutex<Option<(i64, crate::state::PlanState)>>,
+    /// By stage index, which stages the kept plan state's records leave dirty, with the
+    /// token of that plan state (`prepare_next_build`).
+    unclean: std::sync::Mutex<Option<(i64, Vec<bool>)>>,
     /// Which stages declare each path, made on first use (`stages_touched_by`).
     declared: std::sync::OnceLock<DeclaredPaths>,
 }
@@ -218,6 +221,7 @@ impl Engine {
             registry,
             spec_cache: std::sync::Mutex::new(loaded.cache_entry),
             last_plan_state: Default::default(),
+            unclean: Default::default(),
             declared: Default::default(),
         })
     }
@@ -371,8 +375,12 @@ impl Engine {
         };
         let cache = HashCache::new(&self.spec.root, entries, &self.writer_clock());
         let ctx = self.eval_context(&records, &cache, opts.force);
-        let touched = touched.filter(|t| t.len() == self.spec.stages.len()).map(Vec::as_slice);
-        let plan = plan_build(&ctx, &selected, touched);
+        let touched = touched.filter(|t| t.len() == self.spec.stages.len());
+        let evaluate = touched.map(|touched| {
+            let unclean = self.unclean_for(token, &records, opts.force);
+            touched.iter().zip(&unclean).map(|(touched, unclean)| *touched || *unclean).collect::<Vec<bool>>()
+        });
+        let plan = plan_build(&ctx, &selected, evaluate.as_deref());
 
         let jobs =
             opts.jobs.or(self.spec.jobs).unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
@@ -472,6 +480,36 @@ impl Engine {
             reports.push(report(name, reason, fingerprint, record));
         }
         Ok(reports)
+    }
+
+    /// Work the next watch cycle would do before its first stage, done now, while the agent
+    /// waits for a change: the index of declared paths, and which stages the records this
+    /// engine kept leave dirty (100,000 lookups at 100,000 stages: 20 ms off the time from an
+    /// edit to its first stage).
+    pub fn prepare_next_build(&self) {
+        // The index `stages_touched_by` reads: 140 ms to make at 100,000 stages.
+        self.declared.get_or_init(|| DeclaredPaths::of(&self.spec));
+        let kept = self.last_plan_state.lock().expect("last plan state poisoned");
+        let Some((token, (records, _))) = kept.as_ref() else { return };
+        let mut unclean = self.unclean.lock().expect("unclean mask poisoned");
+        if unclean.as_ref().is_none_or(|(computed_for, _)| computed_for != token) {
+            *unclean = Some((*token, crate::planner::unclean_by_record(&self.spec, records, false)));
+        }
+    }
+
+    /// [`crate::planner::unclean_by_record`] for the plan state read under `token`: as
+    /// `prepare_next_build` left it, or computed now.
+    fn unclean_for(
+        &self,
+        token: Option<i64>,
+        records: &std::collections::HashMap<String, crate::state::StageRecord>,
+        force: bool,
+    ) -> Vec<bool> {
+        let prepared = self.unclean.lock().expect("unclean mask poisoned").take();
+        match prepared {
+            Some((computed_for, unclean)) if !force && Some(computed_for) == token => unclean,
+            _ => crate::planner::unclean_by_record(&self.spec, records, force),
+        }
     }
 
     /// Why a stage is or is not dirty, following a dirty upstream back to its cause.

@@ -236,7 +236,7 @@ fn own_reason(
     fingerprint: Fingerprint,
     always_run: bool,
 ) -> Option<DirtyReason> {
-    if let Some(reason) = record_reason(ctx, record, always_run) {
+    if let Some(reason) = record_reason(ctx.force, record, always_run) {
         return Some(reason);
     }
     let record = record.expect("record_reason is NeverSucceeded without a record");
@@ -251,8 +251,8 @@ fn own_reason(
 
 /// The reasons a stage is dirty that its record alone gives (no fingerprint needed), except
 /// an invalidation, which `own_reason` names after a changed fingerprint.
-fn record_reason(ctx: &EvalContext<'_>, record: Option<&StageRecord>, always_run: bool) -> Option<DirtyReason> {
-    if ctx.force {
+fn record_reason(force: bool, record: Option<&StageRecord>, always_run: bool) -> Option<DirtyReason> {
+    if force {
         return Some(DirtyReason::Forced);
     }
     if always_run {
@@ -421,20 +421,20 @@ impl Plan {
 /// its verdict is known (a build evaluates a dirty stage again when it is about to run), so
 /// that a large pipeline's plan holds one verdict a stage, not everything it was hashed from.
 ///
-/// `touched`, when the caller knows what can have changed since the state was last written
+/// `evaluate`, when the caller knows what can have changed since the state was last written
 /// and by whom (the agent under `--watch`: its own build wrote the state, nobody has since,
-/// and its watcher names every file that changed): only stages touched (a source input or an
-/// output changed) or not clean by their record are evaluated; the others are up to date as
-/// recorded, since nothing they are fingerprinted on can have moved. Downstream of a dirty
-/// stage is marked as in a full plan, and evaluated again by the executor once its upstream
-/// is done.
-pub fn plan_build(ctx: &EvalContext<'_>, selected: &[bool], touched: Option<&[bool]>) -> Plan {
+/// and its watcher names every file that changed): only those stages are evaluated, which
+/// must be every stage touched (a source input or an output changed) and every one not
+/// clean by its record ([`unclean_by_record`]); the others are up to date as recorded, since
+/// nothing they are fingerprinted on can have moved. Downstream of a dirty stage is marked
+/// as in a full plan, and evaluated again by the executor once its upstream is done.
+pub fn plan_build(ctx: &EvalContext<'_>, selected: &[bool], evaluate: Option<&[bool]>) -> Plan {
     let recorded_hash = |up: StageIdx| ctx.records.get(ctx.spec.stages[up].name.as_str()).and_then(|r| r.output_hash);
     let mut verdicts: Vec<Option<Verdict>> = (0..ctx.spec.stages.len())
         .into_par_iter()
         .map(|idx| {
-            selected[idx].then(|| match touched {
-                Some(touched) if !touched[idx] && recorded_clean(ctx, idx) => Verdict::UpToDate,
+            selected[idx].then(|| match evaluate {
+                Some(evaluate) if !evaluate[idx] => Verdict::UpToDate,
                 _ => evaluate_stage(ctx, idx, &recorded_hash).verdict,
             })
         })
@@ -443,11 +443,16 @@ pub fn plan_build(ctx: &EvalContext<'_>, selected: &[bool], touched: Option<&[bo
     Plan { verdicts }
 }
 
-/// Whether a stage's record alone says it is up to date, given unchanged files.
-fn recorded_clean(ctx: &EvalContext<'_>, idx: StageIdx) -> bool {
-    let stage = &ctx.spec.stages[idx];
-    let record = ctx.records.get(stage.name.as_str());
-    record_reason(ctx, record, stage.always_run).is_none() && record.is_some_and(|r| !r.is_dirty)
+/// By stage index: whether a stage's record alone leaves it dirty, whatever the files say
+/// (never succeeded, last run failed, invalidated, runs every time, or `force`).
+pub fn unclean_by_record(spec: &Spec, records: &HashMap<String, StageRecord>, force: bool) -> Vec<bool> {
+    spec.stages
+        .par_iter()
+        .map(|stage| {
+            let record = records.get(stage.name.as_str());
+            record_reason(force, record, stage.always_run).is_some() || record.is_none_or(|r| r.is_dirty)
+        })
+        .collect()
 }
 
 /// A stage's evaluation as [`evaluate_all`] keeps it: an up-to-date stage by its
