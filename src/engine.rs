@@ -378,6 +378,7 @@ impl Engine {
         let touched = touched.filter(|t| t.len() == self.spec.stages.len());
         let evaluate = touched.map(|touched| {
             let unclean = self.unclean_for(token, &records, opts.force);
+            debug_assert_eq!(touched.len(), unclean.len());
             touched.iter().zip(&unclean).map(|(touched, unclean)| *touched || *unclean).collect::<Vec<bool>>()
         });
         let plan = plan_build(&ctx, &selected, evaluate.as_deref());
@@ -468,7 +469,7 @@ impl Engine {
             let reason = match evaluated {
                 Evaluated::UpToDate(_) => None,
                 Evaluated::Dirty(eval) => match eval.verdict {
-                    Verdict::UpToDate => None,
+                    Verdict::UpToDate => None, // never: evaluate_all keeps those as UpToDate
                     Verdict::Dirty(reason) => Some(match &state {
                         Some(state) => explain_reason(state, name, reason, &eval.inputs),
                         None => reason,

@@ -20,6 +20,7 @@ pub mod graph;
 pub mod markets;
 pub mod metrics;
 pub mod planner;
+mod reserve;
 pub mod runcache;
 pub mod spec;
 pub mod state;

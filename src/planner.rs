@@ -147,6 +147,13 @@ pub struct EvalContext<'a> {
     pub force: bool,
 }
 
+impl EvalContext<'_> {
+    /// The output hash recorded at stage `idx`'s last success.
+    pub fn recorded_output_hash(&self, idx: StageIdx) -> Option<OutputHash> {
+        self.records.get(self.spec.stages[idx].name.as_str()).and_then(|r| r.output_hash)
+    }
+}
+
 /// Evaluates one stage given the output hash of each upstream stage (`None`: not built).
 pub fn evaluate_stage(
     ctx: &EvalContext<'_>,
@@ -429,7 +436,7 @@ impl Plan {
 /// nothing they are fingerprinted on can have moved. Downstream of a dirty stage is marked
 /// as in a full plan, and evaluated again by the executor once its upstream is done.
 pub fn plan_build(ctx: &EvalContext<'_>, selected: &[bool], evaluate: Option<&[bool]>) -> Plan {
-    let recorded_hash = |up: StageIdx| ctx.records.get(ctx.spec.stages[up].name.as_str()).and_then(|r| r.output_hash);
+    let recorded_hash = |up: StageIdx| ctx.recorded_output_hash(up);
     let mut verdicts: Vec<Option<Verdict>> = (0..ctx.spec.stages.len())
         .into_par_iter()
         .map(|idx| {
@@ -439,7 +446,13 @@ pub fn plan_build(ctx: &EvalContext<'_>, selected: &[bool], evaluate: Option<&[b
             })
         })
         .collect();
-    mark_upstream_dirty(ctx, &mut verdicts);
+    mark_upstream_dirty(
+        ctx,
+        &mut verdicts,
+        |v| v.as_ref().is_some_and(Verdict::is_dirty),
+        |v| matches!(v, Some(Verdict::UpToDate)),
+        |v, reason| *v = Some(Verdict::Dirty(reason)),
+    );
     Plan { verdicts }
 }
 
@@ -476,7 +489,7 @@ impl Evaluated {
 /// Every selected stage's evaluation, verdicts as [`plan_build`] gives them: for `status`,
 /// `why` and `accept`, which explain a dirty stage by what its fingerprint covered.
 pub fn evaluate_all(ctx: &EvalContext<'_>, selected: &[bool]) -> Vec<Option<Evaluated>> {
-    let recorded_hash = |up: StageIdx| ctx.records.get(ctx.spec.stages[up].name.as_str()).and_then(|r| r.output_hash);
+    let recorded_hash = |up: StageIdx| ctx.recorded_output_hash(up);
     let mut evaluations: Vec<Option<Evaluated>> = (0..ctx.spec.stages.len())
         .into_par_iter()
         .map(|idx| {
@@ -489,35 +502,40 @@ pub fn evaluate_all(ctx: &EvalContext<'_>, selected: &[bool]) -> Vec<Option<Eval
             })
         })
         .collect();
-    let is_dirty = |e: &Option<Evaluated>| matches!(e, Some(Evaluated::Dirty(_)));
-    let dirty: Vec<StageIdx> = (0..evaluations.len()).filter(|&idx| is_dirty(&evaluations[idx])).collect();
-    let cone = ctx.dag.downstream_through(&dirty, |idx| matches!(evaluations[idx], Some(Evaluated::UpToDate(_))));
-    for idx in cone {
-        let Some(Evaluated::UpToDate(fingerprint)) = evaluations[idx] else { continue };
-        if let Some(up) = ctx.dag.upstream(idx).find(|&up| is_dirty(&evaluations[up])) {
-            let stage = ctx.spec.stages[up].name.to_string();
-            evaluations[idx] = Some(Evaluated::Dirty(Box::new(Evaluation {
+    mark_upstream_dirty(
+        ctx,
+        &mut evaluations,
+        |e| matches!(e, Some(Evaluated::Dirty(_))),
+        |e| matches!(e, Some(Evaluated::UpToDate(_))),
+        |e, reason| {
+            let fingerprint = e.as_ref().map(Evaluated::fingerprint).expect("only up-to-date stages are marked");
+            *e = Some(Evaluated::Dirty(Box::new(Evaluation {
                 inputs: FingerprintInputs::covering_nothing(),
                 fingerprint,
-                verdict: Verdict::Dirty(DirtyReason::UpstreamDirty { stage }),
+                verdict: Verdict::Dirty(reason),
                 input_paths: Vec::new(),
             })));
-        }
-    }
+        },
+    );
     evaluations
 }
 
-/// Marks each up-to-date stage downstream of a dirty one as `UpstreamDirty`, naming the
-/// first of its upstream stages that is dirty by then (upstream stages are marked first).
-fn mark_upstream_dirty(ctx: &EvalContext<'_>, items: &mut [Option<Verdict>]) {
-    let dirty: Vec<StageIdx> =
-        (0..items.len()).filter(|&idx| items[idx].as_ref().is_some_and(Verdict::is_dirty)).collect();
-    let cone = ctx.dag.downstream_through(&dirty, |idx| matches!(items[idx], Some(Verdict::UpToDate)));
+/// Marks each up-to-date stage downstream of a dirty one as `UpstreamDirty` (`mark`),
+/// naming the first of its upstream stages that is dirty by then (upstream stages are marked
+/// first). Visits only what lies downstream of a dirty stage.
+fn mark_upstream_dirty<T>(
+    ctx: &EvalContext<'_>,
+    items: &mut [T],
+    is_dirty: impl Fn(&T) -> bool,
+    is_up_to_date: impl Fn(&T) -> bool,
+    mark: impl Fn(&mut T, DirtyReason),
+) {
+    let dirty: Vec<StageIdx> = (0..items.len()).filter(|&idx| is_dirty(&items[idx])).collect();
+    let cone = ctx.dag.downstream_through(&dirty, |idx| is_up_to_date(&items[idx]));
     for idx in cone {
-        let dirty_upstream = ctx.dag.upstream(idx).find(|&up| items[up].as_ref().is_some_and(Verdict::is_dirty));
-        if let Some(up) = dirty_upstream {
+        if let Some(up) = ctx.dag.upstream(idx).find(|&up| is_dirty(&items[up])) {
             let stage = ctx.spec.stages[up].name.to_string();
-            items[idx] = Some(Verdict::Dirty(DirtyReason::UpstreamDirty { stage }));
+            mark(&mut items[idx], DirtyReason::UpstreamDirty { stage });
         }
     }
 }

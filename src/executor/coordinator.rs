@@ -105,7 +105,7 @@ impl Coordinator<'_, '_> {
             TaskResult::Clean => {
                 let name = self.eval.spec.stages[idx].name.as_str();
                 self.state.record_not_run(self.run, name, StageStatus::CutOff, "upstream outputs unchanged")?;
-                let recorded = self.eval.records.get(self.name(idx)).and_then(|r| r.output_hash);
+                let recorded = self.eval.recorded_output_hash(idx);
                 self.hashes[idx] = recorded;
                 self.outcome.counts.cut_off += 1;
                 (self.on_event)(&Event::StageCutOff { stage: self.eval.spec.stages[idx].name.as_str() });

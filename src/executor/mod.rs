@@ -221,7 +221,7 @@ pub fn execute(
     // An up-to-date stage's output hash is its recorded one, looked up when a stage that
     // depends on it starts: looking up all 100,000 of a large pipeline's took 40 ms.
     let recorded_if_clean = |up: StageIdx| match plan.verdict(up) {
-        Some(Verdict::UpToDate) => eval.records.get(spec.stages[up].name.as_str()).and_then(|r| r.output_hash),
+        Some(Verdict::UpToDate) => eval.recorded_output_hash(up),
         _ => None,
     };
     let candidates = coordinator.schedule.waiting();

@@ -78,6 +78,11 @@ fn listing_hash(spec: &Spec, glob: &super::GlobPattern) -> [u8; 32] {
 /// The entry's spec, if there is one for `key` and nothing it was made from has changed.
 pub(super) fn read(entry_path: &Path, key: &[u8; 32], file: &Path) -> Option<Spec> {
     let bytes = std::fs::read(entry_path).ok()?;
+    // The key comes first, as its 32 bytes: an entry for another key (another dagrun's, of
+    // another layout) is not decoded at all.
+    if bytes.get(..32) != Some(key.as_slice()) {
+        return None;
+    }
     let entry: Entry = postcard::from_bytes(&bytes).ok()?;
     if entry.key != *key || entry.listed.len() != entry.spec.listed.len() {
         return None;
@@ -133,9 +138,7 @@ where
             f.write_str("a sequence")
         }
         fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
-            // Capped: a damaged length must not reserve more than a real pipeline could use.
-            const MOST: usize = 1 << 22;
-            let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(MOST));
+            let mut items = Vec::with_capacity(crate::reserve::capacity_for::<T>(seq.size_hint()));
             while let Some(item) = seq.next_element()? {
                 items.push(item);
             }

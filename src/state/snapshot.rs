@@ -93,9 +93,7 @@ impl<'de, S: Deserialize<'de>, V> serde::de::Visitor<'de> for MapOf<S, V> {
     }
 
     fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        // Capped: a damaged length must not reserve more than a real pipeline could use.
-        const MOST: usize = 1 << 22;
-        let mut map = HashMap::with_capacity(seq.size_hint().unwrap_or(0).min(MOST));
+        let mut map = HashMap::with_capacity(crate::reserve::capacity_for::<(String, V)>(seq.size_hint()));
         while let Some(item) = seq.next_element::<S>()? {
             let (key, value) = (self.0)(item).ok_or_else(|| serde::de::Error::custom("not a state dagrun writes"))?;
             map.insert(key, value);
