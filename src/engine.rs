@@ -12,7 +12,7 @@ use crate::fingerprint::{CacheClock, HashCache};
 use crate::graph::Dag;
 use crate::planner::{DirtyReason, EvalContext, Evaluated, Verdict, evaluate_all, explain_reason, plan_build};
 use crate::spec::{Spec, SpecCacheEntry, StageIdx, load_spec_cached, suggest};
-use crate::state::{Refreshed, RunOutcome, StageRecord, StageStatus, State, UnfinishedAttempt, acquire_lock};
+use crate::state::{RunOutcome, StageRecord, StageStatus, State, UnfinishedAttempt, acquire_lock};
 
 /// How to build.
 #[derive(Debug, Clone)]
@@ -433,10 +433,8 @@ impl Engine {
         cached?;
         // Kept for the next build of this engine, with the token it was read under: what the
         // snapshot now holds, or, when nothing changed, what this build started from.
-        let (token, kept) = match state.refresh_snapshot()? {
-            Refreshed::Reloaded(token, plan_state) => (Some(token), Some((token, plan_state))),
-            Refreshed::Unchanged(token) => (token, token.map(|token| (token, (records, cache.into_entries())))),
-        };
+        let (token, plan_state) = state.refresh_snapshot((records, cache.into_entries()))?;
+        let kept = token.map(|token| (token, plan_state));
         *self.last_plan_state.lock().expect("last plan state poisoned") = kept;
         state.trim_wal();
         // A build that stopped starting stages (interrupted, or --fail-fast) may have left a

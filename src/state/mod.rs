@@ -36,16 +36,6 @@ const MIGRATIONS: [&str; 6] = [
     include_str!("../../migrations/0006_cluster_jobs.sql"),
 ];
 
-/// What [`State::refresh_snapshot`] did, and the token of what the tables hold.
-#[derive(Debug)]
-pub enum Refreshed {
-    /// Nothing changed since the plan state was read: the token it was read under (`None`
-    /// if there is no token row).
-    Unchanged(Option<i64>),
-    /// The snapshot was rewritten with this plan state, read under this token.
-    Reloaded(i64, snapshot::PlanState),
-}
-
 /// How long the write-ahead log may grow before a build checkpoints and truncates it: 64
 /// pages, which a process opening the database reads in well under a millisecond.
 const WAL_TRIM_BYTES: u64 = 64 * 4096;
@@ -150,6 +140,12 @@ pub struct State {
     path: PathBuf,
     /// The token of the snapshot on disk, once this process has read or written it.
     snapshot_token: std::cell::Cell<Option<i64>>,
+    /// `PRAGMA data_version` when the plan state was loaded: it moves only when another
+    /// connection commits, so while it stands, the tables are that plan state plus this
+    /// connection's own writes.
+    loaded_at_version: std::cell::Cell<Option<i64>>,
+    /// The stages whose records this connection has written since the plan state was loaded.
+    written: std::cell::RefCell<std::collections::HashSet<String>>,
 }
 
 impl std::fmt::Debug for State {
@@ -164,6 +160,16 @@ impl State {
         let mut state = State::open_unmigrated(path)?;
         state.migrate()?;
         Ok(state)
+    }
+
+    fn with(conn: Connection, path: &Path) -> State {
+        State {
+            conn,
+            path: path.to_path_buf(),
+            snapshot_token: Default::default(),
+            loaded_at_version: Default::default(),
+            written: Default::default(),
+        }
     }
 
     /// Opens (creating and migrating) the database for a build. Another process may hold
@@ -220,7 +226,7 @@ impl State {
         let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
             .map_err(|source| StateError::Open { path: path.to_path_buf(), source })?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
-        Ok(State { conn, path: path.to_path_buf(), snapshot_token: Default::default() })
+        Ok(State::with(conn, path))
     }
 
     /// What readers (`status`, `why`, `history`, `graph`, `build -n`, the dashboard) open:
@@ -268,7 +274,7 @@ impl State {
         let open_err = |source| StateError::Open { path: path.to_path_buf(), source };
         let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE)
             .map_err(open_err)?;
-        let mut state = State { conn, path: path.to_path_buf(), snapshot_token: Default::default() };
+        let mut state = State::with(conn, path);
         state.configure()?;
         Ok(state)
     }
@@ -394,6 +400,7 @@ impl State {
             [],
         )?;
         tx.commit()?;
+        self.written.get_mut().extend(stages.iter().cloned());
         Ok(stages)
     }
 
@@ -408,6 +415,7 @@ impl State {
             )?;
         }
         tx.commit()?;
+        self.written.get_mut().extend(components.iter().map(|c| c.to_string()));
         Ok(())
     }
 
@@ -482,6 +490,18 @@ impl State {
         &self,
         kept: Option<(i64, snapshot::PlanState)>,
     ) -> Result<(Option<i64>, snapshot::PlanState), StateError> {
+        // Read before the token: a commit by anyone after this moves it.
+        let version = self.data_version()?;
+        let loaded = self.load_plan_state_keeping_at(kept)?;
+        self.loaded_at_version.set(Some(version));
+        self.written.borrow_mut().clear();
+        Ok(loaded)
+    }
+
+    fn load_plan_state_keeping_at(
+        &self,
+        kept: Option<(i64, snapshot::PlanState)>,
+    ) -> Result<(Option<i64>, snapshot::PlanState), StateError> {
         let token = self.token()?;
         if let Some((kept_token, plan_state)) = kept
             && token == Some(kept_token)
@@ -498,22 +518,48 @@ impl State {
         self.load_plan_state_from_tables()
     }
 
-    /// After a build: rewrites the snapshot if the state changed since the plan state was
-    /// read, and returns the plan state it read for it (written or not: a snapshot that
-    /// cannot be written is only a slower next load) with its token; or, when nothing
-    /// changed, the token the plan state was read under.
-    pub fn refresh_snapshot(&self) -> Result<Refreshed, StateError> {
+    /// After a build: the plan state the tables now hold, with their token, given the one the
+    /// build loaded (`plan_state`, its stat cache grown by what the build hashed); the
+    /// snapshot is rewritten if the state changed (best effort: a snapshot that cannot be
+    /// written is only a slower next load). When nobody else has committed since the load,
+    /// that is the loaded plan state with the records this build wrote read again; else all
+    /// of it is read from the tables. The token is `None` if its row is gone.
+    pub fn refresh_snapshot(
+        &self,
+        plan_state: snapshot::PlanState,
+    ) -> Result<(Option<i64>, snapshot::PlanState), StateError> {
         let token = self.token()?;
         if self.snapshot_token.get() == token {
-            return Ok(Refreshed::Unchanged(token));
+            return Ok((token, plan_state));
         }
-        let (Some(token), plan_state) = self.load_plan_state_from_tables()? else {
-            return Ok(Refreshed::Unchanged(None));
+        let (token, plan_state) = match token {
+            Some(token) if self.loaded_at_version.get() == Some(self.data_version()?) => {
+                (Some(token), self.with_own_writes(plan_state)?)
+            }
+            _ => self.load_plan_state_from_tables()?,
         };
+        let Some(token) = token else { return Ok((None, plan_state)) };
         if snapshot::write(&snapshot::path_for(&self.path), token, &plan_state).is_ok() {
             self.snapshot_token.set(Some(token));
         }
-        Ok(Refreshed::Reloaded(token, plan_state))
+        Ok((Some(token), plan_state))
+    }
+
+    /// `plan_state` with the records this connection wrote since it was loaded read again.
+    /// Its stat cache already holds every entry the build wrote: each was hashed in memory
+    /// before it was written.
+    fn with_own_writes(&self, (mut records, entries): snapshot::PlanState) -> Result<snapshot::PlanState, StateError> {
+        for component in self.written.borrow().iter() {
+            match self.load_record(component)? {
+                Some(record) => records.insert(component.clone(), record),
+                None => records.remove(component),
+            };
+        }
+        Ok((records, entries))
+    }
+
+    fn data_version(&self) -> Result<i64, StateError> {
+        Ok(self.conn.query_row("PRAGMA data_version", [], |r| r.get(0))?)
     }
 
     /// Keeps the write-ahead log short. Nobody holds the database open between builds, so

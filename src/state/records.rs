@@ -159,34 +159,18 @@ fn parse_hash<T: std::str::FromStr>(
     }
 }
 
+/// What `record_of` reads, in its order.
+const RECORD_COLUMNS: &str = "component, last_run_at, is_dirty, run_count, failure_count, fingerprint, output_hash,
+    last_status, last_duration_ms, last_error, invalidations";
+
 impl State {
     /// Every stage's recorded state, by component name.
     pub fn load_records(&self) -> Result<HashMap<String, StageRecord>, StateError> {
         let mut records = HashMap::new();
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT component, last_run_at, is_dirty, run_count, failure_count, fingerprint, output_hash,
-                    last_status, last_duration_ms, last_error, invalidations FROM orchestrator_state",
-        )?;
+        let mut stmt = self.conn.prepare_cached(&format!("SELECT {RECORD_COLUMNS} FROM orchestrator_state"))?;
         let mut rows = stmt.query([])?;
         while let Some(row) = rows.next()? {
-            let record = StageRecord {
-                last_run_at: row.get(1)?,
-                is_dirty: row.get(2)?,
-                run_count: row.get(3)?,
-                failure_count: row.get(4)?,
-                fingerprint: parse_hash(self, row.get_ref(5)?)?,
-                output_hash: parse_hash(self, row.get_ref(6)?)?,
-                last_status: match row.get_ref(7)?.as_str_or_null() {
-                    Ok(None) => None,
-                    Ok(Some(text)) => Some(StageStatus::parse(text).ok_or_else(|| self.damaged())?),
-                    Err(_) => return Err(self.damaged()),
-                },
-                last_duration_ms: row.get(8)?,
-                last_error: row.get(9)?,
-                outputs: Vec::new(),
-                invalidations: row.get(10)?,
-            };
-            records.insert(row.get(0)?, record);
+            records.insert(row.get(0)?, self.record_of(row)?);
         }
         let mut stmt = self.conn.prepare_cached("SELECT component, path, hash FROM stage_outputs")?;
         let mut rows = stmt.query([])?;
@@ -197,6 +181,45 @@ impl State {
             }
         }
         Ok(records)
+    }
+
+    /// One stage's recorded state, as `load_records` gives it; `None` without a record.
+    pub(super) fn load_record(&self, component: &str) -> Result<Option<StageRecord>, StateError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(&format!("SELECT {RECORD_COLUMNS} FROM orchestrator_state WHERE component = ?1"))?;
+        let mut rows = stmt.query([component])?;
+        let Some(row) = rows.next()? else { return Ok(None) };
+        let mut record = self.record_of(row)?;
+        let mut stmt = self.conn.prepare_cached("SELECT path, hash FROM stage_outputs WHERE component = ?1")?;
+        let mut rows = stmt.query([component])?;
+        while let Some(row) = rows.next()? {
+            if let Some(hash) = parse_hash(self, row.get_ref(1)?)? {
+                record.outputs.push((row.get(0)?, hash));
+            }
+        }
+        Ok(Some(record))
+    }
+
+    /// A row of `RECORD_COLUMNS` as a record, without its outputs.
+    fn record_of(&self, row: &rusqlite::Row<'_>) -> Result<StageRecord, StateError> {
+        Ok(StageRecord {
+            last_run_at: row.get(1)?,
+            is_dirty: row.get(2)?,
+            run_count: row.get(3)?,
+            failure_count: row.get(4)?,
+            fingerprint: parse_hash(self, row.get_ref(5)?)?,
+            output_hash: parse_hash(self, row.get_ref(6)?)?,
+            last_status: match row.get_ref(7)?.as_str_or_null() {
+                Ok(None) => None,
+                Ok(Some(text)) => Some(StageStatus::parse(text).ok_or_else(|| self.damaged())?),
+                Err(_) => return Err(self.damaged()),
+            },
+            last_duration_ms: row.get(8)?,
+            last_error: row.get(9)?,
+            outputs: Vec::new(),
+            invalidations: row.get(10)?,
+        })
     }
 
     /// The whole stat cache.
@@ -330,6 +353,7 @@ impl State {
         }
         put_cache_entries(&tx, cache)?;
         tx.commit()?;
+        self.written.get_mut().insert(success.component.to_string());
         Ok(())
     }
 
@@ -358,6 +382,7 @@ impl State {
         .execute(params![failure.component, failure.status.as_str(), duration_ms, failure.error])?;
         put_cache_entries(&tx, cache)?;
         tx.commit()?;
+        self.written.get_mut().insert(failure.component.to_string());
         Ok(())
     }
 }

@@ -201,6 +201,46 @@ fn status_shows_a_stage_another_build_is_running() {
     assert!(rebuilt.stdout().contains("1 ran"), "{}", rebuilt.stdout());
 }
 
+/// What `status --json` says with the snapshot, and with the tables alone.
+fn status_by_snapshot_and_by_tables(sb: &crate::sandbox::Sandbox) -> (String, String) {
+    let by_snapshot = sb.dagrun(&["status", "--json"]).success().stdout();
+    std::fs::remove_file(sb.path(".dagrun/state.db.snapshot")).expect("a build leaves a snapshot");
+    let by_tables = sb.dagrun(&["status", "--json"]).success().stdout();
+    (by_snapshot, by_tables)
+}
+
+/// A build writes the snapshot from what it loaded plus the records it wrote itself, unless
+/// someone else wrote meanwhile: either way the snapshot says what the tables say.
+#[test]
+fn a_builds_snapshot_holds_what_its_tables_hold_whoever_wrote_meanwhile() {
+    let sb = abc();
+    sb.build().success();
+    assert_eq!(sb.ran(), ["a", "b", "c"]);
+    sb.write("src.txt", "changed\n");
+    sb.build().success();
+    assert_eq!(sb.ran(), ["a", "b", "c"]);
+    let (by_snapshot, by_tables) = status_by_snapshot_and_by_tables(&sb);
+    assert_eq!(by_snapshot, by_tables);
+
+    // `dagrun invalidate a` lands while the build runs `b` (its param changed), which waits
+    // for it: the build writes b's and c's records, never a's.
+    sb.edit("pipeline.toml", |p| {
+        p.replace("cmd = \"echo b", "cmd = \"touch started; while [ ! -e go ]; do sleep 0.05; done; echo b")
+            .replace("window = 20", "window = 21")
+    });
+    let mut build = sb.spawn(&["build"]);
+    crate::sandbox::wait_until("stage b to start", || sb.exists("started"));
+    sb.dagrun(&["invalidate", "a"]).success();
+    sb.write("go", "");
+    assert!(build.wait().unwrap().success());
+    assert_eq!(sb.ran(), ["b", "c"]);
+    let (by_snapshot, by_tables) = status_by_snapshot_and_by_tables(&sb);
+    assert_eq!(by_snapshot, by_tables);
+    let status: serde_json::Value = serde_json::from_str(&by_tables).unwrap();
+    let a = status["stages"].as_array().unwrap().iter().find(|s| s["stage"] == "a").unwrap().clone();
+    assert_eq!(a["dirty"], true, "{a}");
+}
+
 /// The snapshot of the state beside the database (a no-op build's fast path) is believed
 /// only while the database has not changed since it was written, whoever changed it.
 #[test]
