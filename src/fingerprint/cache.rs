@@ -256,7 +256,10 @@ impl HashCache {
             dev: stat.dev,
         };
         if cached != Some(entry) {
-            self.entries.lock().expect("hash cache poisoned").insert(rel.to_string(), entry);
+            // One after the other under the map's lock: of two threads hashing one path, the
+            // entry the map keeps is the one written last, so the map stays what the table holds.
+            let mut entries = self.entries.lock().expect("hash cache poisoned");
+            entries.insert(rel.to_string(), entry);
             self.fresh.lock().expect("hash cache poisoned").push((rel.to_string(), entry));
         }
         Ok(entry.hash)

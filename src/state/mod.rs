@@ -533,7 +533,9 @@ impl State {
             return Ok((token, plan_state));
         }
         let (token, plan_state) = match token {
-            Some(token) if self.loaded_at_version.get() == Some(self.data_version()?) => {
+            Some(token)
+                if self.loaded_at_version.get() == Some(self.data_version()?) && self.only_own_triggers()? =>
+            {
                 (Some(token), self.with_own_writes(plan_state)?)
             }
             _ => self.load_plan_state_from_tables()?,
@@ -556,6 +558,21 @@ impl State {
             };
         }
         Ok((records, entries))
+    }
+
+    /// Whether the database has no triggers but dagrun's (migration 0005's): someone's own
+    /// trigger could change other stages' rows within this connection's writes, unseen by
+    /// `data_version` and `written`.
+    fn only_own_triggers(&self) -> Result<bool, StateError> {
+        let others: i64 = self.conn.query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'trigger' AND name NOT IN (
+                 'orchestrator_state_inserted', 'orchestrator_state_updated', 'orchestrator_state_deleted',
+                 'stage_outputs_inserted', 'stage_outputs_updated', 'stage_outputs_deleted',
+                 'file_hashes_inserted', 'file_hashes_updated', 'file_hashes_deleted')",
+            [],
+            |r| r.get(0),
+        )?;
+        Ok(others == 0)
     }
 
     fn data_version(&self) -> Result<i64, StateError> {

@@ -201,8 +201,13 @@ fn status_shows_a_stage_another_build_is_running() {
     assert!(rebuilt.stdout().contains("1 ran"), "{}", rebuilt.stdout());
 }
 
-/// What `status --json` says with the snapshot, and with the tables alone.
+/// What `status --json` says with the snapshot (checked to be current, so that it is what
+/// is read), and with the tables alone.
 fn status_by_snapshot_and_by_tables(sb: &crate::sandbox::Sandbox) -> (String, String) {
+    let snapshot = std::fs::read(sb.path(".dagrun/state.db.snapshot")).expect("a build leaves a snapshot");
+    let header = b"dagrun state snapshot 1\n".len();
+    let token = i64::from_le_bytes(snapshot[header..header + 8].try_into().unwrap());
+    assert_eq!(sb.column("SELECT token FROM state_token"), [token.to_string()], "the snapshot is current");
     let by_snapshot = sb.dagrun(&["status", "--json"]).success().stdout();
     std::fs::remove_file(sb.path(".dagrun/state.db.snapshot")).expect("a build leaves a snapshot");
     let by_tables = sb.dagrun(&["status", "--json"]).success().stdout();
@@ -229,9 +234,17 @@ fn a_builds_snapshot_holds_what_its_tables_hold_whoever_wrote_meanwhile() {
             .replace("window = 20", "window = 21")
     });
     let mut build = sb.spawn(&["build"]);
+    // Whatever happens below, the stage is let go, so the build ends.
+    struct LetGo<'a>(&'a crate::sandbox::Sandbox);
+    impl Drop for LetGo<'_> {
+        fn drop(&mut self) {
+            self.0.write("go", "");
+        }
+    }
+    let go = LetGo(&sb);
     crate::sandbox::wait_until("stage b to start", || sb.exists("started"));
     sb.dagrun(&["invalidate", "a"]).success();
-    sb.write("go", "");
+    drop(go);
     assert!(build.wait().unwrap().success());
     assert_eq!(sb.ran(), ["b", "c"]);
     let (by_snapshot, by_tables) = status_by_snapshot_and_by_tables(&sb);
