@@ -48,7 +48,7 @@ pub struct SinceLastBuild {
     /// The state token that build left (`BuildSummary::state_token`, which a build that
     /// did not finish every stage it could leaves empty).
     pub state_token: i64,
-    /// By stage index: a source input or an output of it changed.
+    /// By stage index: an input or an output of it changed.
     pub touched: Vec<bool>,
 }
 
@@ -86,6 +86,16 @@ pub struct StageReport {
     /// The fingerprint now, and the one recorded at the last success (hex).
     pub fingerprint: String,
     pub recorded_fingerprint: Option<String>,
+}
+
+/// What a build of an engine left for its next one: the plan state (records and stat cache)
+/// with the state token it was read under, and, once `prepare_next_build` made it, which
+/// stages its records leave dirty, by index.
+#[derive(Debug)]
+struct KeptPlanState {
+    token: i64,
+    plan_state: crate::state::PlanState,
+    unclean: Option<Vec<bool>>,
 }
 
 /// A build of another dagrun process, running now.
@@ -169,10 +179,7 @@ pub struct Engine {
     /// the state token it was read under: the next build of a long-lived engine (the agent,
     /// the dashboard) starts from it instead of decoding the snapshot, if the token has not
     /// moved since.
-    last_plan_state: std::sync::Mutex<Option<(i64, crate::state::PlanState)>>,
-    /// By stage index, which stages the kept plan state's records leave dirty, with the
-    /// token of that plan state (`prepare_next_build`).
-    unclean: std::sync::Mutex<Option<(i64, Vec<bool>)>>,
+    last_plan_state: std::sync::Mutex<Option<KeptPlanState>>,
     /// Which stages declare each path, made on first use (`stages_touched_by`).
     declared: std::sync::OnceLock<DeclaredPaths>,
 }
@@ -221,7 +228,6 @@ impl Engine {
             registry,
             spec_cache: std::sync::Mutex::new(loaded.cache_entry),
             last_plan_state: Default::default(),
-            unclean: Default::default(),
             declared: Default::default(),
         })
     }
@@ -260,7 +266,7 @@ impl Engine {
     }
 
     /// By stage index: whether one of `changed` (absolute paths) is, holds or lies under a
-    /// source input or an output of the stage, or matches a glob input. Costs a few lookups
+    /// declared input or output of the stage, or matches a glob input. Costs a few lookups
     /// per change, not a pass over the stages (a cycle sees every file the last one wrote).
     pub fn stages_touched_by(&self, changed: &std::collections::HashSet<PathBuf>) -> Vec<bool> {
         let index = self.declared.get_or_init(|| DeclaredPaths::of(&self.spec));
@@ -292,12 +298,7 @@ impl Engine {
             }
         }
         for (idx, glob) in &index.globs {
-            let matches = |c: &&str| {
-                glob.matches(c)
-                    || crate::spec::RelPath::parse_normalized(c)
-                        .is_some_and(|rel| rel.ancestors().any(|dir| glob.matches(dir)))
-            };
-            if relative.iter().any(matches) {
+            if relative.iter().any(|c| glob.covers(c)) {
                 touched[*idx] = true;
             }
         }
@@ -366,19 +367,32 @@ impl Engine {
         }
 
         let kept = self.last_plan_state.lock().expect("last plan state poisoned").take();
+        let (kept, unclean) = match kept {
+            Some(kept) => (Some((kept.token, kept.plan_state)), kept.unclean.map(|unclean| (kept.token, unclean))),
+            None => (None, None),
+        };
         let (token, (records, entries)) = state.load_plan_state_keeping(kept)?;
         // Only what changed since our own last build is looked at, if nobody wrote since:
         // the records were read under the token that build left.
         let touched = match &opts.since {
-            Some(since) if swept.is_empty() && token == Some(since.state_token) => Some(&since.touched),
+            Some(since)
+                if !opts.force
+                    && swept.is_empty()
+                    && token == Some(since.state_token)
+                    && since.touched.len() == self.spec.stages.len() =>
+            {
+                Some(&since.touched)
+            }
             _ => None,
         };
         let cache = HashCache::new(&self.spec.root, entries, &self.writer_clock());
         let ctx = self.eval_context(&records, &cache, opts.force);
-        let touched = touched.filter(|t| t.len() == self.spec.stages.len());
         let evaluate = touched.map(|touched| {
-            let unclean = self.unclean_for(token, &records, opts.force);
-            debug_assert_eq!(touched.len(), unclean.len());
+            // As `prepare_next_build` left it, if for these records.
+            let unclean = match unclean {
+                Some((computed_for, unclean)) if Some(computed_for) == token => unclean,
+                _ => crate::planner::unclean_by_record(&self.spec, &records),
+            };
             touched.iter().zip(&unclean).map(|(touched, unclean)| *touched || *unclean).collect::<Vec<bool>>()
         });
         let plan = plan_build(&ctx, &selected, evaluate.as_deref());
@@ -434,7 +448,7 @@ impl Engine {
         // Kept for the next build of this engine, with the token it was read under: what the
         // snapshot now holds, or, when nothing changed, what this build started from.
         let (token, plan_state) = state.refresh_snapshot((records, cache.into_entries()))?;
-        let kept = token.map(|token| (token, plan_state));
+        let kept = token.map(|token| KeptPlanState { token, plan_state, unclean: None });
         *self.last_plan_state.lock().expect("last plan state poisoned") = kept;
         state.trim_wal();
         // A build that stopped starting stages (interrupted, or --fail-fast) may have left a
@@ -488,26 +502,11 @@ impl Engine {
     pub fn prepare_next_build(&self) {
         // The index `stages_touched_by` reads: 140 ms to make at 100,000 stages.
         self.declared.get_or_init(|| DeclaredPaths::of(&self.spec));
-        let kept = self.last_plan_state.lock().expect("last plan state poisoned");
-        let Some((token, (records, _))) = kept.as_ref() else { return };
-        let mut unclean = self.unclean.lock().expect("unclean mask poisoned");
-        if unclean.as_ref().is_none_or(|(computed_for, _)| computed_for != token) {
-            *unclean = Some((*token, crate::planner::unclean_by_record(&self.spec, records, false)));
-        }
-    }
-
-    /// [`crate::planner::unclean_by_record`] for the plan state read under `token`: as
-    /// `prepare_next_build` left it, or computed now.
-    fn unclean_for(
-        &self,
-        token: Option<i64>,
-        records: &std::collections::HashMap<String, crate::state::StageRecord>,
-        force: bool,
-    ) -> Vec<bool> {
-        let prepared = self.unclean.lock().expect("unclean mask poisoned").take();
-        match prepared {
-            Some((computed_for, unclean)) if !force && Some(computed_for) == token => unclean,
-            _ => crate::planner::unclean_by_record(&self.spec, records, force),
+        let mut kept = self.last_plan_state.lock().expect("last plan state poisoned");
+        if let Some(kept) = kept.as_mut()
+            && kept.unclean.is_none()
+        {
+            kept.unclean = Some(crate::planner::unclean_by_record(&self.spec, &kept.plan_state.0));
         }
     }
 

@@ -457,13 +457,13 @@ pub fn plan_build(ctx: &EvalContext<'_>, selected: &[bool], evaluate: Option<&[b
 }
 
 /// By stage index: whether a stage's record alone leaves it dirty, whatever the files say
-/// (never succeeded, last run failed, invalidated, runs every time, or `force`).
-pub fn unclean_by_record(spec: &Spec, records: &HashMap<String, StageRecord>, force: bool) -> Vec<bool> {
+/// (never succeeded, last run failed, invalidated, or runs every time).
+pub fn unclean_by_record(spec: &Spec, records: &HashMap<String, StageRecord>) -> Vec<bool> {
     spec.stages
         .par_iter()
         .map(|stage| {
             let record = records.get(stage.name.as_str());
-            record_reason(force, record, stage.always_run).is_some() || record.is_none_or(|r| r.is_dirty)
+            record_reason(false, record, stage.always_run).is_some() || record.is_some_and(|r| r.is_dirty)
         })
         .collect()
 }

@@ -14,52 +14,35 @@ use crate::engine::Engine;
 use crate::error::Error;
 use crate::spec::{GlobPattern, Input};
 
-/// What a change must touch to start a cycle.
-enum Interest {
-    /// A file, or anything under a directory.
-    Path(PathBuf),
-    /// A path matching a glob input (relative to the root), or inside a directory it matches.
-    Glob { root: PathBuf, glob: GlobPattern },
-}
-
-impl Interest {
-    fn covers(&self, path: &Path) -> bool {
-        match self {
-            Interest::Path(p) => path.starts_with(p),
-            Interest::Glob { root, glob } => {
-                let rel = path.strip_prefix(root).ok().and_then(Path::to_str).unwrap_or_default();
-                !rel.is_empty()
-                    && (glob.matches(rel)
-                        || crate::spec::RelPath::parse_normalized(rel)
-                            .is_some_and(|rel| rel.ancestors().any(|dir| glob.matches(dir))))
-            }
-        }
-    }
-}
-
 /// Paths and globs a change may concern, checked in time that does not grow with their
 /// number: a path by looking up each of the changed path's ancestors, the globs (few) one by
 /// one. At 100,000 stages a list cost milliseconds per event, and a cycle's own outputs
 /// make thousands of events.
 #[derive(Default)]
 struct Interests {
+    /// Files, or anything under a directory.
     paths: HashSet<PathBuf>,
-    globs: Vec<Interest>,
+    /// Glob inputs, each with the directory it is relative to: a path matching one, or
+    /// inside a directory that does.
+    globs: Vec<(PathBuf, GlobPattern)>,
 }
 
 impl Interests {
-    fn push(&mut self, interest: Interest) {
-        match interest {
-            Interest::Path(path) => {
-                self.paths.insert(path);
-            }
-            glob @ Interest::Glob { .. } => self.globs.push(glob),
-        }
+    fn push_path(&mut self, path: PathBuf) {
+        self.paths.insert(path);
+    }
+
+    fn push_glob(&mut self, root: &Path, glob: &GlobPattern) {
+        self.globs.push((root.to_path_buf(), glob.clone()));
     }
 
     /// Whether `path` is one of them, or under one.
     fn covers(&self, path: &Path) -> bool {
-        path.ancestors().any(|a| self.paths.contains(a)) || self.globs.iter().any(|i| i.covers(path))
+        path.ancestors().any(|a| self.paths.contains(a))
+            || self.globs.iter().any(|(root, glob)| {
+                let rel = path.strip_prefix(root).ok().and_then(Path::to_str).unwrap_or_default();
+                !rel.is_empty() && glob.covers(rel)
+            })
     }
 }
 
@@ -119,8 +102,8 @@ impl InputWatcher {
             dagrun_files: Vec::new(),
         };
         watcher.add(file.parent().unwrap_or(Path::new("/")), RecursiveMode::NonRecursive)?;
-        watcher.interesting.push(Interest::Path(file.clone()));
-        watcher.pipeline.push(Interest::Path(file));
+        watcher.interesting.push_path(file.clone());
+        watcher.pipeline.push_path(file);
         Ok(watcher)
     }
 
@@ -140,21 +123,21 @@ impl InputWatcher {
         let file = root.join(spec.file.file_name().unwrap_or_default());
         self.add(root, RecursiveMode::NonRecursive)?;
         self.interesting = Interests::default();
-        self.interesting.push(Interest::Path(file.clone()));
+        self.interesting.push_path(file.clone());
         self.pipeline = Interests::default();
-        self.pipeline.push(Interest::Path(file));
+        self.pipeline.push_path(file);
         // What the stages were read from besides the pipeline file.
         for file in &spec.read_files {
             let path = root.join(file);
             if let Some(dir) = path.parent() {
                 self.add_nearest(dir)?;
             }
-            self.interesting.push(Interest::Path(path.clone()));
-            self.pipeline.push(Interest::Path(path));
+            self.interesting.push_path(path.clone());
+            self.pipeline.push_path(path);
         }
         for glob in &spec.listed {
             self.watch_glob(root, glob)?;
-            self.pipeline.push(Interest::Glob { root: root.to_path_buf(), glob: glob.clone() });
+            self.pipeline.push_glob(root, glob);
         }
         for stage in &spec.stages {
             for input in &stage.inputs {
@@ -166,7 +149,7 @@ impl InputWatcher {
                         } else if let Some(dir) = path.parent() {
                             self.add_nearest(dir)?;
                         }
-                        self.interesting.push(Interest::Path(path));
+                        self.interesting.push_path(path);
                     }
                     Input::Path(_) => {}
                     Input::Glob(glob) => self.watch_glob(root, glob)?,
@@ -175,6 +158,7 @@ impl InputWatcher {
         }
         // Outputs are watched too, though a change to one starts no cycle: the next cycle's
         // plan must look at a stage whose output someone edited or deleted.
+        self.outputs = Interests::default();
         for stage in &spec.stages {
             for output in &stage.outputs {
                 let path = output.to_path(root);
@@ -183,6 +167,7 @@ impl InputWatcher {
                 } else if let Some(dir) = path.parent() {
                     self.add_nearest(dir)?;
                 }
+                self.outputs.push_path(path);
             }
         }
         // Every directory between the pipeline's and a watched one, so that renaming or
@@ -196,10 +181,6 @@ impl InputWatcher {
             .collect();
         for dir in between {
             self.add(&dir, RecursiveMode::NonRecursive)?;
-        }
-        self.outputs = Interests::default();
-        for output in spec.stages.iter().flat_map(|s| &s.outputs) {
-            self.outputs.push(Interest::Path(output.to_path(root)));
         }
         self.dagrun_files = vec![spec.dagrun_dir()];
         for suffix in ["", "-wal", "-shm", "-journal"] {
@@ -224,7 +205,7 @@ impl InputWatcher {
         } else {
             self.add_nearest(&dir)?;
         }
-        self.interesting.push(Interest::Glob { root: root.to_path_buf(), glob: glob.clone() });
+        self.interesting.push_glob(root, glob);
         Ok(())
     }
 

@@ -47,9 +47,9 @@ pub struct Control<'a> {
     /// Timeouts and interruption (Ctrl-C, the agent's shutdown): the attempt is ended. While
     /// it only drains, a cluster job still queued is withdrawn.
     pub watchdog: &'a Watchdog,
-    /// The build starts nothing new (`--fail-fast` after a failure, or a state write that
-    /// failed): a cluster job still queued has not started, so it is withdrawn; a running one
-    /// finishes.
+    /// The build starts nothing new (it drains or is interrupted, `--fail-fast` after a
+    /// failure, or a state write that failed): a cluster job still queued has not started,
+    /// so it is withdrawn; a running one finishes (or is ended by the watchdog).
     pub stop_starting: &'a (dyn Fn() -> bool + Sync),
     /// A cluster executor reports the job id it was given; `true` once the state has recorded
     /// it (the job may then start), `false` if it could not be.

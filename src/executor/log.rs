@@ -1,8 +1,9 @@
 //! An attempt's log: the file its output goes to, made only once there is something to put
 //! in it. Most stages of a big pipeline print nothing, and on a filesystem such as ext4
 //! making a file is the costliest step of a trivial stage after starting its process: a
-//! 1,000-stage build spent 0.6 s of system time making empty logs. A stage that printed
-//! nothing has no log file; its recorded log path says where one would be.
+//! 1,000-stage build spent 0.6 s of system time making empty logs. A shell stage run locally
+//! that printed nothing has no log file; its recorded log path says where one would be.
+//! (A built-in's log is made before it runs; a Slurm job's is made by `sbatch`.)
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};

@@ -175,7 +175,7 @@ pub fn run_shell(job: ShellJob<'_>, watchdog: &Watchdog) -> Result<(), AttemptFa
         spawned.map_err(|e| AttemptFailure::failed(format!("cannot start `sh`: {e}{}", file_limit_hint(&e))))?;
     let pid = child.id();
     watchdog.watch(pid, job.timeout);
-    let mut copy = LogCopy { log: job.log, error: None };
+    let mut copy = LogCopy::new(job.log);
     let exited = match &output {
         Output::Pipe(reader) => copy.until_exit(reader, pid),
         Output::File => wait_for_exit(pid),
@@ -263,27 +263,32 @@ impl Output {
 struct LogCopy<'a> {
     log: &'a mut AttemptLog,
     error: Option<std::io::Error>,
+    buf: Vec<u8>,
+    /// The pipe has ended: every writer closed it.
+    ended: bool,
 }
 
-impl LogCopy<'_> {
+impl<'a> LogCopy<'a> {
+    fn new(log: &'a mut AttemptLog) -> LogCopy<'a> {
+        LogCopy { log, error: None, buf: vec![0; 64 * 1024], ended: false }
+    }
+
     /// Copies until the group's leader has exited (without reaping it, as `wait_for_exit`).
     fn until_exit(&mut self, reader: &File, pid: u32) -> std::io::Result<()> {
         use rustix::event::{PollFd, PollFlags, poll};
         let pid = to_pid(pid)?;
         let pidfd = rustix::process::pidfd_open(pid, PidfdFlags::empty())?;
-        let mut pipe_open = true;
-        let mut buf = vec![0; 64 * 1024];
         loop {
             let mut fds = [PollFd::new(&pidfd, PollFlags::IN), PollFd::new(reader, PollFlags::IN)];
-            let watched = if pipe_open { &mut fds[..] } else { &mut fds[..1] };
+            let watched = if self.ended { &mut fds[..1] } else { &mut fds[..] };
             match poll(watched, None) {
                 Err(rustix::io::Errno::INTR) => continue,
                 Err(err) => return Err(err.into()),
                 Ok(_) => {}
             }
             let exited = !watched[0].revents().is_empty();
-            if pipe_open && !watched[1].revents().is_empty() {
-                pipe_open = self.copy_some(reader, &mut buf)?;
+            if !self.ended && !watched[1].revents().is_empty() {
+                self.copy_some(reader)?;
             }
             if exited {
                 return Ok(());
@@ -296,30 +301,30 @@ impl LogCopy<'_> {
     /// neither hold the stage up nor fill the disk through it.
     fn rest(&mut self, reader: &File) {
         const PIPE_MAX: usize = 1 << 20; // Linux's default `pipe-max-size`
-        if rustix::io::ioctl_fionbio(reader, true).is_err() {
+        if self.ended || rustix::io::ioctl_fionbio(reader, true).is_err() {
             return;
         }
-        let mut buf = vec![0; 64 * 1024];
         let mut copied = 0;
-        while copied < PIPE_MAX && matches!(self.copy_some(reader, &mut buf), Ok(true)) {
-            copied += buf.len();
+        while copied < PIPE_MAX && !self.ended && self.copy_some(reader).is_ok() {
+            copied += self.buf.len();
         }
     }
 
-    /// One read from the pipe, written to the log; `false` at its end.
-    fn copy_some(&mut self, mut reader: &File, buf: &mut [u8]) -> std::io::Result<bool> {
-        let n = match reader.read(buf) {
+    /// One read from the pipe, written to the log; at its end, `ended` is set.
+    fn copy_some(&mut self, mut reader: &File) -> std::io::Result<()> {
+        let n = match reader.read(&mut self.buf) {
             Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => return Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => return Ok(()),
             Err(e) => return Err(e),
         };
+        self.ended = n == 0;
         if n > 0
             && self.error.is_none()
-            && let Err(e) = self.log.write_all(&buf[..n])
+            && let Err(e) = self.log.write_all(&self.buf[..n])
         {
             self.error = Some(e);
         }
-        Ok(n > 0)
+        Ok(())
     }
 }
 

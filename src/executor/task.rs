@@ -185,7 +185,7 @@ fn run_attempt(
     };
     let log = spec.root.join(log_path);
     let attempt = Attempt { stage, root: &spec.root, work, log: &log, token, run: shared.run.0 };
-    let stop_starting = || shared.stop.load(std::sync::atomic::Ordering::SeqCst);
+    let stop_starting = || shared.stopped();
     let submitted = |job_id: &str| {
         let (answer, recorded) = mpsc::channel();
         let _ = tx.send(Message::Submitted { idx, job_id: job_id.to_string(), recorded: answer });

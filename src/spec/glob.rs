@@ -96,6 +96,12 @@ impl GlobPattern {
         &self.text.as_str()[..self.base_len]
     }
 
+    /// Whether `path` (relative, `/`-separated, normalised) matches the pattern, or lies
+    /// inside a directory that does.
+    pub fn covers(&self, path: &str) -> bool {
+        self.matches(path) || path.match_indices('/').any(|(i, _)| self.matches(&path[..i]))
+    }
+
     /// Whether `path` (relative, `/`-separated, normalised) matches the pattern.
     pub fn matches(&self, path: &str) -> bool {
         let names: Vec<&str> = path.split('/').collect();
@@ -206,6 +212,15 @@ mod tests {
 
     fn glob(text: &str) -> GlobPattern {
         GlobPattern::new(RelPath::parse_normalized(text).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn a_glob_covers_what_it_matches_and_what_lies_inside_a_matched_directory() {
+        let g = glob("data/*");
+        assert!(g.covers("data/a.csv"));
+        assert!(g.covers("data/sub/b.csv"), "inside the matched directory data/sub");
+        assert!(!g.covers("other/a.csv"));
+        assert!(!g.covers("data"));
     }
 
     #[test]

@@ -202,7 +202,7 @@ impl Slurm {
             Some(Cancelled::Killed(KillCause::Interrupted))
         } else if timed_out {
             Some(Cancelled::Killed(KillCause::TimedOut))
-        } else if job.is_some_and(JobState::is_pending) && starts_nothing(control) {
+        } else if job.is_some_and(JobState::is_pending) && (control.stop_starting)() {
             Some(Cancelled::Withdrawn)
         } else {
             None
@@ -305,7 +305,7 @@ impl Executor for Slurm {
         let script_file = dir.join(format!("{}.sbatch", file_stem(log)));
         std::fs::write(&script_file, script)
             .map_err(|e| AttemptFailure::failed(format!("cannot write {}: {e}", script_file.display())))?;
-        if starts_nothing(control) {
+        if (control.stop_starting)() {
             return Err(AttemptFailure {
                 status: StageStatus::Interrupted,
                 message: "the build stopped first; its job was not submitted".into(),
@@ -354,12 +354,6 @@ fn submit_held(attempt: &Attempt<'_>, script: &Path, env: &[(&str, &str)]) -> Re
 
 fn job_name(attempt: &Attempt<'_>) -> String {
     orphans::job_name(attempt.run, attempt.stage.name.as_str())
-}
-
-/// Whether the build starts nothing new: it drains, is interrupted, or stopped starting
-/// stages (`--fail-fast`).
-fn starts_nothing(control: &Control<'_>) -> bool {
-    control.watchdog.is_stopping() || (control.stop_starting)()
 }
 
 /// sbatch's options for an attempt. The stage's `resources` map onto sbatch's own flags, and
