@@ -230,9 +230,9 @@ pub fn evaluate_stage(
 /// `inputs.NAME` and `outputs.NAME` -> the path each name stands for.
 fn path_names(stage: &crate::spec::Stage) -> BTreeMap<String, String> {
     let inputs =
-        stage.named_inputs.iter().map(|(name, &i)| (format!("inputs.{name}"), stage.inputs[i].as_rel().to_string()));
+        stage.named_inputs().iter().map(|(name, &i)| (format!("inputs.{name}"), stage.inputs[i].as_rel().to_string()));
     let outputs =
-        stage.named_outputs.iter().map(|(name, &i)| (format!("outputs.{name}"), stage.outputs[i].to_string()));
+        stage.named_outputs().iter().map(|(name, &i)| (format!("outputs.{name}"), stage.outputs[i].to_string()));
     inputs.chain(outputs).collect()
 }
 
@@ -315,7 +315,7 @@ fn resolve_inputs<'s>(
             Input::Glob(glob) => {
                 let paths = expand_glob(ctx.spec, glob);
                 if paths.is_empty() && empty_glob.is_none() && ctx.dag.writers_of(input).is_empty() {
-                    empty_glob = Some(glob);
+                    empty_glob = Some(&**glob);
                 }
                 for path in &paths {
                     let produced =

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
 use std::time::{Duration, Instant};
 
-use notify::event::{EventKind, ModifyKind};
+use notify::event::{AccessKind, AccessMode, CreateKind, EventKind, ModifyKind};
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 
 use crate::cancel::CancelToken;
@@ -67,6 +67,10 @@ impl Changes {
 /// The longest a burst of changes is waited out before a cycle starts anyway.
 const MAX_SETTLE: Duration = Duration::from_millis(300);
 
+/// How long changes are waited out once every file written has been closed by its writer:
+/// the save is whole, and only the files saved with it (a checkout's) are still to come.
+const SETTLE_WHEN_CLOSED: Duration = Duration::from_millis(1);
+
 pub struct InputWatcher {
     watcher: RecommendedWatcher,
     events: Receiver<notify::Result<notify::Event>>,
@@ -82,6 +86,9 @@ pub struct InputWatcher {
     outputs: Interests,
     /// dagrun's own files: `.dagrun/` and the state database.
     dagrun_files: Vec<PathBuf>,
+    /// Watched files written since the wait began that their writer has not closed yet:
+    /// while there is one, a save may be half done.
+    open_for_writing: HashSet<PathBuf>,
 }
 
 impl InputWatcher {
@@ -100,6 +107,7 @@ impl InputWatcher {
             pipeline: Interests::default(),
             outputs: Interests::default(),
             dagrun_files: Vec::new(),
+            open_for_writing: HashSet::new(),
         };
         watcher.add(file.parent().unwrap_or(Path::new("/")), RecursiveMode::NonRecursive)?;
         watcher.interesting.push_path(file.clone());
@@ -230,22 +238,24 @@ impl InputWatcher {
     }
 
     /// Blocks until a watched path changes, then until changes have been quiet for `settle`
-    /// (an editor's save is several events within a millisecond or two), at most `MAX_SETTLE`
-    /// in all; returns what changed. Returns early, with what it has, when the agent is asked
-    /// to stop.
+    /// (an editor's save is several events within a millisecond or two), or for
+    /// `SETTLE_WHEN_CLOSED` once every file written is closed, at most `MAX_SETTLE` in all;
+    /// returns what changed. Returns early, with what it has, when the agent is asked to stop.
     pub fn wait_for_change(&mut self, settle: Duration, cancel: &CancelToken) -> Changes {
         let mut changes = Changes::default();
         let mut first: Option<Instant> = None;
         let mut last = Instant::now();
+        self.open_for_writing.clear();
         while !cancel.is_stopping() {
             let wait = match first {
                 None => Duration::from_millis(50),
                 Some(first) => {
                     let now = Instant::now();
-                    if now.duration_since(last) >= settle || now.duration_since(first) >= MAX_SETTLE {
+                    let quiet = if self.open_for_writing.is_empty() { settle.min(SETTLE_WHEN_CLOSED) } else { settle };
+                    if now.duration_since(last) >= quiet || now.duration_since(first) >= MAX_SETTLE {
                         return changes;
                     }
-                    settle.saturating_sub(now.duration_since(last)).max(Duration::from_millis(1))
+                    quiet.saturating_sub(now.duration_since(last)).max(Duration::from_micros(100))
                 }
             };
             match self.events.recv_timeout(wait) {
@@ -271,13 +281,27 @@ impl InputWatcher {
     }
 
     /// Adds an event to `changes`; returns whether it starts a cycle.
-    fn note(&self, event: notify::Result<notify::Event>, changes: &mut Changes) -> bool {
+    fn note(&mut self, event: notify::Result<notify::Event>, changes: &mut Changes) -> bool {
         let Ok(event) = event else {
             // The watcher lost events (its queue overflowed): anything may have changed.
             changes.rescan = true;
             return true;
         };
         let starts_cycle = event.need_rescan() || self.is_relevant(&event);
+        match event.kind {
+            EventKind::Access(AccessKind::Close(AccessMode::Write)) => {
+                for path in &event.paths {
+                    self.open_for_writing.remove(path);
+                }
+            }
+            EventKind::Create(CreateKind::File | CreateKind::Any)
+            | EventKind::Modify(ModifyKind::Data(_) | ModifyKind::Any)
+                if starts_cycle =>
+            {
+                self.open_for_writing.extend(event.paths.iter().cloned());
+            }
+            _ => {}
+        }
         // A directory made, removed or renamed: a watch may be gone, or one missing where a
         // declared path will appear. The next cycle watches and plans afresh.
         changes.rescan |= event.need_rescan() || self.moves_a_directory(&event);
@@ -307,7 +331,7 @@ impl InputWatcher {
     }
 
     fn moves_a_directory(&self, event: &notify::Event) -> bool {
-        use notify::event::{CreateKind, RemoveKind};
+        use notify::event::RemoveKind;
         match event.kind {
             EventKind::Create(CreateKind::Folder) | EventKind::Remove(RemoveKind::Folder) => true,
             // A watched directory, or one above it, removed or renamed.

@@ -92,7 +92,7 @@ fn dry_run(engine: &Engine, args: &BuildArgs) -> Result<u8, Error> {
     let mut out = std::io::stdout().lock();
     let (mut would_run, mut cannot_run) = (0, 0);
     for report in &reports {
-        match &report.reason {
+        match report.reason.as_deref() {
             // A missing input (literal or an empty glob): `build` would fail this stage
             // without running it, so the dry run says so and fails too.
             Some(reason @ DirtyReason::InputUnavailable { .. }) => {

@@ -22,7 +22,7 @@ pub struct GraphArgs {
 /// A stage's state as one word, for colours and labels.
 fn state(report: &StageReport) -> &'static str {
     use dagrun::state::StageStatus;
-    match (&report.reason, report.last_status) {
+    match (report.reason.as_deref(), report.last_status) {
         (None, _) => "up-to-date",
         (Some(_), Some(StageStatus::Failed | StageStatus::TimedOut | StageStatus::Interrupted)) => "failed",
         (Some(_), None) => "never-run",

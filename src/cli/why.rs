@@ -25,12 +25,12 @@ pub fn run(engine: &Engine, args: WhyArgs) -> Result<u8, Error> {
         return Ok(EXIT_OK);
     }
     let stage = &why.stage;
-    let _ = match &stage.reason {
+    let _ = match stage.reason.as_deref() {
         None => writeln!(
             out,
             "`{}` is up to date: its fingerprint {} matches its last success at {}",
             stage.stage,
-            &stage.fingerprint[..12],
+            stage.fingerprint.short(),
             stage.last_run_at.as_deref().unwrap_or("?").replace('T', " ")
         ),
         Some(DirtyReason::UpstreamDirty { stage: up }) => {
@@ -41,7 +41,7 @@ pub fn run(engine: &Engine, args: WhyArgs) -> Result<u8, Error> {
             );
             let mut path: Vec<&str> = why.chain.iter().rev().map(|r| r.stage.as_str()).collect();
             path.push(&stage.stage);
-            let cause = why.chain.last().and_then(|root| root.reason.as_ref()).map(cause).unwrap_or_default();
+            let cause = why.chain.last().and_then(|root| root.reason.as_deref()).map(cause).unwrap_or_default();
             let _ = writeln!(out, "  {cause} -> {}", path.join(" -> "));
             for report in &why.chain {
                 let _ = write_reasons(&mut out, report, "  ");
@@ -69,7 +69,7 @@ fn cause(reason: &DirtyReason) -> String {
 }
 
 fn write_reasons(out: &mut impl Write, report: &StageReport, indent: &str) -> std::io::Result<()> {
-    let Some(reason) = &report.reason else { return Ok(()) };
+    let Some(reason) = report.reason.as_deref() else { return Ok(()) };
     match reason {
         DirtyReason::Changed { changes } if !changes.is_empty() => {
             writeln!(out, "{indent}`{}` will run because:", report.stage)?;

@@ -92,7 +92,7 @@ pub(crate) fn state_view(app: &App) -> Result<StateView, ApiError> {
 
 fn stage_view(report: StageReport, running: &HashMap<String, Option<ClusterJob>>) -> StageView {
     let job = running.get(&report.stage).cloned().flatten();
-    let state = match &report.reason {
+    let state = match report.reason.as_deref() {
         _ if running.contains_key(&report.stage) => "running",
         Some(DirtyReason::LastRunFailed { status: StageStatus::Interrupted }) => "interrupted",
         Some(DirtyReason::LastRunFailed { .. }) => "failed",

@@ -81,7 +81,7 @@ impl Coordinator<'_, '_> {
         let name = self.eval.spec.stages[idx].name.as_str();
         let reason = explain_reason(self.state, name, reason, &inputs);
         let reason_text = reason.to_string();
-        let resources = resources_json(&self.eval.spec.stages[idx].resources);
+        let resources = self.eval.spec.stages[idx].resources.as_deref().and_then(resources_json);
         let row = self.state.stage_started(&StageAttempt {
             run: self.run,
             component: name,

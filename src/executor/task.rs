@@ -167,8 +167,8 @@ fn run_attempt(
                 params: &stage.params,
                 inputs: &eval.input_paths,
                 outputs: &outputs,
-                named_inputs: &stage.named_inputs,
-                named_outputs: &stage.named_outputs,
+                named_inputs: stage.named_inputs(),
+                named_outputs: stage.named_outputs(),
             };
             Work::Shell(expand_command(cmd, &values))
         }

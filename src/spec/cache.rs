@@ -11,6 +11,8 @@
 //! Postcard, not bincode (unmaintained, RUSTSEC-2025-0141): compact and fast. It cannot
 //! decode self-describing values, so params travel as [`Value`], a mirror of `toml::Value`.
 
+use std::fs::File;
+use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -18,9 +20,10 @@ use serde::{Deserialize, Serialize};
 use super::Spec;
 
 /// Changes whenever an entry's layout does.
-const FORMAT: &[u8] = b"dagrun spec cache v1\0";
+const FORMAT: &[u8] = b"dagrun spec cache v2\0";
 
-#[derive(Serialize, Deserialize)]
+/// An entry as written; read back as its key, then a `Body`.
+#[derive(Serialize)]
 struct Entry {
     key: [u8; 32],
     /// Each file besides the pipeline file the spec was read from, and its content's hash
@@ -36,8 +39,10 @@ pub(super) fn path(root: &Path, own_dir: &str) -> PathBuf {
     root.join(own_dir).join("spec.cache")
 }
 
-/// Everything that decides a spec besides the files it names.
-pub(super) fn key(root: &Path, text: &str, builtins: &[&str]) -> [u8; 32] {
+/// Everything that decides a spec besides the files it names: this dagrun, the pipeline's
+/// directory, the built-ins, the hash of the pipeline file's text, and (for a dvc.yaml)
+/// whether params.yaml exists.
+pub(super) fn key(root: &Path, dvc_params: bool, text: &blake3::Hash, builtins: &[&str]) -> [u8; 32] {
     let mut h = blake3::Hasher::new();
     h.update(FORMAT);
     h.update(executable_identity().as_bytes());
@@ -47,7 +52,7 @@ pub(super) fn key(root: &Path, text: &str, builtins: &[&str]) -> [u8; 32] {
         h.update(builtin.as_bytes());
         h.update(&[0]);
     }
-    h.update(&(text.len() as u64).to_le_bytes());
+    h.update(&[u8::from(dvc_params)]);
     h.update(text.as_bytes());
     *h.finalize().as_bytes()
 }
@@ -75,31 +80,53 @@ fn listing_hash(spec: &Spec, glob: &super::GlobPattern) -> [u8; 32] {
     *h.finalize().as_bytes()
 }
 
-/// The entry's spec, if there is one for `key` and nothing it was made from has changed.
-pub(super) fn read(entry_path: &Path, key: &[u8; 32], file: &Path) -> Option<Spec> {
-    let bytes = std::fs::read(entry_path).ok()?;
-    // The key comes first, as its 32 bytes: an entry for another key (another dagrun's, of
-    // another layout) is not decoded at all.
-    if bytes.get(..32) != Some(key.as_slice()) {
-        return None;
-    }
-    let entry: Entry = postcard::from_bytes(&bytes).ok()?;
-    if entry.key != *key || entry.listed.len() != entry.spec.listed.len() {
-        return None;
-    }
-    for (rel, hash) in &entry.read_files {
-        if content_hash(&entry.spec.root.join(rel)) != *hash {
+/// An entry on disk for this key, opened, nothing decoded yet. The key is the entry's
+/// first 32 bytes, so an entry for another key (another dagrun's, of another layout) is
+/// never decoded.
+pub(super) struct Found(BufReader<File>);
+
+pub(super) fn find(entry_path: &Path, key: &[u8; 32]) -> Option<Found> {
+    let mut file = File::open(entry_path).ok()?;
+    let mut stored = [0; 32];
+    file.read_exact(&mut stored).ok()?;
+    (stored == *key).then(|| Found(BufReader::with_capacity(64 * 1024, file)))
+}
+
+/// What follows an entry's key: `Entry`'s other fields.
+#[derive(Deserialize)]
+struct Body {
+    read_files: Vec<(String, Option<[u8; 32]>)>,
+    listed: Vec<[u8; 32]>,
+    spec: Spec,
+}
+
+/// The longest string an entry's decode takes: postcard copies each through a buffer of this
+/// size. A longer one (a command of a megabyte) is a miss, and a full load.
+const LONGEST_STRING: usize = 1 << 20;
+
+impl Found {
+    /// The entry's spec, if nothing it was made from has changed. Decoded as it is read: at
+    /// 100,000 stages the entry is 13 MB.
+    pub(super) fn decode(mut self, file: &Path) -> Option<Spec> {
+        let mut scratch = vec![0; LONGEST_STRING];
+        let (body, _) = postcard::from_io::<Body, _>((&mut self.0, &mut scratch)).ok()?;
+        if body.listed.len() != body.spec.listed.len() {
             return None;
         }
-    }
-    for (glob, hash) in entry.spec.listed.iter().zip(&entry.listed) {
-        if listing_hash(&entry.spec, glob) != *hash {
-            return None;
+        for (rel, hash) in &body.read_files {
+            if content_hash(&body.spec.root.join(rel)) != *hash {
+                return None;
+            }
         }
+        for (glob, hash) in body.spec.listed.iter().zip(&body.listed) {
+            if listing_hash(&body.spec, glob) != *hash {
+                return None;
+            }
+        }
+        let mut spec = body.spec;
+        spec.file = file.to_path_buf();
+        Some(spec)
     }
-    let mut spec = entry.spec;
-    spec.file = file.to_path_buf();
-    Some(spec)
 }
 
 /// An entry for a spec just loaded in full, to be written by a build.

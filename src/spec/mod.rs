@@ -78,7 +78,8 @@ pub enum Action {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Input {
     Path(RelPath),
-    Glob(GlobPattern),
+    /// Boxed: a pattern is 48 bytes, a path 24, and most inputs are paths.
+    Glob(Box<GlobPattern>),
 }
 
 impl Input {
@@ -101,6 +102,11 @@ pub struct Resources {
     pub partition: Option<String>,
     /// Generic resources, as sbatch's `--gres` takes them (`gpu:1`).
     pub gres: Option<String>,
+}
+
+impl Resources {
+    /// Nothing asked for.
+    pub const NONE: Resources = Resources { cpus: None, mem_mb: None, time_min: None, partition: None, gres: None };
 }
 
 /// Where a stage's attempts run. What a stage's fingerprint covers is the same whichever
@@ -144,7 +150,9 @@ pub struct Stage {
     pub env: Vec<String>,
     pub retries: u32,
     pub timeout: Option<Duration>,
-    pub resources: Resources,
+    /// `None` when it declares none, as most stages do: read it by `resources()`. (Inline,
+    /// every stage paid 80 bytes for it: 8 MB at 100,000 stages.)
+    pub resources: Option<Box<Resources>>,
     /// `executor = "local"` or `"slurm"`: where this stage runs whatever the build's or the
     /// pipeline's choice; `None`: the build's choice, else the pipeline's.
     pub executor: Option<ExecutorKind>,
@@ -152,10 +160,9 @@ pub struct Stage {
     pub slurm_args: Vec<String>,
     /// Outputs holding metrics, read and recorded after each success.
     pub metrics: Vec<RelPath>,
-    /// `${inputs.NAME}`: the index in `inputs` of each named input.
-    pub named_inputs: BTreeMap<String, usize>,
-    /// `${outputs.NAME}`: the index in `outputs` of each named output.
-    pub named_outputs: BTreeMap<String, usize>,
+    /// `${inputs.NAME}` and `${outputs.NAME}`, `None` when it names none: read them by
+    /// `named_inputs()` and `named_outputs()`.
+    pub names: Option<Box<PathNames>>,
     /// Its outputs are stored in and restored from the run-cache (`cache = false`: never).
     pub cache: bool,
     /// Runs at every build, whatever changed (DVC's `always_changed`); early cutoff still
@@ -163,6 +170,34 @@ pub struct Stage {
     pub always_run: bool,
     /// Outputs written with a trailing `/`: directories, created empty before the stage runs.
     pub output_dirs: Vec<RelPath>,
+}
+
+/// The names a stage gives its inputs and outputs (`inputs = { model = "m.bin" }`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct PathNames {
+    /// The index in `inputs` of each named input.
+    pub inputs: BTreeMap<String, usize>,
+    /// The index in `outputs` of each named output.
+    pub outputs: BTreeMap<String, usize>,
+}
+
+static NO_NAMES: BTreeMap<String, usize> = BTreeMap::new();
+
+impl Stage {
+    /// What the stage asks for; all `None` when it declares nothing.
+    pub fn resources(&self) -> &Resources {
+        self.resources.as_deref().unwrap_or(&Resources::NONE)
+    }
+
+    /// `${inputs.NAME}`: the index in `inputs` of each named input.
+    pub fn named_inputs(&self) -> &BTreeMap<String, usize> {
+        self.names.as_ref().map_or(&NO_NAMES, |names| &names.inputs)
+    }
+
+    /// `${outputs.NAME}`: the index in `outputs` of each named output.
+    pub fn named_outputs(&self) -> &BTreeMap<String, usize> {
+        self.names.as_ref().map_or(&NO_NAMES, |names| &names.outputs)
+    }
 }
 
 /// A validated pipeline: every path normalised, every reference resolved.
@@ -292,22 +327,57 @@ impl SpecCacheEntry {
 /// [`load_spec`], from the spec cache when nothing the spec was made from has changed. The
 /// symbolic links along declared paths are checked at every load, cached or not.
 pub fn load_spec_cached(file: &Path, builtins: &[&str]) -> Result<LoadedSpec, LoadError> {
-    let text = read_pipeline_file(file)?;
-    let root = absolute_dir_of(file).map_err(|source| LoadError::Read { path: file.to_path_buf(), source })?;
-    // A dvc.yaml's translation also depends on whether params.yaml exists (DVC loads it
-    // into the vars when it does).
-    let dvc_params = dvc::is_dvc_file(file) && root.join("params.yaml").is_file();
-    let key = cache::key(&root, &format!("{}{text}", if dvc_params { "params.yaml\n" } else { "" }), builtins);
-    let entry_path = cache::path(&root, &validate::own_dir(file));
-    // A problem is reported by the full load below, which knows where it was written.
-    if let Some(spec) = cache::read(&entry_path, &key, file)
-        && paths_still_resolve(&spec)
-    {
+    if let Some(spec) = cached_spec(file, builtins) {
         return Ok(LoadedSpec { spec, cache_entry: None });
     }
-    let spec = load_uncached(file, &root, text, builtins)?;
-    let cache_entry = cache::encode(&spec, key).map(|bytes| SpecCacheEntry { path: entry_path, bytes });
-    Ok(LoadedSpec { spec, cache_entry })
+    // A problem is reported by the full load, which knows where it was written.
+    Keyed::read(file, builtins)?.load(file, builtins)
+}
+
+/// The spec cache's spec for `file`, if it has one. The file is hashed as it is read, not
+/// held: at 100,000 stages its text is 16 MB, and freeing it left glibc's heap 15 MB larger
+/// for the rest of the run (a freed mapping that large raises its threshold for the next).
+fn cached_spec(file: &Path, builtins: &[&str]) -> Option<Spec> {
+    let root = absolute_dir_of(file).ok()?;
+    let mut text_hash = blake3::Hasher::new();
+    let size = text_hash.update_reader(open_pipeline_file(file).ok()?).ok()?.count();
+    if size > MAX_PIPELINE_BYTES {
+        return None;
+    }
+    let key = cache::key(&root, dvc_params(file, &root), &text_hash.finalize(), builtins);
+    let spec = cache::find(&cache::path(&root, &validate::own_dir(file)), &key)?.decode(file)?;
+    paths_still_resolve(&spec).then_some(spec)
+}
+
+/// A dvc.yaml's translation also depends on whether params.yaml exists (DVC loads it into
+/// the vars when it does).
+fn dvc_params(file: &Path, root: &Path) -> bool {
+    dvc::is_dvc_file(file) && root.join("params.yaml").is_file()
+}
+
+/// A pipeline file's text, and the key of the spec cache entry it would have.
+struct Keyed {
+    text: String,
+    root: PathBuf,
+    key: [u8; 32],
+    entry_path: PathBuf,
+}
+
+impl Keyed {
+    fn read(file: &Path, builtins: &[&str]) -> Result<Keyed, LoadError> {
+        let text = read_pipeline_file(file)?;
+        let root = absolute_dir_of(file).map_err(|source| LoadError::Read { path: file.to_path_buf(), source })?;
+        let key = cache::key(&root, dvc_params(file, &root), &blake3::hash(text.as_bytes()), builtins);
+        let entry_path = cache::path(&root, &validate::own_dir(file));
+        Ok(Keyed { text, root, key, entry_path })
+    }
+
+    /// The spec of the text, validated in full, with the cache entry to write for it.
+    fn load(self, file: &Path, builtins: &[&str]) -> Result<LoadedSpec, LoadError> {
+        let spec = load_uncached(file, &self.root, self.text, builtins)?;
+        let cache_entry = cache::encode(&spec, self.key).map(|bytes| SpecCacheEntry { path: self.entry_path, bytes });
+        Ok(LoadedSpec { spec, cache_entry })
+    }
 }
 
 fn load_uncached(file: &Path, root: &Path, text: String, builtins: &[&str]) -> Result<Spec, LoadError> {
@@ -361,6 +431,21 @@ fn check_loaded(file: &Path, root: &Path, text: String, builtins: &[&str]) -> Re
 /// of sane size: opening a FIFO would block, and `/dev/zero` never ends.
 fn read_pipeline_file(file: &Path) -> Result<String, LoadError> {
     use std::io::Read;
+
+    let mut text = String::new();
+    open_pipeline_file(file)?
+        .read_to_string(&mut text)
+        .map_err(|source| LoadError::Read { path: file.to_path_buf(), source })?;
+    if text.len() as u64 > MAX_PIPELINE_BYTES {
+        return Err(LoadError::TooLarge { path: file.to_path_buf(), size: text.len() as u64 });
+    }
+    Ok(text)
+}
+
+/// The pipeline file opened for reading, if it is a regular file of sane size. What it gives
+/// stops one byte past the largest size allowed, as the file may grow after the check.
+fn open_pipeline_file(file: &Path) -> Result<std::io::Take<std::fs::File>, LoadError> {
+    use std::io::Read;
     use std::os::unix::fs::FileTypeExt;
 
     let read_error = |source| LoadError::Read { path: file.to_path_buf(), source };
@@ -382,19 +467,10 @@ fn read_pipeline_file(file: &Path) -> Result<String, LoadError> {
     if let Some(kind) = kind {
         return Err(LoadError::NotAFile { path: file.to_path_buf(), kind });
     }
-    let too_large = |size| LoadError::TooLarge { path: file.to_path_buf(), size };
     if meta.len() > MAX_PIPELINE_BYTES {
-        return Err(too_large(meta.len()));
+        return Err(LoadError::TooLarge { path: file.to_path_buf(), size: meta.len() });
     }
-    // The file may grow after the check: read at most one byte more than allowed.
-    let mut text = String::new();
-    std::fs::File::open(file)
-        .and_then(|f| f.take(MAX_PIPELINE_BYTES + 1).read_to_string(&mut text))
-        .map_err(read_error)?;
-    if text.len() as u64 > MAX_PIPELINE_BYTES {
-        return Err(too_large(text.len() as u64));
-    }
-    Ok(text)
+    Ok(std::fs::File::open(file).map_err(read_error)?.take(MAX_PIPELINE_BYTES + 1))
 }
 
 /// Parses and validates pipeline text as if it were `file` inside `root`.

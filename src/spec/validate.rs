@@ -13,7 +13,7 @@ use super::glob::GlobPattern;
 use super::path::{is_glob, normalize_with};
 use super::raw::{RawFile, RawStage};
 use super::resolve::resolve;
-use super::{Action, CommandRef, Diagnostic, Input, RelPath, Spec, Stage, StageName, suggest};
+use super::{Action, CommandRef, Diagnostic, Input, PathNames, RelPath, Resources, Spec, Stage, StageName, suggest};
 
 /// More attempts than this is a loop, not a retry policy.
 const MAX_RETRIES: u32 = 10;
@@ -202,7 +202,7 @@ fn check_stage(
         if let Some(path) = check_path(places, input, "input", diags) {
             let input_kind = if is_glob(input.get_ref()) {
                 match GlobPattern::new(path) {
-                    Ok(glob) => Input::Glob(glob),
+                    Ok(glob) => Input::Glob(Box::new(glob)),
                     Err(err) => {
                         diags.push(
                             Diagnostic::new(err.to_string(), Some(input.span()))
@@ -345,12 +345,12 @@ fn check_stage(
         env: raw.env.iter().map(|v| v.get_ref().clone()).collect(),
         retries,
         timeout,
-        resources: raw.resources.clone(),
+        resources: (raw.resources != Resources::NONE).then(|| Box::new(raw.resources.clone())),
         executor,
         slurm_args: raw.slurm_args.iter().map(|a| a.get_ref().clone()).collect(),
         metrics,
-        named_inputs,
-        named_outputs,
+        names: (!named_inputs.is_empty() || !named_outputs.is_empty())
+            .then(|| Box::new(PathNames { inputs: named_inputs, outputs: named_outputs })),
         always_run: raw.always_run,
         cache: raw.cache.unwrap_or(true),
         output_dirs,

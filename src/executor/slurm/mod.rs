@@ -360,7 +360,7 @@ fn job_name(attempt: &Attempt<'_>) -> String {
 /// `slurm_args` (checked when the pipeline loaded) come last.
 fn sbatch_args(attempt: &Attempt<'_>) -> Vec<String> {
     let stage = attempt.stage;
-    let resources = &stage.resources;
+    let resources = stage.resources();
     let mut args = vec![
         format!("--job-name={}", job_name(attempt)),
         "--hold".to_string(),
@@ -410,7 +410,7 @@ fn cancelled_failure(id: &str, cancelled: Cancelled, attempt: &Attempt<'_>) -> A
 
 /// A job that ended without success, its Slurm state named.
 fn job_failure(id: &str, job: &JobState, attempt: &Attempt<'_>) -> AttemptFailure {
-    let resources = &attempt.stage.resources;
+    let resources = attempt.stage.resources();
     let how = job.exit_text().map(|t| format!(", {t}")).unwrap_or_default();
     let mut message = format!("Slurm job {id} ended {}{how}", job.state);
     match job.state.as_str() {
