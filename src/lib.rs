@@ -16,6 +16,7 @@ pub mod event;
 pub mod executor;
 pub mod fingerprint;
 pub mod graph;
+mod hashing_io;
 #[cfg(feature = "markets")]
 pub mod markets;
 pub mod metrics;

@@ -86,8 +86,8 @@ pub struct InputWatcher {
     outputs: Interests,
     /// dagrun's own files: `.dagrun/` and the state database.
     dagrun_files: Vec<PathBuf>,
-    /// Watched files written since the wait began that their writer has not closed yet:
-    /// while there is one, a save may be half done.
+    /// Watched files written since the wait began (or since, by `take_pending`) that their
+    /// writer has not closed yet: while there is one, a save may be half done.
     open_for_writing: HashSet<PathBuf>,
 }
 

@@ -18,20 +18,22 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::Spec;
+use crate::hashing_io::{Hashing, hash_to_end};
 
 /// Changes whenever an entry's layout does.
-const FORMAT: &[u8] = b"dagrun spec cache v2\0";
+const FORMAT: &[u8] = b"dagrun spec cache v3\0";
 
-/// An entry as written; read back as its key, then a `Body`.
+/// An entry is its key (32 bytes), the BLAKE3 of its body (32 bytes), then its body: what
+/// the spec was made from besides the pipeline file, and the spec. This is the body as
+/// written, borrowing the spec; `Body` is the same read back.
 #[derive(Serialize)]
-struct Entry {
-    key: [u8; 32],
+struct BodyOf<'a> {
     /// Each file besides the pipeline file the spec was read from, and its content's hash
     /// (`None`: it did not exist).
     read_files: Vec<(String, Option<[u8; 32]>)>,
     /// The hash of what each of `spec.listed` matched.
     listed: Vec<[u8; 32]>,
-    spec: Spec,
+    spec: &'a Spec,
 }
 
 /// Where a pipeline file's entry lives: in its own directory under `.dagrun`.
@@ -83,16 +85,21 @@ fn listing_hash(spec: &Spec, glob: &super::GlobPattern) -> [u8; 32] {
 /// An entry on disk for this key, opened, nothing decoded yet. The key is the entry's
 /// first 32 bytes, so an entry for another key (another dagrun's, of another layout) is
 /// never decoded.
-pub(super) struct Found(BufReader<File>);
+pub(super) struct Found {
+    body: BufReader<Hashing<File>>,
+    checksum: [u8; 32],
+}
 
 pub(super) fn find(entry_path: &Path, key: &[u8; 32]) -> Option<Found> {
     let mut file = File::open(entry_path).ok()?;
-    let mut stored = [0; 32];
-    file.read_exact(&mut stored).ok()?;
-    (stored == *key).then(|| Found(BufReader::with_capacity(64 * 1024, file)))
+    let mut header = [0; 64];
+    file.read_exact(&mut header).ok()?;
+    let (stored_key, checksum) = header.split_first_chunk::<32>()?;
+    let checksum = *checksum.first_chunk::<32>()?;
+    (stored_key == key).then(|| Found { body: BufReader::with_capacity(64 * 1024, Hashing::new(file)), checksum })
 }
 
-/// What follows an entry's key: `Entry`'s other fields.
+/// An entry's body, read back (see `BodyOf`).
 #[derive(Deserialize)]
 struct Body {
     read_files: Vec<(String, Option<[u8; 32]>)>,
@@ -101,15 +108,19 @@ struct Body {
 }
 
 /// The longest string an entry's decode takes: postcard copies each through a buffer of this
-/// size. A longer one (a command of a megabyte) is a miss, and a full load.
+/// size. A longer one (a command of a megabyte) makes every load of that pipeline a full one.
 const LONGEST_STRING: usize = 1 << 20;
 
 impl Found {
-    /// The entry's spec, if nothing it was made from has changed. Decoded as it is read: at
-    /// 100,000 stages the entry is 13 MB.
+    /// The entry's spec, if it is whole and nothing it was made from has changed. Decoded as
+    /// it is read (at 100,000 stages the entry is 13 MB), and believed only once every byte
+    /// of it matched the checksum: a torn or damaged entry can decode into another spec.
     pub(super) fn decode(mut self, file: &Path) -> Option<Spec> {
         let mut scratch = vec![0; LONGEST_STRING];
-        let (body, _) = postcard::from_io::<Body, _>((&mut self.0, &mut scratch)).ok()?;
+        let (body, _) = postcard::from_io::<Body, _>((&mut self.body, &mut scratch)).ok()?;
+        if hash_to_end(&mut self.body).ok()?.as_bytes() != &self.checksum {
+            return None;
+        }
         if body.listed.len() != body.spec.listed.len() {
             return None;
         }
@@ -133,8 +144,13 @@ impl Found {
 pub(super) fn encode(spec: &Spec, key: [u8; 32]) -> Option<Vec<u8>> {
     let read_files = spec.read_files.iter().map(|rel| (rel.clone(), content_hash(&spec.root.join(rel)))).collect();
     let listed = spec.listed.iter().map(|glob| listing_hash(spec, glob)).collect();
-    let entry = Entry { key, read_files, listed, spec: spec.clone() };
-    postcard::to_allocvec(&entry).ok()
+    let mut bytes = Vec::with_capacity(64);
+    bytes.extend_from_slice(&key);
+    bytes.extend_from_slice(&[0; 32]); // the checksum, once the body is there
+    let mut bytes = postcard::to_extend(&BodyOf { read_files, listed, spec }, bytes).ok()?;
+    let checksum = blake3::hash(&bytes[64..]);
+    bytes[32..64].copy_from_slice(checksum.as_bytes());
+    Some(bytes)
 }
 
 /// Writes an entry: a temporary file renamed into place, so a reader never sees half of

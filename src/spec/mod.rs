@@ -339,13 +339,17 @@ pub fn load_spec_cached(file: &Path, builtins: &[&str]) -> Result<LoadedSpec, Lo
 /// for the rest of the run (a freed mapping that large raises its threshold for the next).
 fn cached_spec(file: &Path, builtins: &[&str]) -> Option<Spec> {
     let root = absolute_dir_of(file).ok()?;
+    let entry_path = cache::path(&root, &validate::own_dir(file));
+    if !entry_path.is_file() {
+        return None; // the first build: the file is read once, by the full load
+    }
     let mut text_hash = blake3::Hasher::new();
     let size = text_hash.update_reader(open_pipeline_file(file).ok()?).ok()?.count();
     if size > MAX_PIPELINE_BYTES {
         return None;
     }
     let key = cache::key(&root, dvc_params(file, &root), &text_hash.finalize(), builtins);
-    let spec = cache::find(&cache::path(&root, &validate::own_dir(file)), &key)?.decode(file)?;
+    let spec = cache::find(&entry_path, &key)?.decode(file)?;
     paths_still_resolve(&spec).then_some(spec)
 }
 

@@ -14,6 +14,8 @@ use std::io::{BufReader, BufWriter, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use crate::hashing_io::{Hashing, hash_to_end};
+
 use serde::{Deserialize, Serialize};
 
 use super::records::{StageRecord, StageStatus};
@@ -45,46 +47,29 @@ pub fn read(path: &Path, token: i64) -> Option<PlanState> {
     if i64::from_le_bytes(*stored_token) != token {
         return None;
     }
-    let mut payload = BufReader::with_capacity(64 * 1024, Hashing { inner: file, hasher: blake3::Hasher::new() });
+    let mut payload = BufReader::with_capacity(64 * 1024, Hashing::new(file));
     // postcard copies each string through this buffer: a longer one (an error message of a
     // megabyte) fails the decode, which costs the SQL load, never a wrong answer.
     let mut scratch = vec![0; LONGEST_STRING];
     let (loaded, _) = postcard::from_io::<Loaded, _>((&mut payload, &mut scratch)).ok()?;
     // The checksum covers the whole payload: what the decode left unread is hashed too.
-    std::io::copy(&mut payload, &mut std::io::sink()).ok()?;
-    if payload.get_ref().hasher.finalize().as_bytes() != checksum {
+    if hash_to_end(&mut payload).ok()?.as_bytes() != checksum {
         return None;
     }
     Some((loaded.records, loaded.entries))
 }
 
-/// The longest string `read` decodes.
+/// The longest string `read` decodes (postcard copies each through a buffer this size).
 const LONGEST_STRING: usize = 1 << 20;
 
-/// A reader that hashes every byte it gives, or a writer every byte it takes.
-struct Hashing<T> {
-    inner: T,
-    hasher: blake3::Hasher,
-}
-
-impl<W: Write> Write for Hashing<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
-}
-
-impl<R: Read> Read for Hashing<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        Ok(n)
-    }
+fn longest_string((records, entries): &PlanState) -> usize {
+    let record_strings = records.iter().flat_map(|(component, r)| {
+        let outputs = r.outputs.iter().map(|(path, _)| path.len());
+        [component.len(), r.last_run_at.as_ref().map_or(0, String::len), r.last_error.as_ref().map_or(0, String::len)]
+            .into_iter()
+            .chain(outputs)
+    });
+    record_strings.chain(entries.keys().map(String::len)).max().unwrap_or(0)
 }
 
 /// Writes the copy of `state`, made under `token`: to a temporary file, then renamed over
@@ -94,6 +79,10 @@ impl<R: Read> Read for Hashing<R> {
 /// 100,000 stages, and holding it (twice, with a copy of every record) was the peak of a
 /// no-op build.
 pub fn write(path: &Path, token: i64, state: &PlanState) -> std::io::Result<()> {
+    // A copy `read` could not decode would be written again after every build, unread.
+    if longest_string(state) > LONGEST_STRING {
+        return Err(std::io::Error::other("a record holds a string too long for the snapshot"));
+    }
     let temp = path.with_extension(format!("snapshot.{}.tmp", std::process::id()));
     write_to(&temp, token, state).and_then(|()| std::fs::rename(&temp, path)).inspect_err(|_| {
         let _ = std::fs::remove_file(&temp);
@@ -107,11 +96,11 @@ fn write_to(temp: &Path, token: i64, state: &PlanState) -> std::io::Result<()> {
     header.extend_from_slice(&token.to_le_bytes());
     header.extend_from_slice(&[0; 32]); // the checksum, once the payload is written
     file.write_all(&header)?;
-    let payload = BufWriter::with_capacity(64 * 1024, Hashing { inner: file, hasher: blake3::Hasher::new() });
+    let payload = BufWriter::with_capacity(64 * 1024, Hashing::new(file));
     // postcard: compact and fast, for a file only dagrun reads (bincode is unmaintained).
     let payload = postcard::to_io(&Stored(state), payload).map_err(std::io::Error::other)?;
-    let Hashing { inner: file, hasher } = payload.into_inner().map_err(std::io::IntoInnerError::into_error)?;
-    file.write_all_at(hasher.finalize().as_bytes(), (MAGIC.len() + 8) as u64)
+    let (file, checksum) = payload.into_inner().map_err(std::io::IntoInnerError::into_error)?.into_inner();
+    file.write_all_at(checksum.as_bytes(), (MAGIC.len() + 8) as u64)
 }
 
 type Hash = [u8; 32];
@@ -335,7 +324,8 @@ mod tests {
 
         let whole = std::fs::read(&path).unwrap();
         let header = MAGIC.len() + 40;
-        for at in [header, header + 10, whole.len() / 2, whole.len() - 1] {
+        // In the checksum, then in the payload.
+        for at in [MAGIC.len() + 8, header - 1, header, header + 10, whole.len() / 2, whole.len() - 1] {
             let mut damaged = whole.clone();
             damaged[at] ^= 0x01;
             std::fs::write(&path, &damaged).unwrap();
@@ -347,5 +337,20 @@ mod tests {
         assert!(read(&path, 42).is_none(), "a byte more");
         std::fs::write(&path, &whole).unwrap();
         assert!(read(&path, 42).is_some(), "put back whole");
+    }
+
+    /// A copy that could not be read back is not written: the one before it stays, and no
+    /// temporary file is left.
+    #[test]
+    fn a_copy_read_could_not_decode_is_never_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db.snapshot");
+        write(&path, 1, &plan_state()).unwrap();
+        let mut state = plan_state();
+        state.0.get_mut("a").unwrap().last_error = Some("x".repeat(LONGEST_STRING + 1));
+        assert!(write(&path, 2, &state).is_err());
+        assert!(read(&path, 1).is_some(), "the copy before it stays");
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, ["state.db.snapshot"]);
     }
 }

@@ -190,6 +190,24 @@ fn watch_runs_a_cycle_when_a_source_input_changes() {
     assert_eq!(sb.column("SELECT DISTINCT trigger FROM runs"), ["agent-watch"]);
 }
 
+/// A burst of changes ends sooner once every file written has been closed; a file whose
+/// writer keeps it open ends it all the same, after the usual quiet.
+#[test]
+fn watch_runs_a_cycle_for_a_file_its_writer_keeps_open() {
+    use std::io::Write;
+    let sb = Sandbox::new().pipeline(TICK).file("src.txt", "1\n");
+    let child = agent(&sb, &["--watch"]);
+    wait_until("the first cycle's line", || child.stdout().contains(" cycle 1 (run 1): 1 ran"));
+    let mut held = std::fs::OpenOptions::new().write(true).truncate(true).open(sb.path("src.txt")).unwrap();
+    held.write_all(b"held open\n").unwrap();
+    wait_until("a cycle while the file is still open", || child.stdout().contains(" cycle 2 (run 2): 1 ran"));
+    assert_eq!(sb.read("tick.out"), "held open\n");
+    drop(held);
+    terminate(&child);
+    let (code, _, err) = finish(child);
+    assert_eq!(code, 0, "{err}");
+}
+
 #[test]
 fn an_agent_waiting_for_another_builds_lock_still_stops_on_sigterm() {
     let sb = Sandbox::new().pipeline(TICK).file("src.txt", "1\n").file("slow", "");

@@ -71,3 +71,22 @@ fn a_params_yaml_added_to_a_dvc_project_is_seen_after_a_cached_load() {
     sb.build().success();
     assert_eq!(sb.read("out.txt"), "hello\n");
 }
+
+/// An entry whose body was damaged into another valid spec (here, another output path) is
+/// never believed: its checksum covers every byte after the key.
+#[test]
+fn a_spec_cache_entry_damaged_into_another_spec_is_a_miss() {
+    let sb = abc();
+    sb.build().success();
+    sb.ran();
+    let entry = std::fs::read(sb.path(".dagrun/spec.cache")).unwrap();
+    let (real, other) = (b"cat src.txt > a.out".as_slice(), b"cat src.txt > x.out".as_slice());
+    let at = entry.windows(real.len()).position(|w| w == real).expect("the command is in the entry");
+    let damaged = [&entry[..at], other, &entry[at + real.len()..]].concat();
+    std::fs::write(sb.path(".dagrun/spec.cache"), damaged).unwrap();
+    sb.edit("src.txt", |t| t.replace("hello", "world"));
+    let run = sb.build().success();
+    assert_eq!(sb.ran(), ["a", "b", "c"], "{}", run.stdout());
+    assert!(sb.read("a.out").contains("world"));
+    assert!(!sb.exists("x.out"), "the damaged entry's command never ran");
+}
