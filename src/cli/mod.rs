@@ -167,7 +167,12 @@ fn dispatch(cli: Cli) -> Result<u8, Error> {
     }
     let engine = Engine::load(&file, registry())?;
     let state_path = engine.spec().state_path.clone();
-    run_command(&engine, cli.command).map_err(|e| e.at_state(&state_path))
+    let result = run_command(&engine, cli.command).map_err(|e| e.at_state(&state_path));
+    // The process ends next, and its memory goes back to the system whole: freeing a large
+    // pipeline's spec and state one allocation at a time took 30 ms at 100,000 stages. (The
+    // engine holds only memory: no connection, lock or file.)
+    std::mem::forget(engine);
+    result
 }
 
 fn run_command(engine: &Engine, command: Command) -> Result<u8, Error> {

@@ -1,9 +1,23 @@
 //! Failing stages: isolation, records, timeouts, retries, and stages that lie.
 
-use crate::sandbox::{Sandbox, wait_until};
+use crate::sandbox::Sandbox;
 
 /// The processes whose command line contains `pattern` (`pgrep -af`). Panics when pgrep is
 /// missing: a check for surviving processes that cannot run must not pass.
+/// Waits until no process's command line matches `pattern`; on timeout, names those left.
+/// Each test matches a command of its own (`sleep 301`, `sleep 302`): tests run at once.
+fn wait_until_gone(pattern: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let left = processes_matching(pattern);
+        if left.is_empty() {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "after 30 s, processes matching `{pattern}` are left:\n{left}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 fn processes_matching(pattern: &str) -> String {
     let out = std::process::Command::new("pgrep").args(["-a", "-f", pattern]).output().unwrap_or_else(|e| {
         panic!("cannot run pgrep ({e}): install procps (`apt-get install procps`, as scripts/test.sh does)")
@@ -140,7 +154,7 @@ fn a_log_is_made_only_for_a_stage_that_prints_and_keeps_its_lines_in_order() {
         cmd = "echo q > q.out"
         outputs = ["q.out"]
         [stages.chatty]
-        cmd = "echo one; echo two >&2; sleep 300 & echo three; echo four >&2; echo c > c.out"
+        cmd = "echo one; echo two >&2; sleep 301 & echo three; echo four >&2; echo c > c.out"
         outputs = ["c.out"]
         [stages.quiet_failure]
         cmd = "exit 4"
@@ -154,7 +168,7 @@ fn a_log_is_made_only_for_a_stage_that_prints_and_keeps_its_lines_in_order() {
     assert!(!sb.exists(".dagrun/logs/1/quiet_failure.log"));
     assert!(run.stdout().contains("FAILED   quiet_failure  exit status 4\n"), "no log to point to: {}", run.stdout());
     assert!(!run.stderr().contains("log:"), "{}", run.stderr());
-    wait_until("the stage's background child to be gone", || processes_matching("sleep 300").is_empty());
+    wait_until_gone("sleep 301");
     assert_eq!(sb.column("SELECT log_path FROM stage_runs WHERE component = 'quiet'"), [".dagrun/logs/1/quiet.log"]);
 }
 
@@ -163,7 +177,7 @@ fn a_timeout_kills_the_whole_process_group_and_is_recorded() {
     let sb = Sandbox::new().pipeline(
         r#"
         [stages.slow]
-        cmd = "(sleep 300; echo orphan > orphan.txt) & sleep 300"
+        cmd = "(sleep 302; echo orphan > orphan.txt) & sleep 302"
         outputs = ["slow.out"]
         timeout_sec = 1
         "#,
@@ -173,8 +187,9 @@ fn a_timeout_kills_the_whole_process_group_and_is_recorded() {
     assert_eq!(sb.column("SELECT last_status FROM orchestrator_state"), ["timed_out"]);
     assert_eq!(sb.column("SELECT status FROM stage_runs"), ["timed_out"]);
     // The group is SIGKILLed as the stage ends; the kernel takes a moment to finish them off.
-    // A survivor would sleep for 300 s, well past the wait's 30 s deadline.
-    wait_until("the stage's background child to be gone", || processes_matching("echo orphan").is_empty());
+    // A survivor would sleep for 302 s, well past the wait's 30 s deadline: the subshell,
+    // its `sleep` and the leader's `sleep` all match.
+    wait_until_gone("sleep 302");
     assert!(!sb.exists("orphan.txt"));
 }
 
@@ -233,7 +248,7 @@ fn a_timed_out_stage_leaves_no_process_behind_even_one_ignoring_sigterm() {
     );
     sb.build().failure();
     // A survivor would sleep for 971 s, well past the wait's 30 s deadline.
-    wait_until("the stage's processes to be gone", || processes_matching("sleep 971").is_empty());
+    wait_until_gone("sleep 971");
     assert_eq!(sb.column("SELECT status FROM stage_runs"), ["timed_out"]);
 }
 
