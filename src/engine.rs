@@ -406,7 +406,8 @@ impl Engine {
         let to_check = (0..self.spec.stages.len()).filter(|&i| plan.verdict(i).is_some_and(Verdict::is_dirty)).count();
         on_event(&Event::BuildStarted { run, selected: selected.iter().filter(|&&s| s).count(), to_check, jobs });
 
-        let run_cache = if opts.no_cache { None } else { self.open_run_cache(on_event) };
+        // Opened only when a stage may run or be restored: a no-op build makes no directory.
+        let run_cache = if opts.no_cache || to_check == 0 { None } else { self.open_run_cache(on_event) };
         let slurm = match self.slurm_for(&plan, opts.executor) {
             Ok(slurm) => slurm,
             Err(err) => {

@@ -181,9 +181,11 @@ pub struct HashCache {
     /// `root` opened as a directory (`O_PATH`), for `stat_at`; `None` if it could not be
     /// opened, and then every path is statted in full.
     root_dir: Option<rustix::fd::OwnedFd>,
-    /// The filesystem's time when the cache was made: every entry hashed by this cache
-    /// was hashed after it, so it is a safe `cached_at_ns`.
-    clock_ns: i64,
+    /// Where "now" is read, once, before the first file this cache hashes: every entry it
+    /// hashes was hashed after that, so it is a safe `cached_at_ns`. Read lazily: a no-op
+    /// build hashes nothing, and so need not write the clock's file.
+    clock: CacheClock,
+    clock_ns: std::sync::OnceLock<i64>,
     entries: Mutex<HashMap<String, CacheEntry>>,
     fresh: Mutex<Vec<(String, CacheEntry)>>,
 }
@@ -194,7 +196,8 @@ impl HashCache {
         HashCache {
             root: root.to_path_buf(),
             root_dir: open(root, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty()).ok(),
-            clock_ns: clock.now_ns(),
+            clock: clock.clone(),
+            clock_ns: std::sync::OnceLock::new(),
             entries: Mutex::new(entries),
             fresh: Mutex::new(Vec::new()),
         }
@@ -244,7 +247,7 @@ impl HashCache {
         {
             return Ok(entry.hash);
         }
-        let cached_at_ns = self.clock_ns;
+        let cached_at_ns = *self.clock_ns.get_or_init(|| self.clock.now_ns());
         let (hash, _) = super::hash_file(full).map_err(|e| HashError::io(rel, e))?;
         let entry = CacheEntry {
             size: stat.size,

@@ -12,13 +12,13 @@
 //! decode self-describing values, so params travel as [`Value`], a mirror of `toml::Value`.
 
 use std::fs::File;
-use std::io::{BufReader, Read};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use super::Spec;
-use crate::hashing_io::{Hashing, hash_to_end};
+use crate::hashing_io::decode_checked;
 
 /// Changes whenever an entry's layout does.
 const FORMAT: &[u8] = b"dagrun spec cache v3\0";
@@ -86,7 +86,7 @@ fn listing_hash(spec: &Spec, glob: &super::GlobPattern) -> [u8; 32] {
 /// first 32 bytes, so an entry for another key (another dagrun's, of another layout) is
 /// never decoded.
 pub(super) struct Found {
-    body: BufReader<Hashing<File>>,
+    body: File,
     checksum: [u8; 32],
 }
 
@@ -96,7 +96,7 @@ pub(super) fn find(entry_path: &Path, key: &[u8; 32]) -> Option<Found> {
     file.read_exact(&mut header).ok()?;
     let (stored_key, checksum) = header.split_first_chunk::<32>()?;
     let checksum = *checksum.first_chunk::<32>()?;
-    (stored_key == key).then(|| Found { body: BufReader::with_capacity(64 * 1024, Hashing::new(file)), checksum })
+    (stored_key == key).then_some(Found { body: file, checksum })
 }
 
 /// An entry's body, read back (see `BodyOf`).
@@ -107,20 +107,16 @@ struct Body {
     spec: Spec,
 }
 
-/// The longest string an entry's decode takes: postcard copies each through a buffer of this
-/// size. A longer one (a command of a megabyte) makes every load of that pipeline a full one.
+/// The longest string an entry's decode takes. A longer one (a command of a megabyte) makes
+/// every load of that pipeline a full one.
 const LONGEST_STRING: usize = 1 << 20;
 
 impl Found {
     /// The entry's spec, if it is whole and nothing it was made from has changed. Decoded as
     /// it is read (at 100,000 stages the entry is 13 MB), and believed only once every byte
     /// of it matched the checksum: a torn or damaged entry can decode into another spec.
-    pub(super) fn decode(mut self, file: &Path) -> Option<Spec> {
-        let mut scratch = vec![0; LONGEST_STRING];
-        let (body, _) = postcard::from_io::<Body, _>((&mut self.body, &mut scratch)).ok()?;
-        if hash_to_end(&mut self.body).ok()?.as_bytes() != &self.checksum {
-            return None;
-        }
+    pub(super) fn decode(self, file: &Path) -> Option<Spec> {
+        let body: Body = decode_checked(self.body, &self.checksum, LONGEST_STRING)?;
         if body.listed.len() != body.spec.listed.len() {
             return None;
         }

@@ -346,6 +346,13 @@ impl State {
     /// Call only while holding the build lock, after its process groups were ended: then
     /// nothing is really running.
     pub fn sweep_unfinished(&mut self) -> Result<Vec<String>, StateError> {
+        // After a build that ended, as most have, there is nothing to sweep: two reads (one
+        // by an index) instead of a write transaction of four statements.
+        let anything = "SELECT EXISTS (SELECT 1 FROM stage_runs WHERE status = 'running')
+                            OR EXISTS (SELECT 1 FROM runs WHERE outcome = 'running')";
+        if !self.conn.prepare_cached(anything)?.query_row([], |r| r.get::<_, bool>(0))? {
+            return Ok(Vec::new());
+        }
         self.sweep("status = 'running'", "outcome = 'running'")
     }
 

@@ -10,11 +10,11 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Read, Write};
+use std::io::{BufWriter, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use crate::hashing_io::{Hashing, hash_to_end};
+use crate::hashing_io::{Hashing, decode_checked};
 
 use serde::{Deserialize, Serialize};
 
@@ -47,15 +47,8 @@ pub fn read(path: &Path, token: i64) -> Option<PlanState> {
     if i64::from_le_bytes(*stored_token) != token {
         return None;
     }
-    let mut payload = BufReader::with_capacity(64 * 1024, Hashing::new(file));
-    // postcard copies each string through this buffer: a longer one (an error message of a
-    // megabyte) fails the decode, which costs the SQL load, never a wrong answer.
-    let mut scratch = vec![0; LONGEST_STRING];
-    let (loaded, _) = postcard::from_io::<Loaded, _>((&mut payload, &mut scratch)).ok()?;
-    // The checksum covers the whole payload: what the decode left unread is hashed too.
-    if hash_to_end(&mut payload).ok()?.as_bytes() != checksum {
-        return None;
-    }
+    let checksum = checksum.first_chunk::<32>()?;
+    let loaded: Loaded = decode_checked(file, checksum, LONGEST_STRING)?;
     Some((loaded.records, loaded.entries))
 }
 
