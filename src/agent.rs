@@ -21,8 +21,8 @@ pub enum Schedule {
     Every(Duration),
     /// A cycle at start, then one whenever a source input or the pipeline file changes
     /// (changes less than `settle` apart make one cycle, which starts `settle` after the
-    /// last of them, or 1 ms after it once every file written has been closed, and at most
-    /// 300 ms after the first).
+    /// last of them, or 1 ms after it when they are files written in place and closed, and
+    /// at most 300 ms after the first).
     Watch { settle: Duration },
 }
 

@@ -53,10 +53,10 @@ impl<W: Write> Write for Hashing<W> {
 ///
 /// Decoded as it is read, through a buffer of its own: postcard's own `from_io` reads a byte
 /// at a time through `read_exact`, which made the 10,000-stage no-op 12 ms slower than
-/// decoding a slice. A string longer than `longest` fails the decode.
-pub fn decode_checked<T: DeserializeOwned, R: Read>(reader: R, checksum: &[u8; 32], longest: usize) -> Option<T> {
-    let stream =
-        Stream { reader: Hashing::new(reader), buf: vec![0; 64 * 1024], pos: 0, end: 0, long: Vec::new(), longest };
+/// decoding a slice. A string that runs past the buffer is gathered, so no string is too
+/// long; a damaged length ends the decode where the reader ends.
+pub fn decode_checked<T: DeserializeOwned, R: Read>(reader: R, checksum: &[u8; 32]) -> Option<T> {
+    let stream = Stream { reader: Hashing::new(reader), buf: vec![0; 64 * 1024], pos: 0, end: 0, long: Vec::new() };
     let mut deserializer = postcard::Deserializer::from_flavor(stream);
     let value = T::deserialize(&mut deserializer).ok()?;
     let mut stream = deserializer.finalize().ok()?;
@@ -73,7 +73,6 @@ struct Stream<R> {
     end: usize,
     /// A string that runs past the end of `buf`, gathered.
     long: Vec<u8>,
-    longest: usize,
 }
 
 impl<R: Read> Stream<R> {
@@ -118,9 +117,6 @@ impl<'de, R: Read + 'de> postcard::de_flavors::Flavor<'de> for Stream<R> {
             self.pos += count;
             return Ok(&self.buf[self.pos - count..self.pos]);
         }
-        if count > self.longest {
-            return Err(postcard::Error::DeserializeUnexpectedEnd);
-        }
         self.long.clear();
         while self.long.len() < count {
             if self.pos == self.end && !self.refill() {
@@ -161,13 +157,50 @@ mod tests {
         let bytes = postcard::to_stdvec(&value).unwrap();
         assert!(bytes.len() > 3 * 64 * 1024 && value.iter().any(|(s, ..)| s.len() > 64 * 1024));
         let checksum = *blake3::hash(&bytes).as_bytes();
-        let decoded: Option<Vec<(String, u64, [u8; 32])>> = decode_checked(&bytes[..], &checksum, 1 << 20);
-        assert_eq!(decoded.as_ref(), Some(&value));
+        type Value = Vec<(String, u64, [u8; 32])>;
+        assert_eq!(decode_checked::<Value, _>(&bytes[..], &checksum).as_ref(), Some(&value));
+        assert_eq!(
+            decode_checked::<Value, _>(Trickle(&bytes[..], 0), &checksum).as_ref(),
+            Some(&value),
+            "a byte a read"
+        );
         let grown = [&bytes[..], b"\0"].concat();
-        assert!(decode_checked::<Vec<(String, u64, [u8; 32])>, _>(&grown[..], &checksum, 1 << 20).is_none());
+        assert!(decode_checked::<Value, _>(&grown[..], &checksum).is_none());
         let mut damaged = bytes.clone();
         damaged[bytes.len() / 2] ^= 1;
-        assert!(decode_checked::<Vec<(String, u64, [u8; 32])>, _>(&damaged[..], &checksum, 1 << 20).is_none());
-        assert!(decode_checked::<Vec<(String, u64, [u8; 32])>, _>(&bytes[..], &checksum, 1000).is_none(), "too long");
+        assert!(decode_checked::<Value, _>(&damaged[..], &checksum).is_none());
+        assert!(decode_checked::<Value, _>(&bytes[..bytes.len() - 1], &checksum).is_none(), "cut short");
+    }
+
+    /// A string that ends exactly at the end of the first buffer, and one of exactly the
+    /// buffer's size that starts the second.
+    #[test]
+    fn strings_at_the_buffers_edges_are_whole() {
+        const BUF: usize = 64 * 1024;
+        // (bytes of a `Vec<u8>` before the string, the string's length, where the string's
+        // bytes start and end): a length under 128 takes postcard 1 byte, from 16,384 3.
+        for (before, len, start) in [(99, BUF - 103, 103), (BUF - 6, BUF, BUF)] {
+            let value = (vec![7u8; before], "y".repeat(len));
+            let bytes = postcard::to_stdvec(&value).unwrap();
+            assert_eq!(bytes.len(), start + len, "the string starts at {start}");
+            let checksum = *blake3::hash(&bytes).as_bytes();
+            assert_eq!(decode_checked::<(Vec<u8>, String), _>(&bytes[..], &checksum), Some(value));
+        }
+    }
+
+    /// Gives one byte a read, and is interrupted before every other one.
+    struct Trickle<'a>(&'a [u8], usize);
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            self.1 += 1;
+            if self.1.is_multiple_of(2) {
+                return Err(std::io::ErrorKind::Interrupted.into());
+            }
+            let Some((&first, rest)) = self.0.split_first() else { return Ok(0) };
+            buf[0] = first;
+            self.0 = rest;
+            Ok(1)
+        }
     }
 }

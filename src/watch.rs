@@ -67,9 +67,29 @@ impl Changes {
 /// The longest a burst of changes is waited out before a cycle starts anyway.
 const MAX_SETTLE: Duration = Duration::from_millis(300);
 
-/// How long changes are waited out once every file written has been closed by its writer:
-/// the save is whole, and only the files saved with it (a checkout's) are still to come.
-const SETTLE_WHEN_CLOSED: Duration = Duration::from_millis(1);
+/// How long changes are waited out once the burst is a whole save (`Burst::is_whole`): only
+/// the files saved with it are still to come.
+const SETTLE_WHEN_WHOLE: Duration = Duration::from_millis(1);
+
+/// What the events of the burst being waited out say about it.
+#[derive(Default)]
+struct Burst {
+    /// Watched files written that their writer has not closed yet.
+    open_for_writing: HashSet<PathBuf>,
+    /// A watched file was written, then closed.
+    closed_a_write: bool,
+    /// Something else happened to a watched path: a file removed or renamed (a checkout
+    /// removes, then makes; an editor may rename the old file away, then write a new one),
+    /// a directory made, or events lost. A path may be missing until a later event.
+    unsettled: bool,
+}
+
+impl Burst {
+    /// Whether every change so far is a file written in place and closed: the save is whole.
+    fn is_whole(&self) -> bool {
+        self.closed_a_write && !self.unsettled && self.open_for_writing.is_empty()
+    }
+}
 
 pub struct InputWatcher {
     watcher: RecommendedWatcher,
@@ -86,9 +106,8 @@ pub struct InputWatcher {
     outputs: Interests,
     /// dagrun's own files: `.dagrun/` and the state database.
     dagrun_files: Vec<PathBuf>,
-    /// Watched files written since the wait began (or since, by `take_pending`) that their
-    /// writer has not closed yet: while there is one, a save may be half done.
-    open_for_writing: HashSet<PathBuf>,
+    /// The burst being waited out (and what `take_pending` adds after it).
+    burst: Burst,
 }
 
 impl InputWatcher {
@@ -107,7 +126,7 @@ impl InputWatcher {
             pipeline: Interests::default(),
             outputs: Interests::default(),
             dagrun_files: Vec::new(),
-            open_for_writing: HashSet::new(),
+            burst: Burst::default(),
         };
         watcher.add(file.parent().unwrap_or(Path::new("/")), RecursiveMode::NonRecursive)?;
         watcher.interesting.push_path(file.clone());
@@ -239,19 +258,20 @@ impl InputWatcher {
 
     /// Blocks until a watched path changes, then until changes have been quiet for `settle`
     /// (an editor's save is several events within a millisecond or two), or for
-    /// `SETTLE_WHEN_CLOSED` once every file written is closed, at most `MAX_SETTLE` in all;
-    /// returns what changed. Returns early, with what it has, when the agent is asked to stop.
+    /// `SETTLE_WHEN_WHOLE` once the burst is files written in place and closed, at most
+    /// `MAX_SETTLE` in all; returns what changed. Returns early, with what it has, when the
+    /// agent is asked to stop.
     pub fn wait_for_change(&mut self, settle: Duration, cancel: &CancelToken) -> Changes {
         let mut changes = Changes::default();
         let mut first: Option<Instant> = None;
         let mut last = Instant::now();
-        self.open_for_writing.clear();
+        self.burst = Burst::default();
         while !cancel.is_stopping() {
             let wait = match first {
                 None => Duration::from_millis(50),
                 Some(first) => {
                     let now = Instant::now();
-                    let quiet = if self.open_for_writing.is_empty() { settle.min(SETTLE_WHEN_CLOSED) } else { settle };
+                    let quiet = if self.burst.is_whole() { settle.min(SETTLE_WHEN_WHOLE) } else { settle };
                     if now.duration_since(last) >= quiet || now.duration_since(first) >= MAX_SETTLE {
                         return changes;
                     }
@@ -285,21 +305,23 @@ impl InputWatcher {
         let Ok(event) = event else {
             // The watcher lost events (its queue overflowed): anything may have changed.
             changes.rescan = true;
+            self.burst.unsettled = true;
             return true;
         };
         let starts_cycle = event.need_rescan() || self.is_relevant(&event);
         match event.kind {
             EventKind::Access(AccessKind::Close(AccessMode::Write)) => {
                 for path in &event.paths {
-                    self.open_for_writing.remove(path);
+                    self.burst.closed_a_write |= self.burst.open_for_writing.remove(path);
                 }
             }
             EventKind::Create(CreateKind::File | CreateKind::Any)
             | EventKind::Modify(ModifyKind::Data(_) | ModifyKind::Any)
                 if starts_cycle =>
             {
-                self.open_for_writing.extend(event.paths.iter().cloned());
+                self.burst.open_for_writing.extend(event.paths.iter().cloned());
             }
+            _ if starts_cycle => self.burst.unsettled = true,
             _ => {}
         }
         // A directory made, removed or renamed: a watch may be gone, or one missing where a
@@ -351,5 +373,45 @@ impl InputWatcher {
     /// Changes the pipeline makes itself: outputs, and dagrun's own files.
     fn is_own(&self, path: &Path) -> bool {
         self.is_dagrun_file(path) || self.outputs.covers(path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use notify::event::{DataChange, RemoveKind};
+
+    fn event(kind: EventKind, path: &Path) -> notify::Result<notify::Event> {
+        Ok(notify::Event::new(kind).add_path(path.to_path_buf()))
+    }
+
+    /// Only files written in place and closed make a whole save (the short wait); a file
+    /// still open, a removal or rename before, or a close alone leave the full wait.
+    #[test]
+    fn a_burst_is_whole_only_when_every_change_is_a_closed_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pipeline.toml");
+        std::fs::write(&file, "").unwrap();
+        let mut watcher = InputWatcher::new(&file).unwrap();
+        let mut changes = Changes::default();
+        let written = EventKind::Modify(ModifyKind::Data(DataChange::Any));
+        let closed = EventKind::Access(AccessKind::Close(AccessMode::Write));
+
+        watcher.burst = Burst::default();
+        assert!(watcher.note(event(written, &file), &mut changes));
+        assert!(!watcher.burst.is_whole(), "still open");
+        watcher.note(event(closed, &file), &mut changes);
+        assert!(watcher.burst.is_whole());
+
+        watcher.burst = Burst::default();
+        watcher.note(event(EventKind::Remove(RemoveKind::File), &file), &mut changes);
+        watcher.note(event(EventKind::Create(CreateKind::File), &file), &mut changes);
+        watcher.note(event(written, &file), &mut changes);
+        watcher.note(event(closed, &file), &mut changes);
+        assert!(!watcher.burst.is_whole(), "removed first: a checkout may remove more");
+
+        watcher.burst = Burst::default();
+        watcher.note(event(closed, &file), &mut changes);
+        assert!(!watcher.burst.is_whole(), "closed, never written in this burst");
     }
 }

@@ -366,6 +366,37 @@ mod tests {
         assert!(!entry(t, t + 3, t + 4 + RACY_WINDOW_NS).is_racy());
     }
 
+    /// The clock's file is written before the first file is hashed, and not for a lookup
+    /// that the cache answers.
+    #[test]
+    fn the_clock_is_read_only_before_a_file_is_hashed() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("known"), "k").unwrap();
+        std::fs::write(dir.path().join("new"), "n").unwrap();
+        let stat = FileStat::of(&std::fs::metadata(dir.path().join("known")).unwrap());
+        let known = CacheEntry {
+            size: stat.size,
+            mtime_ns: stat.mtime_ns,
+            inode: stat.inode,
+            hash: FileHash(blake3::hash(b"k")),
+            cached_at_ns: stat.mtime_ns.max(stat.ctime_ns) + 10 * RACY_WINDOW_NS,
+            ctime_ns: stat.ctime_ns,
+            dev: stat.dev,
+        };
+        let clock = dir.path().join(".dagrun/clock");
+        let cache = HashCache::new(
+            dir.path(),
+            HashMap::from([("known".to_string(), known)]),
+            &CacheClock::Filesystem(clock.clone()),
+        );
+        assert_eq!(cache.hash_path("known").unwrap(), known.hash);
+        assert!(!clock.exists(), "answered from the cache: no clock read");
+        cache.hash_path("new").unwrap();
+        assert!(clock.exists(), "read before hashing");
+        let written = FileStat::of(&std::fs::metadata(&clock).unwrap());
+        assert_eq!(cache.take_fresh()[0].1.cached_at_ns, written.mtime_ns);
+    }
+
     #[test]
     fn stat_at_gives_the_key_metadata_gives() {
         let dir = tempfile::tempdir().unwrap();

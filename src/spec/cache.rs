@@ -107,16 +107,12 @@ struct Body {
     spec: Spec,
 }
 
-/// The longest string an entry's decode takes. A longer one (a command of a megabyte) makes
-/// every load of that pipeline a full one.
-const LONGEST_STRING: usize = 1 << 20;
-
 impl Found {
     /// The entry's spec, if it is whole and nothing it was made from has changed. Decoded as
     /// it is read (at 100,000 stages the entry is 13 MB), and believed only once every byte
     /// of it matched the checksum: a torn or damaged entry can decode into another spec.
     pub(super) fn decode(self, file: &Path) -> Option<Spec> {
-        let body: Body = decode_checked(self.body, &self.checksum, LONGEST_STRING)?;
+        let body: Body = decode_checked(self.body, &self.checksum)?;
         if body.listed.len() != body.spec.listed.len() {
             return None;
         }
@@ -236,5 +232,28 @@ pub(super) mod table {
     pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<toml::Table, D::Error> {
         let mirror = Vec::<(String, Value)>::deserialize(deserializer)?;
         mirror.into_iter().map(|(k, v)| Ok((k, from_mirror(v).map_err(serde::de::Error::custom)?))).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::spec::load_spec_cached;
+
+    /// The entry a full load makes is what the next load reads, whole, instead of parsing;
+    /// an edit of the pipeline file is a full load again.
+    #[test]
+    fn a_spec_written_to_the_cache_is_read_back_from_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pipeline.toml");
+        std::fs::write(&file, "[stages.a]\ncmd = \"echo a > a.out\"\noutputs = [\"a.out\"]\n").unwrap();
+        let first = load_spec_cached(&file, &[]).unwrap();
+        first.cache_entry.as_ref().expect("a full load makes an entry").write();
+        let second = load_spec_cached(&file, &[]).unwrap();
+        assert!(second.cache_entry.is_none(), "read from the cache");
+        assert_eq!(format!("{:?}", second.spec.stages), format!("{:?}", first.spec.stages));
+        std::fs::write(&file, "[stages.b]\ncmd = \"echo b > b.out\"\noutputs = [\"b.out\"]\n").unwrap();
+        let third = load_spec_cached(&file, &[]).unwrap();
+        assert!(third.cache_entry.is_some(), "the file changed: a full load");
+        assert_eq!(third.spec.stages[0].name.as_str(), "b");
     }
 }

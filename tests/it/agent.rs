@@ -198,10 +198,11 @@ fn watch_runs_a_cycle_for_a_file_its_writer_keeps_open() {
     let sb = Sandbox::new().pipeline(TICK).file("src.txt", "1\n");
     let child = agent(&sb, &["--watch"]);
     wait_until("the first cycle's line", || child.stdout().contains(" cycle 1 (run 1): 1 ran"));
-    let mut held = std::fs::OpenOptions::new().write(true).truncate(true).open(sb.path("src.txt")).unwrap();
+    // Appended in one write: the file is never seen half written.
+    let mut held = std::fs::OpenOptions::new().append(true).open(sb.path("src.txt")).unwrap();
     held.write_all(b"held open\n").unwrap();
     wait_until("a cycle while the file is still open", || child.stdout().contains(" cycle 2 (run 2): 1 ran"));
-    assert_eq!(sb.read("tick.out"), "held open\n");
+    assert_eq!(sb.read("tick.out"), "1\nheld open\n");
     drop(held);
     terminate(&child);
     let (code, _, err) = finish(child);

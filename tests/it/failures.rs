@@ -2,8 +2,6 @@
 
 use crate::sandbox::Sandbox;
 
-/// The processes whose command line contains `pattern` (`pgrep -af`). Panics when pgrep is
-/// missing: a check for surviving processes that cannot run must not pass.
 /// Waits until no process's command line matches `pattern`; on timeout, names those left.
 /// Each test matches a command of its own (`sleep 301`, `sleep 302`): tests run at once.
 fn wait_until_gone(pattern: &str) {
@@ -18,6 +16,8 @@ fn wait_until_gone(pattern: &str) {
     }
 }
 
+/// The processes whose command line contains `pattern` (`pgrep -af`). Panics when pgrep is
+/// missing: a check for surviving processes that cannot run must not pass.
 fn processes_matching(pattern: &str) -> String {
     let out = std::process::Command::new("pgrep").args(["-a", "-f", pattern]).output().unwrap_or_else(|e| {
         panic!("cannot run pgrep ({e}): install procps (`apt-get install procps`, as scripts/test.sh does)")

@@ -299,3 +299,37 @@ fn the_state_snapshot_is_never_believed_over_the_database() {
         "the no-op build rewrote it whole"
     );
 }
+
+/// A no-op build opens no run-cache: it is made when a stage may run. (The stat cache's
+/// clock, read only before a file is hashed, is tested where it is kept: a build within
+/// 50 ms of a write re-hashes that file, so a test here would have to wait.)
+#[test]
+fn a_no_op_build_makes_no_run_cache() {
+    let sb = abc();
+    sb.build().success();
+    assert_eq!(sb.ran(), ["a", "b", "c"]);
+    std::fs::remove_dir_all(sb.path(".dagrun/cache")).unwrap();
+    sb.build().success();
+    assert!(sb.ran().is_empty());
+    assert!(!sb.exists(".dagrun/cache"));
+    sb.edit("src.txt", |t| t.replace("hello", "world"));
+    sb.build().success();
+    assert_eq!(sb.ran(), ["a", "b", "c"]);
+    assert!(sb.exists(".dagrun/cache"), "a build that runs stages stores them");
+}
+
+/// A build killed before its first stage leaves a `running` run and no stage row; the next
+/// build still marks that run interrupted (the sweep is skipped only when nothing is running).
+#[test]
+fn a_run_left_running_without_stages_is_swept() {
+    let sb = abc();
+    sb.build().success();
+    sb.db()
+        .execute(
+            "INSERT INTO runs (trigger, started_at, pid, jobs) VALUES ('build', '2026-01-01T00:00:00.000Z', 1, 1)",
+            [],
+        )
+        .unwrap();
+    sb.build().success();
+    assert_eq!(sb.column("SELECT outcome FROM runs ORDER BY run_id"), ["success", "interrupted", "success"]);
+}
