@@ -360,7 +360,7 @@ impl Engine {
             || opts.cancel.is_stopping(),
         )?;
         if let Some(entry) = self.spec_cache.lock().expect("spec cache poisoned").take() {
-            entry.write();
+            entry.write(&self.spec);
         }
         end_orphans(&state, on_event)?;
         let swept = state.sweep_unfinished()?;

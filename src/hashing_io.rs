@@ -2,8 +2,12 @@
 //! the state snapshot and the spec cache are decoded as they are read and encoded as they
 //! are written, never held whole, and still believed only when their checksum matches.
 
-use std::io::{Read, Write};
+use std::fs::File;
+use std::io::{BufWriter, Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
 
+use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 /// A reader that hashes every byte it gives, or a writer every byte it takes.
@@ -46,6 +50,32 @@ impl<W: Write> Write for Hashing<W> {
     fn flush(&mut self) -> std::io::Result<()> {
         self.inner.flush()
     }
+}
+
+/// Writes `header`, then `value` encoded with postcard, to a temporary file beside `path`;
+/// puts the BLAKE3 of the encoding in the header's 32 bytes at `checksum_at` (written as
+/// zeros until then); and renames the file over `path`. A reader sees all of it or none, and
+/// a copy torn by a power cut (nothing is synced) fails its checksum. Encoded as it is
+/// written: at 100,000 stages the snapshot is 25 MB and the spec cache entry 13 MB.
+pub fn write_checked<T: Serialize>(path: &Path, header: &[u8], checksum_at: usize, value: &T) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+    let temp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let written = write_to(&temp, header, checksum_at, value).and_then(|()| std::fs::rename(&temp, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&temp);
+    }
+    written
+}
+
+fn write_to<T: Serialize>(temp: &Path, header: &[u8], checksum_at: usize, value: &T) -> std::io::Result<()> {
+    let mut file = File::create(temp)?;
+    file.write_all(header)?;
+    let encoded = BufWriter::with_capacity(64 * 1024, Hashing::new(file));
+    // postcard: compact and fast, for files only dagrun reads (bincode is unmaintained).
+    let encoded = postcard::to_io(value, encoded).map_err(std::io::Error::other)?;
+    let (file, checksum) = encoded.into_inner().map_err(std::io::IntoInnerError::into_error)?.into_inner();
+    file.write_all_at(checksum.as_bytes(), checksum_at as u64)
 }
 
 /// The postcard value that the rest of `reader` holds, if every byte of that rest hashes to

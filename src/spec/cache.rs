@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::Spec;
-use crate::hashing_io::decode_checked;
+use crate::hashing_io::{decode_checked, write_checked};
 
 /// Changes whenever an entry's layout does.
 const FORMAT: &[u8] = b"dagrun spec cache v3\0";
@@ -30,9 +30,9 @@ const FORMAT: &[u8] = b"dagrun spec cache v3\0";
 struct BodyOf<'a> {
     /// Each file besides the pipeline file the spec was read from, and its content's hash
     /// (`None`: it did not exist).
-    read_files: Vec<(String, Option<[u8; 32]>)>,
+    read_files: &'a [(String, Option<[u8; 32]>)],
     /// The hash of what each of `spec.listed` matched.
-    listed: Vec<[u8; 32]>,
+    listed: &'a [[u8; 32]],
     spec: &'a Spec,
 }
 
@@ -132,29 +132,30 @@ impl Found {
     }
 }
 
-/// An entry for a spec just loaded in full, to be written by a build.
-pub(super) fn encode(spec: &Spec, key: [u8; 32]) -> Option<Vec<u8>> {
-    let read_files = spec.read_files.iter().map(|rel| (rel.clone(), content_hash(&spec.root.join(rel)))).collect();
-    let listed = spec.listed.iter().map(|glob| listing_hash(spec, glob)).collect();
-    let mut bytes = Vec::with_capacity(64);
-    bytes.extend_from_slice(&key);
-    bytes.extend_from_slice(&[0; 32]); // the checksum, once the body is there
-    let mut bytes = postcard::to_extend(&BodyOf { read_files, listed, spec }, bytes).ok()?;
-    let checksum = blake3::hash(&bytes[64..]);
-    bytes[32..64].copy_from_slice(checksum.as_bytes());
-    Some(bytes)
+/// An entry for a spec just loaded in full, to be written by a build: what it was made
+/// from is hashed now, right after the load; the spec is encoded when it is written.
+#[derive(Debug)]
+pub(super) struct Pending {
+    path: PathBuf,
+    key: [u8; 32],
+    read_files: Vec<(String, Option<[u8; 32]>)>,
+    listed: Vec<[u8; 32]>,
 }
 
-/// Writes an entry: a temporary file renamed into place, so a reader never sees half of
-/// one. Best effort: a cache that cannot be written is a slower next load, nothing more.
-pub fn write(entry_path: &Path, bytes: &[u8]) {
-    let Some(dir) = entry_path.parent() else { return };
-    let temp = dir.join(format!(".spec.cache.tmp-{}", std::process::id()));
-    let written = std::fs::create_dir_all(dir)
-        .and_then(|()| std::fs::write(&temp, bytes))
-        .and_then(|()| std::fs::rename(&temp, entry_path));
-    if written.is_err() {
-        let _ = std::fs::remove_file(&temp);
+impl Pending {
+    pub(super) fn of(spec: &Spec, key: [u8; 32], path: PathBuf) -> Pending {
+        let read_files = spec.read_files.iter().map(|rel| (rel.clone(), content_hash(&spec.root.join(rel)))).collect();
+        let listed = spec.listed.iter().map(|glob| listing_hash(spec, glob)).collect();
+        Pending { path, key, read_files, listed }
+    }
+
+    /// Writes the entry, best effort: a cache that cannot be written is a slower next load,
+    /// nothing more.
+    pub(super) fn write(&self, spec: &Spec) {
+        let Some(dir) = self.path.parent() else { return };
+        let header = [&self.key[..], &[0; 32]].concat();
+        let body = BodyOf { read_files: &self.read_files, listed: &self.listed, spec };
+        let _ = std::fs::create_dir_all(dir).and_then(|()| write_checked(&self.path, &header, 32, &body));
     }
 }
 
@@ -247,7 +248,7 @@ mod tests {
         let file = dir.path().join("pipeline.toml");
         std::fs::write(&file, "[stages.a]\ncmd = \"echo a > a.out\"\noutputs = [\"a.out\"]\n").unwrap();
         let first = load_spec_cached(&file, &[]).unwrap();
-        first.cache_entry.as_ref().expect("a full load makes an entry").write();
+        first.cache_entry.as_ref().expect("a full load makes an entry").write(&first.spec);
         let second = load_spec_cached(&file, &[]).unwrap();
         assert!(second.cache_entry.is_none(), "read from the cache");
         assert_eq!(format!("{:?}", second.spec.stages), format!("{:?}", first.spec.stages));

@@ -310,17 +310,16 @@ pub struct LoadedSpec {
     pub cache_entry: Option<SpecCacheEntry>,
 }
 
-/// A validated spec to keep for the next load (`spec/cache.rs`).
+/// What to keep of a spec just loaded in full, for the next load (`spec/cache.rs`): where,
+/// under which key, and what it was made from besides the pipeline file, hashed when it was
+/// read. The spec itself is encoded only when the entry is written.
 #[derive(Debug)]
-pub struct SpecCacheEntry {
-    path: PathBuf,
-    bytes: Vec<u8>,
-}
+pub struct SpecCacheEntry(cache::Pending);
 
 impl SpecCacheEntry {
-    /// Writes it, best effort.
-    pub fn write(&self) {
-        cache::write(&self.path, &self.bytes);
+    /// Writes the entry for `spec` (the spec it was made with), best effort.
+    pub fn write(&self, spec: &Spec) {
+        self.0.write(spec);
     }
 }
 
@@ -379,7 +378,7 @@ impl Keyed {
     /// The spec of the text, validated in full, with the cache entry to write for it.
     fn load(self, file: &Path, builtins: &[&str]) -> Result<LoadedSpec, LoadError> {
         let spec = load_uncached(file, &self.root, self.text, builtins)?;
-        let cache_entry = cache::encode(&spec, self.key).map(|bytes| SpecCacheEntry { path: self.entry_path, bytes });
+        let cache_entry = Some(SpecCacheEntry(cache::Pending::of(&spec, self.key, self.entry_path)));
         Ok(LoadedSpec { spec, cache_entry })
     }
 }

@@ -10,11 +10,10 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{BufWriter, Read, Write};
-use std::os::unix::fs::FileExt;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use crate::hashing_io::{Hashing, decode_checked};
+use crate::hashing_io::{decode_checked, write_checked};
 
 use serde::{Deserialize, Serialize};
 
@@ -52,31 +51,11 @@ pub fn read(path: &Path, token: i64) -> Option<PlanState> {
     Some((loaded.records, loaded.entries))
 }
 
-/// Writes the copy of `state`, made under `token`: to a temporary file, then renamed over
-/// the old copy. Not synced: a copy torn by a power cut fails its checksum.
-///
-/// Encoded as it is written, with the checksum filled in last: the payload is 25 MB at
-/// 100,000 stages, and holding it (twice, with a copy of every record) was the peak of a
-/// no-op build.
+/// Writes the copy of `state`, made under `token`, over the old copy (see
+/// `hashing_io::write_checked`). Not synced: a copy torn by a power cut fails its checksum.
 pub fn write(path: &Path, token: i64, state: &PlanState) -> std::io::Result<()> {
-    let temp = path.with_extension(format!("snapshot.{}.tmp", std::process::id()));
-    write_to(&temp, token, state).and_then(|()| std::fs::rename(&temp, path)).inspect_err(|_| {
-        let _ = std::fs::remove_file(&temp);
-    })
-}
-
-fn write_to(temp: &Path, token: i64, state: &PlanState) -> std::io::Result<()> {
-    let mut file = File::create(temp)?;
-    let mut header = Vec::with_capacity(MAGIC.len() + 40);
-    header.extend_from_slice(MAGIC);
-    header.extend_from_slice(&token.to_le_bytes());
-    header.extend_from_slice(&[0; 32]); // the checksum, once the payload is written
-    file.write_all(&header)?;
-    let payload = BufWriter::with_capacity(64 * 1024, Hashing::new(file));
-    // postcard: compact and fast, for a file only dagrun reads (bincode is unmaintained).
-    let payload = postcard::to_io(&Stored(state), payload).map_err(std::io::Error::other)?;
-    let (file, checksum) = payload.into_inner().map_err(std::io::IntoInnerError::into_error)?.into_inner();
-    file.write_all_at(checksum.as_bytes(), (MAGIC.len() + 8) as u64)
+    let header = [MAGIC, &token.to_le_bytes(), &[0; 32]].concat();
+    write_checked(path, &header, MAGIC.len() + 8, &Stored(state))
 }
 
 type Hash = [u8; 32];
