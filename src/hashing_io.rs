@@ -52,30 +52,44 @@ impl<W: Write> Write for Hashing<W> {
     }
 }
 
-/// Writes `header`, then `value` encoded with postcard, to a temporary file beside `path`;
-/// puts the BLAKE3 of the encoding in the header's 32 bytes at `checksum_at` (written as
-/// zeros until then); and renames the file over `path`. A reader sees all of it or none, and
-/// a copy torn by a power cut (nothing is synced) fails its checksum. Encoded as it is
-/// written: at 100,000 stages the snapshot is 25 MB and the spec cache entry 13 MB.
-pub fn write_checked<T: Serialize>(path: &Path, header: &[u8], checksum_at: usize, value: &T) -> std::io::Result<()> {
+/// Writes `prefix`, the BLAKE3 of `value`'s postcard encoding (32 bytes), then that encoding,
+/// to a temporary file beside `path`, and renames the file over `path`: a reader sees all of
+/// it or none, and a copy torn by a power cut (nothing is synced) fails its checksum, which
+/// is written last. Encoded as it is written: at 100,000 stages the snapshot is 25 MB and
+/// the spec cache entry 13 MB. `read_checked` reads it back.
+pub fn write_checked<T: Serialize>(path: &Path, prefix: &[u8], value: &T) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
     let temp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let written = write_to(&temp, header, checksum_at, value).and_then(|()| std::fs::rename(&temp, path));
+    let written = write_to(&temp, prefix, value).and_then(|()| std::fs::rename(&temp, path));
     if written.is_err() {
         let _ = std::fs::remove_file(&temp);
     }
     written
 }
 
-fn write_to<T: Serialize>(temp: &Path, header: &[u8], checksum_at: usize, value: &T) -> std::io::Result<()> {
+fn write_to<T: Serialize>(temp: &Path, prefix: &[u8], value: &T) -> std::io::Result<()> {
     let mut file = File::create(temp)?;
-    file.write_all(header)?;
+    file.write_all(prefix)?;
+    file.write_all(&[0; 32])?; // the checksum, once the encoding is written
     let encoded = BufWriter::with_capacity(64 * 1024, Hashing::new(file));
     // postcard: compact and fast, for files only dagrun reads (bincode is unmaintained).
     let encoded = postcard::to_io(value, encoded).map_err(std::io::Error::other)?;
     let (file, checksum) = encoded.into_inner().map_err(std::io::IntoInnerError::into_error)?.into_inner();
-    file.write_all_at(checksum.as_bytes(), checksum_at as u64)
+    file.write_all_at(checksum.as_bytes(), prefix.len() as u64)
+}
+
+/// The value `write_checked` wrote at `path` after `prefix`, if the file starts with exactly
+/// that prefix (anything else is not decoded at all) and is whole.
+pub fn read_checked<T: DeserializeOwned>(path: &Path, prefix: &[u8]) -> Option<T> {
+    let mut file = File::open(path).ok()?;
+    let mut header = vec![0; prefix.len() + 32];
+    file.read_exact(&mut header).ok()?;
+    let (stored, checksum) = header.split_at(prefix.len());
+    if stored != prefix {
+        return None;
+    }
+    decode_checked(file, checksum.try_into().ok()?)
 }
 
 /// The postcard value that the rest of `reader` holds, if every byte of that rest hashes to
@@ -85,7 +99,7 @@ fn write_to<T: Serialize>(temp: &Path, header: &[u8], checksum_at: usize, value:
 /// at a time through `read_exact`, which made the 10,000-stage no-op 12 ms slower than
 /// decoding a slice. A string that runs past the buffer is gathered, so no string is too
 /// long; a damaged length ends the decode where the reader ends.
-pub fn decode_checked<T: DeserializeOwned, R: Read>(reader: R, checksum: &[u8; 32]) -> Option<T> {
+fn decode_checked<T: DeserializeOwned, R: Read>(reader: R, checksum: &[u8; 32]) -> Option<T> {
     let stream = Stream { reader: Hashing::new(reader), buf: vec![0; 64 * 1024], pos: 0, end: 0, long: Vec::new() };
     let mut deserializer = postcard::Deserializer::from_flavor(stream);
     let value = T::deserialize(&mut deserializer).ok()?;

@@ -183,7 +183,7 @@ impl Coordinator<'_, '_> {
             },
             &fresh,
         )?;
-        let previous = self.eval.records.get(name).and_then(|r| r.output_hash);
+        let previous = self.eval.recorded_output_hash(idx);
         self.hashes[idx] = Some(success.output_hash);
         for path in &success.moved {
             (self.on_event)(&Event::InputMoved { stage: name, path });

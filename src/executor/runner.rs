@@ -162,9 +162,10 @@ pub fn run_shell(job: ShellJob<'_>, watchdog: &Watchdog) -> Result<(), AttemptFa
         .envs(job.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .process_group(0);
-    let output = if pidfd_works() { Output::pipe(&mut command) } else { Output::file(&mut command, job.log) };
+    let piped = pidfd_works();
+    let output = if piped { Output::pipe(&mut command) } else { Output::file(&mut command, job.log) };
     let output = output.map_err(|e| {
-        let what = if pidfd_works() { "make a pipe for its output" } else { "open its log" };
+        let what = if piped { "make a pipe for its output" } else { "open its log" };
         AttemptFailure::failed(format!("cannot {what}: {e}{}", file_limit_hint(&e)))
     })?;
     let spawned = command.spawn();

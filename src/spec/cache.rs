@@ -11,14 +11,12 @@
 //! Postcard, not bincode (unmaintained, RUSTSEC-2025-0141): compact and fast. It cannot
 //! decode self-describing values, so params travel as [`Value`], a mirror of `toml::Value`.
 
-use std::fs::File;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use super::Spec;
-use crate::hashing_io::{decode_checked, write_checked};
+use crate::hashing_io::{read_checked, write_checked};
 
 /// Changes whenever an entry's layout does.
 const FORMAT: &[u8] = b"dagrun spec cache v3\0";
@@ -82,23 +80,6 @@ fn listing_hash(spec: &Spec, glob: &super::GlobPattern) -> [u8; 32] {
     *h.finalize().as_bytes()
 }
 
-/// An entry on disk for this key, opened, nothing decoded yet. The key is the entry's
-/// first 32 bytes, so an entry for another key (another dagrun's, of another layout) is
-/// never decoded.
-pub(super) struct Found {
-    body: File,
-    checksum: [u8; 32],
-}
-
-pub(super) fn find(entry_path: &Path, key: &[u8; 32]) -> Option<Found> {
-    let mut file = File::open(entry_path).ok()?;
-    let mut header = [0; 64];
-    file.read_exact(&mut header).ok()?;
-    let (stored_key, checksum) = header.split_first_chunk::<32>()?;
-    let checksum = *checksum.first_chunk::<32>()?;
-    (stored_key == key).then_some(Found { body: file, checksum })
-}
-
 /// An entry's body, read back (see `BodyOf`).
 #[derive(Deserialize)]
 struct Body {
@@ -107,29 +88,29 @@ struct Body {
     spec: Spec,
 }
 
-impl Found {
-    /// The entry's spec, if it is whole and nothing it was made from has changed. Decoded as
-    /// it is read (at 100,000 stages the entry is 13 MB), and believed only once every byte
-    /// of it matched the checksum: a torn or damaged entry can decode into another spec.
-    pub(super) fn decode(self, file: &Path) -> Option<Spec> {
-        let body: Body = decode_checked(self.body, &self.checksum)?;
-        if body.listed.len() != body.spec.listed.len() {
+/// The spec of the entry at `entry_path`, if it was written under `key` (its first 32 bytes:
+/// an entry for another key, another dagrun's, of another layout, is not decoded at all), is
+/// whole, and nothing it was made from has changed. Decoded as it is read (at 100,000 stages
+/// the entry is 13 MB), and believed only once every byte of it matched the checksum: a
+/// torn or damaged entry can decode into another spec.
+pub(super) fn read(entry_path: &Path, key: &[u8; 32], file: &Path) -> Option<Spec> {
+    let body: Body = read_checked(entry_path, key)?;
+    if body.listed.len() != body.spec.listed.len() {
+        return None;
+    }
+    for (rel, hash) in &body.read_files {
+        if content_hash(&body.spec.root.join(rel)) != *hash {
             return None;
         }
-        for (rel, hash) in &body.read_files {
-            if content_hash(&body.spec.root.join(rel)) != *hash {
-                return None;
-            }
-        }
-        for (glob, hash) in body.spec.listed.iter().zip(&body.listed) {
-            if listing_hash(&body.spec, glob) != *hash {
-                return None;
-            }
-        }
-        let mut spec = body.spec;
-        spec.file = file.to_path_buf();
-        Some(spec)
     }
+    for (glob, hash) in body.spec.listed.iter().zip(&body.listed) {
+        if listing_hash(&body.spec, glob) != *hash {
+            return None;
+        }
+    }
+    let mut spec = body.spec;
+    spec.file = file.to_path_buf();
+    Some(spec)
 }
 
 /// An entry for a spec just loaded in full, to be written by a build: what it was made
@@ -153,9 +134,8 @@ impl Pending {
     /// nothing more.
     pub(super) fn write(&self, spec: &Spec) {
         let Some(dir) = self.path.parent() else { return };
-        let header = [&self.key[..], &[0; 32]].concat();
         let body = BodyOf { read_files: &self.read_files, listed: &self.listed, spec };
-        let _ = std::fs::create_dir_all(dir).and_then(|()| write_checked(&self.path, &header, 32, &body));
+        let _ = std::fs::create_dir_all(dir).and_then(|()| write_checked(&self.path, &self.key, &body));
     }
 }
 

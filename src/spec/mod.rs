@@ -348,7 +348,7 @@ fn cached_spec(file: &Path, builtins: &[&str]) -> Option<Spec> {
         return None;
     }
     let key = cache::key(&root, dvc_params(file, &root), &text_hash.finalize(), builtins);
-    let spec = cache::find(&entry_path, &key)?.decode(file)?;
+    let spec = cache::read(&entry_path, &key, file)?;
     paths_still_resolve(&spec).then_some(spec)
 }
 

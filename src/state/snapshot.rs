@@ -9,11 +9,9 @@
 //! load, never a wrong answer.
 
 use std::collections::HashMap;
-use std::fs::File;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use crate::hashing_io::{decode_checked, write_checked};
+use crate::hashing_io::{read_checked, write_checked};
 
 use serde::{Deserialize, Serialize};
 
@@ -38,24 +36,19 @@ pub fn path_for(state: &Path) -> PathBuf {
 /// was the peak of a `build -n`. Every byte still goes through the checksum before the
 /// decoded state is believed.
 pub fn read(path: &Path, token: i64) -> Option<PlanState> {
-    let mut file = File::open(path).ok()?;
-    let mut header = [0; MAGIC.len() + 8 + 32];
-    file.read_exact(&mut header).ok()?;
-    let rest = header.strip_prefix(MAGIC)?;
-    let (stored_token, checksum) = rest.split_first_chunk::<8>()?;
-    if i64::from_le_bytes(*stored_token) != token {
-        return None;
-    }
-    let checksum = checksum.first_chunk::<32>()?;
-    let loaded: Loaded = decode_checked(file, checksum)?;
+    let loaded: Loaded = read_checked(path, &prefix(token))?;
     Some((loaded.records, loaded.entries))
+}
+
+/// What a copy made under `token` starts with, before its checksum.
+fn prefix(token: i64) -> Vec<u8> {
+    [MAGIC, &token.to_le_bytes()].concat()
 }
 
 /// Writes the copy of `state`, made under `token`, over the old copy (see
 /// `hashing_io::write_checked`). Not synced: a copy torn by a power cut fails its checksum.
 pub fn write(path: &Path, token: i64, state: &PlanState) -> std::io::Result<()> {
-    let header = [MAGIC, &token.to_le_bytes(), &[0; 32]].concat();
-    write_checked(path, &header, MAGIC.len() + 8, &Stored(state))
+    write_checked(path, &prefix(token), &Stored(state))
 }
 
 type Hash = [u8; 32];
