@@ -186,8 +186,16 @@ pub struct HashCache {
     /// build hashes nothing, and so need not write the clock's file.
     clock: CacheClock,
     clock_ns: std::sync::OnceLock<i64>,
-    entries: Mutex<HashMap<String, CacheEntry>>,
-    fresh: Mutex<Vec<(String, CacheEntry)>>,
+    known: Mutex<Known>,
+}
+
+/// The entries, and those hashed since the last `take_fresh`, under one lock: of two
+/// threads hashing one path, the entry the map keeps is the one written last, so the map
+/// stays what the table holds.
+#[derive(Debug)]
+struct Known {
+    entries: HashMap<String, CacheEntry>,
+    fresh: Vec<(String, CacheEntry)>,
 }
 
 impl HashCache {
@@ -198,19 +206,18 @@ impl HashCache {
             root_dir: open(root, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty()).ok(),
             clock: clock.clone(),
             clock_ns: std::sync::OnceLock::new(),
-            entries: Mutex::new(entries),
-            fresh: Mutex::new(Vec::new()),
+            known: Mutex::new(Known { entries, fresh: Vec::new() }),
         }
     }
 
     /// Every entry, those hashed by this cache included: what a later plan may start from.
     pub fn into_entries(self) -> HashMap<String, CacheEntry> {
-        self.entries.into_inner().expect("hash cache poisoned")
+        self.known.into_inner().expect("hash cache poisoned").entries
     }
 
     /// Entries hashed since the last call, to be written to the state database.
     pub fn take_fresh(&self) -> Vec<(String, CacheEntry)> {
-        std::mem::take(&mut *self.fresh.lock().expect("hash cache poisoned"))
+        std::mem::take(&mut self.known.lock().expect("hash cache poisoned").fresh)
     }
 
     /// Hashes a file or a directory (the sorted list of its files' relative paths and hashes).
@@ -240,7 +247,7 @@ impl HashCache {
     }
 
     fn hash_file(&self, rel: &str, full: &Path, stat: FileStat) -> Result<FileHash, HashError> {
-        let cached = self.entries.lock().expect("hash cache poisoned").get(rel).copied();
+        let cached = self.known.lock().expect("hash cache poisoned").entries.get(rel).copied();
         if let Some(entry) = cached
             && entry.matches(&stat)
             && !entry.is_racy()
@@ -259,11 +266,9 @@ impl HashCache {
             dev: stat.dev,
         };
         if cached != Some(entry) {
-            // One after the other under the map's lock: of two threads hashing one path, the
-            // entry the map keeps is the one written last, so the map stays what the table holds.
-            let mut entries = self.entries.lock().expect("hash cache poisoned");
-            entries.insert(rel.to_string(), entry);
-            self.fresh.lock().expect("hash cache poisoned").push((rel.to_string(), entry));
+            let mut known = self.known.lock().expect("hash cache poisoned");
+            known.entries.insert(rel.to_string(), entry);
+            known.fresh.push((rel.to_string(), entry));
         }
         Ok(entry.hash)
     }
@@ -458,7 +463,7 @@ mod tests {
                 break;
             }
         }
-        let entries = cache.entries.lock().unwrap().clone();
+        let entries = cache.known.lock().unwrap().entries.clone();
         let again = HashCache::new(dir.path(), entries, &CacheClock::Local);
         assert_ne!(again.hash_path("f").unwrap(), first);
         assert_eq!(again.hash_path("f").unwrap(), FileHash(blake3::hash(b"bbbb")));

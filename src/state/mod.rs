@@ -486,7 +486,9 @@ impl State {
     /// Every stage's record and the stat cache: from the snapshot when it is current, else
     /// from the tables (read in one transaction).
     pub fn load_plan_state(&self) -> Result<snapshot::PlanState, StateError> {
-        Ok(self.load_plan_state_keeping(None)?.1)
+        // Without the bookkeeping of `load_plan_state_keeping`: only a build's
+        // `refresh_snapshot` reads it.
+        Ok(self.load_plan_state_keeping_at(None)?.1)
     }
 
     /// [`load_plan_state`](Self::load_plan_state), but from `kept` (a plan state held in
