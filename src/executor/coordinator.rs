@@ -3,6 +3,7 @@
 //! what a failure leaves unable to run; `Schedule` decides what is ready.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, Sender};
 use std::time::{Duration, SystemTime};
 
 use super::log::log_tail;
@@ -14,6 +15,9 @@ use crate::fingerprint::OutputHash;
 use crate::planner::{DirtyReason, EvalContext, explain_reason};
 use crate::spec::{ExecutorKind, StageIdx};
 use crate::state::{RunId, StageAttempt, StageFailure, StageRunId, StageStatus, StageSuccess, State, StateError};
+
+/// A worker's wait for its attempt (or cluster job) to be recorded, and the answer.
+type Ack = (Sender<Result<(), String>>, Result<(), String>);
 
 /// The coordinator's bookkeeping: which stage is where, and the database.
 pub(super) struct Coordinator<'a, 'e> {
@@ -39,23 +43,69 @@ impl Coordinator<'_, '_> {
         self.eval.spec.stages[idx].name.as_str()
     }
 
-    pub(super) fn handle(&mut self, message: Message, stop: &AtomicBool) {
-        let recorded = match message {
+    /// Handles what the workers reported, `first` and whatever else is already waiting (up
+    /// to a bound), in one batch of writes. A worker told that its attempt is recorded hears
+    /// so only once the batch is committed: nothing runs that the state does not name.
+    pub(super) fn handle_batch(
+        &mut self,
+        first: Message,
+        waiting: &Receiver<Message>,
+        outstanding: &mut usize,
+        stop: &AtomicBool,
+    ) {
+        /// Enough to share a commit among many stages, few enough that a worker waiting for
+        /// its start to be recorded is not held up long.
+        const MAX_BATCH: usize = 32;
+        // Best effort: without a batch, each stage's writes are a transaction of their own.
+        let _ = self.state.begin_batch();
+        let mut acks = Vec::new();
+        let mut next = Some(first);
+        let mut handled = 0;
+        while let Some(message) = next {
+            if let Message::Finished { result, .. } = &message
+                && !matches!(result, TaskResult::AttemptFailed { final_attempt: false, .. })
+            {
+                *outstanding -= 1;
+            }
+            let recorded = self.handle(message, stop, &mut acks);
+            self.keep_write_error(recorded, stop);
+            handled += 1;
+            next = if handled < MAX_BATCH { waiting.try_recv().ok() } else { None };
+        }
+        let committed = self.state.commit_batch();
+        let answer = committed.as_ref().map(|_| ()).map_err(ToString::to_string);
+        self.keep_write_error(committed, stop);
+        for (ack, recorded) in acks {
+            let _ = ack.send(recorded.and(answer.clone()));
+        }
+    }
+
+    fn handle(&mut self, message: Message, stop: &AtomicBool, acks: &mut Vec<Ack>) -> Result<(), StateError> {
+        match message {
+            // Once the build stops starting stages (a failure under --fail-fast, a failed
+            // write), an attempt not yet started is refused, however soon it asked.
+            Message::Started { recorded, .. } if stop.load(Ordering::SeqCst) => {
+                acks.push((recorded, Err("the build stopped first".to_string())));
+                Ok(())
+            }
             Message::Started { start, recorded } => {
                 let result = self.started(*start);
-                let _ = recorded.send(result.as_ref().map(|_| ()).map_err(ToString::to_string));
+                acks.push((recorded, result.as_ref().map(|_| ()).map_err(ToString::to_string)));
                 result
             }
             Message::Submitted { idx, job_id, recorded } => {
                 let result = self.submitted(idx, &job_id);
-                let _ = recorded.send(result.as_ref().map(|_| ()).map_err(ToString::to_string));
+                acks.push((recorded, result.as_ref().map(|_| ()).map_err(ToString::to_string)));
                 result
             }
             Message::Finished { idx, result } => self.finished(idx, result, stop),
-        };
+        }
+    }
+
+    /// The database refused a write (e.g. a full disk): start nothing more, let running
+    /// stages finish, and report the error.
+    fn keep_write_error(&mut self, recorded: Result<(), StateError>, stop: &AtomicBool) {
         if let Err(err) = recorded {
-            // The database refused a write (e.g. a full disk): start nothing more, let
-            // running stages finish, and report the error.
             stop.store(true, Ordering::SeqCst);
             self.first_error.get_or_insert(err);
         }

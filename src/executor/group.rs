@@ -113,7 +113,7 @@ pub fn signal_group(pgid: u32, signal: Signal) {
 /// After SIGKILL to the group and the leader's reaping: reaps the group's other members
 /// (dagrun is their subreaper), then ends every process of the attempt that left the group
 /// (reparented to dagrun as their parents die, and known by their token), until none is left.
-pub fn reap_attempt(pgid: u32, token: &str) -> Result<(), ProcessesSurvive> {
+pub fn reap_attempt(pgid: u32, token: &str, others: &dyn Fn(i32) -> bool) -> Result<(), ProcessesSurvive> {
     let Some(group) = i32::try_from(pgid).ok().and_then(Pid::from_raw) else { return Ok(()) };
     let deadline = Instant::now() + END_DEADLINE;
     let wanted = format!("{TOKEN_VAR}={token}");
@@ -121,7 +121,7 @@ pub fn reap_attempt(pgid: u32, token: &str) -> Result<(), ProcessesSurvive> {
     loop {
         while let Ok(Some(_)) = waitpgid(group, WaitOptions::NOHANG) {}
         let group_left = test_kill_process_group(group).is_ok();
-        let strays = strays(&wanted);
+        let strays = strays(&wanted, others);
         if !group_left && strays.is_empty() {
             return Ok(());
         }
@@ -148,13 +148,14 @@ pub fn reap_attempt(pgid: u32, token: &str) -> Result<(), ProcessesSurvive> {
 
 /// dagrun's children (reparented orphans included) that carry `wanted` in their
 /// environment, with their process groups: what of an attempt left its group. Cheap: a few
-/// small files under /proc/self, not a scan of every process.
-fn strays(wanted: &str) -> Vec<(i32, i32)> {
+/// small files under /proc/self, not a scan of every process; a child `others` names (another
+/// running attempt's leader) is not even read.
+fn strays(wanted: &str, others: &dyn Fn(i32) -> bool) -> Vec<(i32, i32)> {
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return Vec::new() };
     let mut found = Vec::new();
     for task in tasks.flatten() {
-        let Ok(children) = std::fs::read_to_string(task.path().join("children")) else { continue };
-        for pid in children.split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
+        let Some(children) = read_proc_file(&task.path().join("children")) else { continue };
+        for pid in children.split_whitespace().filter_map(|p| p.parse::<i32>().ok()).filter(|&pid| !others(pid)) {
             if let Some(stat) = ProcStat::read(pid)
                 && stat.state != 'Z'
                 && carries(pid, wanted)
@@ -164,6 +165,15 @@ fn strays(wanted: &str) -> Vec<(i32, i32)> {
         }
     }
     found
+}
+
+/// A small file under /proc, read without the size lookup `fs::read_to_string` makes first
+/// (/proc gives no size): one system call fewer each, and these are read for every stage.
+fn read_proc_file(path: &std::path::Path) -> Option<String> {
+    use std::io::Read;
+    let mut text = String::new();
+    std::fs::File::open(path).ok()?.take(1 << 20).read_to_string(&mut text).ok()?;
+    Some(text)
 }
 
 /// Makes dagrun the reaper of its stages' orphans (Linux's child subreaper), so that a
@@ -207,7 +217,7 @@ struct ProcStat {
 impl ProcStat {
     /// `None` when the process does not exist (any more) or cannot be read.
     fn read(pid: i32) -> Option<ProcStat> {
-        parse_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+        parse_stat(&read_proc_file(std::path::Path::new(&format!("/proc/{pid}/stat")))?)
     }
 }
 

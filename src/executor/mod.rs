@@ -158,6 +158,8 @@ struct Shared<'a> {
     /// The build's choice of executor, for stages that do not name theirs.
     build_executor: Option<ExecutorKind>,
     slurm: Option<&'a slurm::Slurm>,
+    /// The pipeline directory, resolved once for the look before outputs are deleted.
+    root: crate::spec::ResolvedRoot,
 }
 
 impl Shared<'_> {
@@ -239,6 +241,7 @@ pub fn execute(
         run_cache: opts.run_cache.as_deref(),
         build_executor: opts.executor,
         slurm: opts.slurm.as_deref(),
+        root: crate::spec::ResolvedRoot::new(&spec.root),
     };
     let workers = opts.jobs.clamp(1, candidates);
     let (task_tx, task_rx) = mpsc::channel::<Task>();
@@ -298,12 +301,7 @@ pub fn execute(
                 break; // nothing running and, by the loop above, nothing ready
             }
             let message = msg_rx.recv().expect("a worker holds a sender while tasks are outstanding");
-            if let Message::Finished { result, .. } = &message
-                && !matches!(result, TaskResult::AttemptFailed { final_attempt: false, .. })
-            {
-                outstanding -= 1;
-            }
-            coordinator.handle(message, &shared.stop);
+            coordinator.handle_batch(message, &msg_rx, &mut outstanding, &shared.stop);
         }
         drop(task_tx);
     });

@@ -182,7 +182,7 @@ pub fn run_shell(job: ShellJob<'_>, watchdog: &Watchdog) -> Result<(), AttemptFa
         Output::File => wait_for_exit(pid),
     };
     let killed = watchdog.unwatch(pid);
-    let status = end_group(&mut child, pid, job.token)?;
+    let status = end_group(&mut child, pid, job.token, watchdog)?;
     if let Output::Pipe(reader) = &output {
         copy.rest(reader);
     }
@@ -354,10 +354,13 @@ fn end_group(
     child: &mut std::process::Child,
     pid: u32,
     token: &str,
+    watchdog: &Watchdog,
 ) -> Result<std::process::ExitStatus, AttemptFailure> {
     group::signal_group(pid, rustix::process::Signal::KILL);
     let status = child.wait().map_err(|e| AttemptFailure::failed(format!("lost track of the stage's process: {e}")))?;
-    group::reap_attempt(pid, token).map_err(|err| AttemptFailure::failed(err.to_string()))?;
+    // Another running attempt's leader, a child of dagrun too, is not this attempt's.
+    let others = |pid: i32| watchdog.watches(pid);
+    group::reap_attempt(pid, token, &others).map_err(|err| AttemptFailure::failed(err.to_string()))?;
     Ok(status)
 }
 

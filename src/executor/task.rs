@@ -63,7 +63,8 @@ pub(super) fn run_task(shared: &Shared<'_>, task: Task, tx: &Sender<Message>) {
         let _ = tx.send(Message::Started { start: Box::new(start), recorded: answer });
         // Nothing runs that the state does not name: a later build must be able to find it.
         if !matches!(recorded.recv(), Ok(Ok(()))) {
-            return finish(TaskResult::NotStarted);
+            // A retry refused still ends as the failure its last attempt was.
+            return finish(if attempt == 1 { TaskResult::NotStarted } else { TaskResult::RetryAbandoned });
         }
         let started = Instant::now();
         let result = run_attempt(shared, idx, &eval, &log_path, token.as_deref().unwrap_or_default(), tx)
@@ -150,13 +151,13 @@ fn run_attempt(
     let stage = &spec.stages[idx];
     remove_outputs(shared, idx)?;
     for dir in &stage.output_dirs {
-        std::fs::create_dir_all(dir.to_path(&spec.root))
+        ensure_dir(&dir.to_path(&spec.root))
             .map_err(|e| AttemptFailure::failed(format!("cannot create output directory `{dir}/`: {e}")))?;
     }
     for output in &stage.outputs {
         let path = output.to_path(&spec.root);
         if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent)
+            ensure_dir(parent)
                 .map_err(|e| AttemptFailure::failed(format!("cannot create directory for `{output}`: {e}")))?;
         }
     }
@@ -195,6 +196,12 @@ fn run_attempt(
     shared.executor(idx)?.run(&attempt, &control)
 }
 
+/// Makes `dir` and its parents unless it is there already: one `stat` for the directory
+/// most stages find made, where `create_dir_all` tries a `mkdir` and then a `stat`.
+fn ensure_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    if dir.is_dir() { Ok(()) } else { std::fs::create_dir_all(dir) }
+}
+
 /// Whether the filesystem holding `dir` has no space left for ordinary users. A stage that
 /// failed for lack of space could not even log why; this is checked before its partial
 /// outputs are removed, while the disk is still full.
@@ -208,7 +215,7 @@ pub(super) fn remove_outputs(shared: &Shared<'_>, idx: StageIdx) -> Result<(), A
     let spec = shared.eval.spec;
     // Every output is checked before any is deleted.
     for output in &spec.stages[idx].outputs {
-        refuse_deleting_outside(spec, output)?;
+        refuse_deleting_outside(spec, &shared.root, output)?;
     }
     for output in &spec.stages[idx].outputs {
         let path = output.to_path(&spec.root);
@@ -226,11 +233,15 @@ pub(super) fn remove_outputs(shared: &Shared<'_>, idx: StageIdx) -> Result<(), A
 /// but an earlier stage may have made a directory on an output's path a symbolic link since:
 /// deleting through it would delete a file that is not the stage's. An output written outside
 /// (`allow_outside_paths`) is where the pipeline says it is.
-fn refuse_deleting_outside(spec: &crate::spec::Spec, output: &crate::spec::RelPath) -> Result<(), AttemptFailure> {
+fn refuse_deleting_outside(
+    spec: &crate::spec::Spec,
+    root: &crate::spec::ResolvedRoot,
+    output: &crate::spec::RelPath,
+) -> Result<(), AttemptFailure> {
     if output.is_outside() {
         return Ok(());
     }
-    match crate::spec::deletes_outside(&spec.root, &output.to_path(&spec.root)) {
+    match root.deletes_outside(&output.to_path(&spec.root)) {
         Some(target) => Err(AttemptFailure::failed(format!(
             "refusing to delete output `{output}`: it resolves to {}, outside the pipeline directory, through a symbolic link; replace the link with a directory",
             target.display()

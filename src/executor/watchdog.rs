@@ -79,6 +79,13 @@ impl Watchdog {
         self.insert(u64::from(pid), timeout, None);
     }
 
+    /// Whether `pid` leads the group of an attempt being watched: a process of that attempt,
+    /// alive or an unreaped zombie (a leader is unwatched before it is reaped), so its pid is
+    /// no other process's.
+    pub fn watches(&self, pid: i32) -> bool {
+        u64::try_from(pid).is_ok_and(|key| self.running.lock().expect("watchdog poisoned").contains_key(&key))
+    }
+
     /// Stops watching a group whose leader has exited (unreaped); returns why it was
     /// killed, if it was. The caller then ends the rest of the group, whatever the cause.
     pub fn unwatch(&self, pid: u32) -> Option<KillCause> {

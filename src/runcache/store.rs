@@ -96,9 +96,15 @@ impl FsStore {
     /// torn write is a miss, never a wrong restore. Syncing a file and its directory for
     /// every object and entry cost a 1,000-stage build of one-line files 1.8 s.
     fn publish(temp: &Path, target: &Path) -> io::Result<()> {
-        let dir = target.parent().expect("store paths have a parent");
-        std::fs::create_dir_all(dir)?;
-        std::fs::rename(temp, target)
+        match std::fs::rename(temp, target) {
+            // Its directory is made the first time (an object's `ab/`), or again if someone
+            // removed it; most renames find it there.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                std::fs::create_dir_all(target.parent().expect("store paths have a parent"))?;
+                std::fs::rename(temp, target)
+            }
+            renamed => renamed,
+        }
     }
 }
 
@@ -282,6 +288,19 @@ mod tests {
         store.get_file(&id, &back).unwrap();
         assert_eq!(std::fs::read(&back).unwrap(), b"hello");
         assert!(!std::fs::metadata(&back).unwrap().permissions().readonly());
+    }
+
+    #[test]
+    fn an_entry_is_stored_even_after_its_directory_was_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsStore::open(&dir.path().join("cache")).unwrap();
+        store.put_entry("first", b"1").unwrap();
+        std::fs::remove_dir_all(dir.path().join("cache/index")).unwrap();
+        store.put_entry("second", b"2").unwrap();
+        assert_eq!(store.get_entry("second").as_deref(), Some(&b"2"[..]));
+        assert_eq!(store.get_entry("first"), None);
+        let left: Vec<_> = std::fs::read_dir(dir.path().join("cache/tmp")).unwrap().collect();
+        assert!(left.is_empty(), "no temporary file is left behind: {left:?}");
     }
 
     #[test]

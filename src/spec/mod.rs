@@ -26,7 +26,7 @@ pub use command::{CommandRef, Placeholder, Quoting, command_references, float_te
 pub use diagnostic::{Diagnostic, SpecError, suggest};
 pub use glob::{GlobPattern, InvalidGlob};
 pub use path::{RelPath, is_glob, normalize, normalize_with, relative_inside};
-pub(crate) use resolve::deletes_outside;
+pub(crate) use resolve::ResolvedRoot;
 pub(crate) use validate::output_holding;
 
 /// A validated stage name: the component name shown everywhere.

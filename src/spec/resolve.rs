@@ -110,10 +110,33 @@ fn resolve_for_delete(path: &Path) -> PathBuf {
 }
 
 /// Where deleting the output `path` would act, when that is outside the directory `root`.
-pub(crate) fn deletes_outside(root: &Path, path: &Path) -> Option<PathBuf> {
-    let resolver = Resolver::default();
-    let target = resolver.resolve_for_delete(path);
-    (!within(&target, &resolver.resolve(root))).then_some(target)
+#[cfg(test)]
+fn deletes_outside(root: &Path, path: &Path) -> Option<PathBuf> {
+    ResolvedRoot::new(root).deletes_outside(path)
+}
+
+/// The pipeline directory resolved once, for the executor's look before it deletes each
+/// output: what lies above the directory is not looked at again for every stage, what lies
+/// within it is (an earlier stage may have made a directory there a link).
+#[derive(Debug)]
+pub(crate) struct ResolvedRoot {
+    absolute: PathBuf,
+    real: PathBuf,
+}
+
+impl ResolvedRoot {
+    pub(crate) fn new(root: &Path) -> ResolvedRoot {
+        let absolute = std::path::absolute(root).unwrap_or_else(|_| root.to_path_buf());
+        ResolvedRoot { real: Resolver::default().resolve(&absolute), absolute }
+    }
+
+    /// Where deleting the output `path` would act, when that is outside the directory.
+    pub(crate) fn deletes_outside(&self, path: &Path) -> Option<PathBuf> {
+        let resolver = Resolver::default();
+        resolver.known.borrow_mut().insert(self.absolute.clone(), (self.real.clone(), true));
+        let target = resolver.resolve_for_delete(path);
+        (!within(&target, &self.real)).then_some(target)
+    }
 }
 
 /// `path` is `dir` or lies inside it: `Path::starts_with` on the bytes, as both are
