@@ -344,7 +344,9 @@ impl Engine {
             if let Ok(old) = State::open_read_only(&self.spec.state_path)
                 && let Ok(attempts) = old.unfinished_attempts()
             {
-                end_attempts(attempts, on_event)?;
+                // A state from before schema 7 has no prefixes.
+                let prefixes = old.unfinished_run_prefixes().unwrap_or_default();
+                end_attempts(&prefixes, attempts, on_event)?;
             }
         }
         if opts.reset_state
@@ -362,8 +364,7 @@ impl Engine {
         if let Some(entry) = self.spec_cache.lock().expect("spec cache poisoned").take() {
             entry.write(&self.spec);
         }
-        end_orphans(&state, on_event)?;
-        let swept = state.sweep_unfinished()?;
+        let swept = end_unfinished(&mut state, on_event)?;
         if !swept.is_empty() {
             on_event(&Event::SweptInterrupted { stages: &swept });
         }
@@ -402,7 +403,8 @@ impl Engine {
         let jobs =
             opts.jobs.or(self.spec.jobs).unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
         let targets: Vec<&str> = opts.targets.iter().map(String::as_str).collect();
-        let run = state.begin_run(&opts.trigger, &targets, jobs)?;
+        let attempt_prefix = crate::executor::AttemptTokens::new_prefix();
+        let run = state.begin_run(&opts.trigger, &targets, jobs, Some(&attempt_prefix))?;
         let to_check = (0..self.spec.stages.len()).filter(|&i| plan.verdict(i).is_some_and(Verdict::is_dirty)).count();
         on_event(&Event::BuildStarted { run, selected: selected.iter().filter(|&&s| s).count(), to_check, jobs });
 
@@ -422,6 +424,7 @@ impl Engine {
             run_cache,
             executor: opts.executor,
             slurm,
+            attempt_prefix,
         };
         let executed = execute(&ctx, &plan, &mut state, run, &exec_opts, on_event);
         // Cache entries of stages that did not run (e.g. an up-to-date check) are kept too.
@@ -537,8 +540,7 @@ impl Engine {
         let wanted = stages.iter().map(|s| self.stage_index(s)).collect::<Result<Vec<_>, _>>()?;
         let _locks = self.lock(true, on_event, &|| false)?;
         let mut state = State::open(&self.spec.state_path)?;
-        end_orphans(&state, on_event)?;
-        state.sweep_unfinished()?;
+        end_unfinished(&mut state, on_event)?;
         let (records, entries) = state.load_plan_state()?;
         let cache = HashCache::new(&self.spec.root, entries, &self.writer_clock());
         let ctx = self.eval_context(&records, &cache, false);
@@ -564,7 +566,7 @@ impl Engine {
                 });
             }
         }
-        let run = state.begin_run("accept", &stages.iter().map(String::as_str).collect::<Vec<_>>(), 1)?;
+        let run = state.begin_run("accept", &stages.iter().map(String::as_str).collect::<Vec<_>>(), 1, None)?;
         let mut hashes: std::collections::HashMap<StageIdx, crate::fingerprint::OutputHash> =
             std::collections::HashMap::new();
         let mut accepted = Vec::new();
@@ -853,15 +855,34 @@ impl Engine {
     }
 }
 
-/// Ends what the stages of a killed build left running, before anything runs: an output
-/// such a process could still write is never trusted, and never raced by a new run.
-/// Call only while holding the build lock.
-fn end_orphans(state: &State, on_event: &mut dyn FnMut(&Event<'_>)) -> Result<(), Error> {
-    end_attempts(state.unfinished_attempts()?, on_event)
+/// Ends what the stages of a killed build left running, before anything runs (an output
+/// such a process could still write is never trusted, and never raced by a new run), then
+/// records them interrupted; returns the stages swept. Call only while holding the build lock.
+fn end_unfinished(state: &mut State, on_event: &mut dyn FnMut(&Event<'_>)) -> Result<Vec<String>, Error> {
+    if !state.anything_unfinished()? {
+        return Ok(Vec::new());
+    }
+    end_attempts(&state.unfinished_run_prefixes()?, state.unfinished_attempts()?, on_event)?;
+    Ok(state.sweep_unfinished()?)
 }
 
-fn end_attempts(attempts: Vec<UnfinishedAttempt>, on_event: &mut dyn FnMut(&Event<'_>)) -> Result<(), Error> {
-    for unfinished in attempts {
+/// Ends the local shell attempts of the runs with `prefixes` (recorded or not), then what
+/// else of `attempts` is left: older runs' attempts, and cluster jobs.
+fn end_attempts(
+    prefixes: &[String],
+    attempts: Vec<UnfinishedAttempt>,
+    on_event: &mut dyn FnMut(&Event<'_>),
+) -> Result<(), Error> {
+    for prefix in prefixes {
+        let ended = crate::executor::end_run_attempts(prefix).map_err(|source| Error::RunOrphans { source })?;
+        for (stage, processes) in ended {
+            on_event(&Event::OrphansEnded { stage: &stage, processes });
+        }
+    }
+    let ended_by_prefix = |token: &str| {
+        prefixes.iter().any(|prefix| token.strip_prefix(prefix.as_str()).is_some_and(|rest| rest.starts_with('-')))
+    };
+    for unfinished in attempts.into_iter().filter(|a| a.on_slurm || !ended_by_prefix(&a.token)) {
         // For a Slurm attempt only an `sbatch` still running (it carries the token), which
         // could otherwise submit after the look for its job below.
         let ended = if unfinished.on_slurm {

@@ -24,6 +24,8 @@ pub enum Error {
     Accept { stage: String, reason: String },
     #[error("stage `{stage}` of a killed build is still running: {source}")]
     Orphans { stage: String, source: crate::executor::ProcessesSurvive },
+    #[error("stages of a killed build are still running: {source}")]
+    RunOrphans { source: crate::executor::ProcessesSurvive },
     #[error(
         "stage `{stage}` of a killed build may still run on Slurm (job name `{job}`): {reason}; with Slurm's commands on PATH, build again, or cancel it yourself (`scancel --name={job}`)"
     )]

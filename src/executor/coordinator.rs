@@ -84,13 +84,15 @@ impl Coordinator<'_, '_> {
         match message {
             // Once the build stops starting stages (a failure under --fail-fast, a failed
             // write), an attempt not yet started is refused, however soon it asked.
-            Message::Started { recorded, .. } if stop.load(Ordering::SeqCst) => {
+            Message::Started { recorded: Some(recorded), .. } if stop.load(Ordering::SeqCst) => {
                 acks.push((recorded, Err("the build stopped first".to_string())));
                 Ok(())
             }
             Message::Started { start, recorded } => {
                 let result = self.started(*start);
-                acks.push((recorded, result.as_ref().map(|_| ()).map_err(ToString::to_string)));
+                if let Some(recorded) = recorded {
+                    acks.push((recorded, result.as_ref().map(|_| ()).map_err(ToString::to_string)));
+                }
                 result
             }
             Message::Submitted { idx, job_id, recorded } => {

@@ -12,6 +12,7 @@
 //! make and ninja.)
 
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rustix::process::{
@@ -47,32 +48,75 @@ pub fn end_submitter(token: &str) -> Result<usize, ProcessesSurvive> {
     end_carriers(token, Some("sbatch"))
 }
 
+/// Ends the live processes of the local shell attempts of a run whose build died, recorded
+/// or not: those carrying a token that starts with the run's `prefix` (see
+/// [`AttemptTokens`]). Returns how many there were of each stage, as each says in its
+/// environment (`DAGRUN_STAGE`).
+pub fn end_run_attempts(prefix: &str) -> Result<Vec<(String, usize)>, ProcessesSurvive> {
+    let wanted = Wanted::Prefix(format!("{TOKEN_VAR}={prefix}-"));
+    let mut stages: Vec<(String, usize)> = Vec::new();
+    for found in end_found(&wanted, None)? {
+        let stage = found.stage.unwrap_or_else(|| "?".to_string());
+        match stages.iter_mut().find(|(s, _)| *s == stage) {
+            Some((_, count)) => *count += 1,
+            None => stages.push((stage, 1)),
+        }
+    }
+    Ok(stages)
+}
+
 /// Ends the live processes that carry `token`, or only those running `program`.
 fn end_carriers(token: &str, program: Option<&str>) -> Result<usize, ProcessesSurvive> {
-    let wanted = format!("{TOKEN_VAR}={token}");
+    Ok(end_found(&Wanted::Exact(format!("{TOKEN_VAR}={token}")), program)?.len())
+}
+
+/// What marks a process as an attempt's: its token variable, whole or by its start.
+enum Wanted {
+    Exact(String),
+    Prefix(String),
+}
+
+impl Wanted {
+    fn matches(&self, var: &[u8]) -> bool {
+        match self {
+            Wanted::Exact(wanted) => var == wanted.as_bytes(),
+            Wanted::Prefix(prefix) => var.starts_with(prefix.as_bytes()),
+        }
+    }
+}
+
+/// Ends the live processes `wanted` marks (only those running `program`, if given) and
+/// waits until they are gone; returns those first found.
+fn end_found(wanted: &Wanted, program: Option<&str>) -> Result<Vec<Carrier>, ProcessesSurvive> {
     let unreadable = |err: io::Error| ProcessesSurvive { detail: format!("cannot read /proc: {err}") };
-    let ours = |wanted: &str| {
+    let ours = |wanted: &Wanted| {
         carriers(wanted)
-            .map(|found| found.into_iter().filter(|&(pid, _)| program.is_none_or(|p| runs(pid, p))).collect::<Vec<_>>())
+            .map(|found| found.into_iter().filter(|c| program.is_none_or(|p| runs(c.pid, p))).collect::<Vec<_>>())
     };
-    let first = ours(&wanted).map_err(unreadable)?;
+    let first = ours(wanted).map_err(unreadable)?;
     if first.is_empty() {
-        return Ok(0);
+        return Ok(Vec::new());
     }
     let deadline = Instant::now() + END_DEADLINE;
     let mut pause = Duration::from_millis(1);
     loop {
-        let alive = ours(&wanted).map_err(unreadable)?;
+        let alive = ours(wanted).map_err(unreadable)?;
         if alive.is_empty() {
-            return Ok(first.len());
+            return Ok(first);
         }
         if Instant::now() > deadline {
-            let pids: Vec<String> = alive.iter().map(|(pid, _)| pid.to_string()).collect();
-            return Err(ProcessesSurvive { detail: format!("pids {}", pids.join(" ")) });
+            let pids: Vec<String> = alive
+                .iter()
+                .map(|c| match (&c.stage, wanted) {
+                    (Some(stage), Wanted::Prefix(_)) => format!("{} of stage `{stage}`", c.pid),
+                    _ => c.pid.to_string(),
+                })
+                .collect();
+            return Err(ProcessesSurvive { detail: format!("pids {}", pids.join(", ")) });
         }
         // Each is alive and carries the token, so its pid (and, for a leader, its group id)
         // is still its own.
-        for (pid, pgrp) in alive {
+        for Carrier { pid, pgrp, .. } in alive {
             if pid == pgrp {
                 signal_group(pgrp as u32, Signal::KILL);
             }
@@ -85,17 +129,25 @@ fn end_carriers(token: &str, program: Option<&str>) -> Result<usize, ProcessesSu
     }
 }
 
-/// Every live process with `wanted` (`NAME=value`) in its environment, with its group.
-fn carriers(wanted: &str) -> io::Result<Vec<(i32, i32)>> {
+/// A live process that carries a wanted token.
+struct Carrier {
+    pid: i32,
+    pgrp: i32,
+    /// The stage it says it belongs to (`DAGRUN_STAGE`), if it says.
+    stage: Option<String>,
+}
+
+/// Every live process `wanted` marks, with its group.
+fn carriers(wanted: &Wanted) -> io::Result<Vec<Carrier>> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc")? {
         let Some(pid) = entry?.file_name().to_str().and_then(|name| name.parse::<i32>().ok()) else { continue };
         // A process may exit while the scan reads it: skip what cannot be read.
         if let Some(stat) = ProcStat::read(pid)
             && stat.state != 'Z'
-            && carries(pid, wanted)
+            && let Some(stage) = carried(pid, wanted)
         {
-            found.push((pid, stat.pgrp));
+            found.push(Carrier { pid, pgrp: stat.pgrp, stage });
         }
     }
     Ok(found)
@@ -116,7 +168,7 @@ pub fn signal_group(pgid: u32, signal: Signal) {
 pub fn reap_attempt(pgid: u32, token: &str, others: &dyn Fn(i32) -> bool) -> Result<(), ProcessesSurvive> {
     let Some(group) = i32::try_from(pgid).ok().and_then(Pid::from_raw) else { return Ok(()) };
     let deadline = Instant::now() + END_DEADLINE;
-    let wanted = format!("{TOKEN_VAR}={token}");
+    let wanted = Wanted::Exact(format!("{TOKEN_VAR}={token}"));
     let mut pause = Duration::from_micros(200);
     loop {
         while let Ok(Some(_)) = waitpgid(group, WaitOptions::NOHANG) {}
@@ -150,7 +202,7 @@ pub fn reap_attempt(pgid: u32, token: &str, others: &dyn Fn(i32) -> bool) -> Res
 /// environment, with their process groups: what of an attempt left its group. Cheap: a few
 /// small files under /proc/self, not a scan of every process; a child `others` names (another
 /// running attempt's leader) is not even read.
-fn strays(wanted: &str, others: &dyn Fn(i32) -> bool) -> Vec<(i32, i32)> {
+fn strays(wanted: &Wanted, others: &dyn Fn(i32) -> bool) -> Vec<(i32, i32)> {
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return Vec::new() };
     let mut found = Vec::new();
     for task in tasks.flatten() {
@@ -158,7 +210,7 @@ fn strays(wanted: &str, others: &dyn Fn(i32) -> bool) -> Vec<(i32, i32)> {
         for pid in children.split_whitespace().filter_map(|p| p.parse::<i32>().ok()).filter(|&pid| !others(pid)) {
             if let Some(stat) = ProcStat::read(pid)
                 && stat.state != 'Z'
-                && carries(pid, wanted)
+                && carried(pid, wanted).is_some()
             {
                 found.push((pid, stat.pgrp));
             }
@@ -183,17 +235,48 @@ pub fn become_subreaper() {
     let _ = rustix::process::set_child_subreaper(Some(rustix::process::getpid()));
 }
 
-/// A token no other attempt shares, for the stage's environment.
+/// A token no other attempt shares, for the stage's environment: a cluster job's, which is
+/// recorded before the job is submitted. (A local shell attempt's comes from its run's
+/// [`AttemptTokens`].)
 pub fn attempt_token(stage: &str) -> String {
-    use std::sync::atomic::{AtomicU64, Ordering};
+    unique_hex(stage, 24)
+}
+
+/// `len` hex digits no other call makes: `seed`, this process, a count and the time, hashed.
+fn unique_hex(seed: &str, len: usize) -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let mut hasher = blake3::Hasher::new();
-    hasher.update(stage.as_bytes());
+    hasher.update(seed.as_bytes());
     hasher.update(&std::process::id().to_le_bytes());
     hasher.update(&COUNTER.fetch_add(1, Ordering::Relaxed).to_le_bytes());
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     hasher.update(&now.as_nanos().to_le_bytes());
-    hasher.finalize().to_hex()[..24].to_string()
+    hasher.finalize().to_hex()[..len].to_string()
+}
+
+/// The tokens of one run's local shell attempts: the run's prefix, recorded with the run
+/// before any attempt starts, a dash, and a number. An attempt can then start before its own
+/// `stage_runs` row is recorded: a later build that finds the run unfinished ends every
+/// process whose token has the prefix ([`end_run_attempts`]).
+#[derive(Debug)]
+pub struct AttemptTokens {
+    prefix: String,
+    next: AtomicU64,
+}
+
+impl AttemptTokens {
+    /// A prefix no other run shares.
+    pub fn new_prefix() -> String {
+        unique_hex("run", 16)
+    }
+
+    pub fn new(prefix: String) -> AttemptTokens {
+        AttemptTokens { prefix, next: AtomicU64::new(1) }
+    }
+
+    pub fn next(&self) -> String {
+        format!("{}-{}", self.prefix, self.next.fetch_add(1, Ordering::Relaxed))
+    }
 }
 
 /// Whether process `pid` runs `program` (its command name, as `/proc/PID/comm` gives it).
@@ -201,11 +284,21 @@ fn runs(pid: i32, program: &str) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|comm| comm.trim_end() == program)
 }
 
-/// Whether process `pid` has the variable `wanted` (`NAME=value`) in its environment
-/// (false when that cannot be read: then it cannot be shown to be ours).
-fn carries(pid: i32, wanted: &str) -> bool {
-    let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else { return false };
-    environ.split(|&b| b == 0).any(|var| var == wanted.as_bytes())
+/// Whether process `pid` has a variable `wanted` marks in its environment: `Some`, with the
+/// stage it names (`DAGRUN_STAGE`), if it does. `None` when the environment cannot be read:
+/// then the process cannot be shown to be ours.
+fn carried(pid: i32, wanted: &Wanted) -> Option<Option<String>> {
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    let mut marked = false;
+    let mut stage = None;
+    for var in environ.split(|&b| b == 0) {
+        if wanted.matches(var) {
+            marked = true;
+        } else if let Some(name) = var.strip_prefix(b"DAGRUN_STAGE=") {
+            stage = Some(String::from_utf8_lossy(name).into_owned());
+        }
+    }
+    marked.then_some(stage)
 }
 
 /// The fields of `/proc/PID/stat` that dagrun reads: the state and the process group.

@@ -30,7 +30,7 @@ use std::sync::mpsc::{self, Sender};
 use std::time::{Duration, SystemTime};
 
 pub use attempt::{Attempt, Control, Executor, Work};
-pub use group::{ProcessesSurvive, end_attempt, end_submitter};
+pub use group::{AttemptTokens, ProcessesSurvive, end_attempt, end_run_attempts, end_submitter};
 pub use local::Local;
 pub use log::log_tail;
 pub use runner::{AttemptFailure, ShellCommand, expand_command, run_builtin};
@@ -60,6 +60,8 @@ pub struct ExecOptions {
     pub executor: Option<ExecutorKind>,
     /// The Slurm executor, when any stage runs on Slurm.
     pub slurm: Option<std::sync::Arc<slurm::Slurm>>,
+    /// The run's attempt prefix, as recorded with it (`AttemptTokens`).
+    pub attempt_prefix: String,
 }
 
 /// What execution did.
@@ -82,7 +84,9 @@ enum Message {
     /// (with the token its processes will carry) and answered.
     Started {
         start: Box<AttemptStart>,
-        recorded: Sender<Result<(), String>>,
+        /// Where to say once the attempt is recorded, when the worker waits for that before it
+        /// starts the attempt; `None`: it has started already.
+        recorded: Option<Sender<Result<(), String>>>,
     },
     /// A cluster executor submitted the attempt as job `job_id` (held); the job is released
     /// only once the coordinator has recorded its id and answered.
@@ -160,6 +164,8 @@ struct Shared<'a> {
     slurm: Option<&'a slurm::Slurm>,
     /// The pipeline directory, resolved once for the look before outputs are deleted.
     root: crate::spec::ResolvedRoot,
+    tokens: AttemptTokens,
+    fail_fast: bool,
 }
 
 impl Shared<'_> {
@@ -242,6 +248,8 @@ pub fn execute(
         build_executor: opts.executor,
         slurm: opts.slurm.as_deref(),
         root: crate::spec::ResolvedRoot::new(&spec.root),
+        tokens: AttemptTokens::new(opts.attempt_prefix.clone()),
+        fail_fast: opts.fail_fast,
     };
     let workers = opts.jobs.clamp(1, candidates);
     let (task_tx, task_rx) = mpsc::channel::<Task>();

@@ -47,9 +47,11 @@ pub(super) fn run_task(shared: &Shared<'_>, task: Task, tx: &Sender<Message>) {
         let log_path = shared.log_path(idx, attempt);
         let at = SystemTime::now();
         let executor = shared.executor_kind(idx);
-        let token = (matches!(stage.action, Action::Shell { .. }) || executor == ExecutorKind::Slurm)
-            .then(|| group::attempt_token(stage.name.as_str()));
-        let (answer, recorded) = mpsc::channel();
+        let token = match (&stage.action, executor) {
+            (_, ExecutorKind::Slurm) => Some(group::attempt_token(stage.name.as_str())),
+            (Action::Shell { .. }, ExecutorKind::Local) => Some(shared.tokens.next()),
+            (Action::Builtin { .. }, ExecutorKind::Local) => None,
+        };
         let start = AttemptStart {
             idx,
             attempt,
@@ -60,11 +62,19 @@ pub(super) fn run_task(shared: &Shared<'_>, task: Task, tx: &Sender<Message>) {
             token: token.clone(),
             executor,
         };
-        let _ = tx.send(Message::Started { start: Box::new(start), recorded: answer });
-        // Nothing runs that the state does not name: a later build must be able to find it.
-        if !matches!(recorded.recv(), Ok(Ok(()))) {
-            // A retry refused still ends as the failure its last attempt was.
-            return finish(if attempt == 1 { TaskResult::NotStarted } else { TaskResult::RetryAbandoned });
+        // Nothing runs that a later build could not find. A local attempt's processes carry
+        // its run's prefix, recorded when the run began, so it starts at once; a cluster job
+        // waits for its row, which names it. Under --fail-fast every attempt waits, so that
+        // none starts once a failure is recorded.
+        if shared.fail_fast || executor == ExecutorKind::Slurm {
+            let (answer, recorded) = mpsc::channel();
+            let _ = tx.send(Message::Started { start: Box::new(start), recorded: Some(answer) });
+            if !matches!(recorded.recv(), Ok(Ok(()))) {
+                // A retry refused still ends as the failure its last attempt was.
+                return finish(if attempt == 1 { TaskResult::NotStarted } else { TaskResult::RetryAbandoned });
+            }
+        } else {
+            let _ = tx.send(Message::Started { start: Box::new(start), recorded: None });
         }
         let started = Instant::now();
         let result = run_attempt(shared, idx, &eval, &log_path, token.as_deref().unwrap_or_default(), tx)

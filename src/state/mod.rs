@@ -27,13 +27,14 @@ fn migrations() -> Migrations<'static> {
     Migrations::new(MIGRATIONS.iter().map(|sql| M::up(sql)).collect())
 }
 
-const MIGRATIONS: [&str; 6] = [
+const MIGRATIONS: [&str; 7] = [
     include_str!("../../migrations/0001_initial.sql"),
     include_str!("../../migrations/0002_stage_metrics.sql"),
     include_str!("../../migrations/0003_trust.sql"),
     include_str!("../../migrations/0004_run_cache.sql"),
     include_str!("../../migrations/0005_state_token.sql"),
     include_str!("../../migrations/0006_cluster_jobs.sql"),
+    include_str!("../../migrations/0007_attempt_prefix.sql"),
 ];
 
 /// How long the write-ahead log may grow before a build checkpoints and truncates it: 64
@@ -369,34 +370,37 @@ impl State {
         Ok((version, schema_version()))
     }
 
-    /// Marks what a dead build left `running` as interrupted; returns the stages affected.
-    /// Call only while holding the build lock, after its process groups were ended: then
-    /// nothing is really running.
-    pub fn sweep_unfinished(&mut self) -> Result<Vec<String>, StateError> {
-        // After a build that ended, as most have, there is nothing to sweep: two reads (one
-        // by an index) instead of a write transaction of four statements.
+    /// Whether anything is recorded `running`: under the build lock, what a dead build left.
+    /// After a build that ended, as most have, there is nothing: two reads (one by an index)
+    /// spare every build the look for orphans and the sweep's write transaction.
+    pub fn anything_unfinished(&self) -> Result<bool, StateError> {
         let anything = "SELECT EXISTS (SELECT 1 FROM stage_runs WHERE status = 'running')
                             OR EXISTS (SELECT 1 FROM runs WHERE outcome = 'running')";
-        if !self.conn.prepare_cached(anything)?.query_row([], |r| r.get::<_, bool>(0))? {
-            return Ok(Vec::new());
-        }
-        self.sweep("status = 'running'", "outcome = 'running'")
+        Ok(self.conn.prepare_cached(anything)?.query_row([], |r| r.get::<_, bool>(0))?)
+    }
+
+    /// Marks what a dead build left `running` as interrupted; returns the stages affected.
+    /// Call only while holding the build lock, after its processes were ended: then nothing
+    /// is really running.
+    pub fn sweep_unfinished(&mut self) -> Result<Vec<String>, StateError> {
+        self.sweep("status = 'running'", Some("outcome = 'running'"))
     }
 
     /// Marks the running built-in stages (no process group) of the builds of process `pid`
-    /// as interrupted, when it exits with them still running. Shell stages stay `running`:
-    /// the next build ends their process groups first, then sweeps them.
+    /// as interrupted, when it exits with them still running. Shell stages, and the runs,
+    /// stay `running`: the next build ends what carries the runs' attempt prefixes (a shell
+    /// attempt may have started before its row was recorded), then sweeps them.
     pub fn sweep_in_process(&mut self, pid: u32) -> Result<Vec<String>, StateError> {
-        let runs = format!("outcome = 'running' AND pid = {pid}");
         let rows = format!(
-            "status = 'running' AND attempt_token IS NULL AND run_id IN (SELECT run_id FROM runs WHERE {runs})"
+            "status = 'running' AND attempt_token IS NULL
+             AND run_id IN (SELECT run_id FROM runs WHERE outcome = 'running' AND pid = {pid})"
         );
-        self.sweep(&rows, &runs)
+        self.sweep(&rows, None)
     }
 
     /// Marks the `stage_runs` rows matching `rows`, and the `runs` matching `runs`, as
     /// interrupted.
-    fn sweep(&mut self, rows: &str, runs: &str) -> Result<Vec<String>, StateError> {
+    fn sweep(&mut self, rows: &str, runs: Option<&str>) -> Result<Vec<String>, StateError> {
         let now = timestamp(SystemTime::now());
         let tx = self.conn.transaction()?;
         let stages: Vec<String> = {
@@ -425,14 +429,16 @@ impl State {
             )?;
         }
         // A dead run ended when its last stage did, not when it is found.
-        tx.execute(
-            &format!(
-                "UPDATE runs SET outcome = 'interrupted',
-                     finished_at = (SELECT max(finished_at) FROM stage_runs WHERE stage_runs.run_id = runs.run_id AND status != 'interrupted')
-                 WHERE {runs}"
-            ),
-            [],
-        )?;
+        if let Some(runs) = runs {
+            tx.execute(
+                &format!(
+                    "UPDATE runs SET outcome = 'interrupted',
+                         finished_at = (SELECT max(finished_at) FROM stage_runs WHERE stage_runs.run_id = runs.run_id AND status != 'interrupted')
+                     WHERE {runs}"
+                ),
+                [],
+            )?;
+        }
         tx.commit()?;
         self.written.get_mut().extend(stages.iter().cloned());
         Ok(stages)
@@ -451,6 +457,17 @@ impl State {
         tx.commit()?;
         self.written.get_mut().extend(components.iter().map(|c| c.to_string()));
         Ok(())
+    }
+
+    /// The attempt prefixes of the runs a dead build left `running`: any process carrying a
+    /// token with one of them is what such a build left, recorded or not.
+    /// Call only while holding the build lock: then none of them belongs to a live build.
+    pub fn unfinished_run_prefixes(&self) -> Result<Vec<String>, StateError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT attempt_prefix FROM runs WHERE outcome = 'running' AND attempt_prefix IS NOT NULL ORDER BY run_id",
+        )?;
+        let prefixes = stmt.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+        Ok(prefixes)
     }
 
     /// The shell attempts and cluster jobs a dead build left `running`, with their tokens.
@@ -483,10 +500,25 @@ impl State {
         Ok(json.flatten())
     }
 
-    pub fn begin_run(&self, trigger: &str, targets: &[&str], jobs: usize) -> Result<RunId, StateError> {
+    /// Records a run that begins. `attempt_prefix` starts the token of each of its local shell
+    /// attempts (see migration 0007).
+    pub fn begin_run(
+        &self,
+        trigger: &str,
+        targets: &[&str],
+        jobs: usize,
+        attempt_prefix: Option<&str>,
+    ) -> Result<RunId, StateError> {
         self.conn.execute(
-            "INSERT INTO runs (trigger, started_at, pid, jobs, targets) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![trigger, timestamp(SystemTime::now()), std::process::id(), jobs as i64, targets.join(" ")],
+            "INSERT INTO runs (trigger, started_at, pid, jobs, targets, attempt_prefix) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                trigger,
+                timestamp(SystemTime::now()),
+                std::process::id(),
+                jobs as i64,
+                targets.join(" "),
+                attempt_prefix
+            ],
         )?;
         Ok(RunId(self.conn.last_insert_rowid()))
     }
@@ -753,7 +785,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.db");
         let mut state = State::open(&path).unwrap();
-        let run = state.begin_run("build", &[], 2).unwrap();
+        let run = state.begin_run("build", &[], 2, None).unwrap();
         state.begin_batch().unwrap();
         for stage in ["a", "b"] {
             let row = state.stage_started(&attempt(run, stage)).unwrap();
@@ -775,7 +807,7 @@ mod tests {
         let path = dir.path().join("state.db");
         {
             let mut state = State::open(&path).unwrap();
-            let run = state.begin_run("build", &[], 2).unwrap();
+            let run = state.begin_run("build", &[], 2, None).unwrap();
             state.begin_batch().unwrap();
             let row = state.stage_started(&attempt(run, "a")).unwrap();
             state.record_failure(&failure(row, "a"), &[]).unwrap();

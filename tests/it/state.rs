@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::sandbox::{Sandbox, abc};
+use crate::sandbox::{Sandbox, abc, wait_until};
 
 #[test]
 fn the_seed_query_works_on_the_state_database() {
@@ -43,10 +43,10 @@ fn the_seed_query_works_on_the_state_database() {
 fn migrate_creates_the_schema_and_reports_the_version() {
     let sb = abc();
     let first = sb.dagrun(&["migrate"]).success();
-    assert!(first.stdout().contains("from schema version 0 to 6"), "{}", first.stdout());
+    assert!(first.stdout().contains("from schema version 0 to 7"), "{}", first.stdout());
     let again = sb.dagrun(&["migrate"]).success();
-    assert!(again.stdout().contains("is at schema version 6"), "{}", again.stdout());
-    assert_eq!(sb.column("PRAGMA user_version"), ["6"]);
+    assert!(again.stdout().contains("is at schema version 7"), "{}", again.stdout());
+    assert_eq!(sb.column("PRAGMA user_version"), ["7"]);
 }
 
 #[test]
@@ -59,7 +59,7 @@ fn a_version_1_database_is_upgraded_in_place_keeping_its_rows() {
         .unwrap();
     drop(db);
     let run = sb.dagrun(&["migrate"]).success();
-    assert!(run.stdout().contains("from schema version 1 to 6"), "{}", run.stdout());
+    assert!(run.stdout().contains("from schema version 1 to 7"), "{}", run.stdout());
     assert_eq!(sb.column("SELECT run_count FROM orchestrator_state WHERE component = 'a'"), ["7"]);
     assert_eq!(sb.column("SELECT count(*) FROM pragma_table_info('stage_runs') WHERE name = 'metrics'"), ["1"]);
     assert_eq!(sb.column("SELECT count(*) FROM pragma_table_info('stage_runs') WHERE name = 'attempt_token'"), ["1"]);
@@ -148,6 +148,11 @@ fn a_killed_build_leaves_its_running_stage_interrupted_and_it_reruns() {
     let sb = Sandbox::new().pipeline(SLOW);
     let mut build = sb.spawn(&["build"]);
     wait_for(&sb, "started");
+    // A local stage starts before its row is recorded (its processes carry the run's
+    // prefix): the build dies here with the row recorded.
+    wait_until("the attempt to be recorded", || {
+        sb.column("SELECT count(*) FROM stage_runs WHERE status = 'running'") == ["1"]
+    });
     build.kill().unwrap(); // SIGKILL: no cleanup at all
     build.wait().unwrap();
     assert_eq!(sb.column("PRAGMA integrity_check"), ["ok"]);
@@ -179,7 +184,7 @@ fn status_shows_a_stage_another_build_is_running() {
         .pipeline("[stages.slow]\ncmd = \"touch started; if [ -e hold ]; then sleep 30; fi; echo > out\"\noutputs = [\"out\"]\n")
         .file("hold", "");
     let mut build = sb.spawn(&["build"]);
-    crate::sandbox::wait_until("the stage to start", || sb.exists("started"));
+    wait_until("the stage to start", || sb.exists("started"));
     let status = sb.dagrun(&["status"]).success();
     let row = status.stdout().lines().find(|l| l.starts_with("slow")).unwrap().to_string();
     assert!(
@@ -242,7 +247,7 @@ fn a_builds_snapshot_holds_what_its_tables_hold_whoever_wrote_meanwhile() {
         }
     }
     let go = LetGo(&sb);
-    crate::sandbox::wait_until("stage b to start", || sb.exists("started"));
+    wait_until("stage b to start", || sb.exists("started"));
     sb.dagrun(&["invalidate", "a"]).success();
     drop(go);
     assert!(build.wait().unwrap().success());

@@ -3,6 +3,7 @@
 //! key, one state per pipeline file, and settings that used to be ignored.
 
 use std::io::{BufRead, BufReader};
+use std::os::unix::process::ExitStatusExt;
 use std::process::{Child, Stdio};
 
 use rustix::process::{Pid, Signal, kill_process};
@@ -91,9 +92,10 @@ fn a_build_killed_with_sigkill_has_its_stage_ended_by_the_next_build_before_it_r
     let sb = Sandbox::new().pipeline(ORPHANING);
     let mut child = sb.spawn(&["build"]);
     wait_until("the stage to write its first line", || sb.exists("out.txt"));
+    wait_until("the attempt to be recorded", || running_rows(&sb) == 1);
     signal(&child, Signal::KILL);
     child.wait().unwrap();
-    // Recorded before the attempt started: the token its processes carry.
+    // Recorded with the attempt: the token its processes carry.
     let token = sb.column("SELECT attempt_token FROM stage_runs")[0].clone();
     assert!(!token_carriers(&token).is_empty(), "the stage outlives the killed build");
 
@@ -117,6 +119,60 @@ fn a_build_killed_with_sigkill_has_its_stage_ended_by_the_next_build_before_it_r
     );
     let again = sb.build().success();
     assert!(again.stdout().contains("0 ran, 0 cut off, 1 up to date"), "{}", again.stdout());
+}
+
+/// A process of a local attempt, as a build starts it: its run's prefix in its token.
+fn fake_attempt(prefix: &str, stage: &str) -> Child {
+    std::process::Command::new("sleep")
+        .arg("303")
+        .env("DAGRUN_ATTEMPT", format!("{prefix}-7"))
+        .env("DAGRUN_STAGE", stage)
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn a_killed_builds_attempt_started_before_its_row_was_recorded_is_ended_by_its_runs_prefix() {
+    let sb = Sandbox::new().pipeline(TWO_STEPS).file("go", "");
+    sb.build().success();
+    // A build that died (SIGKILL) just after it started `s`, before the row said so: its run
+    // is left `running`, with the prefix every token of its local attempts starts with.
+    sb.db()
+        .execute_batch(
+            "INSERT INTO runs (trigger, started_at, pid, jobs, attempt_prefix)
+             VALUES ('build', '2026-11-30T00:00:00Z', 1, 2, 'deadbeef00000001')",
+        )
+        .unwrap();
+    let mut orphan = fake_attempt("deadbeef00000001", "s");
+    // Another run's prefix (it finished), and a prefix that only begins the same way.
+    let finished_prefix = sb.column("SELECT attempt_prefix FROM runs WHERE outcome = 'success'")[0].clone();
+    let mut bystanders = [fake_attempt(&finished_prefix, "s"), fake_attempt("deadbeef000000012", "s")];
+    wait_until("the processes to carry their tokens", || {
+        token_carriers("deadbeef00000001-7").len() == 1 && token_carriers("deadbeef000000012-7").len() == 1
+    });
+
+    let rebuild = sb.dagrun(&["build"]).success();
+    let mut ended = None;
+    wait_until("the orphan to be ended", || {
+        ended = orphan.try_wait().unwrap();
+        ended.is_some()
+    });
+    assert_eq!(ended.unwrap().signal(), Some(9), "the orphan was killed");
+    assert!(
+        rebuild.stderr().contains("note: ended 1 process of stage `s` that a killed build left running"),
+        "{}",
+        rebuild.stderr()
+    );
+    for bystander in &mut bystanders {
+        assert_eq!(bystander.try_wait().unwrap(), None, "a process of another run is left alone");
+        bystander.kill().unwrap();
+        bystander.wait().unwrap();
+    }
+    assert_eq!(
+        sb.column("SELECT outcome FROM runs ORDER BY run_id"),
+        ["success", "interrupted", "success"],
+        "the dead run is swept once its processes are ended"
+    );
 }
 
 /// Builds a one-stage pipeline whose command exits 0 while a child it left behind keeps
