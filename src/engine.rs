@@ -7,7 +7,7 @@ use crate::builtin::Registry;
 use crate::cancel::CancelToken;
 use crate::error::Error;
 use crate::event::{BuildSummary, Event};
-use crate::executor::{ExecOptions, end_attempt, execute};
+use crate::executor::{AttemptTokens, ExecOptions, end_attempt, execute};
 use crate::fingerprint::{CacheClock, Fingerprint, HashCache};
 use crate::graph::Dag;
 use crate::planner::{DirtyReason, EvalContext, Evaluated, Verdict, evaluate_all, explain_reason, plan_build};
@@ -341,11 +341,11 @@ impl Engine {
         if opts.reset_state {
             // The old state names what a killed build left running: end that before the
             // state is moved aside (best effort: the file may be damaged, hence the reset).
-            if let Ok(old) = State::open_read_only(&self.spec.state_path)
-                && let Ok(attempts) = old.unfinished_attempts()
-            {
-                // A state from before schema 7 has no prefixes.
+            if let Ok(old) = State::open_read_only(&self.spec.state_path) {
+                // Each read on its own: a state from before schema 7 has no prefixes, yet its
+                // rows may name attempts; a damaged one may answer one and not the other.
                 let prefixes = old.unfinished_run_prefixes().unwrap_or_default();
+                let attempts = old.unfinished_attempts().unwrap_or_default();
                 end_attempts(&prefixes, attempts, on_event)?;
             }
         }
@@ -403,8 +403,8 @@ impl Engine {
         let jobs =
             opts.jobs.or(self.spec.jobs).unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
         let targets: Vec<&str> = opts.targets.iter().map(String::as_str).collect();
-        let attempt_prefix = crate::executor::AttemptTokens::new_prefix();
-        let run = state.begin_run(&opts.trigger, &targets, jobs, Some(&attempt_prefix))?;
+        let begun = state.begin_run(&opts.trigger, &targets, jobs)?;
+        let run = begun.id;
         let to_check = (0..self.spec.stages.len()).filter(|&i| plan.verdict(i).is_some_and(Verdict::is_dirty)).count();
         on_event(&Event::BuildStarted { run, selected: selected.iter().filter(|&&s| s).count(), to_check, jobs });
 
@@ -424,9 +424,8 @@ impl Engine {
             run_cache,
             executor: opts.executor,
             slurm,
-            attempt_prefix,
         };
-        let executed = execute(&ctx, &plan, &mut state, run, &exec_opts, on_event);
+        let executed = execute(&ctx, &plan, &mut state, &begun, &exec_opts, on_event);
         // Cache entries of stages that did not run (e.g. an up-to-date check) are kept too.
         let cached = state.save_hash_cache(&cache.take_fresh());
         let outcome = match executed {
@@ -566,7 +565,7 @@ impl Engine {
                 });
             }
         }
-        let run = state.begin_run("accept", &stages.iter().map(String::as_str).collect::<Vec<_>>(), 1, None)?;
+        let run = state.begin_run("accept", &stages.iter().map(String::as_str).collect::<Vec<_>>(), 1)?.id;
         let mut hashes: std::collections::HashMap<StageIdx, crate::fingerprint::OutputHash> =
             std::collections::HashMap::new();
         let mut accepted = Vec::new();
@@ -879,9 +878,7 @@ fn end_attempts(
             on_event(&Event::OrphansEnded { stage: &stage, processes });
         }
     }
-    let ended_by_prefix = |token: &str| {
-        prefixes.iter().any(|prefix| token.strip_prefix(prefix.as_str()).is_some_and(|rest| rest.starts_with('-')))
-    };
+    let ended_by_prefix = |token: &str| prefixes.iter().any(|prefix| AttemptTokens::of_run(prefix, token));
     for unfinished in attempts.into_iter().filter(|a| a.on_slurm || !ended_by_prefix(&a.token)) {
         // For a Slurm attempt only an `sbatch` still running (it carries the token), which
         // could otherwise submit after the look for its job below.

@@ -25,6 +25,7 @@ mod reserve;
 pub mod runcache;
 pub mod spec;
 pub mod state;
+mod unique;
 mod watch;
 
 pub use builtin::{Builtin, BuiltinContext, Registry};

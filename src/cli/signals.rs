@@ -46,9 +46,9 @@ fn sighup_ignored() -> bool {
 }
 
 /// The third stop signal: a built-in stage ignored two requests to stop. Records the
-/// running built-ins as interrupted and ends the process (exit 1); shell stages' groups
-/// die with it (their shells have a parent-death signal) and the next build ends any
-/// straggler before it sweeps them.
+/// running built-ins as interrupted and ends the process (exit 1). Shell stages the first
+/// two signals have not ended yet, and the run, stay recorded `running`: the next build ends
+/// every process carrying the run's attempt prefix before it sweeps them.
 pub fn exit_now(state_path: std::path::PathBuf) -> impl Fn() + Send + 'static {
     move || {
         note("stopping now: a stage ignored two requests to stop; it is recorded as interrupted");

@@ -35,8 +35,8 @@ pub struct Attempt<'a> {
     pub work: Work<'a>,
     /// The attempt's log, absolute: its output goes there, after any note dagrun wrote.
     pub log: &'a Path,
-    /// Unique to the attempt and recorded before it starts: in the environment of a shell
-    /// attempt's processes, and the comment of a cluster job, so a later build finds either.
+    /// Unique to the attempt and findable by a later build (`group.rs`): in the environment of
+    /// a shell attempt's processes, and the comment of a cluster job.
     pub token: &'a str,
     /// The run this attempt belongs to (a cluster job is named after it).
     pub run: i64,

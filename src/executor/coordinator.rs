@@ -3,7 +3,6 @@
 //! what a failure leaves unable to run; `Schedule` decides what is ready.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, Sender};
 use std::time::{Duration, SystemTime};
 
 use super::log::log_tail;
@@ -15,9 +14,6 @@ use crate::fingerprint::OutputHash;
 use crate::planner::{DirtyReason, EvalContext, explain_reason};
 use crate::spec::{ExecutorKind, StageIdx};
 use crate::state::{RunId, StageAttempt, StageFailure, StageRunId, StageStatus, StageSuccess, State, StateError};
-
-/// A worker's wait for its attempt (or cluster job) to be recorded, and the answer.
-type Ack = (Sender<Result<(), String>>, Result<(), String>);
 
 /// The coordinator's bookkeeping: which stage is where, and the database.
 pub(super) struct Coordinator<'a, 'e> {
@@ -31,6 +27,8 @@ pub(super) struct Coordinator<'a, 'e> {
     pub(super) outcome: ExecOutcome,
     /// The `stage_runs` row of each stage's running attempt.
     pub(super) row: Vec<Option<StageRunId>>,
+    /// The start of each stage's running attempt when recording it failed.
+    pub(super) unrecorded: Vec<Option<StartRow>>,
     pub(super) fail_fast: bool,
     pub(super) first_error: Option<StateError>,
     pub(super) run: RunId,
@@ -43,71 +41,31 @@ impl Coordinator<'_, '_> {
         self.eval.spec.stages[idx].name.as_str()
     }
 
-    /// Handles what the workers reported, `first` and whatever else is already waiting (up
-    /// to a bound), in one batch of writes. A worker told that its attempt is recorded hears
-    /// so only once the batch is committed: nothing runs that the state does not name.
-    pub(super) fn handle_batch(
-        &mut self,
-        first: Message,
-        waiting: &Receiver<Message>,
-        outstanding: &mut usize,
-        stop: &AtomicBool,
-    ) {
-        /// Enough to share a commit among many stages, few enough that a worker waiting for
-        /// its start to be recorded is not held up long.
-        const MAX_BATCH: usize = 32;
-        // Best effort: without a batch, each stage's writes are a transaction of their own.
-        let _ = self.state.begin_batch();
-        let mut acks = Vec::new();
-        let mut next = Some(first);
-        let mut handled = 0;
-        while let Some(message) = next {
-            if let Message::Finished { result, .. } = &message
-                && !matches!(result, TaskResult::AttemptFailed { final_attempt: false, .. })
-            {
-                *outstanding -= 1;
-            }
-            let recorded = self.handle(message, stop, &mut acks);
-            self.keep_write_error(recorded, stop);
-            handled += 1;
-            next = if handled < MAX_BATCH { waiting.try_recv().ok() } else { None };
-        }
-        let committed = self.state.commit_batch();
-        let answer = committed.as_ref().map(|_| ()).map_err(ToString::to_string);
-        self.keep_write_error(committed, stop);
-        for (ack, recorded) in acks {
-            let _ = ack.send(recorded.and(answer.clone()));
-        }
-    }
-
-    fn handle(&mut self, message: Message, stop: &AtomicBool, acks: &mut Vec<Ack>) -> Result<(), StateError> {
-        match message {
+    pub(super) fn handle(&mut self, message: Message, stop: &AtomicBool) {
+        let recorded = match message {
             // Once the build stops starting stages (a failure under --fail-fast, a failed
-            // write), an attempt not yet started is refused, however soon it asked.
+            // write), an attempt that waits to be told it may start is refused.
             Message::Started { recorded: Some(recorded), .. } if stop.load(Ordering::SeqCst) => {
-                acks.push((recorded, Err("the build stopped first".to_string())));
+                let _ = recorded.send(Err("the build stopped first".to_string()));
                 Ok(())
             }
             Message::Started { start, recorded } => {
                 let result = self.started(*start);
                 if let Some(recorded) = recorded {
-                    acks.push((recorded, result.as_ref().map(|_| ()).map_err(ToString::to_string)));
+                    let _ = recorded.send(result.as_ref().map(|_| ()).map_err(ToString::to_string));
                 }
                 result
             }
             Message::Submitted { idx, job_id, recorded } => {
                 let result = self.submitted(idx, &job_id);
-                acks.push((recorded, result.as_ref().map(|_| ()).map_err(ToString::to_string)));
+                let _ = recorded.send(result.as_ref().map(|_| ()).map_err(ToString::to_string));
                 result
             }
             Message::Finished { idx, result } => self.finished(idx, result, stop),
-        }
-    }
-
-    /// The database refused a write (e.g. a full disk): start nothing more, let running
-    /// stages finish, and report the error.
-    fn keep_write_error(&mut self, recorded: Result<(), StateError>, stop: &AtomicBool) {
+        };
         if let Err(err) = recorded {
+            // The database refused a write (e.g. a full disk): start nothing more, let
+            // running stages finish, and report the error.
             stop.store(true, Ordering::SeqCst);
             self.first_error.get_or_insert(err);
         }
@@ -132,20 +90,23 @@ impl Coordinator<'_, '_> {
         let AttemptStart { idx, attempt, reason, inputs, log_path, at, token, executor } = start;
         let name = self.eval.spec.stages[idx].name.as_str();
         let reason = explain_reason(self.state, name, reason, &inputs);
-        let reason_text = reason.to_string();
-        let resources = self.eval.spec.stages[idx].resources.as_deref().and_then(resources_json);
-        let row = self.state.stage_started(&StageAttempt {
-            run: self.run,
-            component: name,
+        let row = StartRow {
             attempt,
-            reason: &reason_text,
-            started_at: at,
-            log_path: &log_path,
-            resources: resources.as_deref(),
-            token: token.as_deref(),
+            reason: reason.to_string(),
+            at,
+            log_path,
+            resources: self.eval.spec.stages[idx].resources.as_deref().and_then(resources_json),
+            token,
             executor: (executor != ExecutorKind::Local).then_some(executor.as_str()),
-        })?;
-        self.row[idx] = Some(row);
+        };
+        match self.state.stage_started(&row.attempt(self.run, name)) {
+            Ok(id) => self.row[idx] = Some(id),
+            Err(err) => {
+                // A local attempt runs all the same: its row is made when it finishes.
+                self.unrecorded[idx] = Some(row);
+                return Err(err);
+            }
+        }
         if announce {
             (self.on_event)(&Event::StageStarted { stage: name, attempt, reason: &reason });
         }
@@ -326,6 +287,9 @@ impl Coordinator<'_, '_> {
             return Ok(row);
         }
         let component = self.eval.spec.stages[idx].name.as_str();
+        if let Some(start) = self.unrecorded[idx].take() {
+            return self.state.stage_started(&start.attempt(self.run, component));
+        }
         self.state.stage_started(&StageAttempt {
             run: self.run,
             component,
@@ -376,6 +340,33 @@ impl Coordinator<'_, '_> {
     /// A stage finished well: downstream stages with nothing else to wait for are ready.
     fn release(&mut self, idx: StageIdx) {
         self.schedule.release(self.eval.dag, idx);
+    }
+}
+
+/// An attempt's `stage_runs` row as it starts.
+pub(super) struct StartRow {
+    attempt: u32,
+    reason: String,
+    at: SystemTime,
+    log_path: String,
+    resources: Option<String>,
+    token: Option<String>,
+    executor: Option<&'static str>,
+}
+
+impl StartRow {
+    fn attempt<'a>(&'a self, run: RunId, component: &'a str) -> StageAttempt<'a> {
+        StageAttempt {
+            run,
+            component,
+            attempt: self.attempt,
+            reason: &self.reason,
+            started_at: self.at,
+            log_path: &self.log_path,
+            resources: self.resources.as_deref(),
+            token: self.token.as_deref(),
+            executor: self.executor,
+        }
     }
 }
 

@@ -1,11 +1,14 @@
 //! A shell stage's processes: which they are, and how to end them.
 //!
-//! Each shell attempt runs in a process group of its own, led by its `sh`. Before it
-//! starts, a token unique to the attempt is recorded in its `stage_runs` row, and every
-//! process of the attempt inherits it in its environment (`DAGRUN_ATTEMPT`), whatever
-//! process group it moves to (GNU `timeout` moves, as does `set -m`). Unlike a pid, a token
-//! is never reused, so a later build that finds it in a process's environment knows that
-//! process is what a killed build left running, and ends it. An attempt's processes are
+//! Each shell attempt runs in a process group of its own, led by its `sh`. Every process of
+//! the attempt inherits a token unique to it in its environment (`DAGRUN_ATTEMPT`), whatever
+//! process group it moves to (GNU `timeout` moves, as does `set -m`). A local attempt's token
+//! is its run's prefix, recorded in the run's row before any attempt starts, a dash and a
+//! number ([`AttemptTokens`]), so the attempt need not wait for its own `stage_runs` row; a
+//! cluster job's is recorded in its row before it is submitted. Unlike a pid, a token is
+//! never reused, so a later build that finds one of a run left `running` (or of a row left
+//! `running`) in a process's environment knows that process is what a killed build left
+//! running, and ends it. An attempt's processes are
 //! always ended, whatever its outcome, before its outputs are hashed or its next attempt
 //! starts: no background child may write behind the result's back. (A process that clears
 //! its environment and leaves the group, as a daemon may, is beyond reach, as it is for
@@ -77,11 +80,12 @@ enum Wanted {
 }
 
 impl Wanted {
-    fn matches(&self, var: &[u8]) -> bool {
-        match self {
+    /// Whether an environment (`/proc/PID/environ`) holds the token.
+    fn carried_by(&self, environ: &[u8]) -> bool {
+        environ.split(|&b| b == 0).any(|var| match self {
             Wanted::Exact(wanted) => var == wanted.as_bytes(),
             Wanted::Prefix(prefix) => var.starts_with(prefix.as_bytes()),
-        }
+        })
     }
 }
 
@@ -145,9 +149,10 @@ fn carriers(wanted: &Wanted) -> io::Result<Vec<Carrier>> {
         // A process may exit while the scan reads it: skip what cannot be read.
         if let Some(stat) = ProcStat::read(pid)
             && stat.state != 'Z'
-            && let Some(stage) = carried(pid, wanted)
+            && let Some(environ) = environ(pid)
+            && wanted.carried_by(&environ)
         {
-            found.push(Carrier { pid, pgrp: stat.pgrp, stage });
+            found.push(Carrier { pid, pgrp: stat.pgrp, stage: stage_named(&environ) });
         }
     }
     Ok(found)
@@ -210,7 +215,7 @@ fn strays(wanted: &Wanted, others: &dyn Fn(i32) -> bool) -> Vec<(i32, i32)> {
         for pid in children.split_whitespace().filter_map(|p| p.parse::<i32>().ok()).filter(|&pid| !others(pid)) {
             if let Some(stat) = ProcStat::read(pid)
                 && stat.state != 'Z'
-                && carried(pid, wanted).is_some()
+                && environ(pid).is_some_and(|environ| wanted.carried_by(&environ))
             {
                 found.push((pid, stat.pgrp));
             }
@@ -239,19 +244,7 @@ pub fn become_subreaper() {
 /// recorded before the job is submitted. (A local shell attempt's comes from its run's
 /// [`AttemptTokens`].)
 pub fn attempt_token(stage: &str) -> String {
-    unique_hex(stage, 24)
-}
-
-/// `len` hex digits no other call makes: `seed`, this process, a count and the time, hashed.
-fn unique_hex(seed: &str, len: usize) -> String {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let mut hasher = blake3::Hasher::new();
-    hasher.update(seed.as_bytes());
-    hasher.update(&std::process::id().to_le_bytes());
-    hasher.update(&COUNTER.fetch_add(1, Ordering::Relaxed).to_le_bytes());
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    hasher.update(&now.as_nanos().to_le_bytes());
-    hasher.finalize().to_hex()[..len].to_string()
+    crate::unique::hex(stage, 24)
 }
 
 /// The tokens of one run's local shell attempts: the run's prefix, recorded with the run
@@ -265,17 +258,18 @@ pub struct AttemptTokens {
 }
 
 impl AttemptTokens {
-    /// A prefix no other run shares.
-    pub fn new_prefix() -> String {
-        unique_hex("run", 16)
-    }
-
-    pub fn new(prefix: String) -> AttemptTokens {
-        AttemptTokens { prefix, next: AtomicU64::new(1) }
+    /// The tokens of the run with `prefix`, as `State::begin_run` recorded it.
+    pub fn new(prefix: &str) -> AttemptTokens {
+        AttemptTokens { prefix: prefix.to_string(), next: AtomicU64::new(1) }
     }
 
     pub fn next(&self) -> String {
         format!("{}-{}", self.prefix, self.next.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Whether `token` is one the run with `prefix` gave out.
+    pub fn of_run(prefix: &str, token: &str) -> bool {
+        token.strip_prefix(prefix).is_some_and(|rest| rest.starts_with('-'))
     }
 }
 
@@ -284,21 +278,18 @@ fn runs(pid: i32, program: &str) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|comm| comm.trim_end() == program)
 }
 
-/// Whether process `pid` has a variable `wanted` marks in its environment: `Some`, with the
-/// stage it names (`DAGRUN_STAGE`), if it does. `None` when the environment cannot be read:
-/// then the process cannot be shown to be ours.
-fn carried(pid: i32, wanted: &Wanted) -> Option<Option<String>> {
-    let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
-    let mut marked = false;
-    let mut stage = None;
-    for var in environ.split(|&b| b == 0) {
-        if wanted.matches(var) {
-            marked = true;
-        } else if let Some(name) = var.strip_prefix(b"DAGRUN_STAGE=") {
-            stage = Some(String::from_utf8_lossy(name).into_owned());
-        }
-    }
-    marked.then_some(stage)
+/// The environment of process `pid`; `None` when it cannot be read: then the process cannot
+/// be shown to be ours.
+fn environ(pid: i32) -> Option<Vec<u8>> {
+    std::fs::read(format!("/proc/{pid}/environ")).ok()
+}
+
+/// The stage an environment names (`DAGRUN_STAGE`).
+fn stage_named(environ: &[u8]) -> Option<String> {
+    environ
+        .split(|&b| b == 0)
+        .find_map(|var| var.strip_prefix(b"DAGRUN_STAGE="))
+        .map(|name| String::from_utf8_lossy(name).into_owned())
 }
 
 /// The fields of `/proc/PID/stat` that dagrun reads: the state and the process group.

@@ -41,7 +41,7 @@ use crate::event::{Event, FailedStage};
 use crate::fingerprint::{FileHash, FingerprintInputs, OutputHash};
 use crate::planner::{DirtyReason, EvalContext, Evaluation, Plan, Verdict};
 use crate::spec::{ExecutorKind, StageIdx};
-use crate::state::{RunCounts, RunId, State, StateError};
+use crate::state::{Run, RunCounts, RunId, State, StateError};
 use coordinator::Coordinator;
 use schedule::Schedule;
 use task::run_task;
@@ -60,8 +60,6 @@ pub struct ExecOptions {
     pub executor: Option<ExecutorKind>,
     /// The Slurm executor, when any stage runs on Slurm.
     pub slurm: Option<std::sync::Arc<slurm::Slurm>>,
-    /// The run's attempt prefix, as recorded with it (`AttemptTokens`).
-    pub attempt_prefix: String,
 }
 
 /// What execution did.
@@ -200,12 +198,12 @@ impl Shared<'_> {
     }
 }
 
-/// Executes the dirty part of `plan`.
+/// Executes the dirty part of `plan`, as `run` (which `State::begin_run` recorded).
 pub fn execute(
     eval: &EvalContext<'_>,
     plan: &Plan,
     state: &mut State,
-    run: RunId,
+    run: &Run,
     opts: &ExecOptions,
     on_event: &mut dyn FnMut(&Event<'_>),
 ) -> Result<ExecOutcome, StateError> {
@@ -219,9 +217,10 @@ pub fn execute(
         hashes: vec![None; n],
         outcome: ExecOutcome::default(),
         row: vec![None; n],
+        unrecorded: std::iter::repeat_with(|| None).take(n).collect(),
         fail_fast: opts.fail_fast,
         first_error: None,
-        run,
+        run: run.id,
         last_failure: vec![None; n],
     };
     coordinator.outcome.counts.up_to_date =
@@ -243,12 +242,12 @@ pub fn execute(
         eval: *eval,
         watchdog: Watchdog::new(opts.cancel.clone()),
         stop: AtomicBool::new(false),
-        run,
+        run: run.id,
         run_cache: opts.run_cache.as_deref(),
         build_executor: opts.executor,
         slurm: opts.slurm.as_deref(),
         root: crate::spec::ResolvedRoot::new(&spec.root),
-        tokens: AttemptTokens::new(opts.attempt_prefix.clone()),
+        tokens: AttemptTokens::new(&run.attempt_prefix),
         fail_fast: opts.fail_fast,
     };
     let workers = opts.jobs.clamp(1, candidates);
@@ -309,7 +308,12 @@ pub fn execute(
                 break; // nothing running and, by the loop above, nothing ready
             }
             let message = msg_rx.recv().expect("a worker holds a sender while tasks are outstanding");
-            coordinator.handle_batch(message, &msg_rx, &mut outstanding, &shared.stop);
+            if let Message::Finished { result, .. } = &message
+                && !matches!(result, TaskResult::AttemptFailed { final_attempt: false, .. })
+            {
+                outstanding -= 1;
+            }
+            coordinator.handle(message, &shared.stop);
         }
         drop(task_tx);
     });

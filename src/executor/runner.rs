@@ -138,8 +138,8 @@ pub struct ShellJob<'a> {
     pub root: &'a Path,
     pub log: &'a mut AttemptLog,
     pub timeout: Option<Duration>,
-    /// The attempt's token, recorded before it starts; in its environment (see
-    /// `group::TOKEN_VAR`).
+    /// The attempt's token, its run's prefix and a number; in its environment (see
+    /// `group::TOKEN_VAR` and `group::AttemptTokens`).
     pub token: &'a str,
 }
 

@@ -17,7 +17,7 @@ use rusqlite_migration::{M, Migrations};
 pub use history::{MetricsRecord, RunRow, StageRunRow};
 pub use lock::{BuildLock, LockError, LockHolder, acquire as acquire_lock};
 pub use records::{
-    RunCounts, RunId, RunOutcome, StageAttempt, StageFailure, StageRecord, StageRunId, StageStatus, StageSuccess,
+    Run, RunCounts, RunId, RunOutcome, StageAttempt, StageFailure, StageRecord, StageRunId, StageStatus, StageSuccess,
 };
 pub use snapshot::PlanState;
 
@@ -147,33 +147,6 @@ pub struct State {
     loaded_at_version: std::cell::Cell<Option<i64>>,
     /// The stages whose records this connection has written since the plan state was loaded.
     written: std::cell::RefCell<std::collections::HashSet<String>>,
-}
-
-/// One stage's writes (`State::stage_writes`); dropped uncommitted, they are rolled back.
-enum StageWrites<'c> {
-    Own(rusqlite::Transaction<'c>),
-    InBatch(rusqlite::Savepoint<'c>),
-}
-
-impl StageWrites<'_> {
-    fn commit(self) -> Result<(), StateError> {
-        match self {
-            StageWrites::Own(tx) => tx.commit()?,
-            StageWrites::InBatch(savepoint) => savepoint.commit()?,
-        }
-        Ok(())
-    }
-}
-
-impl std::ops::Deref for StageWrites<'_> {
-    type Target = Connection;
-
-    fn deref(&self) -> &Connection {
-        match self {
-            StageWrites::Own(tx) => tx,
-            StageWrites::InBatch(savepoint) => savepoint,
-        }
-    }
 }
 
 impl std::fmt::Debug for State {
@@ -500,15 +473,10 @@ impl State {
         Ok(json.flatten())
     }
 
-    /// Records a run that begins. `attempt_prefix` starts the token of each of its local shell
-    /// attempts (see migration 0007).
-    pub fn begin_run(
-        &self,
-        trigger: &str,
-        targets: &[&str],
-        jobs: usize,
-        attempt_prefix: Option<&str>,
-    ) -> Result<RunId, StateError> {
+    /// Records a run that begins, with the prefix that starts the token of each of its local
+    /// shell attempts (see migration 0007).
+    pub fn begin_run(&self, trigger: &str, targets: &[&str], jobs: usize) -> Result<Run, StateError> {
+        let attempt_prefix = crate::unique::hex("run", 16);
         self.conn.execute(
             "INSERT INTO runs (trigger, started_at, pid, jobs, targets, attempt_prefix) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             params![
@@ -520,7 +488,7 @@ impl State {
                 attempt_prefix
             ],
         )?;
-        Ok(RunId(self.conn.last_insert_rowid()))
+        Ok(Run { id: RunId(self.conn.last_insert_rowid()), attempt_prefix })
     }
 
     pub fn finish_run(&self, run: RunId, outcome: RunOutcome, counts: &RunCounts) -> Result<(), StateError> {
@@ -643,39 +611,6 @@ impl State {
         Ok(others == 0)
     }
 
-    /// Opens a batch: the writes until `commit_batch` are one transaction, each stage's
-    /// still all or nothing within it (`stage_writes`). A build's coordinator batches what
-    /// its workers reported while it was busy, so a busy build commits once for several
-    /// stages instead of once or twice for each (each commit writes every page it touched
-    /// to the log again).
-    pub fn begin_batch(&self) -> Result<(), StateError> {
-        Ok(self.conn.execute_batch("BEGIN IMMEDIATE")?)
-    }
-
-    /// Commits the open batch, if any; if that fails, none of it is recorded.
-    pub fn commit_batch(&self) -> Result<(), StateError> {
-        if self.conn.is_autocommit() {
-            return Ok(());
-        }
-        self.conn.execute_batch("COMMIT").map_err(|err| {
-            // A commit that failed (a full disk) can leave the transaction open.
-            if !self.conn.is_autocommit() {
-                let _ = self.conn.execute_batch("ROLLBACK");
-            }
-            StateError::from(err)
-        })
-    }
-
-    /// The writes of one stage, all or nothing: a transaction of their own, or a savepoint
-    /// within the open batch.
-    fn stage_writes(&mut self) -> Result<StageWrites<'_>, StateError> {
-        Ok(if self.conn.is_autocommit() {
-            StageWrites::Own(self.conn.transaction()?)
-        } else {
-            StageWrites::InBatch(self.conn.savepoint()?)
-        })
-    }
-
     fn data_version(&self) -> Result<i64, StateError> {
         Ok(self.conn.query_row("PRAGMA data_version", [], |r| r.get(0))?)
     }
@@ -743,79 +678,4 @@ pub struct UnfinishedAttempt {
 /// RFC 3339 UTC with milliseconds: sorts as text, readable in plain SQL.
 pub fn timestamp(at: SystemTime) -> String {
     humantime::format_rfc3339_millis(at).to_string()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn attempt(run: RunId, component: &str) -> StageAttempt<'_> {
-        StageAttempt {
-            run,
-            component,
-            attempt: 1,
-            reason: "never ran",
-            started_at: SystemTime::now(),
-            log_path: "",
-            resources: None,
-            token: None,
-            executor: None,
-        }
-    }
-
-    fn failure(row: StageRunId, component: &str) -> StageFailure<'_> {
-        StageFailure {
-            row,
-            component,
-            status: StageStatus::Failed,
-            finished_at: SystemTime::now(),
-            duration: Duration::ZERO,
-            error: "exit status 1",
-        }
-    }
-
-    /// What another connection (a reader, `sqlite3`) sees of the stages' records.
-    fn failures_seen(path: &Path) -> i64 {
-        let reader = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
-        reader.query_row("SELECT count(*) FROM orchestrator_state WHERE failure_count = 1", [], |r| r.get(0)).unwrap()
-    }
-
-    #[test]
-    fn a_batch_is_seen_whole_once_committed_each_stage_whole_within_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("state.db");
-        let mut state = State::open(&path).unwrap();
-        let run = state.begin_run("build", &[], 2, None).unwrap();
-        state.begin_batch().unwrap();
-        for stage in ["a", "b"] {
-            let row = state.stage_started(&attempt(run, stage)).unwrap();
-            state.record_failure(&failure(row, stage), &[]).unwrap();
-        }
-        assert_eq!(failures_seen(&path), 0, "nothing of a batch is seen before its commit");
-        state.commit_batch().unwrap();
-        assert_eq!(failures_seen(&path), 2);
-        // Outside a batch, each stage's writes are a transaction of their own again.
-        let row = state.stage_started(&attempt(run, "c")).unwrap();
-        state.record_failure(&failure(row, "c"), &[]).unwrap();
-        assert_eq!(failures_seen(&path), 3);
-        state.commit_batch().unwrap(); // no batch open: nothing to do
-    }
-
-    #[test]
-    fn a_batch_never_committed_records_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("state.db");
-        {
-            let mut state = State::open(&path).unwrap();
-            let run = state.begin_run("build", &[], 2, None).unwrap();
-            state.begin_batch().unwrap();
-            let row = state.stage_started(&attempt(run, "a")).unwrap();
-            state.record_failure(&failure(row, "a"), &[]).unwrap();
-            // The process dies here: its connection goes without a commit.
-        }
-        assert_eq!(failures_seen(&path), 0);
-        let state = State::open(&path).unwrap();
-        let rows: i64 = state.conn.query_row("SELECT count(*) FROM stage_runs", [], |r| r.get(0)).unwrap();
-        assert_eq!(rows, 0, "no attempt row either");
-    }
 }

@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, SystemTime};
 
-use rusqlite::params;
+use rusqlite::{Transaction, params};
 
 use super::{State, StateError, timestamp};
 use crate::fingerprint::{CacheEntry, FileHash, Fingerprint, FingerprintInputs, OutputHash};
@@ -11,6 +11,14 @@ use crate::fingerprint::{CacheEntry, FileHash, Fingerprint, FingerprintInputs, O
 /// `runs.run_id`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RunId(pub i64);
+
+/// A run as `State::begin_run` recorded it.
+#[derive(Debug, Clone)]
+pub struct Run {
+    pub id: RunId,
+    /// What the token of each of its local shell attempts starts with (`runs.attempt_prefix`).
+    pub attempt_prefix: String,
+}
 
 /// `stage_runs.id`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -302,7 +310,7 @@ impl State {
         let finished = timestamp(success.finished_at);
         let duration_ms = success.duration.as_millis() as i64;
         let manifest = serde_json::to_string(success.fingerprint_inputs).expect("fingerprint inputs serialise");
-        let tx = self.stage_writes()?;
+        let tx = self.conn.transaction()?;
         tx.prepare_cached(
             "UPDATE stage_runs SET status = ?7, finished_at = ?2, duration_ms = ?3, fingerprint = ?4,
                  output_hash = ?5, metrics = ?6 WHERE id = ?1",
@@ -366,7 +374,7 @@ impl State {
     ) -> Result<(), StateError> {
         let finished = timestamp(failure.finished_at);
         let duration_ms = failure.duration.as_millis() as i64;
-        let tx = self.stage_writes()?;
+        let tx = self.conn.transaction()?;
         tx.prepare_cached(
             "UPDATE stage_runs SET status = ?2, finished_at = ?3, duration_ms = ?4, error = ?5 WHERE id = ?1",
         )?
@@ -426,7 +434,7 @@ fn metrics_json(metrics: &BTreeMap<String, f64>) -> Option<String> {
     (!metrics.is_empty()).then(|| serde_json::to_string(metrics).expect("a map of numbers serialises"))
 }
 
-pub(super) fn put_cache_entries(tx: &rusqlite::Connection, entries: &[(String, CacheEntry)]) -> Result<(), StateError> {
+pub(super) fn put_cache_entries(tx: &Transaction<'_>, entries: &[(String, CacheEntry)]) -> Result<(), StateError> {
     let mut stmt = tx.prepare_cached(
         "INSERT OR REPLACE INTO file_hashes (path, size, mtime_ns, inode, hash, cached_at_ns, ctime_ns, dev)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",

@@ -95,6 +95,14 @@ cmd = "touch started; sleep 2; echo done > slow.out; echo slow >> ran.log"
 outputs = ["slow.out"]
 "#;
 
+/// A local stage starts before its `stage_runs` row is recorded (its processes carry the
+/// run's attempt prefix): waits for the row too.
+fn wait_until_recorded_running(sb: &Sandbox) {
+    wait_until("the attempt to be recorded", || {
+        sb.column("SELECT count(*) FROM stage_runs WHERE status = 'running'") == ["1"]
+    });
+}
+
 fn wait_for(sb: &Sandbox, rel: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while !sb.exists(rel) {
@@ -137,6 +145,7 @@ fn status_reads_while_a_build_runs() {
     let sb = Sandbox::new().pipeline(SLOW);
     let mut build = sb.spawn(&["build"]);
     wait_for(&sb, "started");
+    wait_until_recorded_running(&sb);
     let status = sb.dagrun(&["status"]).success();
     assert!(status.stdout().contains("slow   running"), "the build's stage shows as running: {}", status.stdout());
     assert_eq!(sb.column("SELECT status FROM stage_runs"), ["running"]);
@@ -148,11 +157,9 @@ fn a_killed_build_leaves_its_running_stage_interrupted_and_it_reruns() {
     let sb = Sandbox::new().pipeline(SLOW);
     let mut build = sb.spawn(&["build"]);
     wait_for(&sb, "started");
-    // A local stage starts before its row is recorded (its processes carry the run's
-    // prefix): the build dies here with the row recorded.
-    wait_until("the attempt to be recorded", || {
-        sb.column("SELECT count(*) FROM stage_runs WHERE status = 'running'") == ["1"]
-    });
+    // The build dies with the attempt's row recorded (see the prefix test in trust.rs for
+    // one that dies before).
+    wait_until_recorded_running(&sb);
     build.kill().unwrap(); // SIGKILL: no cleanup at all
     build.wait().unwrap();
     assert_eq!(sb.column("PRAGMA integrity_check"), ["ok"]);
@@ -185,6 +192,7 @@ fn status_shows_a_stage_another_build_is_running() {
         .file("hold", "");
     let mut build = sb.spawn(&["build"]);
     wait_until("the stage to start", || sb.exists("started"));
+    wait_until_recorded_running(&sb);
     let status = sb.dagrun(&["status"]).success();
     let row = status.stdout().lines().find(|l| l.starts_with("slow")).unwrap().to_string();
     assert!(
