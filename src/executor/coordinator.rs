@@ -102,7 +102,8 @@ impl Coordinator<'_, '_> {
         match self.state.stage_started(&row.attempt(self.run, name)) {
             Ok(id) => self.row[idx] = Some(id),
             Err(err) => {
-                // A local attempt runs all the same: its row is made when it finishes.
+                // An attempt that did not wait for its row runs all the same: the row is made
+                // when it finishes (for one that waited, this is never used: it does not run).
                 self.unrecorded[idx] = Some(row);
                 return Err(err);
             }

@@ -78,8 +78,9 @@ struct Task {
 
 /// What a worker reports.
 enum Message {
-    /// An attempt is about to start; it does only once the coordinator has recorded it
-    /// (with the token its processes will carry) and answered.
+    /// An attempt starts. With `recorded` (a cluster job, or any attempt under --fail-fast) it
+    /// waits until the coordinator has recorded it and answered; without, it has started
+    /// already, its processes carrying its run's prefix.
     Started {
         start: Box<AttemptStart>,
         /// Where to say once the attempt is recorded, when the worker waits for that before it

@@ -7,7 +7,7 @@
 //! an output written inside the directory must resolve inside it (even with
 //! `allow_outside_paths`, which lets an output be *written* outside, in plain sight), and no
 //! output may be or hold the pipeline file or the state database, or resolve into `.dagrun/`.
-//! The executor asks [`deletes_outside`] again before deleting. An input may resolve
+//! The executor asks [`ResolvedRoot::deletes_outside`] again before deleting. An input may resolve
 //! outside only with `allow_outside_paths`, as it may be written outside only with it.
 
 use std::cell::RefCell;
