@@ -56,7 +56,7 @@ pub fn end_submitter(token: &str) -> Result<usize, ProcessesSurvive> {
 /// [`AttemptTokens`]). Returns how many there were of each stage, as each says in its
 /// environment (`DAGRUN_STAGE`).
 pub fn end_run_attempts(prefix: &str) -> Result<Vec<(String, usize)>, ProcessesSurvive> {
-    let wanted = Wanted::Prefix(format!("{TOKEN_VAR}={prefix}-"));
+    let wanted = Wanted::Prefix(format!("{TOKEN_VAR}={}", AttemptTokens::start(prefix)));
     let mut stages: Vec<(String, usize)> = Vec::new();
     for found in end_found(&wanted, None)? {
         let stage = found.stage.unwrap_or_else(|| "?".to_string());
@@ -264,12 +264,17 @@ impl AttemptTokens {
     }
 
     pub fn next(&self) -> String {
-        format!("{}-{}", self.prefix, self.next.fetch_add(1, Ordering::Relaxed))
+        format!("{}{}", Self::start(&self.prefix), self.next.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// What every token of the run with `prefix` starts with (and no other run's does).
+    fn start(prefix: &str) -> String {
+        format!("{prefix}-")
     }
 
     /// Whether `token` is one the run with `prefix` gave out.
     pub fn of_run(prefix: &str, token: &str) -> bool {
-        token.strip_prefix(prefix).is_some_and(|rest| rest.starts_with('-'))
+        token.starts_with(&Self::start(prefix))
     }
 }
 
