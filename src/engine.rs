@@ -598,7 +598,7 @@ impl Engine {
             let output_hash = crate::fingerprint::output_hash(&outputs);
             let now = std::time::SystemTime::now();
             let reason = "accepted as up to date (dagrun accept)";
-            let row = state.stage_started(&crate::state::StageAttempt {
+            let row = crate::state::AttemptRow::Unrecorded(crate::state::StageAttempt {
                 run,
                 component: stage.name.as_str(),
                 attempt: 1,
@@ -608,7 +608,7 @@ impl Engine {
                 resources: None,
                 token: None,
                 executor: None,
-            })?;
+            });
             let success = crate::state::StageSuccess {
                 row,
                 component: stage.name.as_str(),

@@ -2,8 +2,9 @@
 //! workers report into one transaction per finished stage and into events, and blocks
 //! what a failure leaves unable to run; `Schedule` decides what is ready.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use super::log::log_tail;
 use super::runner::AttemptFailure;
@@ -13,7 +14,16 @@ use crate::event::{Event, FailedStage};
 use crate::fingerprint::OutputHash;
 use crate::planner::{DirtyReason, EvalContext, explain_reason};
 use crate::spec::{ExecutorKind, StageIdx};
-use crate::state::{RunId, StageAttempt, StageFailure, StageRunId, StageStatus, StageSuccess, State, StateError};
+use crate::state::{
+    AttemptRow, RunId, StageAttempt, StageFailure, StageRunId, StageStatus, StageSuccess, State, StateError,
+};
+
+/// How long an attempt that did not wait for its row may run before the row is written. One
+/// that ends sooner (most stages of a large pipeline of small steps) has its row written
+/// whole in the transaction that records its end: one transaction a stage instead of two.
+/// One that runs longer gets its `running` row then, for `status` and the dashboard. Nothing
+/// depends on the row to end a killed build's attempt: its processes carry the run's prefix.
+pub(super) const START_ROW_DELAY: Duration = Duration::from_millis(100);
 
 /// The coordinator's bookkeeping: which stage is where, and the database.
 pub(super) struct Coordinator<'a, 'e> {
@@ -27,8 +37,11 @@ pub(super) struct Coordinator<'a, 'e> {
     pub(super) outcome: ExecOutcome,
     /// The `stage_runs` row of each stage's running attempt.
     pub(super) row: Vec<Option<StageRunId>>,
-    /// The start of each stage's running attempt when recording it failed.
+    /// The start of each stage's running attempt while it has no row: not written yet (see
+    /// [`START_ROW_DELAY`]), or writing it failed.
     pub(super) unrecorded: Vec<Option<StartRow>>,
+    /// The attempts waiting for their row, oldest first: when to write it, the stage, the attempt.
+    pub(super) due: VecDeque<(Instant, StageIdx, u32)>,
     pub(super) fail_fast: bool,
     pub(super) first_error: Option<StateError>,
     pub(super) run: RunId,
@@ -42,19 +55,21 @@ impl Coordinator<'_, '_> {
     }
 
     pub(super) fn handle(&mut self, message: Message, stop: &AtomicBool) {
-        let recorded = match message {
+        let handled = match message {
             // Once the build stops starting stages (a failure under --fail-fast, a failed
             // write), an attempt that waits to be told it may start is refused.
             Message::Started { recorded: Some(recorded), .. } if stop.load(Ordering::SeqCst) => {
                 let _ = recorded.send(Err("the build stopped first".to_string()));
                 Ok(())
             }
-            Message::Started { start, recorded } => {
-                let result = self.started(*start);
-                if let Some(recorded) = recorded {
-                    let _ = recorded.send(result.as_ref().map(|_| ()).map_err(ToString::to_string));
-                }
+            Message::Started { start, recorded: Some(recorded) } => {
+                let result = self.record_start(*start);
+                let _ = recorded.send(result.as_ref().map(|_| ()).map_err(ToString::to_string));
                 result
+            }
+            Message::Started { start, recorded: None } => {
+                self.started_unrecorded(*start);
+                Ok(())
             }
             Message::Submitted { idx, job_id, recorded } => {
                 let result = self.submitted(idx, &job_id);
@@ -63,11 +78,42 @@ impl Coordinator<'_, '_> {
             }
             Message::Finished { idx, result } => self.finished(idx, result, stop),
         };
-        if let Err(err) = recorded {
-            // The database refused a write (e.g. a full disk): start nothing more, let
-            // running stages finish, and report the error.
+        self.stop_on_error(handled, stop);
+        self.record_due(stop);
+    }
+
+    /// A database write failed (e.g. a full disk): start nothing more, let running stages
+    /// finish, and report the error.
+    fn stop_on_error(&mut self, result: Result<(), StateError>, stop: &AtomicBool) {
+        if let Err(err) = result {
             stop.store(true, Ordering::SeqCst);
             self.first_error.get_or_insert(err);
+        }
+    }
+
+    /// When the oldest attempt without its row is due to have it written.
+    pub(super) fn next_due(&self) -> Option<Instant> {
+        self.due.front().map(|&(at, _, _)| at)
+    }
+
+    /// Writes the rows of the attempts that have run for [`START_ROW_DELAY`] and still run.
+    pub(super) fn record_due(&mut self, stop: &AtomicBool) {
+        let now = Instant::now();
+        while let Some(&(at, idx, attempt)) = self.due.front() {
+            if at > now {
+                break;
+            }
+            self.due.pop_front();
+            // Ended already (its row went with its end), or a later attempt's start.
+            let Some(start) = self.unrecorded[idx].take_if(|start| start.attempt == attempt) else { continue };
+            let name = self.eval.spec.stages[idx].name.as_str();
+            match self.state.stage_started(&start.attempt(self.run, name)) {
+                Ok(id) => self.row[idx] = Some(id),
+                Err(err) => {
+                    self.unrecorded[idx] = Some(start);
+                    self.stop_on_error(Err(err), stop);
+                }
+            }
         }
     }
 
@@ -80,13 +126,30 @@ impl Coordinator<'_, '_> {
         Ok(())
     }
 
-    fn started(&mut self, start: AttemptStart) -> Result<(), StateError> {
-        self.record_start(start, true).map(drop)
+    /// An attempt that started without waiting for its row: announced now, its row written
+    /// with its end, or after [`START_ROW_DELAY`] if it still runs then.
+    fn started_unrecorded(&mut self, start: AttemptStart) {
+        let (idx, attempt) = (start.idx, start.attempt);
+        let (row, reason) = self.start_row(start);
+        self.unrecorded[idx] = Some(row);
+        self.due.push_back((Instant::now() + START_ROW_DELAY, idx, attempt));
+        let name = self.eval.spec.stages[idx].name.as_str();
+        (self.on_event)(&Event::StageStarted { stage: name, attempt, reason: &reason });
     }
 
-    /// Records an attempt's row (its reason explained against the recorded manifest), and
-    /// announces it unless it is a restore, which is announced once it is done.
-    fn record_start(&mut self, start: AttemptStart, announce: bool) -> Result<DirtyReason, StateError> {
+    /// Records the row of an attempt that waits for it before it starts, and announces it.
+    /// If the row cannot be written, the attempt does not start.
+    fn record_start(&mut self, start: AttemptStart) -> Result<(), StateError> {
+        let (idx, attempt) = (start.idx, start.attempt);
+        let (row, reason) = self.start_row(start);
+        let name = self.eval.spec.stages[idx].name.as_str();
+        self.row[idx] = Some(self.state.stage_started(&row.attempt(self.run, name))?);
+        (self.on_event)(&Event::StageStarted { stage: name, attempt, reason: &reason });
+        Ok(())
+    }
+
+    /// An attempt's row as it starts, its reason explained against the recorded manifest.
+    fn start_row(&self, start: AttemptStart) -> (StartRow, DirtyReason) {
         let AttemptStart { idx, attempt, reason, inputs, log_path, at, token, executor } = start;
         let name = self.eval.spec.stages[idx].name.as_str();
         let reason = explain_reason(self.state, name, reason, &inputs);
@@ -99,19 +162,7 @@ impl Coordinator<'_, '_> {
             token,
             executor: (executor != ExecutorKind::Local).then_some(executor.as_str()),
         };
-        match self.state.stage_started(&row.attempt(self.run, name)) {
-            Ok(id) => self.row[idx] = Some(id),
-            Err(err) => {
-                // An attempt that did not wait for its row runs all the same: the row is made
-                // when it finishes (for one that waited, this is never used: it does not run).
-                self.unrecorded[idx] = Some(row);
-                return Err(err);
-            }
-        }
-        if announce {
-            (self.on_event)(&Event::StageStarted { stage: name, attempt, reason: &reason });
-        }
-        Ok(reason)
+        (row, reason)
     }
 
     fn finished(&mut self, idx: StageIdx, result: TaskResult, stop: &AtomicBool) -> Result<(), StateError> {
@@ -175,14 +226,17 @@ impl Coordinator<'_, '_> {
                 token: None,
                 executor: ExecutorKind::Local,
             };
-            restored_because = Some(self.record_start(start, false)?);
+            // Its row is written with its success, in one transaction; it is announced below.
+            let (row, reason) = self.start_row(start);
+            self.unrecorded[idx] = Some(row);
+            restored_because = Some(reason);
         }
         let status = if success.restored.is_some() { StageStatus::Restored } else { StageStatus::Success };
-        let row = self.take_row(idx)?;
+        let row = self.take_row(idx);
         let fresh = self.eval.cache.take_fresh();
         self.state.record_success(
             &StageSuccess {
-                row,
+                row: row.as_row(self.run, name),
                 component: name,
                 finished_at: success.at,
                 duration: success.duration,
@@ -235,10 +289,17 @@ impl Coordinator<'_, '_> {
         let log_path = log_path.filter(|p| self.eval.spec.root.join(p).exists());
         let tail = log_path.as_deref().map(|p| log_tail(&self.eval.spec.root.join(p), 20)).unwrap_or_default();
         let error = if tail.is_empty() { failure.message.clone() } else { format!("{}\n{tail}", failure.message) };
-        let row = self.take_row(idx)?;
+        let row = self.take_row(idx);
         let fresh = self.eval.cache.take_fresh();
         self.state.record_failure(
-            &StageFailure { row, component: name, status: failure.status, finished_at: at, duration, error: &error },
+            &StageFailure {
+                row: row.as_row(self.run, name),
+                component: name,
+                status: failure.status,
+                finished_at: at,
+                duration,
+                error: &error,
+            },
             &fresh,
         )?;
         (self.on_event)(&Event::StageFailed {
@@ -281,27 +342,21 @@ impl Coordinator<'_, '_> {
         self.block_downstream(idx, Some(idx));
     }
 
-    /// The `stage_runs` row of the stage's current attempt; one is made if its start was
-    /// never recorded (it could not run at all, or recording the start failed).
-    fn take_row(&mut self, idx: StageIdx) -> Result<StageRunId, StateError> {
+    /// The `stage_runs` row of the stage's current attempt, recorded or still to be written
+    /// with its end (one is made up if the stage could not start at all).
+    fn take_row(&mut self, idx: StageIdx) -> EndingRow {
         if let Some(row) = self.row[idx].take() {
-            return Ok(row);
+            return EndingRow::Recorded(row);
         }
-        let component = self.eval.spec.stages[idx].name.as_str();
-        if let Some(start) = self.unrecorded[idx].take() {
-            return self.state.stage_started(&start.attempt(self.run, component));
-        }
-        self.state.stage_started(&StageAttempt {
-            run: self.run,
-            component,
+        EndingRow::Unrecorded(self.unrecorded[idx].take().unwrap_or_else(|| StartRow {
             attempt: 1,
-            reason: "could not start",
-            started_at: SystemTime::now(),
-            log_path: "",
+            reason: "could not start".to_string(),
+            at: SystemTime::now(),
+            log_path: String::new(),
             resources: None,
             token: None,
             executor: None,
-        })
+        }))
     }
 
     pub(super) fn not_started(&mut self, idx: StageIdx) {
@@ -341,6 +396,22 @@ impl Coordinator<'_, '_> {
     /// A stage finished well: downstream stages with nothing else to wait for are ready.
     fn release(&mut self, idx: StageIdx) {
         self.schedule.release(self.eval.dag, idx);
+    }
+}
+
+/// An attempt's `stage_runs` row as its end is recorded.
+enum EndingRow {
+    Recorded(StageRunId),
+    /// Written in the transaction that records the end.
+    Unrecorded(StartRow),
+}
+
+impl EndingRow {
+    fn as_row<'a>(&'a self, run: RunId, component: &'a str) -> AttemptRow<'a> {
+        match self {
+            EndingRow::Recorded(id) => AttemptRow::Recorded(*id),
+            EndingRow::Unrecorded(start) => AttemptRow::Unrecorded(start.attempt(run, component)),
+        }
     }
 }
 

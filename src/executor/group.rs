@@ -204,16 +204,23 @@ pub fn reap_attempt(pgid: u32, token: &str, others: &dyn Fn(i32) -> bool) -> Res
 }
 
 /// dagrun's children (reparented orphans included) that carry `wanted` in their
-/// environment, with their process groups: what of an attempt left its group. Cheap: a few
-/// small files under /proc/self, not a scan of every process; a child `others` names (another
+/// environment, with their process groups: what of an attempt left its group. Cheap: two
+/// small files under /proc, not a scan of every process; a child `others` names (another
 /// running attempt's leader) is not even read.
+///
+/// Only two of dagrun's threads can be the parent of one of the attempt's processes: the one
+/// that spawned its `sh` (the calling thread), and the thread group's leader, to which Linux
+/// hands a child subreaper's orphans (the reaper's first live thread: `find_new_reaper` in
+/// kernel/exit.c). The leader lives as long as the build. Reading every thread's list cost
+/// about 20 system calls a stage.
 fn strays(wanted: &Wanted, others: &dyn Fn(i32) -> bool) -> Vec<(i32, i32)> {
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return Vec::new() };
-    let mut found = Vec::new();
-    for task in tasks.flatten() {
-        let Some(children) = read_proc_file(&task.path().join("children")) else { continue };
+    let leader = format!("/proc/self/task/{}/children", std::process::id());
+    let mut found: Vec<(i32, i32)> = Vec::new();
+    for parent in [leader.as_str(), "/proc/thread-self/children"] {
+        let Some(children) = read_proc_file(std::path::Path::new(parent)) else { continue };
         for pid in children.split_whitespace().filter_map(|p| p.parse::<i32>().ok()).filter(|&pid| !others(pid)) {
-            if let Some(stat) = ProcStat::read(pid)
+            if !found.iter().any(|&(seen, _)| seen == pid)
+                && let Some(stat) = ProcStat::read(pid)
                 && stat.state != 'Z'
                 && environ(pid).is_some_and(|environ| wanted.carried_by(&environ))
             {

@@ -219,6 +219,7 @@ pub fn execute(
         outcome: ExecOutcome::default(),
         row: vec![None; n],
         unrecorded: std::iter::repeat_with(|| None).take(n).collect(),
+        due: Default::default(),
         fail_fast: opts.fail_fast,
         first_error: None,
         run: run.id,
@@ -308,7 +309,8 @@ pub fn execute(
             if outstanding == 0 {
                 break; // nothing running and, by the loop above, nothing ready
             }
-            let message = msg_rx.recv().expect("a worker holds a sender while tasks are outstanding");
+            let message = next_message(&msg_rx, &mut coordinator, &shared.stop)
+                .expect("a worker holds a sender while tasks are outstanding");
             if let Message::Finished { result, .. } = &message
                 && !matches!(result, TaskResult::AttemptFailed { final_attempt: false, .. })
             {
@@ -322,6 +324,23 @@ pub fn execute(
     match coordinator.first_error {
         Some(err) => Err(err),
         None => Ok(coordinator.outcome),
+    }
+}
+
+/// The next message from the workers, writing the rows of running attempts as they fall due
+/// meanwhile; `None` once every worker has gone.
+fn next_message(
+    messages: &mpsc::Receiver<Message>,
+    coordinator: &mut Coordinator<'_, '_>,
+    stop: &AtomicBool,
+) -> Option<Message> {
+    loop {
+        let Some(due) = coordinator.next_due() else { return messages.recv().ok() };
+        match messages.recv_timeout(due.saturating_duration_since(std::time::Instant::now())) {
+            Ok(message) => return Some(message),
+            Err(mpsc::RecvTimeoutError::Timeout) => coordinator.record_due(stop),
+            Err(mpsc::RecvTimeoutError::Disconnected) => return None,
+        }
     }
 }
 

@@ -269,9 +269,13 @@ struct LogCopy<'a> {
     ended: bool,
 }
 
+/// The most a stage's output is copied by at once.
+const BUF_MAX: usize = 64 * 1024;
+
 impl<'a> LogCopy<'a> {
     fn new(log: &'a mut AttemptLog) -> LogCopy<'a> {
-        LogCopy { log, error: None, buf: vec![0; 64 * 1024], ended: false }
+        // Small at first: most stages print little or nothing. It grows for one that fills it.
+        LogCopy { log, error: None, buf: vec![0; 4096], ended: false }
     }
 
     /// Copies until the group's leader has exited (without reaping it, as `wait_for_exit`).
@@ -319,6 +323,9 @@ impl<'a> LogCopy<'a> {
             Err(e) => return Err(e),
         };
         self.ended = n == 0;
+        if n == self.buf.len() && n < BUF_MAX {
+            self.buf.resize(BUF_MAX, 0);
+        }
         if n > 0
             && self.error.is_none()
             && let Err(e) = self.log.write_all(&self.buf[..n])

@@ -27,8 +27,9 @@ pub struct EntryInfo {
     pub size: u64,
 }
 
-/// Objects by content hash (BLAKE3, hex), entries (manifests) by key. Every write is
-/// atomic: a reader never sees half an object or half an entry, whoever writes at once.
+/// Objects by content hash (BLAKE3, hex), entries (manifests) by key. A reader never sees
+/// half an object, whoever writes at once. It may see half of a new entry being written, or
+/// one torn by a power cut: it cannot parse either, and takes it as a miss.
 pub trait Store: Send + Sync + std::fmt::Debug {
     /// Stores a copy of the file at `path` (never a link to it: editing the file later must
     /// not change the store); returns the id of the bytes stored and their size.
@@ -54,7 +55,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 }
 
 /// A run-cache in a directory: `objects/ab/cdef…` (read-only files named by the hash of
-/// their bytes), `index/<key>.json`, and `tmp/` for writes in progress.
+/// their bytes), `index/<key>.json`, and `tmp/` for objects being written and entries
+/// being replaced.
 #[derive(Debug)]
 pub struct FsStore {
     dir: PathBuf,
@@ -181,6 +183,22 @@ impl Store for FsStore {
     }
 
     fn put_entry(&self, key: &str, bytes: &[u8]) -> io::Result<()> {
+        // A new entry is written in place: one file made, and no rename across directories
+        // (a quarter of storing a small stage's outputs). A reader that finds it half
+        // written cannot parse it and takes it as a miss, as it does an entry torn by a
+        // power cut (see `publish`); an entry already there, torn or not, is replaced whole.
+        let target = self.entry_path(key);
+        match File::options().write(true).create_new(true).open(&target) {
+            Ok(mut file) => {
+                let written = file.write_all(bytes);
+                if written.is_err() {
+                    let _ = std::fs::remove_file(&target);
+                }
+                return written;
+            }
+            Err(e) if matches!(e.kind(), io::ErrorKind::AlreadyExists | io::ErrorKind::NotFound) => {}
+            Err(e) => return Err(e),
+        }
         let temp = self.temp_path();
         let written = (|| {
             let mut file = File::options().write(true).create_new(true).open(&temp)?;
@@ -299,6 +317,20 @@ mod tests {
         store.put_entry("second", b"2").unwrap();
         assert_eq!(store.get_entry("second").as_deref(), Some(&b"2"[..]));
         assert_eq!(store.get_entry("first"), None);
+        let left: Vec<_> = std::fs::read_dir(dir.path().join("cache/tmp")).unwrap().collect();
+        assert!(left.is_empty(), "no temporary file is left behind: {left:?}");
+    }
+
+    #[test]
+    fn an_entry_already_there_torn_or_not_is_replaced_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsStore::open(&dir.path().join("cache")).unwrap();
+        // What a write cut short leaves under the entry's name.
+        std::fs::write(store.entry_path("k"), b"{\"form").unwrap();
+        store.put_entry("k", b"{\"format\":1}").unwrap();
+        assert_eq!(store.get_entry("k").as_deref(), Some(&b"{\"format\":1}"[..]));
+        store.put_entry("k", b"{}").unwrap();
+        assert_eq!(store.get_entry("k").as_deref(), Some(&b"{}"[..]));
         let left: Vec<_> = std::fs::read_dir(dir.path().join("cache/tmp")).unwrap().collect();
         assert!(left.is_empty(), "no temporary file is left behind: {left:?}");
     }

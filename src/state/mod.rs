@@ -17,7 +17,8 @@ use rusqlite_migration::{M, Migrations};
 pub use history::{MetricsRecord, RunRow, StageRunRow};
 pub use lock::{BuildLock, LockError, LockHolder, acquire as acquire_lock};
 pub use records::{
-    Run, RunCounts, RunId, RunOutcome, StageAttempt, StageFailure, StageRecord, StageRunId, StageStatus, StageSuccess,
+    AttemptRow, Run, RunCounts, RunId, RunOutcome, StageAttempt, StageFailure, StageRecord, StageRunId, StageStatus,
+    StageSuccess,
 };
 pub use snapshot::PlanState;
 

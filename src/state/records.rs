@@ -255,24 +255,7 @@ impl State {
 
     /// Records that a stage execution started (status `running`).
     pub fn stage_started(&self, attempt: &StageAttempt<'_>) -> Result<StageRunId, StateError> {
-        self.conn
-            .prepare_cached(
-                "INSERT INTO stage_runs (run_id, component, attempt, status, reason, started_at, log_path, resources,
-                 attempt_token, executor)
-             VALUES (?1, ?2, ?3, 'running', ?4, ?5, ?6, ?7, ?8, ?9)",
-            )?
-            .execute(params![
-                attempt.run.0,
-                attempt.component,
-                attempt.attempt,
-                attempt.reason,
-                timestamp(attempt.started_at),
-                attempt.log_path,
-                attempt.resources,
-                attempt.token,
-                attempt.executor
-            ])?;
-        Ok(StageRunId(self.conn.last_insert_rowid()))
+        insert_attempt(&self.conn, attempt, StageStatus::Running)
     }
 
     /// The cluster job an attempt was submitted as.
@@ -311,12 +294,13 @@ impl State {
         let duration_ms = success.duration.as_millis() as i64;
         let manifest = serde_json::to_string(success.fingerprint_inputs).expect("fingerprint inputs serialise");
         let tx = self.conn.transaction()?;
+        let row = success.row.in_transaction(&tx, success.status)?;
         tx.prepare_cached(
             "UPDATE stage_runs SET status = ?7, finished_at = ?2, duration_ms = ?3, fingerprint = ?4,
                  output_hash = ?5, metrics = ?6 WHERE id = ?1",
         )?
         .execute(params![
-            success.row.0,
+            row.0,
             finished,
             duration_ms,
             success.fingerprint.to_hex(),
@@ -375,10 +359,11 @@ impl State {
         let finished = timestamp(failure.finished_at);
         let duration_ms = failure.duration.as_millis() as i64;
         let tx = self.conn.transaction()?;
+        let row = failure.row.in_transaction(&tx, failure.status)?;
         tx.prepare_cached(
             "UPDATE stage_runs SET status = ?2, finished_at = ?3, duration_ms = ?4, error = ?5 WHERE id = ?1",
         )?
-        .execute(params![failure.row.0, failure.status.as_str(), finished, duration_ms, failure.error])?;
+        .execute(params![row.0, failure.status.as_str(), finished, duration_ms, failure.error])?;
         tx.prepare_cached(
             "INSERT INTO orchestrator_state (component, is_dirty, run_count, failure_count, last_status,
                  last_duration_ms, last_error)
@@ -395,10 +380,30 @@ impl State {
     }
 }
 
+/// The `stage_runs` row of an attempt as it ends: recorded when it started, or not yet (an
+/// attempt that did not wait for its row and ended before the coordinator wrote it), in which
+/// case the row is written whole in the transaction that records its end.
+#[derive(Debug, Clone)]
+pub enum AttemptRow<'a> {
+    Recorded(StageRunId),
+    Unrecorded(StageAttempt<'a>),
+}
+
+impl AttemptRow<'_> {
+    /// The row's id, inserting it first (with its final `status`, so that it never shows
+    /// as `running`) when it is not recorded yet.
+    fn in_transaction(&self, tx: &Transaction<'_>, status: StageStatus) -> Result<StageRunId, StateError> {
+        match self {
+            AttemptRow::Recorded(id) => Ok(*id),
+            AttemptRow::Unrecorded(attempt) => insert_attempt(tx, attempt, status),
+        }
+    }
+}
+
 /// What a successful stage execution records.
 #[derive(Debug)]
 pub struct StageSuccess<'a> {
-    pub row: StageRunId,
+    pub row: AttemptRow<'a>,
     pub component: &'a str,
     pub finished_at: SystemTime,
     pub duration: Duration,
@@ -421,7 +426,7 @@ pub struct StageSuccess<'a> {
 /// What a failed stage execution records.
 #[derive(Debug)]
 pub struct StageFailure<'a> {
-    pub row: StageRunId,
+    pub row: AttemptRow<'a>,
     pub component: &'a str,
     pub status: StageStatus,
     pub finished_at: SystemTime,
@@ -432,6 +437,32 @@ pub struct StageFailure<'a> {
 /// Metrics as JSON; non-finite numbers (which JSON cannot hold) become null.
 fn metrics_json(metrics: &BTreeMap<String, f64>) -> Option<String> {
     (!metrics.is_empty()).then(|| serde_json::to_string(metrics).expect("a map of numbers serialises"))
+}
+
+/// Inserts an attempt's `stage_runs` row with `status`; its end is written by the caller.
+fn insert_attempt(
+    conn: &rusqlite::Connection,
+    attempt: &StageAttempt<'_>,
+    status: StageStatus,
+) -> Result<StageRunId, StateError> {
+    conn.prepare_cached(
+        "INSERT INTO stage_runs (run_id, component, attempt, status, reason, started_at, log_path, resources,
+             attempt_token, executor)
+         VALUES (?1, ?2, ?3, ?10, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )?
+    .execute(params![
+        attempt.run.0,
+        attempt.component,
+        attempt.attempt,
+        attempt.reason,
+        timestamp(attempt.started_at),
+        attempt.log_path,
+        attempt.resources,
+        attempt.token,
+        attempt.executor,
+        status.as_str()
+    ])?;
+    Ok(StageRunId(conn.last_insert_rowid()))
 }
 
 pub(super) fn put_cache_entries(tx: &Transaction<'_>, entries: &[(String, CacheEntry)]) -> Result<(), StateError> {

@@ -220,6 +220,21 @@ pub fn needs_root(test: &str, ready: Result<(), String>) -> bool {
     }
 }
 
+/// Live (not zombie) processes whose attempt token (`DAGRUN_ATTEMPT`) `matches`.
+pub fn attempt_processes(matches: impl Fn(&str) -> bool) -> Vec<i32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap() {
+        let Some(pid) = entry.unwrap().file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+        let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else { continue };
+        let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z "));
+        let token = environ.split(|&b| b == 0).find_map(|var| var.strip_prefix(b"DAGRUN_ATTEMPT="));
+        if !zombie && token.is_some_and(|token| matches(&String::from_utf8_lossy(token))) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
 /// Polls `done` until it holds, failing the test (naming `what`) after 30 s: for waiting on
 /// a file, a database row or a line of output instead of sleeping and hoping.
 #[track_caller]

@@ -96,7 +96,8 @@ outputs = ["slow.out"]
 "#;
 
 /// A local stage starts before its `stage_runs` row is recorded (its processes carry the
-/// run's attempt prefix): waits for the row too.
+/// run's attempt prefix; the row is written once it has run for a tenth of a second, or with
+/// its end): waits for the row too.
 fn wait_until_recorded_running(sb: &Sandbox) {
     wait_until("the attempt to be recorded", || {
         sb.column("SELECT count(*) FROM stage_runs WHERE status = 'running'") == ["1"]
@@ -212,6 +213,43 @@ fn status_shows_a_stage_another_build_is_running() {
     sb.remove("hold");
     let rebuilt = sb.build().success();
     assert!(rebuilt.stdout().contains("1 ran"), "{}", rebuilt.stdout());
+}
+
+#[test]
+fn a_long_stage_is_recorded_running_and_every_row_ends_whole() {
+    // `quick` ends long before its row would be written on its own: its row is written whole
+    // with its end. `long` runs until told to stop: its row says `running` while it does.
+    let sb = Sandbox::new().pipeline(
+        r#"
+        [stages.quick]
+        cmd = "echo q > q.txt"
+        outputs = ["q.txt"]
+
+        [stages.long]
+        cmd = "touch started; while [ ! -e go ]; do sleep 0.01; done; cat q.txt > l.txt"
+        inputs = ["q.txt"]
+        outputs = ["l.txt"]
+        "#,
+    );
+    let build = sb.spawn(&["build"]);
+    wait_until("`long` to start", || sb.exists("started"));
+    wait_until("`long` to be recorded running", || {
+        sb.column("SELECT component FROM stage_runs WHERE status = 'running'") == ["long"]
+    });
+    assert_eq!(sb.column("SELECT status FROM stage_runs WHERE component = 'quick'"), ["success"]);
+    let status = sb.dagrun(&["status"]).success();
+    assert!(status.stdout().lines().any(|l| l.starts_with("long") && l.contains("running")), "{}", status.stdout());
+    sb.write("go", "");
+    assert!(build.wait_with_output().unwrap().status.success());
+    // Each row, whichever way it was written, holds the whole attempt: its reason, its start
+    // before its end, and the token its processes carried, made of its run's prefix.
+    let rows = sb.column(
+        "SELECT component || ' ' || status || ' ' || attempt || ' ' || reason || ' '
+                || (finished_at >= started_at) || ' '
+                || (attempt_token LIKE (SELECT attempt_prefix FROM runs WHERE run_id = stage_runs.run_id) || '-%')
+         FROM stage_runs ORDER BY id",
+    );
+    assert_eq!(rows, ["quick success 1 never succeeded 1 1", "long success 1 never succeeded 1 1"]);
 }
 
 /// What `status --json` says with the snapshot (checked to be current, so that it is what

@@ -16,17 +16,7 @@ fn signal(child: &Child, signal: Signal) {
 
 /// Live processes that carry an attempt's token in their environment.
 fn token_carriers(token: &str) -> Vec<i32> {
-    let wanted = format!("DAGRUN_ATTEMPT={token}");
-    let mut carriers = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap() {
-        let Some(pid) = entry.unwrap().file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
-        let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else { continue };
-        let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z "));
-        if !zombie && environ.split(|&b| b == 0).any(|var| var == wanted.as_bytes()) {
-            carriers.push(pid);
-        }
-    }
-    carriers
+    crate::sandbox::attempt_processes(|carried| carried == token)
 }
 
 /// Every process of every attempt of `stage` is dead: whatever carries its token, in its
