@@ -12,7 +12,7 @@ use crate::fingerprint::{CacheClock, Fingerprint, HashCache};
 use crate::graph::Dag;
 use crate::planner::{DirtyReason, EvalContext, Evaluated, Verdict, evaluate_all, explain_reason, plan_build};
 use crate::spec::{Spec, SpecCacheEntry, StageIdx, load_spec_cached, suggest};
-use crate::state::{RunOutcome, StageRecord, StageStatus, State, UnfinishedAttempt, acquire_lock};
+use crate::state::{RunId, RunOutcome, StageRecord, StageStatus, State, UnfinishedAttempt, acquire_lock};
 
 /// How to build.
 #[derive(Debug, Clone)]
@@ -344,9 +344,9 @@ impl Engine {
             if let Ok(old) = State::open_read_only(&self.spec.state_path) {
                 // Each read on its own: a state from before schema 7 has no prefixes, yet its
                 // rows may name attempts; a damaged one may answer one and not the other.
-                let prefixes = old.unfinished_run_prefixes().unwrap_or_default();
+                let runs = old.unfinished_runs().unwrap_or_default();
                 let attempts = old.unfinished_attempts().unwrap_or_default();
-                end_attempts(&prefixes, attempts, on_event)?;
+                end_attempts(&runs, attempts, on_event)?;
             }
         }
         if opts.reset_state
@@ -364,7 +364,7 @@ impl Engine {
         if let Some(entry) = self.spec_cache.lock().expect("spec cache poisoned").take() {
             entry.write(&self.spec);
         }
-        let swept = end_unfinished(&mut state, on_event)?;
+        let swept = end_unfinished(&mut state, &self.spec, on_event)?;
         if !swept.is_empty() {
             on_event(&Event::SweptInterrupted { stages: &swept });
         }
@@ -539,7 +539,7 @@ impl Engine {
         let wanted = stages.iter().map(|s| self.stage_index(s)).collect::<Result<Vec<_>, _>>()?;
         let _locks = self.lock(true, on_event, &|| false)?;
         let mut state = State::open(&self.spec.state_path)?;
-        end_unfinished(&mut state, on_event)?;
+        end_unfinished(&mut state, &self.spec, on_event)?;
         let (records, entries) = state.load_plan_state()?;
         let cache = HashCache::new(&self.spec.root, entries, &self.writer_clock());
         let ctx = self.eval_context(&records, &cache, false);
@@ -857,28 +857,36 @@ impl Engine {
 /// Ends what the stages of a killed build left running, before anything runs (an output
 /// such a process could still write is never trusted, and never raced by a new run), then
 /// records them interrupted; returns the stages swept. Call only while holding the build lock.
-fn end_unfinished(state: &mut State, on_event: &mut dyn FnMut(&Event<'_>)) -> Result<Vec<String>, Error> {
+fn end_unfinished(state: &mut State, spec: &Spec, on_event: &mut dyn FnMut(&Event<'_>)) -> Result<Vec<String>, Error> {
     if !state.anything_unfinished()? {
         return Ok(Vec::new());
     }
-    end_attempts(&state.unfinished_run_prefixes()?, state.unfinished_attempts()?, on_event)?;
-    Ok(state.sweep_unfinished()?)
+    let found = end_attempts(&state.unfinished_runs()?, state.unfinished_attempts()?, on_event)?;
+    // A stage found running by its run's prefix may have no row yet (one that started less
+    // than `START_ROW_DELAY` before its build died): the sweep records it interrupted too.
+    // Only a stage of this pipeline: the name comes from a process's environment.
+    let found: Vec<(RunId, String)> =
+        found.into_iter().filter(|(_, stage)| spec.stage_index(stage).is_some()).collect();
+    Ok(state.sweep_unfinished(&found)?)
 }
 
-/// Ends the local shell attempts of the runs with `prefixes` (recorded or not), then what
-/// else of `attempts` is left: older runs' attempts, and cluster jobs.
+/// Ends the local shell attempts of the unfinished `runs` (recorded or not), then what
+/// else of `attempts` is left: older runs' attempts, and cluster jobs. Returns the stages
+/// whose processes were found by their run's prefix, with the run.
 fn end_attempts(
-    prefixes: &[String],
+    runs: &[(RunId, String)],
     attempts: Vec<UnfinishedAttempt>,
     on_event: &mut dyn FnMut(&Event<'_>),
-) -> Result<(), Error> {
-    for prefix in prefixes {
+) -> Result<Vec<(RunId, String)>, Error> {
+    let mut found = Vec::new();
+    for (run, prefix) in runs {
         let ended = crate::executor::end_run_attempts(prefix).map_err(|source| Error::RunOrphans { source })?;
         for (stage, processes) in ended {
             on_event(&Event::OrphansEnded { stage: &stage, processes });
+            found.push((*run, stage));
         }
     }
-    let ended_by_prefix = |token: &str| prefixes.iter().any(|prefix| AttemptTokens::of_run(prefix, token));
+    let ended_by_prefix = |token: &str| runs.iter().any(|(_, prefix)| AttemptTokens::of_run(prefix, token));
     for unfinished in attempts.into_iter().filter(|a| a.on_slurm || !ended_by_prefix(&a.token)) {
         // For a Slurm attempt only an `sbatch` still running (it carries the token), which
         // could otherwise submit after the look for its job below.
@@ -906,7 +914,7 @@ fn end_attempts(
             }
         }
     }
-    Ok(())
+    Ok(found)
 }
 
 fn report(stage: &str, reason: Option<DirtyReason>, fingerprint: Fingerprint, record: StageRecord) -> StageReport {

@@ -214,25 +214,25 @@ impl Coordinator<'_, '_> {
 
     fn succeeded(&mut self, idx: StageIdx, success: Success) -> Result<(), StateError> {
         let name = self.eval.spec.stages[idx].name.as_str();
-        let mut restored_because = None;
-        if let Some((reason, log_path)) = &success.restored {
-            let start = AttemptStart {
-                idx,
-                attempt: 1,
-                reason: reason.clone(),
-                inputs: success.eval.inputs.clone(),
-                log_path: log_path.clone(),
-                at: success.at - success.duration,
-                token: None,
-                executor: ExecutorKind::Local,
-            };
-            // Its row is written with its success, in one transaction; it is announced below.
-            let (row, reason) = self.start_row(start);
-            self.unrecorded[idx] = Some(row);
-            restored_because = Some(reason);
-        }
+        let (row, restored_because) = match &success.restored {
+            Some((reason, log_path)) => {
+                let start = AttemptStart {
+                    idx,
+                    attempt: 1,
+                    reason: reason.clone(),
+                    inputs: success.eval.inputs.clone(),
+                    log_path: log_path.clone(),
+                    at: success.at - success.duration,
+                    token: None,
+                    executor: ExecutorKind::Local,
+                };
+                // Its row is written with its success, in one transaction; it is announced below.
+                let (row, reason) = self.start_row(start);
+                (EndingRow::Unrecorded(row), Some(reason))
+            }
+            None => (self.take_row(idx), None),
+        };
         let status = if success.restored.is_some() { StageStatus::Restored } else { StageStatus::Success };
-        let row = self.take_row(idx);
         let fresh = self.eval.cache.take_fresh();
         self.state.record_success(
             &StageSuccess {

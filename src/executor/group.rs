@@ -209,15 +209,19 @@ pub fn reap_attempt(pgid: u32, token: &str, others: &dyn Fn(i32) -> bool) -> Res
 /// running attempt's leader) is not even read.
 ///
 /// Only two of dagrun's threads can be the parent of one of the attempt's processes: the one
-/// that spawned its `sh` (the calling thread), and the thread group's leader, to which Linux
-/// hands a child subreaper's orphans (the reaper's first live thread: `find_new_reaper` in
-/// kernel/exit.c). The leader lives as long as the build. Reading every thread's list cost
-/// about 20 system calls a stage.
+/// that spawned its `sh` (the calling thread), and the one to which Linux hands a child
+/// subreaper's orphans: since Linux 3.19 the reaper's first live thread, its leader
+/// (`find_new_reaper` in kernel/exit.c), before that the thread that spawned the orphan's
+/// ancestor, the calling one again. Reading every thread's list cost about 20 system calls a
+/// stage. (dagrun's main thread lives as long as its builds; an embedder that ends its main
+/// thread alone, with `pthread_exit`, while a build runs would hide reparented strays here.)
 fn strays(wanted: &Wanted, others: &dyn Fn(i32) -> bool) -> Vec<(i32, i32)> {
-    let leader = format!("/proc/self/task/{}/children", std::process::id());
+    let leader = std::process::id();
+    let caller = rustix::thread::gettid().as_raw_nonzero().get();
     let mut found: Vec<(i32, i32)> = Vec::new();
-    for parent in [leader.as_str(), "/proc/thread-self/children"] {
-        let Some(children) = read_proc_file(std::path::Path::new(parent)) else { continue };
+    for parent in [leader as i32, caller] {
+        let path = format!("/proc/self/task/{parent}/children");
+        let Some(children) = read_proc_file(std::path::Path::new(&path)) else { continue };
         for pid in children.split_whitespace().filter_map(|p| p.parse::<i32>().ok()).filter(|&pid| !others(pid)) {
             if !found.iter().any(|&(seen, _)| seen == pid)
                 && let Some(stat) = ProcStat::read(pid)

@@ -3,7 +3,7 @@
 //! run (switching a param back, a second checkout). What is restored is checked twice:
 //! each file's bytes against its object id once copied, and the restored outputs'
 //! hash against the one recorded when they were stored. A damaged entry is removed and
-//! the stage runs; a missing or unreadable one is a miss. Never a failed build.
+//! the stage runs; a missing or unparseable one is a miss. Never a failed build.
 //!
 //! The bytes live in a [`Store`]; this module decides what to store, restore and trim.
 
@@ -208,15 +208,14 @@ fn files_under(dir: &Path) -> io::Result<Option<DirFiles>> {
 }
 
 /// The manifest stored for `fingerprint`, if it is usable for a stage declaring
-/// `outputs`: none, unreadable (then removed), another format or other outputs are misses.
+/// `outputs`: none, unparseable, another format or other outputs are misses.
 /// Touches nothing in the workspace.
 pub fn lookup(store: &dyn Store, fingerprint: &Fingerprint, outputs: &[RelPath]) -> Option<Manifest> {
     let key = key(fingerprint);
     let bytes = store.get_entry(&key)?;
-    let Ok(manifest) = serde_json::from_slice::<Manifest>(&bytes) else {
-        let _ = store.remove_entry(&key);
-        return None;
-    };
+    // Unparseable: torn, or a new entry another build is writing right now. A miss, left in
+    // place: the next success under this fingerprint replaces it whole, and `gc` drops it.
+    let manifest = serde_json::from_slice::<Manifest>(&bytes).ok()?;
     let declared: Vec<String> = outputs.iter().map(ToString::to_string).collect();
     let stored: Vec<&str> = manifest.outputs.iter().map(|o| o.path.as_str()).collect();
     (READABLE_FORMATS.contains(&manifest.format) && declared == stored).then_some(manifest)

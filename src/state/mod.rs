@@ -356,8 +356,11 @@ impl State {
     /// Marks what a dead build left `running` as interrupted; returns the stages affected.
     /// Call only while holding the build lock, after its processes were ended: then nothing
     /// is really running.
-    pub fn sweep_unfinished(&mut self) -> Result<Vec<String>, StateError> {
-        self.sweep("status = 'running'", Some("outcome = 'running'"))
+    /// `unrecorded`: stages whose processes a dead run left (found by its attempt prefix);
+    /// each that has no `running` row in that run (it started shortly before its build
+    /// died) gets an `interrupted` one.
+    pub fn sweep_unfinished(&mut self, unrecorded: &[(RunId, String)]) -> Result<Vec<String>, StateError> {
+        self.sweep("status = 'running'", Some("outcome = 'running'"), unrecorded)
     }
 
     /// Marks the running built-in stages (no process group) of the builds of process `pid`
@@ -369,12 +372,18 @@ impl State {
             "status = 'running' AND attempt_token IS NULL
              AND run_id IN (SELECT run_id FROM runs WHERE outcome = 'running' AND pid = {pid})"
         );
-        self.sweep(&rows, None)
+        self.sweep(&rows, None, &[])
     }
 
     /// Marks the `stage_runs` rows matching `rows`, and the `runs` matching `runs`, as
-    /// interrupted.
-    fn sweep(&mut self, rows: &str, runs: Option<&str>) -> Result<Vec<String>, StateError> {
+    /// interrupted; records each of `unrecorded` (a run and a stage) without a running row
+    /// in its run as an interrupted attempt of it.
+    fn sweep(
+        &mut self,
+        rows: &str,
+        runs: Option<&str>,
+        unrecorded: &[(RunId, String)],
+    ) -> Result<Vec<String>, StateError> {
         let now = timestamp(SystemTime::now());
         let tx = self.conn.transaction()?;
         let stages: Vec<String> = {
@@ -382,8 +391,18 @@ impl State {
             // walks the by-component index over every row ever recorded instead of the
             // small index of running rows (5 ms of a 10,000-stage no-op build).
             let mut stmt = tx.prepare(&format!("SELECT component FROM stage_runs WHERE {rows}"))?;
-            let found: std::collections::BTreeSet<String> =
+            let mut found: std::collections::BTreeSet<String> =
                 stmt.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+            let mut insert = tx.prepare(
+                "INSERT INTO stage_runs (run_id, component, status, reason, started_at, finished_at, error)
+                 SELECT ?1, ?2, 'interrupted', 'its build died before recording why it ran', ?3, ?3,
+                     'the build running this stage died before it finished'
+                 WHERE NOT EXISTS (SELECT 1 FROM stage_runs WHERE run_id = ?1 AND component = ?2 AND status = 'running')",
+            )?;
+            for (run, stage) in unrecorded {
+                insert.execute(params![run.0, stage, now])?;
+                found.insert(stage.clone());
+            }
             found.into_iter().collect()
         };
         tx.execute(
@@ -433,15 +452,16 @@ impl State {
         Ok(())
     }
 
-    /// The attempt prefixes of the runs a dead build left `running`: any process carrying a
-    /// token with one of them is what such a build left, recorded or not.
+    /// The runs a dead build left `running`, with their attempt prefixes: any process
+    /// carrying a token with one of them is what such a build left, recorded or not.
     /// Call only while holding the build lock: then none of them belongs to a live build.
-    pub fn unfinished_run_prefixes(&self) -> Result<Vec<String>, StateError> {
+    pub fn unfinished_runs(&self) -> Result<Vec<(RunId, String)>, StateError> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT attempt_prefix FROM runs WHERE outcome = 'running' AND attempt_prefix IS NOT NULL ORDER BY run_id",
+            "SELECT run_id, attempt_prefix FROM runs WHERE outcome = 'running' AND attempt_prefix IS NOT NULL
+             ORDER BY run_id",
         )?;
-        let prefixes = stmt.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
-        Ok(prefixes)
+        let runs = stmt.query_map([], |r| Ok((RunId(r.get(0)?), r.get(1)?)))?.collect::<Result<_, _>>()?;
+        Ok(runs)
     }
 
     /// The shell attempts and cluster jobs a dead build left `running`, with their tokens.

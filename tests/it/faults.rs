@@ -110,12 +110,10 @@ fn a_build_killed_at_any_moment_never_leaves_a_wrong_output_recorded_as_up_to_da
         let cut_short = stage_rows_cut_short(&sb) > 0 || stage_processes_outlive(&sb);
 
         // Rebuild at once, while the dead build's stages may still be running.
-        let mut rebuild =
-            sb.command(&["build", "-j", "2"]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
-        let mut notes = String::new();
-        let mut stderr = rebuild.stderr.take().unwrap();
+        let notes_file = std::fs::File::create(sb.path("rebuild.err")).unwrap();
+        let rebuild = sb.command(&["build", "-j", "2"]).stdout(Stdio::null()).stderr(notes_file).spawn().unwrap();
         assert!(wait_or_kill(rebuild, Duration::from_secs(30)).success(), "{what}: the rebuild failed");
-        std::io::Read::read_to_string(&mut stderr, &mut notes).unwrap();
+        let notes = sb.read("rebuild.err");
         // A stage was running when the build died if the build recorded its attempt cut
         // short, or if its processes outlived it (a stage that started less than a tenth
         // of a second before a SIGKILL has no row yet), seen here or by the rebuild.
@@ -159,6 +157,7 @@ fn stage_processes_outlive(sb: &Sandbox) -> bool {
     }
     let prefixes = sb.column("SELECT attempt_prefix FROM runs WHERE outcome = 'running'");
     prefixes.iter().any(|prefix| {
+        // A local attempt's token: its run's prefix, a dash, a number (`AttemptTokens`).
         let start = format!("{prefix}-");
         !crate::sandbox::attempt_processes(|token| token.starts_with(&start)).is_empty()
     })

@@ -163,6 +163,12 @@ fn a_killed_builds_attempt_started_before_its_row_was_recorded_is_ended_by_its_r
         ["success", "interrupted", "success"],
         "the dead run is swept once its processes are ended"
     );
+    // The attempt had no row: the sweep records it interrupted in its run, and the stage is
+    // dirty again, as one whose row said `running` would be (its outputs, stored by the first
+    // build under the same fingerprint, come back from the run-cache).
+    assert!(rebuild.stderr().contains("a previous build died while running s;"), "{}", rebuild.stderr());
+    assert_eq!(sb.column("SELECT status FROM stage_runs WHERE run_id = 2"), ["interrupted"]);
+    assert_eq!(sb.column("SELECT status FROM stage_runs WHERE run_id = 3"), ["restored"]);
 }
 
 /// Builds a one-stage pipeline whose command exits 0 while a child it left behind keeps
