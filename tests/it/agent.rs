@@ -222,8 +222,16 @@ fn an_agent_waiting_for_another_builds_lock_still_stops_on_sigterm() {
     assert_eq!(code, 0, "{err}");
     assert!(stopping.elapsed() < Duration::from_secs(5), "it stopped waiting at once, not after the 30 s build");
     assert!(err.contains("another build holds the lock"), "{err}");
-    let _ = holder.kill();
-    let _ = holder.wait();
+    // Stopped by SIGTERM, which ends its stage too: SIGKILL would leave the stage's `sleep 30`
+    // running after the test.
+    let pid = rustix::process::Pid::from_raw(holder.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    assert!(!holder.wait().unwrap().success(), "the interrupted build fails");
+    for prefix in sb.column("SELECT attempt_prefix FROM runs") {
+        let start = format!("{prefix}-");
+        let left = crate::sandbox::attempt_processes(|token| token.starts_with(&start));
+        assert!(left.is_empty(), "no process of the build's stage is left: {left:?}");
+    }
 }
 
 #[test]
