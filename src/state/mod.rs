@@ -394,8 +394,9 @@ impl State {
             let mut found: std::collections::BTreeSet<String> =
                 stmt.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
             let mut insert = tx.prepare(
-                "INSERT INTO stage_runs (run_id, component, status, reason, started_at, finished_at, error)
-                 SELECT ?1, ?2, 'interrupted', 'its build died before recording why it ran', ?3, ?3,
+                "INSERT INTO stage_runs (run_id, component, attempt, status, reason, started_at, finished_at, error)
+                 SELECT ?1, ?2, 1 + (SELECT count(*) FROM stage_runs WHERE run_id = ?1 AND component = ?2),
+                     'interrupted', 'its build died before recording why it ran', ?3, ?3,
                      'the build running this stage died before it finished'
                  WHERE NOT EXISTS (SELECT 1 FROM stage_runs WHERE run_id = ?1 AND component = ?2 AND status = 'running')",
             )?;

@@ -218,7 +218,8 @@ fn status_shows_a_stage_another_build_is_running() {
 #[test]
 fn a_long_stage_is_recorded_running_and_every_row_ends_whole() {
     // `quick` ends long before its row would be written on its own: its row is written whole
-    // with its end. `long` runs until told to stop: its row says `running` while it does.
+    // with its end. `long` runs until told to stop (or 30 s, should the test fail first): its
+    // row says `running` while it does.
     let sb = Sandbox::new().pipeline(
         r#"
         [stages.quick]
@@ -226,7 +227,7 @@ fn a_long_stage_is_recorded_running_and_every_row_ends_whole() {
         outputs = ["q.txt"]
 
         [stages.long]
-        cmd = "touch started; while [ ! -e go ]; do sleep 0.01; done; cat q.txt > l.txt"
+        cmd = "touch started; n=0; while [ ! -e go ] && [ $n -lt 3000 ]; do sleep 0.01; n=$((n + 1)); done; cat q.txt > l.txt"
         inputs = ["q.txt"]
         outputs = ["l.txt"]
         "#,

@@ -167,7 +167,7 @@ fn a_killed_builds_attempt_started_before_its_row_was_recorded_is_ended_by_its_r
     // dirty again, as one whose row said `running` would be (its outputs, stored by the first
     // build under the same fingerprint, come back from the run-cache).
     assert!(rebuild.stderr().contains("a previous build died while running s;"), "{}", rebuild.stderr());
-    assert_eq!(sb.column("SELECT status FROM stage_runs WHERE run_id = 2"), ["interrupted"]);
+    assert_eq!(sb.column("SELECT status || ' ' || attempt FROM stage_runs WHERE run_id = 2"), ["interrupted 1"]);
     assert_eq!(sb.column("SELECT status FROM stage_runs WHERE run_id = 3"), ["restored"]);
 }
 
