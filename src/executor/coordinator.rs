@@ -35,7 +35,8 @@ pub(super) struct Coordinator<'a, 'e> {
     /// stage's is looked up in the records when needed.
     pub(super) hashes: Vec<Option<OutputHash>>,
     pub(super) outcome: ExecOutcome,
-    /// The `stage_runs` row of each stage's running attempt.
+    /// The `stage_runs` row of each stage's running attempt, once written (until then, its
+    /// start is in `unrecorded`).
     pub(super) row: Vec<Option<StageRunId>>,
     /// The start of each stage's running attempt while it has no row: not written yet (see
     /// [`START_ROW_DELAY`]), or writing it failed.

@@ -219,7 +219,8 @@ fn strays(wanted: &Wanted, others: &dyn Fn(i32) -> bool) -> Vec<(i32, i32)> {
     let leader = std::process::id();
     let caller = rustix::thread::gettid().as_raw_nonzero().get();
     let mut found: Vec<(i32, i32)> = Vec::new();
-    for parent in [leader as i32, caller] {
+    let parents: &[i32] = if caller == leader as i32 { &[caller] } else { &[leader as i32, caller] };
+    for parent in parents {
         let path = format!("/proc/self/task/{parent}/children");
         let Some(children) = read_proc_file(std::path::Path::new(&path)) else { continue };
         for pid in children.split_whitespace().filter_map(|p| p.parse::<i32>().ok()).filter(|&pid| !others(pid)) {

@@ -79,8 +79,8 @@ struct Task {
 /// What a worker reports.
 enum Message {
     /// An attempt starts. With `recorded` (a cluster job, or any attempt under --fail-fast) it
-    /// waits until the coordinator has recorded it and answered; without, it has started
-    /// already, its processes carrying its run's prefix.
+    /// waits until the coordinator has recorded it and answered; without, it starts at once
+    /// (sent just before the spawn), its processes carrying its run's prefix.
     Started {
         start: Box<AttemptStart>,
         /// Where to say once the attempt is recorded, when the worker waits for that before it

@@ -315,6 +315,9 @@ pub struct GcReport {
     pub bytes_kept: u64,
 }
 
+/// How long an entry that does not parse is left by `gc`: it may be a new one being written.
+const UNREADABLE_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Trims the store: entries the policy does not keep, then every object no kept entry uses.
 pub fn gc(store: &dyn Store, policy: &GcPolicy) -> io::Result<GcReport> {
     let mut entries: Vec<(EntryInfo, Option<Manifest>)> = store
@@ -332,7 +335,9 @@ pub fn gc(store: &dyn Store, policy: &GcPolicy) -> io::Result<GcReport> {
     let mut keep: Vec<bool> = Vec::with_capacity(entries.len());
     for (info, manifest) in &entries {
         let Some(manifest) = manifest else {
-            keep.push(false); // unreadable: useless to any build
+            // Unreadable: useless to any build, unless it is a new entry another build is
+            // writing in place right now.
+            keep.push(!info.modified.elapsed().is_ok_and(|age| age >= UNREADABLE_GRACE));
             continue;
         };
         if policy.referenced.contains(&info.key) {

@@ -396,7 +396,8 @@ impl State {
             let mut insert = tx.prepare(
                 "INSERT INTO stage_runs (run_id, component, attempt, status, reason, started_at, finished_at, error)
                  SELECT ?1, ?2, 1 + (SELECT count(*) FROM stage_runs WHERE run_id = ?1 AND component = ?2),
-                     'interrupted', 'its build died before recording why it ran', ?3, ?3,
+                     'interrupted', 'its build died before recording why it ran',
+                     (SELECT started_at FROM runs WHERE run_id = ?1), ?3,
                      'the build running this stage died before it finished'
                  WHERE NOT EXISTS (SELECT 1 FROM stage_runs WHERE run_id = ?1 AND component = ?2 AND status = 'running')",
             )?;

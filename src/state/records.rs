@@ -294,7 +294,7 @@ impl State {
         let duration_ms = success.duration.as_millis() as i64;
         let manifest = serde_json::to_string(success.fingerprint_inputs).expect("fingerprint inputs serialise");
         let tx = self.conn.transaction()?;
-        let row = success.row.in_transaction(&tx, success.status)?;
+        let row = success.row.insert_if_unrecorded(&tx, success.status)?;
         tx.prepare_cached(
             "UPDATE stage_runs SET status = ?7, finished_at = ?2, duration_ms = ?3, fingerprint = ?4,
                  output_hash = ?5, metrics = ?6 WHERE id = ?1",
@@ -359,7 +359,7 @@ impl State {
         let finished = timestamp(failure.finished_at);
         let duration_ms = failure.duration.as_millis() as i64;
         let tx = self.conn.transaction()?;
-        let row = failure.row.in_transaction(&tx, failure.status)?;
+        let row = failure.row.insert_if_unrecorded(&tx, failure.status)?;
         tx.prepare_cached(
             "UPDATE stage_runs SET status = ?2, finished_at = ?3, duration_ms = ?4, error = ?5 WHERE id = ?1",
         )?
@@ -392,7 +392,7 @@ pub enum AttemptRow<'a> {
 impl AttemptRow<'_> {
     /// The row's id, inserting it first (with its final `status`, so that it never shows
     /// as `running`) when it is not recorded yet.
-    fn in_transaction(&self, tx: &Transaction<'_>, status: StageStatus) -> Result<StageRunId, StateError> {
+    fn insert_if_unrecorded(&self, tx: &Transaction<'_>, status: StageStatus) -> Result<StageRunId, StateError> {
         match self {
             AttemptRow::Recorded(id) => Ok(*id),
             AttemptRow::Unrecorded(attempt) => insert_attempt(tx, attempt, status),
@@ -448,19 +448,19 @@ fn insert_attempt(
     conn.prepare_cached(
         "INSERT INTO stage_runs (run_id, component, attempt, status, reason, started_at, log_path, resources,
              attempt_token, executor)
-         VALUES (?1, ?2, ?3, ?10, ?4, ?5, ?6, ?7, ?8, ?9)",
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
     )?
     .execute(params![
         attempt.run.0,
         attempt.component,
         attempt.attempt,
+        status.as_str(),
         attempt.reason,
         timestamp(attempt.started_at),
         attempt.log_path,
         attempt.resources,
         attempt.token,
-        attempt.executor,
-        status.as_str()
+        attempt.executor
     ])?;
     Ok(StageRunId(conn.last_insert_rowid()))
 }

@@ -156,11 +156,7 @@ fn stage_processes_outlive(sb: &Sandbox) -> bool {
         return false;
     }
     let prefixes = sb.column("SELECT attempt_prefix FROM runs WHERE outcome = 'running'");
-    prefixes.iter().any(|prefix| {
-        // A local attempt's token: its run's prefix, a dash, a number (`AttemptTokens`).
-        let start = format!("{prefix}-");
-        !crate::sandbox::attempt_processes(|token| token.starts_with(&start)).is_empty()
-    })
+    prefixes.iter().any(|prefix| !crate::sandbox::run_processes(prefix).is_empty())
 }
 
 /// Attempts the killed build left unfinished: `running` (SIGKILL: it died with them) or

@@ -196,6 +196,13 @@ fn damaged_objects_and_entries_are_never_restored() {
     sb.build().success();
     assert_eq!(sb.ran(), ["report", "train"]);
     assert_eq!(sb.read("report.txt"), "lr=0.2\n");
+    // The successes replaced the entries under their fingerprints whole.
+    for stage in ["report", "train"] {
+        let fingerprint =
+            &sb.column(&format!("SELECT fingerprint FROM orchestrator_state WHERE component = '{stage}'"))[0];
+        let entry = sb.read(&format!(".dagrun/cache/index/{fingerprint}.json"));
+        assert!(serde_json::from_str::<serde_json::Value>(&entry).is_ok(), "{stage}: {entry}");
+    }
 }
 
 #[test]

@@ -235,6 +235,13 @@ pub fn attempt_processes(matches: impl Fn(&str) -> bool) -> Vec<i32> {
     found
 }
 
+/// Live processes of the local shell attempts of the run with attempt `prefix`: their
+/// tokens are the prefix, a dash and a number (`AttemptTokens`).
+pub fn run_processes(prefix: &str) -> Vec<i32> {
+    let start = format!("{prefix}-");
+    attempt_processes(|token| token.starts_with(&start))
+}
+
 /// Polls `done` until it holds, failing the test (naming `what`) after 30 s: for waiting on
 /// a file, a database row or a line of output instead of sleeping and hoping.
 #[track_caller]
