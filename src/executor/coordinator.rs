@@ -107,13 +107,9 @@ impl Coordinator<'_, '_> {
             self.due.pop_front();
             // Ended already (its row went with its end), or a later attempt's start.
             let Some(start) = self.unrecorded[idx].take_if(|start| start.attempt == attempt) else { continue };
-            let name = self.eval.spec.stages[idx].name.as_str();
-            match self.state.stage_started(&start.attempt(self.run, name)) {
-                Ok(id) => self.row[idx] = Some(id),
-                Err(err) => {
-                    self.unrecorded[idx] = Some(start);
-                    self.stop_on_error(Err(err), stop);
-                }
+            if let Err(err) = self.write_start_row(idx, &start) {
+                self.unrecorded[idx] = Some(start);
+                self.stop_on_error(Err(err), stop);
             }
         }
     }
@@ -143,9 +139,16 @@ impl Coordinator<'_, '_> {
     fn record_start(&mut self, start: AttemptStart) -> Result<(), StateError> {
         let (idx, attempt) = (start.idx, start.attempt);
         let (row, reason) = self.start_row(start);
+        self.write_start_row(idx, &row)?;
+        let name = self.eval.spec.stages[idx].name.as_str();
+        (self.on_event)(&Event::StageStarted { stage: name, attempt, reason: &reason });
+        Ok(())
+    }
+
+    /// Writes a running attempt's `running` row.
+    fn write_start_row(&mut self, idx: StageIdx, row: &StartRow) -> Result<(), StateError> {
         let name = self.eval.spec.stages[idx].name.as_str();
         self.row[idx] = Some(self.state.stage_started(&row.attempt(self.run, name))?);
-        (self.on_event)(&Event::StageStarted { stage: name, attempt, reason: &reason });
         Ok(())
     }
 

@@ -224,8 +224,7 @@ fn strays(wanted: &Wanted, others: &dyn Fn(i32) -> bool) -> Vec<(i32, i32)> {
         let path = format!("/proc/self/task/{parent}/children");
         let Some(children) = read_proc_file(std::path::Path::new(&path)) else { continue };
         for pid in children.split_whitespace().filter_map(|p| p.parse::<i32>().ok()).filter(|&pid| !others(pid)) {
-            if !found.iter().any(|&(seen, _)| seen == pid)
-                && let Some(stat) = ProcStat::read(pid)
+            if let Some(stat) = ProcStat::read(pid)
                 && stat.state != 'Z'
                 && environ(pid).is_some_and(|environ| wanted.carried_by(&environ))
             {

@@ -152,19 +152,23 @@ fn wait_or_kill_ref(child: &mut Child, limit: Duration) {
 /// Whether processes of a killed build's stages are still running: they carry its run's
 /// attempt prefix.
 fn stage_processes_outlive(sb: &Sandbox) -> bool {
-    if !sb.exists(".dagrun/state.db") || sb.column("SELECT count(*) FROM sqlite_master WHERE name = 'runs'") != ["1"] {
+    if !has_table(sb, "runs") {
         return false;
     }
     let prefixes = sb.column("SELECT attempt_prefix FROM runs WHERE outcome = 'running'");
     prefixes.iter().any(|prefix| !crate::sandbox::run_processes(prefix).is_empty())
 }
 
+/// Whether the killed build got as far as making the state database and its table `name`.
+fn has_table(sb: &Sandbox, name: &str) -> bool {
+    sb.exists(".dagrun/state.db")
+        && sb.column(&format!("SELECT count(*) FROM sqlite_master WHERE name = '{name}'")) == ["1"]
+}
+
 /// Attempts the killed build left unfinished: `running` (SIGKILL: it died with them) or
 /// `interrupted` (SIGHUP: it stopped them and said so).
 fn stage_rows_cut_short(sb: &Sandbox) -> usize {
-    if !sb.exists(".dagrun/state.db")
-        || sb.column("SELECT count(*) FROM sqlite_master WHERE name = 'stage_runs'") != ["1"]
-    {
+    if !has_table(sb, "stage_runs") {
         return 0;
     }
     sb.column("SELECT count(*) FROM stage_runs WHERE status IN ('running', 'interrupted')")[0].parse().unwrap()
