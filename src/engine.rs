@@ -337,6 +337,7 @@ impl Engine {
     pub fn build(&self, opts: &BuildOptions, on_event: &mut dyn FnMut(&Event<'_>)) -> Result<BuildSummary, Error> {
         let started = Instant::now();
         let selected = self.select(&opts.targets)?;
+        let cores = WarmUp::start();
         let _locks = self.lock(opts.wait_for_lock, on_event, &|| opts.cancel.is_stopping())?;
         if opts.reset_state {
             // The old state names what a killed build left running: end that before the
@@ -400,8 +401,7 @@ impl Engine {
         });
         let plan = plan_build(&ctx, &selected, evaluate.as_deref());
 
-        let jobs =
-            opts.jobs.or(self.spec.jobs).unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        let jobs = opts.jobs.or(self.spec.jobs).unwrap_or_else(|| cores.finish());
         let targets: Vec<&str> = opts.targets.iter().map(String::as_str).collect();
         let begun = state.begin_run(&opts.trigger, &targets, jobs)?;
         let run = begun.id;
@@ -852,6 +852,32 @@ impl Engine {
         }
         Ok(indices)
     }
+}
+
+/// What planning needs and a build does not need before it, started on another thread at
+/// the top of a build so that it overlaps taking the lock and opening the state: rayon's
+/// global pool (its threads, and the CPU count it reads from the cgroup) and the default job
+/// count. About 0.25 ms off the main thread, of a no-op build's 2 to 10 ms.
+struct WarmUp(Option<std::thread::JoinHandle<usize>>);
+
+impl WarmUp {
+    fn start() -> WarmUp {
+        let warm = || {
+            rayon::current_num_threads();
+            cores()
+        };
+        // Without the thread (none could be made), the same work is done when it is needed.
+        WarmUp(std::thread::Builder::new().name("warm-up".into()).spawn(warm).ok())
+    }
+
+    /// The number of cores this process may use, as the default job count.
+    fn finish(self) -> usize {
+        self.0.and_then(|thread| thread.join().ok()).unwrap_or_else(cores)
+    }
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// Ends what the stages of a killed build left running, before anything runs (an output

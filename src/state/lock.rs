@@ -4,7 +4,8 @@
 //! killed build is never stale. The file's text names the holder for error messages.
 
 use std::fs::{File, OpenOptions, TryLockError};
-use std::io::{Read, Seek, Write};
+use std::io::Read;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 /// Who holds the lock, as the holder wrote it.
@@ -63,11 +64,14 @@ pub fn acquire(
             _ => LockError::Io { path, source },
         }
     };
-    if let Some(dir) = path.parent() {
+    if let Some(dir) = path.parent()
+        && let Err(err) = std::fs::create_dir_all(dir)
+    {
+        // Asked only on failure: the directory is there at every build but the first.
         if dir.exists() && !dir.is_dir() {
             return Err(LockError::NotADirectory { path: dir.to_path_buf() });
         }
-        std::fs::create_dir_all(dir).map_err(io_err)?;
+        return Err(io_err(err));
     }
     let mut file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path).map_err(io_err)?;
     match file.try_lock() {
@@ -94,10 +98,13 @@ pub fn acquire(
         }
         Err(TryLockError::Error(source)) => return Err(io_err(source)),
     }
-    file.set_len(0).map_err(io_err)?;
-    file.rewind().map_err(io_err)?;
+    // Written over the last holder's words, then cut to length: truncating to nothing first
+    // makes ext4 write the file back when it is closed (its guard for files rewritten in
+    // place), a disk write at the end of every build.
     let since = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
-    write!(file, "{} {since}", std::process::id()).map_err(io_err)?;
+    let holder = format!("{} {since}", std::process::id());
+    file.write_all_at(holder.as_bytes(), 0).map_err(io_err)?;
+    file.set_len(holder.len() as u64).map_err(io_err)?;
     Ok(BuildLock { _file: file })
 }
 
@@ -106,4 +113,23 @@ fn read_holder(file: &mut File) -> LockHolder {
     let _ = file.read_to_string(&mut text);
     let mut words = text.split_whitespace();
     LockHolder { pid: words.next().and_then(|w| w.parse().ok()), since: words.next().map(str::to_string) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_holder_written_replaces_a_longer_one_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lock");
+        std::fs::write(&path, "4294967295 1970-01-01T00:00:00Z and words a holder never writes").unwrap();
+        let lock = acquire(&path, false, |_| panic!("nobody holds it"), || false).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let holder = read_holder(&mut File::open(&path).unwrap());
+        assert_eq!(holder.pid, Some(std::process::id()));
+        let since = holder.since.expect("a time");
+        assert_eq!(text, format!("{} {since}", std::process::id()), "nothing of the old holder is left");
+        drop(lock);
+    }
 }
