@@ -1,6 +1,7 @@
 //! The engine: a loaded pipeline and the commands run against it. Start reading here.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use crate::builtin::Registry;
@@ -854,17 +855,25 @@ impl Engine {
     }
 }
 
-/// What planning needs and a build does not need before it, started on another thread at
-/// the top of a build so that it overlaps taking the lock and opening the state: rayon's
-/// global pool (its threads, and the CPU count it reads from the cgroup) and the default job
-/// count. About 0.25 ms off the main thread, of a no-op build's 2 to 10 ms.
+/// Rayon's global pool, which planning uses, and the default job count, which the run's row
+/// records, made on another thread while the build takes the lock and opens the state: about
+/// 0.25 ms off the main thread (the pool's threads, and the cgroup's CPU quota read twice).
+/// Only a process's first build starts one; later ones find the pool made.
+///
+/// Should rayon fail to make its threads, the warm-up thread panics, and planning then
+/// panics too (rayon names the pool as already made); the process ends either way, as it
+/// did when planning made the pool itself.
 struct WarmUp(Option<std::thread::JoinHandle<usize>>);
 
 impl WarmUp {
     fn start() -> WarmUp {
+        static STARTED: AtomicBool = AtomicBool::new(false);
+        if STARTED.swap(true, Ordering::Relaxed) {
+            return WarmUp(None);
+        }
         let warm = || {
             rayon::current_num_threads();
-            cores()
+            available_cores()
         };
         // Without the thread (none could be made), the same work is done when it is needed.
         WarmUp(std::thread::Builder::new().name("warm-up".into()).spawn(warm).ok())
@@ -872,11 +881,11 @@ impl WarmUp {
 
     /// The number of cores this process may use, as the default job count.
     fn finish(self) -> usize {
-        self.0.and_then(|thread| thread.join().ok()).unwrap_or_else(cores)
+        self.0.and_then(|thread| thread.join().ok()).unwrap_or_else(available_cores)
     }
 }
 
-fn cores() -> usize {
+fn available_cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 

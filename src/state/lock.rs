@@ -99,8 +99,8 @@ pub fn acquire(
         Err(TryLockError::Error(source)) => return Err(io_err(source)),
     }
     // Written over the last holder's words, then cut to length: truncating to nothing first
-    // makes ext4 write the file back when it is closed (its guard for files rewritten in
-    // place), a disk write at the end of every build.
+    // makes ext4 start writing the file back when it is closed (its guard for files
+    // rewritten in place), at the end of every build.
     let since = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
     let holder = format!("{} {since}", std::process::id());
     file.write_all_at(holder.as_bytes(), 0).map_err(io_err)?;
@@ -112,7 +112,11 @@ fn read_holder(file: &mut File) -> LockHolder {
     let mut text = String::new();
     let _ = file.read_to_string(&mut text);
     let mut words = text.split_whitespace();
-    LockHolder { pid: words.next().and_then(|w| w.parse().ok()), since: words.next().map(str::to_string) }
+    // A holder caught between writing its words and cutting the file to their length may
+    // leave the tail of a longer one after its time: such a time is not shown.
+    let pid = words.next().and_then(|w| w.parse().ok());
+    let since = words.next().filter(|w| humantime::parse_rfc3339(w).is_ok()).map(str::to_string);
+    LockHolder { pid, since }
 }
 
 #[cfg(test)]
