@@ -1,7 +1,6 @@
 //! The engine: a loaded pipeline and the commands run against it. Start reading here.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use crate::builtin::Registry;
@@ -338,7 +337,6 @@ impl Engine {
     pub fn build(&self, opts: &BuildOptions, on_event: &mut dyn FnMut(&Event<'_>)) -> Result<BuildSummary, Error> {
         let started = Instant::now();
         let selected = self.select(&opts.targets)?;
-        let cores = WarmUp::start();
         let _locks = self.lock(opts.wait_for_lock, on_event, &|| opts.cancel.is_stopping())?;
         if opts.reset_state {
             // The old state names what a killed build left running: end that before the
@@ -402,7 +400,8 @@ impl Engine {
         });
         let plan = plan_build(&ctx, &selected, evaluate.as_deref());
 
-        let jobs = opts.jobs.or(self.spec.jobs).unwrap_or_else(|| cores.finish());
+        let jobs =
+            opts.jobs.or(self.spec.jobs).unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
         let targets: Vec<&str> = opts.targets.iter().map(String::as_str).collect();
         let begun = state.begin_run(&opts.trigger, &targets, jobs)?;
         let run = begun.id;
@@ -853,40 +852,6 @@ impl Engine {
         }
         Ok(indices)
     }
-}
-
-/// Rayon's global pool, which planning uses, and the default job count, which the run's row
-/// records, made on another thread while the build takes the lock and opens the state: about
-/// 0.25 ms off the main thread (the pool's threads, and the cgroup's CPU quota read twice).
-/// Only a process's first build starts one; later ones find the pool made.
-///
-/// Should rayon fail to make its threads, the warm-up thread panics, and planning then
-/// panics too (rayon names the pool as already made); the process ends either way, as it
-/// did when planning made the pool itself.
-struct WarmUp(Option<std::thread::JoinHandle<usize>>);
-
-impl WarmUp {
-    fn start() -> WarmUp {
-        static STARTED: AtomicBool = AtomicBool::new(false);
-        if STARTED.swap(true, Ordering::Relaxed) {
-            return WarmUp(None);
-        }
-        let warm = || {
-            rayon::current_num_threads();
-            available_cores()
-        };
-        // Without the thread (none could be made), the same work is done when it is needed.
-        WarmUp(std::thread::Builder::new().name("warm-up".into()).spawn(warm).ok())
-    }
-
-    /// The number of cores this process may use, as the default job count.
-    fn finish(self) -> usize {
-        self.0.and_then(|thread| thread.join().ok()).unwrap_or_else(available_cores)
-    }
-}
-
-fn available_cores() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// Ends what the stages of a killed build left running, before anything runs (an output
