@@ -67,7 +67,8 @@ pub fn acquire(
     if let Some(dir) = path.parent()
         && let Err(err) = std::fs::create_dir_all(dir)
     {
-        // Asked only on failure: the directory is there at every build but the first.
+        // Whether it is a file is asked only when it cannot be made: it is there at every
+        // build but the first.
         if dir.exists() && !dir.is_dir() {
             return Err(LockError::NotADirectory { path: dir.to_path_buf() });
         }
@@ -115,7 +116,10 @@ fn read_holder(file: &mut File) -> LockHolder {
     // A holder caught between writing its words and cutting the file to their length may
     // leave the tail of a longer one after its time: such a time is not shown.
     let pid = words.next().and_then(|w| w.parse().ok());
-    let since = words.next().filter(|w| humantime::parse_rfc3339(w).is_ok()).map(str::to_string);
+    // (`parse_rfc3339` alone takes trailing bytes: the time must also be what it writes back.)
+    let as_written =
+        |w: &&str| humantime::parse_rfc3339(w).is_ok_and(|t| humantime::format_rfc3339_seconds(t).to_string() == *w);
+    let since = words.next().filter(as_written).map(str::to_string);
     LockHolder { pid, since }
 }
 
@@ -128,12 +132,22 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("lock");
         std::fs::write(&path, "4294967295 1970-01-01T00:00:00Z and words a holder never writes").unwrap();
-        let lock = acquire(&path, false, |_| panic!("nobody holds it"), || false).unwrap();
+        let _lock = acquire(&path, false, |_| {}, || false).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         let holder = read_holder(&mut File::open(&path).unwrap());
         assert_eq!(holder.pid, Some(std::process::id()));
         let since = holder.since.expect("a time");
         assert_eq!(text, format!("{} {since}", std::process::id()), "nothing of the old holder is left");
-        drop(lock);
+    }
+
+    #[test]
+    fn a_holder_caught_before_its_cut_to_length_is_named_without_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lock");
+        // The new words over a longer holder's, before the cut: its time's tail follows.
+        std::fs::write(&path, "123 2026-12-01T04:23:00Z0Z").unwrap();
+        let holder = read_holder(&mut File::open(&path).unwrap());
+        assert_eq!(holder, LockHolder { pid: Some(123), since: None });
+        assert_eq!(holder.to_string(), "pid 123");
     }
 }
