@@ -113,10 +113,10 @@ fn read_holder(file: &mut File) -> LockHolder {
     let mut text = String::new();
     let _ = file.read_to_string(&mut text);
     let mut words = text.split_whitespace();
-    // A holder caught between writing its words and cutting the file to their length may
-    // leave the tail of a longer one after its time: such a time is not shown.
     let pid = words.next().and_then(|w| w.parse().ok());
-    // (`parse_rfc3339` alone takes trailing bytes: the time must also be what it writes back.)
+    // A holder caught between writing its words and cutting the file to their length may
+    // leave the tail of a longer one after its time: such a time is not shown. It must read
+    // back as written, since `parse_rfc3339` alone takes trailing bytes.
     let as_written =
         |w: &&str| humantime::parse_rfc3339(w).is_ok_and(|t| humantime::format_rfc3339_seconds(t).to_string() == *w);
     let since = words.next().filter(as_written).map(str::to_string);
