@@ -2,9 +2,9 @@
 //! worker threads, and records every finished stage in one transaction.
 //!
 //! The coordinator (the calling thread) owns the state database and the bookkeeping;
-//! workers evaluate and run stages and report back over a channel. A stage left dirty
-//! only because its upstream was dirty is evaluated again once that upstream is done,
-//! with the upstream's new output hash: if nothing it reads changed, it is cut off.
+//! workers evaluate and run stages and report back through a queue (`queue.rs`). A stage
+//! left dirty only because its upstream was dirty is evaluated again once that upstream is
+//! done, with the upstream's new output hash: if nothing it reads changed, it is cut off.
 //!
 //! Workers are plain threads rather than rayon tasks: rayon would let a worker waiting in
 //! a parallel hash steal a whole other stage and run it inline, delaying the first.
@@ -17,6 +17,7 @@ mod group;
 mod local;
 mod log;
 mod outputs;
+mod queue;
 mod runner;
 mod schedule;
 pub mod slurm;
@@ -24,10 +25,9 @@ mod task;
 mod watchdog;
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Sender};
-use std::time::{Duration, SystemTime};
+use std::sync::mpsc::Sender;
+use std::time::{Duration, Instant, SystemTime};
 
 pub use attempt::{Attempt, Control, Executor, Work};
 pub use group::{AttemptTokens, ProcessesSurvive, end_attempt, end_run_attempts, end_submitter};
@@ -43,9 +43,15 @@ use crate::planner::{DirtyReason, EvalContext, Evaluation, Plan, Verdict};
 use crate::spec::{ExecutorKind, StageIdx};
 use crate::state::{Run, RunCounts, RunId, State, StateError};
 use coordinator::Coordinator;
+use queue::{CloseOnDrop, Empty, Producer, Queue};
 use schedule::Schedule;
 use task::run_task;
 use watchdog::Watchdog;
+
+/// How late the coordinator may learn that an attempt started. Workers announce a start
+/// without waking it (in a build of small stages, being woken at every start cost more than
+/// the rest of the announcement), and it looks at its messages at least this often.
+const START_NOTICE: Duration = Duration::from_millis(20);
 
 /// How to execute.
 #[derive(Debug, Clone)]
@@ -253,36 +259,33 @@ pub fn execute(
         fail_fast: opts.fail_fast,
     };
     let workers = opts.jobs.clamp(1, candidates);
-    let (task_tx, task_rx) = mpsc::channel::<Task>();
-    let (msg_tx, msg_rx) = mpsc::channel::<Message>();
-    let task_rx = Mutex::new(task_rx);
+    let tasks = Queue::<Task>::new();
+    let messages = Queue::<Message>::new();
     std::thread::scope(|scope| {
-        // Owned here so that even a panic below drops it (ending the workers) and stops the
-        // watchdog: the scope then joins every thread instead of waiting forever.
-        let task_tx = task_tx;
-        // Likewise: a worker waiting for the coordinator's answer to `Started` gets an
-        // error, not a hang, if the coordinator unwinds.
-        let msg_rx = msg_rx;
+        // Closed however this scope ends, so that even a panic below ends the workers (and,
+        // with the guard below, stops the watchdog): the scope then joins every thread
+        // instead of waiting forever. Closing the messages drops them, so that a worker
+        // waiting for the answer to its `Started` gets an error, not a hang.
+        let _tasks_guard = CloseOnDrop(&tasks);
+        let _messages_guard = CloseOnDrop(&messages);
         let _watchdog_guard = StopOnDrop(&shared.watchdog);
-        let (task_rx, shared_ref) = (&task_rx, &shared);
+        let handing_out = tasks.producer();
+        let (tasks, shared_ref) = (&tasks, &shared);
         for _ in 0..workers {
-            let msg_tx = msg_tx.clone();
+            let tx = messages.producer();
             scope.spawn(move || {
-                loop {
-                    let task = task_rx.lock().expect("task queue poisoned").recv();
-                    let Ok(task) = task else { break };
+                while let Ok(task) = tasks.pop(None) {
                     let idx = task.idx;
                     let ran =
-                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_task(shared_ref, task, &msg_tx)));
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_task(shared_ref, task, &tx)));
                     if let Err(panic) = ran {
                         let message = panic_message(panic.as_ref());
-                        let _ = msg_tx.send(Message::Finished { idx, result: TaskResult::Crashed { message } });
+                        tx.push(Message::Finished { idx, result: TaskResult::Crashed { message } });
                     }
                 }
             });
         }
         scope.spawn(|| shared.watchdog.run());
-        drop(msg_tx);
 
         // What starts next is decided here. A worker that finishes a stage takes the next one
         // queued for it at once, instead of waiting for this thread to record the one it
@@ -303,14 +306,14 @@ pub fn execute(
                     .upstream(idx)
                     .filter_map(|up| coordinator.hashes[up].or_else(|| recorded_if_clean(up)).map(|h| (up, h)))
                     .collect();
-                task_tx.send(Task { idx, upstream }).expect("workers outlive the coordinator loop");
+                handing_out.push(Task { idx, upstream });
                 outstanding += 1;
             }
             if outstanding == 0 {
                 break; // nothing running and, by the loop above, nothing ready
             }
-            let message = next_message(&msg_rx, &mut coordinator, &shared.stop)
-                .expect("a worker holds a sender while tasks are outstanding");
+            let message = next_message(&messages, &mut coordinator, &shared.stop)
+                .expect("a worker holds a producer while tasks are outstanding");
             if let Message::Finished { result, .. } = &message
                 && !matches!(result, TaskResult::AttemptFailed { final_attempt: false, .. })
             {
@@ -318,7 +321,6 @@ pub fn execute(
             }
             coordinator.handle(message, &shared.stop);
         }
-        drop(task_tx);
     });
     coordinator.outcome.interrupted = opts.cancel.is_stopping();
     match coordinator.first_error {
@@ -329,17 +331,21 @@ pub fn execute(
 
 /// The next message from the workers, writing the rows of running attempts as they fall due
 /// meanwhile; `None` once every worker has gone.
+///
+/// A worker announces a start without waking this thread, so the wait is never longer than
+/// [`START_NOTICE`]: a start is seen (announced, and its row made due) at most that late.
 fn next_message(
-    messages: &mpsc::Receiver<Message>,
+    messages: &Queue<Message>,
     coordinator: &mut Coordinator<'_, '_>,
     stop: &AtomicBool,
 ) -> Option<Message> {
     loop {
-        let Some(due) = coordinator.next_due() else { return messages.recv().ok() };
-        match messages.recv_timeout(due.saturating_duration_since(std::time::Instant::now())) {
+        let look_again = Instant::now() + START_NOTICE;
+        let deadline = coordinator.next_due().map_or(look_again, |due| due.min(look_again));
+        match messages.pop(Some(deadline)) {
             Ok(message) => return Some(message),
-            Err(mpsc::RecvTimeoutError::Timeout) => coordinator.record_due(stop),
-            Err(mpsc::RecvTimeoutError::Disconnected) => return None,
+            Err(Empty::TimedOut) => coordinator.record_due(stop),
+            Err(Empty::Gone) => return None,
         }
     }
 }

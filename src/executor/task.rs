@@ -2,14 +2,14 @@
 //! restore it or run it (with retries), one attempt at a time, and report each back.
 
 use std::collections::BTreeMap;
-use std::sync::mpsc::{self, Sender};
+use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime};
 
 use super::attempt::{Attempt, Control, Work};
 use super::cached::{restore_from_cache, store_in_cache};
 use super::outputs::{collect_outputs, read_declared_metrics};
 use super::runner::{self, AttemptFailure, expand_command};
-use super::{AttemptStart, Message, Shared, Success, Task, TaskResult, group};
+use super::{AttemptStart, Message, Producer, Shared, Success, Task, TaskResult, group};
 use crate::fingerprint::output_hash;
 use crate::planner::{DirtyReason, Evaluation, Verdict, evaluate_stage};
 use crate::spec::{Action, ExecutorKind, StageIdx};
@@ -17,10 +17,10 @@ use crate::state::StageStatus;
 
 /// Worker side: evaluate the stage again with its upstream's hashes, then run it
 /// (with retries) if it is still dirty.
-pub(super) fn run_task(shared: &Shared<'_>, task: Task, tx: &Sender<Message>) {
+pub(super) fn run_task(shared: &Shared<'_>, task: Task, tx: &Producer<'_, Message>) {
     let idx = task.idx;
     let finish = |result| {
-        let _ = tx.send(Message::Finished { idx, result });
+        tx.push(Message::Finished { idx, result });
     };
     if shared.stopped() {
         return finish(TaskResult::NotStarted);
@@ -68,13 +68,15 @@ pub(super) fn run_task(shared: &Shared<'_>, task: Task, tx: &Sender<Message>) {
         // none starts once a failure is recorded.
         if shared.fail_fast || executor == ExecutorKind::Slurm {
             let (answer, recorded) = mpsc::channel();
-            let _ = tx.send(Message::Started { start: Box::new(start), recorded: Some(answer) });
+            tx.push(Message::Started { start: Box::new(start), recorded: Some(answer) });
             if !matches!(recorded.recv(), Ok(Ok(()))) {
                 // A retry refused still ends as the failure its last attempt was.
                 return finish(if attempt == 1 { TaskResult::NotStarted } else { TaskResult::RetryAbandoned });
             }
         } else {
-            let _ = tx.send(Message::Started { start: Box::new(start), recorded: None });
+            // Without waking the coordinator: it looks at least every `START_NOTICE`, and
+            // waking it at every start cost more than the announcement is worth.
+            tx.push_quietly(Message::Started { start: Box::new(start), recorded: None });
         }
         let started = Instant::now();
         let result = run_attempt(shared, idx, &eval, &log_path, token.as_deref().unwrap_or_default(), tx)
@@ -115,7 +117,7 @@ pub(super) fn run_task(shared: &Shared<'_>, task: Task, tx: &Sender<Message>) {
                     // a partial output took. Best effort: the failure is what gets reported.
                     let _ = remove_outputs(shared, idx);
                 }
-                let _ = tx.send(Message::Finished {
+                tx.push(Message::Finished {
                     idx,
                     result: TaskResult::AttemptFailed {
                         failure,
@@ -155,7 +157,7 @@ fn run_attempt(
     eval: &Evaluation,
     log_path: &str,
     token: &str,
-    tx: &Sender<Message>,
+    tx: &Producer<'_, Message>,
 ) -> Result<BTreeMap<String, f64>, AttemptFailure> {
     let spec = shared.eval.spec;
     let stage = &spec.stages[idx];
@@ -199,7 +201,7 @@ fn run_attempt(
     let stop_starting = || shared.stopped();
     let submitted = |job_id: &str| {
         let (answer, recorded) = mpsc::channel();
-        let _ = tx.send(Message::Submitted { idx, job_id: job_id.to_string(), recorded: answer });
+        tx.push(Message::Submitted { idx, job_id: job_id.to_string(), recorded: answer });
         matches!(recorded.recv(), Ok(Ok(())))
     };
     let control = Control { watchdog: &shared.watchdog, stop_starting: &stop_starting, submitted: &submitted };
