@@ -1,6 +1,6 @@
 //! Spec → DAG: edges from `after` and from inputs that other stages write.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use petgraph::Direction;
 use petgraph::graph::{DiGraph, NodeIndex};
@@ -139,17 +139,26 @@ impl Dag {
 #[derive(Debug, Clone, Default)]
 struct Producers {
     by_path: BTreeMap<String, StageIdx>,
+    /// Every directory above an output: only these have outputs inside them. Most inputs are
+    /// files, and asking, for each, what lies inside it took a fifth of building the graph.
+    above_outputs: HashSet<String>,
 }
 
 impl Producers {
     fn new(spec: &Spec) -> Producers {
         let mut by_path = BTreeMap::new();
+        let mut above_outputs = HashSet::new();
         for (idx, stage) in spec.stages.iter().enumerate() {
             for out in &stage.outputs {
                 by_path.insert(out.as_str().to_string(), idx);
+                for dir in out.ancestors() {
+                    if !above_outputs.insert(dir.to_string()) {
+                        break; // its own ancestors are in already
+                    }
+                }
             }
         }
-        Producers { by_path }
+        Producers { by_path, above_outputs }
     }
 
     fn producer_of(&self, path: &RelPath) -> Option<StageIdx> {
@@ -169,7 +178,9 @@ impl Producers {
         match input {
             Input::Path(path) => {
                 found.extend(self.producer_of(path));
-                found.extend(self.within(path.as_str()).map(|(_, &idx)| idx));
+                if self.above_outputs.contains(path.as_str()) {
+                    found.extend(self.within(path.as_str()).map(|(_, &idx)| idx));
+                }
             }
             Input::Glob(glob) => {
                 let prefix = glob.base();
@@ -355,6 +366,39 @@ mod tests {
             assert_eq!(dag.upstream(idx).collect::<Vec<_>>(), [gen_idx], "{name}");
         }
         assert_eq!(dag.upstream(s.stage_index("unrelated").unwrap()).count(), 0);
+    }
+
+    #[test]
+    fn a_directory_input_depends_on_every_stage_writing_anywhere_below_it() {
+        let s = spec(
+            r#"
+            [stages.first]
+            cmd = "x"
+            outputs = ["deep/x/y.txt"]
+            [stages.second]
+            cmd = "x"
+            outputs = ["deep/x/z.txt", "deep/w.txt"]
+            [stages.top]
+            cmd = "x"
+            inputs = ["deep"]
+            [stages.middle]
+            cmd = "x"
+            inputs = ["deep/x"]
+            [stages.beside]
+            cmd = "x"
+            inputs = ["deep/x/y"]
+            "#,
+        );
+        let dag = Dag::build(&s).unwrap();
+        let upstream = |name: &str| {
+            let mut names: Vec<&str> =
+                dag.upstream(s.stage_index(name).unwrap()).map(|up| s.stages[up].name.as_str()).collect();
+            names.sort_unstable();
+            names
+        };
+        assert_eq!(upstream("top"), ["first", "second"]);
+        assert_eq!(upstream("middle"), ["first", "second"]);
+        assert!(upstream("beside").is_empty());
     }
 
     #[test]
