@@ -18,11 +18,12 @@ use crate::state::{
     AttemptRow, RunId, StageAttempt, StageFailure, StageRunId, StageStatus, StageSuccess, State, StateError,
 };
 
-/// How long an attempt that did not wait for its row may run before the row is written. One
-/// that ends sooner (most stages of a large pipeline of small steps) has its row written
-/// whole in the transaction that records its end: one transaction a stage instead of two.
-/// One that runs longer gets its `running` row then, for `status` and the dashboard. Nothing
-/// depends on the row to end a killed build's attempt: its processes carry the run's prefix.
+/// How long an attempt that did not wait for its row may run before the row is written,
+/// counted from when the coordinator sees it start (at most `START_NOTICE` later). One that
+/// ends sooner (most stages of a large pipeline of small steps) has its row written whole in
+/// the transaction that records its end: one transaction a stage instead of two. One that
+/// runs longer gets its `running` row then, for `status` and the dashboard. Nothing depends
+/// on the row to end a killed build's attempt: its processes carry the run's prefix.
 pub(super) const START_ROW_DELAY: Duration = Duration::from_millis(100);
 
 /// The coordinator's bookkeeping: which stage is where, and the database.

@@ -50,7 +50,7 @@ impl<T> Queue<T> {
     }
 
     /// Appends `item` and wakes one waiting thread; on a closed queue, drops it.
-    pub(super) fn push(&self, item: T) {
+    fn push(&self, item: T) {
         if self.append(item) {
             self.ready.notify_one();
         }
@@ -58,7 +58,7 @@ impl<T> Queue<T> {
 
     /// Appends `item` without waking anyone: a consumer finds it at its next pop, which the
     /// caller knows comes soon enough (a pop with a deadline).
-    pub(super) fn push_quietly(&self, item: T) {
+    fn push_quietly(&self, item: T) {
         self.append(item);
     }
 
@@ -163,16 +163,33 @@ mod tests {
     use std::time::Duration;
 
     #[test]
-    fn items_come_out_in_order_and_a_closed_queue_drops_what_it_held() {
+    fn items_come_out_in_order_and_a_closed_queue_drops_what_it_held_and_is_given() {
         let queue = Queue::new();
         let producer = queue.producer();
-        producer.push(1);
-        producer.push(2);
-        assert_eq!(queue.pop(None), Ok(1));
+        let (held, held_answer) = std::sync::mpsc::channel::<()>();
+        let (given, given_answer) = std::sync::mpsc::channel::<()>();
+        producer.push(None);
+        producer.push(Some(held));
+        assert!(matches!(queue.pop(None), Ok(None)));
         queue.close();
-        assert_eq!(queue.pop(None), Err(Empty::Gone));
-        producer.push(3);
-        assert_eq!(queue.pop(None), Err(Empty::Gone));
+        assert!(held_answer.recv().is_err(), "what the queue held is dropped");
+        assert!(matches!(queue.pop(None), Err(Empty::Gone)));
+        producer.push(Some(given));
+        assert!(given_answer.recv().is_err(), "what a closed queue is given is dropped");
+        assert!(matches!(queue.pop(None), Err(Empty::Gone)));
+    }
+
+    #[test]
+    fn an_item_pushed_quietly_is_found_by_the_next_pop() {
+        let queue = Queue::new();
+        let producer = queue.producer();
+        std::thread::scope(|scope| {
+            let waiter = scope.spawn(|| queue.pop(Some(Instant::now() + Duration::from_millis(50))));
+            // Nobody is woken: a waiter finds the item when its deadline passes, one that has
+            // not begun to wait finds it at once. Either way it gets it, not a time-out.
+            producer.push_quietly(5);
+            assert_eq!(waiter.join().unwrap(), Ok(5));
+        });
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! worker threads, and records every finished stage in one transaction.
 //!
 //! The coordinator (the calling thread) owns the state database and the bookkeeping;
-//! workers evaluate and run stages and report back through a queue (`queue.rs`). A stage
+//! workers evaluate and run stages and report back through a queue (`handoff.rs`). A stage
 //! left dirty only because its upstream was dirty is evaluated again once that upstream is
 //! done, with the upstream's new output hash: if nothing it reads changed, it is cut off.
 //!
@@ -14,10 +14,10 @@ mod attempt;
 mod cached;
 mod coordinator;
 mod group;
+mod handoff;
 mod local;
 mod log;
 mod outputs;
-mod queue;
 mod runner;
 mod schedule;
 pub mod slurm;
@@ -43,7 +43,7 @@ use crate::planner::{DirtyReason, EvalContext, Evaluation, Plan, Verdict};
 use crate::spec::{ExecutorKind, StageIdx};
 use crate::state::{Run, RunCounts, RunId, State, StateError};
 use coordinator::Coordinator;
-use queue::{CloseOnDrop, Empty, Producer, Queue};
+use handoff::{CloseOnDrop, Empty, Producer, Queue};
 use schedule::Schedule;
 use task::run_task;
 use watchdog::Watchdog;
@@ -86,7 +86,8 @@ struct Task {
 enum Message {
     /// An attempt starts. With `recorded` (a cluster job, or any attempt under --fail-fast) it
     /// waits until the coordinator has recorded it and answered; without, it starts at once
-    /// (sent just before the spawn), its processes carrying its run's prefix.
+    /// (posted just before the spawn, without waking the coordinator, which sees it within
+    /// `START_NOTICE`), its processes carrying its run's prefix.
     Started {
         start: Box<AttemptStart>,
         /// Where to say once the attempt is recorded, when the worker waits for that before it
@@ -262,14 +263,15 @@ pub fn execute(
     let tasks = Queue::<Task>::new();
     let messages = Queue::<Message>::new();
     std::thread::scope(|scope| {
-        // Closed however this scope ends, so that even a panic below ends the workers (and,
-        // with the guard below, stops the watchdog): the scope then joins every thread
-        // instead of waiting forever. Closing the messages drops them, so that a worker
-        // waiting for the answer to its `Started` gets an error, not a hang.
-        let _tasks_guard = CloseOnDrop(&tasks);
+        // Guards, dropped in the reverse order, however this scope ends: even on a panic below,
+        // the tasks queued ahead are dropped first, so that a worker starts nothing more and
+        // ends after the stage it runs; then the watchdog stops; then the messages are
+        // dropped, so that a worker waiting for the answer to its `Started` gets an error, not
+        // a hang. The scope then joins every thread instead of waiting forever.
         let _messages_guard = CloseOnDrop(&messages);
         let _watchdog_guard = StopOnDrop(&shared.watchdog);
         let handing_out = tasks.producer();
+        let _tasks_guard = CloseOnDrop(&tasks);
         let (tasks, shared_ref) = (&tasks, &shared);
         for _ in 0..workers {
             let tx = messages.producer();
@@ -293,6 +295,8 @@ pub fn execute(
         // trivial stages): one stage per worker is handed out ahead. Under --fail-fast none
         // is, so that no stage starts after a failure not yet seen here.
         let depth = if opts.fail_fast { workers } else { workers * 2 };
+        // Under --fail-fast every start waits for its row and wakes this thread.
+        let look_again = (!opts.fail_fast).then_some(START_NOTICE);
         let mut outstanding = 0usize;
         loop {
             while outstanding < depth {
@@ -312,7 +316,7 @@ pub fn execute(
             if outstanding == 0 {
                 break; // nothing running and, by the loop above, nothing ready
             }
-            let message = next_message(&messages, &mut coordinator, &shared.stop)
+            let message = next_message(&messages, &mut coordinator, &shared.stop, look_again)
                 .expect("a worker holds a producer while tasks are outstanding");
             if let Message::Finished { result, .. } = &message
                 && !matches!(result, TaskResult::AttemptFailed { final_attempt: false, .. })
@@ -332,17 +336,22 @@ pub fn execute(
 /// The next message from the workers, writing the rows of running attempts as they fall due
 /// meanwhile; `None` once every worker has gone.
 ///
-/// A worker announces a start without waking this thread, so the wait is never longer than
-/// [`START_NOTICE`]: a start is seen (announced, and its row made due) at most that late.
+/// A worker announces a start that waits for nothing without waking this thread, so the wait
+/// is never longer than `look_again` ([`START_NOTICE`] when there can be such starts): a start
+/// is seen (announced, and its row made due) at most that late.
 fn next_message(
     messages: &Queue<Message>,
     coordinator: &mut Coordinator<'_, '_>,
     stop: &AtomicBool,
+    look_again: Option<Duration>,
 ) -> Option<Message> {
     loop {
-        let look_again = Instant::now() + START_NOTICE;
-        let deadline = coordinator.next_due().map_or(look_again, |due| due.min(look_again));
-        match messages.pop(Some(deadline)) {
+        let look_again = look_again.map(|wait| Instant::now() + wait);
+        let deadline = match (coordinator.next_due(), look_again) {
+            (Some(due), Some(again)) => Some(due.min(again)),
+            (due, again) => due.or(again),
+        };
+        match messages.pop(deadline) {
             Ok(message) => return Some(message),
             Err(Empty::TimedOut) => coordinator.record_due(stop),
             Err(Empty::Gone) => return None,
