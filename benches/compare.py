@@ -1,20 +1,25 @@
 #!/usr/bin/env python3
 """dagrun beside ninja, make, DVC and Snakemake on the same generated pipelines.
 
-For each size and shape (benches/gen_pipeline.py) and each tool it measures, one command
-at a time: the full build at -j 2, the no-op build, status (or dry run), one source edited
-(a line appended) and one source touched (mtime only). Each cell is the median wall time,
-the peak RSS of one run, and for edit/touch how many stages re-ran (outputs whose mtime
-changed). Writes BENCHMARKS.md (or --out) with the command, versions, date and machine.
+For each size and shape (benches/gen_pipeline.py) it measures every tool, each in a copy of
+the pipeline of its own: the full build at -j 2, the no-op build, status (or dry run), one
+source edited (a line appended) and one source touched (mtime only). Within a cell the tools
+take turns, one run each, the first of each round rotating, so that a shared machine's drift
+falls on all of them alike (measured one tool after another, the same code's ratio to
+ninja moved by up to a third between runs). Each cell is the median wall time, the peak RSS
+of one run, and for edit/touch how many stages re-ran (outputs whose mtime changed). Writes
+BENCHMARKS.md (or --out) with the command, versions, date and machine.
 
 usage: benches/compare.py [--sizes 100,1000,10000,100000] [--shapes chains]
                           [--peer-max 1000] [--out BENCHMARKS.md]
 
-Runs per cell: 5 when a command takes under 2 s, 3 under 20 s, else 1 (as the peers'
-anchor figures were taken). DVC and Snakemake run up to --peer-max stages; a DVC full
-build over 100 stages takes minutes (over 300 s at 1,000), so above that its built state
-is seeded with make plus `dvc commit -f` and the full cell says so. Installs ninja, make
-and GNU time with apt, and DVC and Snakemake in target/bench-venv, when missing.
+Runs per cell, from a tool's first run: 11 when it took under 0.5 s, 5 under 2 s, 3 under
+20 s, else 1 (as the peers' anchor figures were taken, but for more runs of the quickest).
+DVC and Snakemake run up to --peer-max stages; a DVC full build over 100 stages takes
+minutes (over 300 s at 1,000), so above that its built state is seeded with make plus
+`dvc commit -f` and the full cell says so. Every tool's copy exists at once, in a temporary
+directory (three copies of 100,000 files at the largest size without the peers). Installs
+ninja, make and GNU time with apt, and DVC and Snakemake in target/bench-venv, when missing.
 DAGRUN_BIN=/path/to/dagrun uses that binary instead of `cargo build --release`.
 """
 import argparse
@@ -96,21 +101,37 @@ def mtimes(cwd):
     return {name: os.stat(os.path.join(out, name)).st_mtime_ns for name in os.listdir(out)}
 
 
-def cell(cmd, cwd, prepare=None):
-    """Median wall, peak RSS and stages re-run over adaptive runs."""
-    walls, rss, reran = [], 0, None
-    while True:
-        if prepare:
-            prepare()
-        before = mtimes(cwd)
-        wall, peak = timed(cmd, cwd)
-        after = mtimes(cwd)
-        walls.append(wall)
-        rss = max(rss, peak)
-        reran = sum(1 for name, t in after.items() if before.get(name) != t)
-        wanted = 5 if wall < 2 else 3 if wall < 20 else 1
-        if len(walls) >= wanted:
-            return statistics.median(walls), rss, reran
+def runs_wanted(wall):
+    """How many runs a cell takes, from its first: more for quick commands, whose noise on a
+    shared machine is a larger share of their time."""
+    return 11 if wall < 0.5 else 5 if wall < 2 else 3 if wall < 20 else 1
+
+
+def cell(tools, command, prepare=None):
+    """Median wall, peak RSS and stages re-run of one command for each tool (`tools` maps a
+    tool to its pipeline directory). The tools take turns, run by run, the first of each
+    round rotating, so that the machine's drift over the cell falls on all of them alike."""
+    walls = {tool: [] for tool in tools}
+    rss = {tool: 0 for tool in tools}
+    reran = {}
+    wanted = {tool: 1 for tool in tools}
+    order = list(tools)
+    while any(len(walls[tool]) < wanted[tool] for tool in tools):
+        for tool in order:
+            if len(walls[tool]) >= wanted[tool]:
+                continue
+            cwd = tools[tool]
+            if prepare:
+                prepare(tool)
+            before = mtimes(cwd)
+            wall, peak = timed(command(tool), cwd)
+            after = mtimes(cwd)
+            walls[tool].append(wall)
+            rss[tool] = max(rss[tool], peak)
+            reran[tool] = sum(1 for name, t in after.items() if before.get(name) != t)
+            wanted[tool] = runs_wanted(walls[tool][0])
+        order = order[1:] + order[:1]
+    return {tool: (statistics.median(walls[tool]), rss[tool], reran[tool]) for tool in tools}
 
 
 def seed_dvc(cwd):
@@ -119,31 +140,53 @@ def seed_dvc(cwd):
     sh([os.path.join(VENV, "bin", "dvc"), "commit", "-f", "-q"], cwd=cwd)
 
 
-def measure(tool, n, shape, dagrun, work):
-    cwd = os.path.join(work, f"{tool}-{n}-{shape}")
-    src = sh([sys.executable, os.path.join(HERE, "gen_pipeline.py"), cwd, str(n), shape]).stdout.strip()
-    src_path = os.path.join(cwd, src)
-    if tool == "dvc":
-        sh([os.path.join(VENV, "bin", "dvc"), "init", "--no-scm", "-q"], cwd=cwd)
-    build, status, clean = commands(tool, dagrun)
-    row = {"tool": tool, "n": n, "shape": shape}
-    if tool == "dvc" and n > DVC_FULL_MAX:
-        seed_dvc(cwd)
-        row["full"] = None
-    else:
-        row["full"] = cell(build, cwd, prepare=lambda: sh(clean, cwd=cwd))
-    sh(build, cwd=cwd)  # whatever the full cell left, start the rest from a built tree
-    row["noop"] = cell(build, cwd)
-    row["status"] = cell(status, cwd)
+def measure(tools, n, shape, dagrun, work):
+    """Every cell of every tool at one size and shape, each tool in a directory of its own."""
+    dirs, sources = {}, {}
+    for tool in tools:
+        cwd = os.path.join(work, f"{tool}-{n}-{shape}")
+        src = sh([sys.executable, os.path.join(HERE, "gen_pipeline.py"), cwd, str(n), shape]).stdout.strip()
+        dirs[tool], sources[tool] = cwd, os.path.join(cwd, src)
+        if tool == "dvc":
+            sh([os.path.join(VENV, "bin", "dvc"), "init", "--no-scm", "-q"], cwd=cwd)
 
-    def edit():
-        with open(src_path, "a") as f:
+    def build(tool):
+        return commands(tool, dagrun)[0]
+
+    def status(tool):
+        return commands(tool, dagrun)[1]
+
+    def clean(tool):
+        sh(commands(tool, dagrun)[2], cwd=dirs[tool])
+
+    def edit(tool):
+        with open(sources[tool], "a") as f:
             f.write("edit\n")
 
-    row["edit"] = cell(build, cwd, prepare=edit)
-    row["touch"] = cell(build, cwd, prepare=lambda: os.utime(src_path))
-    shutil.rmtree(cwd, ignore_errors=True)
-    return row
+    def touch(tool):
+        os.utime(sources[tool])
+
+    rows = {tool: {"tool": tool, "n": n, "shape": shape} for tool in tools}
+    full = {tool: cwd for tool, cwd in dirs.items() if not (tool == "dvc" and n > DVC_FULL_MAX)}
+    for tool in dirs.keys() - full.keys():
+        seed_dvc(dirs[tool])
+        rows[tool]["full"] = None
+    for name, cells_tools, command, prepare in [
+        ("full", full, build, clean),
+        ("noop", dirs, build, None),
+        ("status", dirs, status, None),
+        ("edit", dirs, build, edit),
+        ("touch", dirs, build, touch),
+    ]:
+        print(f"{n} {shape}: {name}", file=sys.stderr, flush=True)
+        for tool, result in cell(cells_tools, command, prepare).items():
+            rows[tool][name] = result
+        if name == "full":
+            for tool, cwd in dirs.items():
+                sh(build(tool), cwd=cwd)  # whatever the full cell left, go on from a built tree
+    for cwd in dirs.values():
+        shutil.rmtree(cwd, ignore_errors=True)
+    return [rows[tool] for tool in tools]
 
 
 def fmt_time(seconds):
@@ -178,11 +221,8 @@ def main():
     with tempfile.TemporaryDirectory(prefix="dagrun-compare-") as work:
         for n in sizes:
             for shape in shapes:
-                for tool in ["dagrun", "ninja", "make", "dvc", "snakemake"]:
-                    if tool in PEERS and n > args.peer_max:
-                        continue
-                    print(f"{tool} {n} {shape}", file=sys.stderr, flush=True)
-                    rows.append(measure(tool, n, shape, dagrun, work))
+                tools = [t for t in ["dagrun", "ninja", "make", "dvc", "snakemake"] if t not in PEERS or n <= args.peer_max]
+                rows += measure(tools, n, shape, dagrun, work)
     write_report(args, rows, started, dagrun)
 
 
@@ -204,23 +244,28 @@ def write_report(args, rows, started, dagrun):
         ]) + ".",
         "",
         "Each stage is `cat INPUTS > OUT && echo NAME >> OUT` (benches/gen_pipeline.py); chains =",
-        "round(sqrt(N-1)) independent chains and one fan-in sink. Each cell: median wall time,",
+        "round(sqrt(N-1)) independent chains and one fan-in sink. The tools take turns within a",
+        "cell, one run each, each in its own copy of the pipeline. Each cell: median wall time,",
         "peak RSS of the command, and for edit and touch the stages that re-ran (outputs",
         "rewritten). full: from scratch, `-j 2` (dagrun with its run-cache on, storing every",
         "output); no-op: the build again; status: `dagrun status`, `ninja -n`, `make -n`, `dvc",
         "status`, `snakemake -n`; edit: a line appended to one source; touch: its mtime bumped.",
         "",
-        "| tool | N | full | no-op | status | edit (re-ran) | touch (re-ran) | no-op µs/stage | no-op vs ninja |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| tool | N | full | no-op | status | edit (re-ran) | touch (re-ran) | no-op µs/stage | full vs ninja | no-op vs ninja |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    ninja_noop = {(r["n"], r["shape"]): r["noop"][0] for r in rows if r["tool"] == "ninja"}
+    ninja = {(r["n"], r["shape"]): r for r in rows if r["tool"] == "ninja"}
+
+    def vs_ninja(r, name):
+        theirs = ninja.get((r["n"], r["shape"]), {}).get(name)
+        return f"{r[name][0] / theirs[0]:.2f}×" if r[name] and theirs else "–"
+
     for r in rows:
-        noop = r["noop"][0]
-        ratio = noop / ninja_noop[(r["n"], r["shape"])] if (r["n"], r["shape"]) in ninja_noop else float("nan")
         shape = "" if r["shape"] == "chains" else f" ({r['shape']})"
         lines.append(
             f"| {r['tool']} | {r['n']:,}{shape} | {fmt(r['full'])} | {fmt(r['noop'])} | {fmt(r['status'])} | "
-            f"{fmt(r['edit'], True)} | {fmt(r['touch'], True)} | {noop / r['n'] * 1e6:.1f} | {ratio:.2f}× |"
+            f"{fmt(r['edit'], True)} | {fmt(r['touch'], True)} | {r['noop'][0] / r['n'] * 1e6:.1f} | "
+            f"{vs_ninja(r, 'full')} | {vs_ninja(r, 'noop')} |"
         )
     lines += [
         "",
