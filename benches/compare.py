@@ -6,8 +6,8 @@ the pipeline of its own: the full build at -j 2, the no-op build, status (or dry
 source edited (a line appended) and one source touched (mtime only). Within a cell the tools
 take turns, one run each, the first of each round rotating, so that a shared machine's drift
 falls on all of them alike (measured one tool after another, the same code's ratio to
-ninja moved by up to a third between runs). Each cell is the median wall time, the peak RSS
-of one run, and for edit/touch how many stages re-ran (outputs whose mtime changed). Writes
+ninja moved by a third or more between runs). Each cell is the median wall time, the peak RSS
+over its runs, and for edit/touch how many stages re-ran (outputs whose mtime changed). Writes
 BENCHMARKS.md (or --out) with the command, versions, date and machine.
 
 usage: benches/compare.py [--sizes 100,1000,10000,100000] [--shapes chains]

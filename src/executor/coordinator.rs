@@ -19,7 +19,7 @@ use crate::state::{
 };
 
 /// How long an attempt that did not wait for its row may run before the row is written,
-/// counted from when the coordinator sees it start (at most `START_NOTICE` later). One that
+/// counted from when the coordinator sees it start (see `START_NOTICE`). One that
 /// ends sooner (most stages of a large pipeline of small steps) has its row written whole in
 /// the transaction that records its end: one transaction a stage instead of two. One that
 /// runs longer gets its `running` row then, for `status` and the dashboard. Nothing depends

@@ -17,10 +17,10 @@ use crate::state::StageStatus;
 
 /// Worker side: evaluate the stage again with its upstream's hashes, then run it
 /// (with retries) if it is still dirty.
-pub(super) fn run_task(shared: &Shared<'_>, task: Task, tx: &Producer<'_, Message>) {
+pub(super) fn run_task(shared: &Shared<'_>, task: Task, to_coordinator: &Producer<'_, Message>) {
     let idx = task.idx;
     let finish = |result| {
-        tx.push(Message::Finished { idx, result });
+        to_coordinator.push(Message::Finished { idx, result });
     };
     if shared.stopped() {
         return finish(TaskResult::NotStarted);
@@ -68,18 +68,17 @@ pub(super) fn run_task(shared: &Shared<'_>, task: Task, tx: &Producer<'_, Messag
         // none starts once a failure is recorded.
         if shared.fail_fast || executor == ExecutorKind::Slurm {
             let (answer, recorded) = mpsc::channel();
-            tx.push(Message::Started { start: Box::new(start), recorded: Some(answer) });
+            to_coordinator.push(Message::Started { start: Box::new(start), recorded: Some(answer) });
             if !matches!(recorded.recv(), Ok(Ok(()))) {
                 // A retry refused still ends as the failure its last attempt was.
                 return finish(if attempt == 1 { TaskResult::NotStarted } else { TaskResult::RetryAbandoned });
             }
         } else {
-            // Without waking the coordinator: it looks at least every `START_NOTICE`, and
-            // waking it at every start cost more than the announcement is worth.
-            tx.push_quietly(Message::Started { start: Box::new(start), recorded: None });
+            // Without waking the coordinator (see `START_NOTICE`).
+            to_coordinator.push_quietly(Message::Started { start: Box::new(start), recorded: None });
         }
         let started = Instant::now();
-        let result = run_attempt(shared, idx, &eval, &log_path, token.as_deref().unwrap_or_default(), tx)
+        let result = run_attempt(shared, idx, &eval, &log_path, token.as_deref().unwrap_or_default(), to_coordinator)
             .and_then(|metrics| collect_outputs(shared, idx, &eval).map(|(outputs, moved)| (outputs, moved, metrics)))
             .and_then(|(outputs, moved, mut metrics)| {
                 read_declared_metrics(shared, idx, &mut metrics)?;
@@ -117,7 +116,7 @@ pub(super) fn run_task(shared: &Shared<'_>, task: Task, tx: &Producer<'_, Messag
                     // a partial output took. Best effort: the failure is what gets reported.
                     let _ = remove_outputs(shared, idx);
                 }
-                tx.push(Message::Finished {
+                to_coordinator.push(Message::Finished {
                     idx,
                     result: TaskResult::AttemptFailed {
                         failure,
@@ -157,7 +156,7 @@ fn run_attempt(
     eval: &Evaluation,
     log_path: &str,
     token: &str,
-    tx: &Producer<'_, Message>,
+    to_coordinator: &Producer<'_, Message>,
 ) -> Result<BTreeMap<String, f64>, AttemptFailure> {
     let spec = shared.eval.spec;
     let stage = &spec.stages[idx];
@@ -201,7 +200,7 @@ fn run_attempt(
     let stop_starting = || shared.stopped();
     let submitted = |job_id: &str| {
         let (answer, recorded) = mpsc::channel();
-        tx.push(Message::Submitted { idx, job_id: job_id.to_string(), recorded: answer });
+        to_coordinator.push(Message::Submitted { idx, job_id: job_id.to_string(), recorded: answer });
         matches!(recorded.recv(), Ok(Ok(())))
     };
     let control = Control { watchdog: &shared.watchdog, stop_starting: &stop_starting, submitted: &submitted };
