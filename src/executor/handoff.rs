@@ -49,19 +49,12 @@ impl<T> Queue<T> {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Appends `item` and wakes one waiting thread; on a closed queue, drops it.
-    fn push(&self, item: T) {
-        if self.append(item) {
-            self.ready.notify_one();
-        }
-    }
-
     /// Appends `item` (or drops it, on a closed queue); whether a thread waits for one.
     fn append(&self, item: T) -> bool {
         let mut inner = self.lock();
         if inner.closed {
             drop(inner);
-            drop(item);
+            drop(item); // outside the lock, as in `close`
             return false;
         }
         inner.items.push_back(item);
@@ -120,8 +113,11 @@ impl<T> Queue<T> {
 pub(super) struct Producer<'q, T>(&'q Queue<T>);
 
 impl<T> Producer<'_, T> {
+    /// Appends `item` and wakes one waiting thread; on a closed queue, drops it.
     pub(super) fn push(&self, item: T) {
-        self.0.push(item);
+        if self.0.append(item) {
+            self.0.ready.notify_one();
+        }
     }
 
     /// Appends `item` without waking anyone: a consumer finds it at its next pop, which the

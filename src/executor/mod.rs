@@ -347,12 +347,8 @@ fn next_message(
     look_again: Option<Duration>,
 ) -> Option<Message> {
     loop {
-        let look_again = look_again.map(|wait| Instant::now() + wait);
-        let deadline = match (coordinator.next_due(), look_again) {
-            (Some(due), Some(again)) => Some(due.min(again)),
-            (due, again) => due.or(again),
-        };
-        match messages.pop(deadline) {
+        let again = look_again.map(|wait| Instant::now() + wait);
+        match messages.pop([coordinator.next_due(), again].into_iter().flatten().min()) {
             Ok(message) => return Some(message),
             Err(Empty::TimedOut) => coordinator.record_due(stop),
             Err(Empty::Gone) => return None,
