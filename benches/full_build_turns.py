@@ -4,18 +4,20 @@
 usage: full_build_turns.py PIPELINE_DIR ROUNDS LABEL=COMMAND... [ninja=ninja]
 
 PIPELINE_DIR is a pipeline from gen_pipeline.py (on tmpfs for steadier numbers). Each tool
-gets its own copy of it (PIPELINE_DIR.0, .1, ...) and runs in it. COMMAND is a dagrun binary
-and its arguments, e.g. `base=/tmp/dagrun-before build -j 2 -q`; `ninja` runs `ninja -j 2`.
-Every round cleans each copy (outputs, .dagrun, ninja's log) and builds it once, the first
-tool rotating from round to round.
+gets its own copy of it (PIPELINE_DIR.0, .1, ...) and runs in it. COMMAND is a dagrun binary,
+by absolute path, and its arguments, e.g. `base=/tmp/dagrun-before build -j 2 -q`; `ninja`
+runs `ninja -j 2`. Every round cleans each copy (outputs, .dagrun, ninja's log) and builds it
+once, the first tool rotating from round to round.
 
 For each tool it prints the medians of the wall time (and its ratio to the last tool's), the
 CPU of the whole build (user and system, the stages included) and the CPU of the tool's own
-process alone: read from /proc/PID/stat once the process has exited and before it is reaped,
-so it leaves out the stages, which cost the same under every tool but vary with the machine
-(on a shared virtual machine the dynamic loader's `cpuid` calls in every `sh` and `cat` are
-most of a build's CPU). The own CPU has the kernel's 10 ms resolution; it is the steadier
-figure for comparing two dagrun binaries, the wall time the one the issue's targets are set in.
+process alone, with the lowest and highest of the rounds. The own CPU is the process's
+`utime` and `stime` in /proc/PID/stat, read once it has exited but before it is reaped (so
+that /proc/PID is still there): they count all its threads and none of the stages. The
+stages cost the same under every tool but move with the machine (on a shared virtual machine
+the dynamic loader's `cpuid` calls in every `sh` and `cat` were about 40% of a build's CPU
+samples). The own CPU has the kernel's 10 ms resolution; compare it between binaries of one
+set: between sets an hour apart, the same binary's own CPU moved by a quarter.
 """
 import os
 import resource
@@ -77,9 +79,11 @@ def main():
     last = statistics.median(w for w, _, _ in results[tools[-1][0]])
     for label, _ in tools:
         wall, total, own = (statistics.median(x[i] for x in results[label]) for i in range(3))
+        owns = [x[2] for x in results[label]]
         print(
             f"{label:10s} wall {wall:.3f} s ({wall / last:.3f}x {tools[-1][0]})  "
-            f"cpu {total:.3f} s (utilization {total / wall:.2f})  own cpu {own:.3f} s"
+            f"cpu {total:.3f} s (utilization {total / wall:.2f})  "
+            f"own cpu {own:.3f} s ({min(owns):.2f} to {max(owns):.2f})"
         )
 
 
