@@ -44,10 +44,11 @@ const WAL_TRIM_BYTES: u64 = 64 * 4096;
 
 /// How long a build lets the write-ahead log grow before it copies it into the database (about
 /// 40 MiB of 4 KiB pages; SQLite's default is 1,000). Each stage's transaction appends about
-/// ten pages, mostly the same few, so a checkpoint every hundred stages copied the same pages
-/// again and again (with two fsyncs each time): ten times fewer checkpoints took 5 to 6% off
-/// a full build's own CPU on ext4 and a tenth off its commits on tmpfs. A build leaving the
-/// log over `WAL_TRIM_BYTES` checkpoints and truncates it at its end (`trim_wal`).
+/// ten pages (eleven in a 50-stage build's trace), mostly the same few, so a checkpoint every
+/// hundred stages copied the same pages again and again, syncing each time: ten times fewer
+/// checkpoints took 5 to 6% off a full build's own CPU on ext4 and 11 to 18% off its commits
+/// on tmpfs. A build leaving the log over `WAL_TRIM_BYTES` checkpoints and truncates it at
+/// its end (`trim_wal`).
 const BUILD_CHECKPOINT_FRAMES: i64 = 10_000;
 
 /// The newest schema version this dagrun knows.
