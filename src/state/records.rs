@@ -604,41 +604,34 @@ mod tests {
 
         let succeeded = rows_of(&state, "ran");
         assert_eq!(rows_of(&state, "quick"), succeeded);
-        let text = |value: &rusqlite::types::Value| match value {
-            rusqlite::types::Value::Text(text) => text.clone(),
-            rusqlite::types::Value::Integer(number) => number.to_string(),
-            rusqlite::types::Value::Null => "NULL".to_string(),
-            other => format!("{other:?}"),
-        };
-        let columns =
-            |row: &[rusqlite::types::Value], at: &[usize]| at.iter().map(|&i| text(&row[i])).collect::<Vec<_>>();
+        use rusqlite::types::Value::{Integer, Null, Text};
         // status, finished_at, duration_ms, fingerprint, output_hash, error, metrics
-        let ends = [2, 5, 6, 7, 8, 9, 11];
+        let ends = |row: &[rusqlite::types::Value]| [2, 5, 6, 7, 8, 9, 11].map(|i| row[i].clone());
         assert_eq!(
-            columns(&succeeded[0], &ends),
+            ends(&succeeded[0]),
             [
-                "success".to_string(),
-                timestamp(started + Duration::from_millis(2_500)),
-                "2500".into(),
-                Fingerprint(hash(1)).to_hex(),
-                OutputHash(hash(2)).to_hex(),
-                "NULL".into(),
-                r#"{"loss":0.5}"#.into()
+                Text("success".into()),
+                Text(timestamp(started + Duration::from_millis(2_500))),
+                Integer(2_500),
+                Text(Fingerprint(hash(1)).to_hex()),
+                Text(OutputHash(hash(2)).to_hex()),
+                Null,
+                Text(r#"{"loss":0.5}"#.into())
             ]
         );
 
         let failed = rows_of(&state, "ran_and_failed");
         assert_eq!(rows_of(&state, "failed_quickly"), failed);
         assert_eq!(
-            columns(&failed[0], &ends),
+            ends(&failed[0]),
             [
-                "failed".to_string(),
-                timestamp(started + Duration::from_millis(700)),
-                "700".into(),
-                "NULL".into(),
-                "NULL".into(),
-                "exit status 3".into(),
-                "NULL".into()
+                Text("failed".into()),
+                Text(timestamp(started + Duration::from_millis(700))),
+                Integer(700),
+                Null,
+                Null,
+                Text("exit status 3".into()),
+                Null
             ]
         );
     }
