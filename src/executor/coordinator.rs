@@ -93,9 +93,18 @@ impl Coordinator<'_, '_> {
         }
     }
 
-    /// When the oldest attempt without its row is due to have it written.
-    pub(super) fn next_due(&self) -> Option<Instant> {
-        self.due.front().map(|&(at, _, _)| at)
+    /// When the oldest attempt still without its row is due to have it written. The entries
+    /// of attempts that ended first (their row went with their end) are dropped on the way:
+    /// in a pipeline of short steps nearly every attempt ends first, and waiting for its
+    /// entry woke this thread, and interrupted a stage's process, once a stage for nothing.
+    pub(super) fn next_due(&mut self) -> Option<Instant> {
+        while let Some(&(at, idx, attempt)) = self.due.front() {
+            if self.unrecorded[idx].as_ref().is_some_and(|start| start.attempt == attempt) {
+                return Some(at);
+            }
+            self.due.pop_front();
+        }
+        None
     }
 
     /// Writes the rows of the attempts that have run for [`START_ROW_DELAY`] and still run.
