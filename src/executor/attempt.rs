@@ -54,6 +54,11 @@ pub struct Control<'a> {
     /// A cluster executor reports the job id it was given; `true` once the state has recorded
     /// it (the job may then start), `false` if it could not be.
     pub submitted: &'a (dyn Fn(&str) -> bool + Sync),
+    /// To call once the attempt runs (its process started, its job submitted). The worker's
+    /// report of the stage it ran before may wait for this, so that the coordinator does not
+    /// wake while the attempt's process is being started (see `executor::report`); without
+    /// the call, the coordinator reads that report up to `START_NOTICE` later.
+    pub running: &'a (dyn Fn() + Sync),
 }
 
 /// Where an attempt runs.

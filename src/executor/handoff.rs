@@ -90,6 +90,12 @@ impl<T> Queue<T> {
         }
     }
 
+    /// The oldest item, if one is queued now.
+    pub(super) fn try_pop(&self) -> Option<T> {
+        let mut inner = self.lock();
+        if inner.closed { None } else { inner.items.pop_front() }
+    }
+
     /// Closes the queue: what it holds is dropped, pops return `Gone`, pushes drop their item.
     pub(super) fn close(&self) {
         let items = {
@@ -121,9 +127,20 @@ impl<T> Producer<'_, T> {
     }
 
     /// Appends `item` without waking anyone: a consumer finds it at its next pop, which the
-    /// caller knows comes soon enough (a pop with a deadline).
+    /// caller knows comes soon enough (a pop with a deadline, or a later `wake`).
     pub(super) fn push_quietly(&self, item: T) {
         self.0.append(item);
+    }
+
+    /// Wakes one waiting thread, if one waits and there is something for it.
+    pub(super) fn wake(&self) {
+        let wanted = {
+            let inner = self.0.lock();
+            inner.waiting > 0 && !inner.items.is_empty()
+        };
+        if wanted {
+            self.0.ready.notify_one();
+        }
     }
 }
 

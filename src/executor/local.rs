@@ -7,10 +7,27 @@ use std::path::PathBuf;
 use super::attempt::{Attempt, Control, Executor, Work};
 use super::log::AttemptLog;
 use super::runner::{self, AttemptFailure, ShellJob};
+use super::spawn::BaseEnvironment;
 use crate::builtin::BuiltinContext;
 
 /// Runs attempts on this machine.
-pub struct Local;
+pub struct Local {
+    /// What each shell attempt's environment starts from.
+    base_env: BaseEnvironment,
+}
+
+impl Local {
+    /// For one build: its shell attempts get dagrun's environment as it is now.
+    pub fn new() -> Local {
+        Local { base_env: BaseEnvironment::capture(runner::is_stage_variable) }
+    }
+}
+
+impl Default for Local {
+    fn default() -> Local {
+        Local::new()
+    }
+}
 
 impl Executor for Local {
     fn run(&self, attempt: &Attempt<'_>, control: &Control<'_>) -> Result<BTreeMap<String, f64>, AttemptFailure> {
@@ -21,11 +38,13 @@ impl Executor for Local {
                 let job = ShellJob {
                     stage: stage.name.as_str(),
                     command: &command.script,
+                    base_env: &self.base_env,
                     env: &command.env,
                     root: attempt.root,
                     log: &mut log,
                     timeout: stage.timeout,
                     token: attempt.token,
+                    on_spawned: control.running,
                 };
                 runner::run_shell(job, control.watchdog).map(|()| BTreeMap::new())
             }
@@ -35,6 +54,7 @@ impl Executor for Local {
                     .map_err(|e| AttemptFailure::failed(format!("cannot create log {}: {e}", attempt.log.display())))?;
                 let mut metrics = BTreeMap::new();
                 let watch = control.watchdog.watch_builtin(stage.timeout);
+                (control.running)();
                 let ctx = BuiltinContext {
                     stage: stage.name.as_str(),
                     root: attempt.root,

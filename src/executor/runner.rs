@@ -1,10 +1,13 @@
 //! Runs one attempt of one stage: a shell command or a built-in, with its log.
 
+use std::ffi::{CStr, CString};
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::process::ExitStatus;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -12,6 +15,7 @@ use rustix::process::PidfdFlags;
 
 use super::group;
 use super::log::AttemptLog;
+use super::spawn::{self, BaseEnvironment, Spawn};
 use super::watchdog::{KillCause, Watchdog};
 use crate::builtin::{Builtin, BuiltinContext};
 use crate::spec::{CommandRef, Quoting, scan_command};
@@ -52,6 +56,9 @@ pub struct ShellCommand {
     /// `DAGRUN_ARG_1`, `DAGRUN_ARG_2`, ... in order of appearance.
     pub env: Vec<(String, String)>,
 }
+
+/// The start of the variables holding a command's substituted values.
+const ARG_PREFIX: &str = "DAGRUN_ARG_";
 
 /// A param's values: strings verbatim, other values as TOML writes them, arrays one value
 /// per element.
@@ -105,7 +112,7 @@ pub fn expand_command(cmd: &str, values: &CommandValues<'_>) -> ShellCommand {
             }
         };
         let mut bind = |value: String| {
-            let name = format!("DAGRUN_ARG_{}", env.len() + 1);
+            let name = format!("{ARG_PREFIX}{}", env.len() + 1);
             env.push((name.clone(), value));
             name
         };
@@ -133,6 +140,8 @@ pub fn expand_command(cmd: &str, values: &CommandValues<'_>) -> ShellCommand {
 pub struct ShellJob<'a> {
     pub stage: &'a str,
     pub command: &'a str,
+    /// The environment the build started with (see `is_stage_variable`).
+    pub base_env: &'a BaseEnvironment,
     /// Variables the command refers to (the substituted values).
     pub env: &'a [(String, String)],
     pub root: &'a Path,
@@ -141,6 +150,8 @@ pub struct ShellJob<'a> {
     /// The attempt's token, its run's prefix and a number; in its environment (see
     /// `group::TOKEN_VAR` and `group::AttemptTokens`).
     pub token: &'a str,
+    /// Called once `sh` has started, or failed to.
+    pub on_spawned: &'a (dyn Fn() + Sync),
 }
 
 /// Runs `sh -c COMMAND` in the pipeline directory in a process group of its own, output to
@@ -151,30 +162,33 @@ pub struct ShellJob<'a> {
 /// 5.3) to wait on the stage's exit and its output at once, the log is made first and the
 /// stage writes to it itself.
 pub fn run_shell(job: ShellJob<'_>, watchdog: &Watchdog) -> Result<(), AttemptFailure> {
-    let mut command = Command::new(shell());
-    command
-        .arg0("sh")
-        .arg("-c")
-        .arg(job.command)
-        .current_dir(job.root)
-        .env("DAGRUN_STAGE", job.stage)
-        .env(group::TOKEN_VAR, job.token)
-        .envs(job.env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::null())
-        .process_group(0);
+    let cannot_start =
+        |e: std::io::Error| AttemptFailure::failed(format!("cannot start `sh`: {e}{}", file_limit_hint(&e)));
+    let script = CString::new(job.command).map_err(|_| AttemptFailure::failed("its command holds a NUL byte"))?;
+    let dir = CString::new(job.root.as_os_str().as_bytes())
+        .map_err(|_| AttemptFailure::failed("the pipeline directory's path holds a NUL byte"))?;
+    let vars = stage_variables(&job).map_err(|_| AttemptFailure::failed("a value given to it holds a NUL byte"))?;
+    let stdin = spawn::dev_null().map_err(cannot_start)?;
     let piped = pidfd_works();
-    let output = if piped { Output::pipe(&mut command) } else { Output::file(&mut command, job.log) };
-    let output = output.map_err(|e| {
+    let output = if piped { Output::pipe() } else { Output::file(job.log) };
+    let (output, writer) = output.map_err(|e| {
         let what = if piped { "make a pipe for its output" } else { "open its log" };
         AttemptFailure::failed(format!("cannot {what}: {e}{}", file_limit_hint(&e)))
     })?;
-    let spawned = command.spawn();
-    // Our copies of the pipe's write end go with `command`: the pipe then ends when the
-    // stage's own processes have closed theirs.
-    drop(command);
-    let mut child =
-        spawned.map_err(|e| AttemptFailure::failed(format!("cannot start `sh`: {e}{}", file_limit_hint(&e))))?;
-    let pid = child.id();
+    let spawned = spawn::spawn(&Spawn {
+        program: shell(),
+        argv: &[c"sh", c"-c", &script],
+        base: job.base_env,
+        vars: &vars,
+        dir: &dir,
+        stdio: [stdin.as_fd(), writer.as_fd(), writer.as_fd()],
+    });
+    // Our copy of the pipe's write end: the pipe then ends when the stage's own processes
+    // have closed theirs.
+    drop(writer);
+    (job.on_spawned)();
+    let pid = spawned.map_err(cannot_start)?;
+    let pid = pid.as_raw_nonzero().get() as u32;
     watchdog.watch(pid, job.timeout);
     let mut copy = LogCopy::new(job.log);
     let exited = match &output {
@@ -182,7 +196,7 @@ pub fn run_shell(job: ShellJob<'_>, watchdog: &Watchdog) -> Result<(), AttemptFa
         Output::File => wait_for_exit(pid),
     };
     let killed = watchdog.unwatch(pid);
-    let status = end_group(&mut child, pid, job.token, watchdog)?;
+    let status = end_group(pid, job.token, watchdog)?;
     if let Output::Pipe(reader) = &output {
         copy.rest(reader);
     }
@@ -215,19 +229,36 @@ fn file_limit_hint(e: &std::io::Error) -> String {
 /// `sh`, found on `PATH` once rather than at every stage (as `Command` would, trying each
 /// directory of `PATH` in turn); `/bin/sh` where `PATH` has none. Only absolute directories:
 /// a relative one would be read against the stage's directory, not dagrun's.
-fn shell() -> &'static Path {
-    static SHELL: OnceLock<PathBuf> = OnceLock::new();
+fn shell() -> &'static CStr {
+    static SHELL: OnceLock<CString> = OnceLock::new();
     SHELL.get_or_init(|| {
         let path = std::env::var_os("PATH").unwrap_or_default();
-        std::env::split_paths(&path)
-            .filter(|dir| dir.is_absolute())
-            .map(|dir| dir.join("sh"))
-            .find(|candidate| {
+        let found =
+            std::env::split_paths(&path).filter(|dir| dir.is_absolute()).map(|dir| dir.join("sh")).find(|candidate| {
                 use std::os::unix::fs::PermissionsExt;
                 candidate.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-            })
-            .unwrap_or_else(|| PathBuf::from("/bin/sh"))
+            });
+        // A path from `PATH` holds no NUL byte: the environment cannot hold one.
+        found.and_then(|sh| CString::new(sh.into_os_string().into_vec()).ok()).unwrap_or_else(|| c"/bin/sh".to_owned())
     })
+}
+
+/// The variables a shell attempt is given, each `KEY=VALUE`: its stage's name, its token and
+/// the values its command refers to.
+fn stage_variables(job: &ShellJob<'_>) -> Result<Vec<CString>, std::ffi::NulError> {
+    let given = [("DAGRUN_STAGE", job.stage), (group::TOKEN_VAR, job.token)];
+    given
+        .into_iter()
+        .chain(job.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .map(|(key, value)| spawn::variable(key.as_bytes(), value.as_bytes()))
+        .collect()
+}
+
+/// Whether a shell attempt is given `key` itself (`stage_variables`): an inherited value of
+/// it is left out of the base environment, so that it never shadows the attempt's own.
+pub fn is_stage_variable(key: &std::ffi::OsStr) -> bool {
+    let key = key.as_bytes();
+    key == b"DAGRUN_STAGE" || key == group::TOKEN_VAR.as_bytes() || key.starts_with(ARG_PREFIX.as_bytes())
 }
 
 /// Whether this kernel gives a process's pidfd (Linux 5.3 and later).
@@ -246,16 +277,15 @@ enum Output {
 }
 
 impl Output {
-    fn pipe(command: &mut Command) -> std::io::Result<Output> {
+    /// The pipe, and its write end for the stage.
+    fn pipe() -> std::io::Result<(Output, OwnedFd)> {
         let (reader, writer) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
-        command.stdout(Stdio::from(writer.try_clone()?)).stderr(Stdio::from(writer));
-        Ok(Output::Pipe(File::from(reader)))
+        Ok((Output::Pipe(File::from(reader)), writer))
     }
 
-    fn file(command: &mut Command, log: &mut AttemptLog) -> std::io::Result<Output> {
-        let file = log.file()?;
-        command.stdout(file.try_clone()?).stderr(file.try_clone()?);
-        Ok(Output::File)
+    /// The log, which the stage writes itself.
+    fn file(log: &mut AttemptLog) -> std::io::Result<(Output, OwnedFd)> {
+        Ok((Output::File, log.file()?.try_clone()?.into()))
     }
 }
 
@@ -340,6 +370,20 @@ fn to_pid(pid: u32) -> std::io::Result<rustix::process::Pid> {
     i32::try_from(pid).ok().and_then(rustix::process::Pid::from_raw).ok_or_else(|| std::io::Error::other("bad pid"))
 }
 
+/// Waits for the group's leader to exit and reaps it.
+fn reap(pid: u32) -> std::io::Result<ExitStatus> {
+    use rustix::process::{WaitOptions, waitpid};
+    let pid = to_pid(pid)?;
+    loop {
+        match waitpid(Some(pid), WaitOptions::empty()) {
+            Ok(Some((_, status))) => return Ok(ExitStatus::from_raw(status.as_raw())),
+            Ok(None) => return Err(std::io::Error::other("waitpid returned no status")),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(err) => return Err(err.into()),
+        }
+    }
+}
+
 /// Waits until the group's leader has exited, without reaping it: its zombie keeps the
 /// group id from being reused while the rest of the group is killed.
 fn wait_for_exit(pid: u32) -> std::io::Result<()> {
@@ -357,14 +401,9 @@ fn wait_for_exit(pid: u32) -> std::io::Result<()> {
 /// Kills the attempt's whole group, reaps its leader, then ends every other process of the
 /// attempt: no background child may outlive it and write an output after it is hashed (or
 /// while a retry runs). Returns the leader's exit status.
-fn end_group(
-    child: &mut std::process::Child,
-    pid: u32,
-    token: &str,
-    watchdog: &Watchdog,
-) -> Result<std::process::ExitStatus, AttemptFailure> {
+fn end_group(pid: u32, token: &str, watchdog: &Watchdog) -> Result<ExitStatus, AttemptFailure> {
     group::signal_group(pid, rustix::process::Signal::KILL);
-    let status = child.wait().map_err(|e| AttemptFailure::failed(format!("lost track of the stage's process: {e}")))?;
+    let status = reap(pid).map_err(|e| AttemptFailure::failed(format!("lost track of the stage's process: {e}")))?;
     // Another running attempt's leader, a child of dagrun too, is not this attempt's.
     let others = |pid: i32| watchdog.watches(pid);
     group::reap_attempt(pid, token, &others).map_err(|err| AttemptFailure::failed(err.to_string()))?;
@@ -401,6 +440,7 @@ pub fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::process::Command;
 
     /// Runs an expanded command with `sh -c` and its environment; its stdout.
     fn run(command: &ShellCommand) -> String {

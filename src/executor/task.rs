@@ -16,31 +16,29 @@ use crate::spec::{Action, ExecutorKind, StageIdx};
 use crate::state::StageStatus;
 
 /// Worker side: evaluate the stage again with its upstream's hashes, then run it
-/// (with retries) if it is still dirty.
-pub(super) fn run_task(shared: &Shared<'_>, task: Task, to_coordinator: &Producer<'_, Message>) {
+/// (with retries) if it is still dirty. Returns how the stage ended, for the caller to report;
+/// each attempt's start, and each failed attempt that a retry follows, is reported here.
+pub(super) fn run_task(shared: &Shared<'_>, task: Task, to_coordinator: &Producer<'_, Message>) -> TaskResult {
     let idx = task.idx;
-    let finish = |result| {
-        to_coordinator.push(Message::Finished { idx, result });
-    };
     if shared.stopped() {
-        return finish(TaskResult::NotStarted);
+        return TaskResult::NotStarted;
     }
     let upstream_hash = |up: StageIdx| task.upstream.iter().find(|(i, _)| *i == up).map(|&(_, h)| h);
     let eval = evaluate_stage(&shared.eval, idx, &upstream_hash);
     let reason = match &eval.verdict {
-        Verdict::UpToDate => return finish(TaskResult::Clean),
+        Verdict::UpToDate => return TaskResult::Clean,
         Verdict::Dirty(reason @ DirtyReason::InputUnavailable { .. }) => {
-            return finish(TaskResult::CannotRun { reason: reason.clone() });
+            return TaskResult::CannotRun { reason: reason.clone() };
         }
         Verdict::Dirty(reason) => reason.clone(),
     };
     // Evaluating can take a while (hashing large inputs): look again before starting.
     if shared.stopped() {
-        return finish(TaskResult::NotStarted);
+        return TaskResult::NotStarted;
     }
     let stage = &shared.eval.spec.stages[idx];
     if let Some(success) = restore_from_cache(shared, idx, &eval, &reason) {
-        return finish(TaskResult::Succeeded(Box::new(success)));
+        return TaskResult::Succeeded(Box::new(success));
     }
     let attempts = stage.retries.saturating_add(1);
     for attempt in 1..=attempts {
@@ -71,7 +69,7 @@ pub(super) fn run_task(shared: &Shared<'_>, task: Task, to_coordinator: &Produce
             to_coordinator.push(Message::Started { start: Box::new(start), recorded: Some(answer) });
             if !matches!(recorded.recv(), Ok(Ok(()))) {
                 // A retry refused still ends as the failure its last attempt was.
-                return finish(if attempt == 1 { TaskResult::NotStarted } else { TaskResult::RetryAbandoned });
+                return if attempt == 1 { TaskResult::NotStarted } else { TaskResult::RetryAbandoned };
             }
         } else {
             // Without waking the coordinator (see `START_NOTICE`).
@@ -92,7 +90,7 @@ pub(super) fn run_task(shared: &Shared<'_>, task: Task, to_coordinator: &Produce
                 if moved.is_empty() {
                     store_in_cache(shared, idx, &eval, &output_hash, &metrics, &log_path);
                 }
-                return finish(TaskResult::Succeeded(Box::new(Success {
+                return TaskResult::Succeeded(Box::new(Success {
                     restored: None,
                     eval,
                     metrics,
@@ -101,7 +99,7 @@ pub(super) fn run_task(shared: &Shared<'_>, task: Task, to_coordinator: &Produce
                     duration,
                     at: SystemTime::now(),
                     moved,
-                })));
+                }));
             }
             Err(mut failure) => {
                 if disk_is_full(&shared.eval.spec.root) {
@@ -116,26 +114,20 @@ pub(super) fn run_task(shared: &Shared<'_>, task: Task, to_coordinator: &Produce
                     // a partial output took. Best effort: the failure is what gets reported.
                     let _ = remove_outputs(shared, idx);
                 }
-                to_coordinator.push(Message::Finished {
-                    idx,
-                    result: TaskResult::AttemptFailed {
-                        failure,
-                        duration,
-                        at: SystemTime::now(),
-                        log_path,
-                        final_attempt,
-                    },
-                });
+                let result =
+                    TaskResult::AttemptFailed { failure, duration, at: SystemTime::now(), log_path, final_attempt };
                 if final_attempt {
-                    return;
+                    return result;
                 }
+                to_coordinator.push(Message::Finished { idx, result });
                 retry_backoff(shared, attempt);
                 if shared.stopped() {
-                    return finish(TaskResult::RetryAbandoned);
+                    return TaskResult::RetryAbandoned;
                 }
             }
         }
     }
+    unreachable!("the last attempt returns, whatever its outcome")
 }
 
 /// Waits before a retry: 0.5 s, 1 s, 2 s ... up to 30 s, cut short by cancellation.
@@ -203,7 +195,9 @@ fn run_attempt(
         to_coordinator.push(Message::Submitted { idx, job_id: job_id.to_string(), recorded: answer });
         matches!(recorded.recv(), Ok(Ok(())))
     };
-    let control = Control { watchdog: &shared.watchdog, stop_starting: &stop_starting, submitted: &submitted };
+    let running = || to_coordinator.wake();
+    let control =
+        Control { watchdog: &shared.watchdog, stop_starting: &stop_starting, submitted: &submitted, running: &running };
     shared.executor(idx)?.run(&attempt, &control)
 }
 

@@ -322,6 +322,7 @@ impl Executor for Slurm {
             let _ = client::scancel(&[id.as_str()]);
             return Err(AttemptFailure::failed(format!("cannot release Slurm job {id}: {err}")));
         }
+        (control.running)();
         let (job, cancelled) = self.wait(&id, attempt, control)?;
         if let Some(cancelled) = cancelled {
             return Err(cancelled_failure(&id, cancelled, attempt));
