@@ -56,8 +56,9 @@ pub struct Control<'a> {
     pub submitted: &'a (dyn Fn(&str) -> bool + Sync),
     /// To call once the attempt runs (its process started, its job submitted). The worker's
     /// report of the stage it ran before may wait for this, so that the coordinator does not
-    /// wake while the attempt's process is being started (see `executor::report`); without
-    /// the call, the coordinator reads that report up to `START_NOTICE` later.
+    /// wake while the attempt's process is being started (see the worker loop in
+    /// `executor::execute`); without the call, the coordinator reads that report up to
+    /// `START_NOTICE` later.
     pub running: &'a (dyn Fn() + Sync),
 }
 

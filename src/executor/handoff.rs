@@ -205,6 +205,34 @@ mod tests {
     }
 
     #[test]
+    fn a_wake_hands_an_item_pushed_quietly_to_a_pop_waiting_with_no_deadline() {
+        // 'static, so that a pop that is never woken leaves its thread behind instead of
+        // holding up the test forever.
+        let queue: &'static Queue<u32> = Box::leak(Box::new(Queue::new()));
+        let producer = queue.producer();
+        let (popped, got) = std::sync::mpsc::channel();
+        std::thread::spawn(move || popped.send(queue.pop(None)));
+        while queue.lock().waiting == 0 {
+            std::thread::yield_now();
+        }
+        producer.push_quietly(5);
+        producer.wake();
+        assert_eq!(got.recv_timeout(Duration::from_secs(60)), Ok(Ok(5)), "the waiting pop was woken");
+    }
+
+    #[test]
+    fn try_pop_takes_what_is_queued_now_and_nothing_from_a_closed_queue() {
+        let queue = Queue::new();
+        let producer = queue.producer();
+        assert_eq!(queue.try_pop(), None);
+        producer.push_quietly(1);
+        producer.push(2);
+        assert_eq!(queue.try_pop(), Some(1));
+        queue.close();
+        assert_eq!(queue.try_pop(), None);
+    }
+
+    #[test]
     fn a_pop_times_out_or_learns_that_every_producer_has_gone() {
         let queue: Queue<u32> = Queue::new();
         let producer = queue.producer();

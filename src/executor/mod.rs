@@ -52,9 +52,9 @@ use watchdog::Watchdog;
 /// How long the coordinator waits for a message before it looks again. A worker announces a
 /// start that waits for nothing without waking it (that took 3% off a full build of 1,000
 /// small stages on 2 cores), and reports a stage it finished without waking it while it has
-/// its next one (woken once that one runs: see the worker loop in `execute`), so an idle
-/// coordinator sees either at most this late; a busy one, once it is done with what it
-/// handles.
+/// its next one (woken once that one runs, see the worker loop in `execute`; if it never
+/// starts a process, at the next report that wakes it), so an idle coordinator sees either
+/// at most this late; a busy one, once it is done with what it handles.
 const START_NOTICE: Duration = Duration::from_millis(20);
 
 /// How to execute.
@@ -266,9 +266,11 @@ pub fn execute(
         local: Local::new(),
     };
     let workers = opts.jobs.clamp(1, candidates);
-    // A report may go without waking the coordinator only while it waits with a deadline
-    // (`START_NOTICE`); under --fail-fast it waits for the next message, however late.
-    let quiet_reports = !opts.fail_fast;
+    // The coordinator waits for a message at most this long (under --fail-fast, where every
+    // start waits for its row and wakes it, for as long as it takes). A start or a report
+    // may be posted without waking it only when it looks again by itself.
+    let look_again = (!opts.fail_fast).then_some(START_NOTICE);
+    let quiet_reports = look_again.is_some();
     let tasks = Queue::<Task>::new();
     let messages = Queue::<Message>::new();
     std::thread::scope(|scope| {
@@ -321,8 +323,6 @@ pub fn execute(
         // trivial stages): one stage per worker is handed out ahead. Under --fail-fast none
         // is, so that no stage starts after a failure not yet seen here.
         let depth = if opts.fail_fast { workers } else { workers * 2 };
-        // Under --fail-fast every start waits for its row and wakes this thread.
-        let look_again = (!opts.fail_fast).then_some(START_NOTICE);
         let mut outstanding = 0usize;
         loop {
             while outstanding < depth {
@@ -363,7 +363,8 @@ pub fn execute(
 /// meanwhile; `None` once every worker has gone.
 ///
 /// The wait is never longer than `look_again` ([`START_NOTICE`], unless under --fail-fast),
-/// since a start that waits for nothing is posted without waking this thread.
+/// since a start that waits for nothing, and a report a worker sends while it holds its next
+/// stage, are posted without waking this thread.
 fn next_message(
     messages: &Queue<Message>,
     coordinator: &mut Coordinator<'_, '_>,

@@ -150,7 +150,8 @@ pub struct ShellJob<'a> {
     /// The attempt's token, its run's prefix and a number; in its environment (see
     /// `group::TOKEN_VAR` and `group::AttemptTokens`).
     pub token: &'a str,
-    /// Called once `sh` has started, or failed to.
+    /// Called once `sh` has started, or failed to (not when the attempt fails before it
+    /// tries: a NUL byte, no pipe).
     pub on_spawned: &'a (dyn Fn() + Sync),
 }
 
@@ -164,10 +165,11 @@ pub struct ShellJob<'a> {
 pub fn run_shell(job: ShellJob<'_>, watchdog: &Watchdog) -> Result<(), AttemptFailure> {
     let cannot_start =
         |e: std::io::Error| AttemptFailure::failed(format!("cannot start `sh`: {e}{}", file_limit_hint(&e)));
-    let script = CString::new(job.command).map_err(|_| AttemptFailure::failed("its command holds a NUL byte"))?;
-    let dir = CString::new(job.root.as_os_str().as_bytes())
-        .map_err(|_| AttemptFailure::failed("the pipeline directory's path holds a NUL byte"))?;
-    let vars = stage_variables(&job).map_err(|_| AttemptFailure::failed("a value given to it holds a NUL byte"))?;
+    let nul = |what: &str| AttemptFailure::failed(format!("{what} holds a NUL byte, which no process can be given"));
+    let script = CString::new(job.command).map_err(|_| nul("its command"))?;
+    let dir = CString::new(job.root.as_os_str().as_bytes()).map_err(|_| nul("the pipeline directory's path"))?;
+    let vars =
+        stage_variables(&job).map_err(|key| nul(&format!("the value of {key} (a substituted param or path)")))?;
     let stdin = spawn::dev_null().map_err(cannot_start)?;
     let piped = pidfd_works();
     let output = if piped { Output::pipe() } else { Output::file(job.log) };
@@ -245,12 +247,13 @@ fn shell() -> &'static CStr {
 
 /// The variables a shell attempt is given, each `KEY=VALUE`: its stage's name, its token and
 /// the values its command refers to.
-fn stage_variables(job: &ShellJob<'_>) -> Result<Vec<CString>, std::ffi::NulError> {
+/// A value with a NUL byte is refused with its variable's name.
+fn stage_variables<'j>(job: &'j ShellJob<'_>) -> Result<Vec<CString>, &'j str> {
     let given = [("DAGRUN_STAGE", job.stage), (group::TOKEN_VAR, job.token)];
     given
         .into_iter()
         .chain(job.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .map(|(key, value)| spawn::variable(key.as_bytes(), value.as_bytes()))
+        .map(|(key, value)| spawn::variable(key.as_bytes(), value.as_bytes()).map_err(|_| key))
         .collect()
 }
 
@@ -370,20 +373,6 @@ fn to_pid(pid: u32) -> std::io::Result<rustix::process::Pid> {
     i32::try_from(pid).ok().and_then(rustix::process::Pid::from_raw).ok_or_else(|| std::io::Error::other("bad pid"))
 }
 
-/// Waits for the group's leader to exit and reaps it.
-fn reap(pid: u32) -> std::io::Result<ExitStatus> {
-    use rustix::process::{WaitOptions, waitpid};
-    let pid = to_pid(pid)?;
-    loop {
-        match waitpid(Some(pid), WaitOptions::empty()) {
-            Ok(Some((_, status))) => return Ok(ExitStatus::from_raw(status.as_raw())),
-            Ok(None) => return Err(std::io::Error::other("waitpid returned no status")),
-            Err(rustix::io::Errno::INTR) => continue,
-            Err(err) => return Err(err.into()),
-        }
-    }
-}
-
 /// Waits until the group's leader has exited, without reaping it: its zombie keeps the
 /// group id from being reused while the rest of the group is killed.
 fn wait_for_exit(pid: u32) -> std::io::Result<()> {
@@ -403,7 +392,9 @@ fn wait_for_exit(pid: u32) -> std::io::Result<()> {
 /// while a retry runs). Returns the leader's exit status.
 fn end_group(pid: u32, token: &str, watchdog: &Watchdog) -> Result<ExitStatus, AttemptFailure> {
     group::signal_group(pid, rustix::process::Signal::KILL);
-    let status = reap(pid).map_err(|e| AttemptFailure::failed(format!("lost track of the stage's process: {e}")))?;
+    let status = to_pid(pid)
+        .and_then(spawn::reap)
+        .map_err(|e| AttemptFailure::failed(format!("lost track of the stage's process: {e}")))?;
     // Another running attempt's leader, a child of dagrun too, is not this attempt's.
     let others = |pid: i32| watchdog.watches(pid);
     group::reap_attempt(pid, token, &others).map_err(|err| AttemptFailure::failed(err.to_string()))?;
@@ -441,6 +432,16 @@ pub fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
 mod tests {
     use super::*;
     use std::process::Command;
+
+    #[test]
+    fn the_variables_each_stage_is_given_are_known_by_name() {
+        for given in ["DAGRUN_STAGE", "DAGRUN_ATTEMPT", "DAGRUN_ARG_1", "DAGRUN_ARG_12"] {
+            assert!(is_stage_variable(given.as_ref()), "{given}");
+        }
+        for inherited in ["PATH", "DAGRUN_CACHE_DIR", "DAGRUN_ARGS", "DAGRUN_STAGES", "dagrun_stage"] {
+            assert!(!is_stage_variable(inherited.as_ref()), "{inherited}");
+        }
+    }
 
     /// Runs an expanded command with `sh -c` and its environment; its stdout.
     fn run(command: &ShellCommand) -> String {

@@ -47,9 +47,10 @@ pub fn hash_file(path: &Path) -> io::Result<(blake3::Hash, u64)> {
     Ok((hasher.finalize(), hasher.count()))
 }
 
-/// Hashes `size` bytes of `file` from `offset` through a private read-only map. The one
-/// `unsafe` in dagrun: mapping is the only way to hash without copying every byte, and a
-/// copy cost a third of `b3sum`'s throughput on two cores.
+/// Hashes `size` bytes of `file` from `offset` through a private read-only map. One of the
+/// two `unsafe` places in dagrun (the other starts stages: `executor/spawn.rs`): mapping is
+/// the only way to hash without copying every byte, and a copy cost a third of `b3sum`'s
+/// throughput on two cores.
 #[allow(unsafe_code)]
 fn hash_window(file: &File, offset: u64, size: usize, hasher: &mut blake3::Hasher) -> io::Result<()> {
     use rustix::mm::{MapFlags, ProtFlags, mmap, munmap};

@@ -141,3 +141,54 @@ fn a_placeholder_in_a_quoted_here_document_is_refused_before_anything_runs() {
     assert!(run.stderr().contains("(`<<EOF`)"), "{}", run.stderr());
     assert!(!sb.exists("cfg.txt"));
 }
+
+#[test]
+fn a_stage_sees_its_own_dagrun_variables_and_never_those_dagrun_inherited() {
+    // An inherited DAGRUN_ATTEMPT beside the stage's own would hide the stage's token from
+    // a later build looking for what a killed one left running; a stale DAGRUN_ARG_9 is
+    // another run's value.
+    let sb = Sandbox::new().pipeline(
+        r#"
+        [stages.s]
+        cmd = "env | grep '^DAGRUN_' | sort > vars.txt"
+        outputs = ["vars.txt"]
+        params = { v = "mine" }
+        [stages.t]
+        cmd = "printf '%s\n' ${params.v} > t.txt"
+        outputs = ["t.txt"]
+        params = { v = "theirs" }
+        "#,
+    );
+    let out = sb
+        .command(&["build"])
+        .env("DAGRUN_ATTEMPT", "inherited-1")
+        .env("DAGRUN_STAGE", "outer")
+        .env("DAGRUN_ARG_9", "stale")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let token = sb.column("SELECT attempt_token FROM stage_runs WHERE component = 's'");
+    assert_eq!(sb.read("vars.txt"), format!("DAGRUN_ATTEMPT={}\nDAGRUN_STAGE=s\n", token[0]));
+    assert_eq!(sb.read("t.txt"), "theirs\n");
+}
+
+#[test]
+fn a_value_holding_a_nul_byte_fails_its_stage_and_names_the_variable() {
+    let sb = Sandbox::new().pipeline(
+        r#"
+        [stages.s]
+        cmd = "printf %s ${params.v} > out.txt"
+        outputs = ["out.txt"]
+        params = { v = "a\u0000b" }
+        "#,
+    );
+    let run = sb.build().failure();
+    assert!(
+        run.stderr().contains(
+            "the value of DAGRUN_ARG_1 (a substituted param or path) holds a NUL byte, which no process can be given"
+        ),
+        "{}",
+        run.stderr()
+    );
+    assert_eq!(sb.column("SELECT last_status FROM orchestrator_state"), ["failed"]);
+}
