@@ -53,8 +53,8 @@ use watchdog::Watchdog;
 /// start that waits for nothing without waking it (that took 3% off a full build of 1,000
 /// small stages on 2 cores), and reports a stage it finished without waking it while it has
 /// its next one (woken once that one runs, see the worker loop in `execute`; if it never
-/// starts a process, at the next report that wakes it), so an idle coordinator sees either
-/// at most this late; a busy one, once it is done with what it handles.
+/// starts a process, at the next wake), so an idle coordinator sees either at most this
+/// late; a busy one, once it is done with what it handles.
 const START_NOTICE: Duration = Duration::from_millis(20);
 
 /// How to execute.

@@ -151,7 +151,7 @@ pub struct ShellJob<'a> {
     /// `group::TOKEN_VAR` and `group::AttemptTokens`).
     pub token: &'a str,
     /// Called once `sh` has started, or failed to (not when the attempt fails before it
-    /// tries: a NUL byte, no pipe).
+    /// tries: a NUL byte, no `/dev/null`, no pipe).
     pub on_spawned: &'a (dyn Fn() + Sync),
 }
 

@@ -145,12 +145,12 @@ fn a_placeholder_in_a_quoted_here_document_is_refused_before_anything_runs() {
 #[test]
 fn a_stage_sees_its_own_dagrun_variables_and_never_those_dagrun_inherited() {
     // An inherited DAGRUN_ATTEMPT beside the stage's own would hide the stage's token from
-    // a later build looking for what a killed one left running; a stale DAGRUN_ARG_9 is
-    // another run's value.
+    // a later build looking for what a killed one left running; a stale DAGRUN_ARG_1 or
+    // DAGRUN_ARG_9 is another run's value.
     let sb = Sandbox::new().pipeline(
         r#"
         [stages.s]
-        cmd = "env | grep '^DAGRUN_' | sort > vars.txt"
+        cmd = "env | grep -E '^DAGRUN_(STAGE|ATTEMPT|ARG_)' | sort > vars.txt"
         outputs = ["vars.txt"]
         params = { v = "mine" }
         [stages.t]
@@ -163,6 +163,7 @@ fn a_stage_sees_its_own_dagrun_variables_and_never_those_dagrun_inherited() {
         .command(&["build"])
         .env("DAGRUN_ATTEMPT", "inherited-1")
         .env("DAGRUN_STAGE", "outer")
+        .env("DAGRUN_ARG_1", "stale")
         .env("DAGRUN_ARG_9", "stale")
         .output()
         .unwrap();
