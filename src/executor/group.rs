@@ -29,6 +29,9 @@ const END_DEADLINE: Duration = Duration::from_secs(10);
 /// The environment variable holding an attempt's token.
 pub const TOKEN_VAR: &str = "DAGRUN_ATTEMPT";
 
+/// The environment variable holding the name of an attempt's stage.
+pub const STAGE_VAR: &str = "DAGRUN_STAGE";
+
 /// Processes of a stage that did not exit after SIGKILL.
 #[derive(Debug, thiserror::Error)]
 #[error("its processes did not exit after SIGKILL ({detail}); end them by hand and build again")]

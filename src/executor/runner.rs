@@ -247,9 +247,10 @@ fn shell() -> &'static CStr {
 
 /// The variables a shell attempt is given, each `KEY=VALUE`: its stage's name, its token and
 /// the values its command refers to.
+///
 /// A value with a NUL byte is refused with its variable's name.
 fn stage_variables<'j>(job: &'j ShellJob<'_>) -> Result<Vec<CString>, &'j str> {
-    let given = [("DAGRUN_STAGE", job.stage), (group::TOKEN_VAR, job.token)];
+    let given = [(group::STAGE_VAR, job.stage), (group::TOKEN_VAR, job.token)];
     given
         .into_iter()
         .chain(job.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
@@ -261,7 +262,7 @@ fn stage_variables<'j>(job: &'j ShellJob<'_>) -> Result<Vec<CString>, &'j str> {
 /// it is left out of the base environment, so that it never shadows the attempt's own.
 pub fn is_stage_variable(key: &std::ffi::OsStr) -> bool {
     let key = key.as_bytes();
-    key == b"DAGRUN_STAGE" || key == group::TOKEN_VAR.as_bytes() || key.starts_with(ARG_PREFIX.as_bytes())
+    key == group::STAGE_VAR.as_bytes() || key == group::TOKEN_VAR.as_bytes() || key.starts_with(ARG_PREFIX.as_bytes())
 }
 
 /// Whether this kernel gives a process's pidfd (Linux 5.3 and later).

@@ -250,7 +250,8 @@ struct ChildArgs {
 /// signal blocked (`spawn`).
 extern "C" fn child(arg: *mut c_void) -> c_int {
     // SAFETY: `arg` is the `ChildArgs` of `spawn`, alive while the parent thread waits. Each
-    // call below is a system call (async-signal-safe), on valid pointers, and nothing here
+    // call below is a system call through glibc's plain wrapper (async-signal-safe), on valid
+    // pointers, but `SIGRTMAX`, which reads a value glibc set at start; nothing here
     // allocates, takes a lock or unwinds: the child shares the parent's memory, including
     // the heap and the locks of the threads it did not inherit.
     unsafe {

@@ -55,10 +55,15 @@ fn call_within(mut command: Command, limit: Duration) -> Result<String, String> 
 const SBATCH_VARS_OF_DAGRUN: &[&str] = &["SBATCH_ARRAY_INX", "SBATCH_WAIT", "SBATCH_CLUSTERS", "SBATCH_HOLD"];
 
 /// `sbatch --parsable ARGS SCRIPT` with `env` added to dagrun's environment (sbatch hands its
-/// environment to the job): the job id.
+/// environment to the job): the job id. The variables a stage is given are left out of what
+/// dagrun inherited, as for a local stage: the job gets its own and no other.
 pub fn sbatch(args: &[String], script: &std::path::Path, env: &[(&str, &str)]) -> Result<String, String> {
     let mut command = Command::new("sbatch");
-    command.arg("--parsable").args(args).arg(script).envs(env.iter().copied());
+    command.arg("--parsable").args(args).arg(script);
+    for (key, _) in std::env::vars_os().filter(|(key, _)| super::super::runner::is_stage_variable(key)) {
+        command.env_remove(key);
+    }
+    command.envs(env.iter().copied());
     for var in SBATCH_VARS_OF_DAGRUN {
         command.env_remove(var);
     }

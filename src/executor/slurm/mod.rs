@@ -244,7 +244,7 @@ impl Slurm {
     /// The job script and the environment sbatch passes on to the job.
     fn script(&self, attempt: &Attempt<'_>, dir: &Path) -> Result<(String, Vec<(String, String)>), AttemptFailure> {
         let stage = attempt.stage.name.as_str();
-        let mut env = vec![("DAGRUN_STAGE".to_string(), stage.to_string())];
+        let mut env = vec![(super::group::STAGE_VAR.to_string(), stage.to_string())];
         env.push((super::group::TOKEN_VAR.to_string(), attempt.token.to_string()));
         let header = format!("#!/bin/sh\n# dagrun: stage `{stage}`, submitted by dagrun with sbatch\n");
         match &attempt.work {
