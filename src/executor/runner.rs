@@ -11,7 +11,7 @@ use std::process::ExitStatus;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use rustix::process::PidfdFlags;
+use rustix::process::{Pid, PidfdFlags};
 
 use super::group;
 use super::log::AttemptLog;
@@ -190,14 +190,15 @@ pub fn run_shell(job: ShellJob<'_>, watchdog: &Watchdog) -> Result<(), AttemptFa
     drop(writer);
     (job.on_spawned)();
     let pid = spawned.map_err(cannot_start)?;
-    let pid = pid.as_raw_nonzero().get() as u32;
-    watchdog.watch(pid, job.timeout);
+    // The watchdog and the group's functions take the pid as a number.
+    let number = pid.as_raw_nonzero().get().unsigned_abs();
+    watchdog.watch(number, job.timeout);
     let mut copy = LogCopy::new(job.log);
     let exited = match &output {
         Output::Pipe(reader) => copy.until_exit(reader, pid),
         Output::File => wait_for_exit(pid),
     };
-    let killed = watchdog.unwatch(pid);
+    let killed = watchdog.unwatch(number);
     let status = end_group(pid, job.token, watchdog)?;
     if let Output::Pipe(reader) = &output {
         copy.rest(reader);
@@ -313,9 +314,8 @@ impl<'a> LogCopy<'a> {
     }
 
     /// Copies until the group's leader has exited (without reaping it, as `wait_for_exit`).
-    fn until_exit(&mut self, reader: &File, pid: u32) -> std::io::Result<()> {
+    fn until_exit(&mut self, reader: &File, pid: Pid) -> std::io::Result<()> {
         use rustix::event::{PollFd, PollFlags, poll};
-        let pid = to_pid(pid)?;
         let pidfd = rustix::process::pidfd_open(pid, PidfdFlags::empty())?;
         loop {
             let mut fds = [PollFd::new(&pidfd, PollFlags::IN), PollFd::new(reader, PollFlags::IN)];
@@ -370,15 +370,10 @@ impl<'a> LogCopy<'a> {
     }
 }
 
-fn to_pid(pid: u32) -> std::io::Result<rustix::process::Pid> {
-    i32::try_from(pid).ok().and_then(rustix::process::Pid::from_raw).ok_or_else(|| std::io::Error::other("bad pid"))
-}
-
 /// Waits until the group's leader has exited, without reaping it: its zombie keeps the
 /// group id from being reused while the rest of the group is killed.
-fn wait_for_exit(pid: u32) -> std::io::Result<()> {
+fn wait_for_exit(pid: Pid) -> std::io::Result<()> {
     use rustix::process::{WaitId, WaitIdOptions, waitid};
-    let pid = to_pid(pid)?;
     loop {
         match waitid(WaitId::Pid(pid), WaitIdOptions::EXITED | WaitIdOptions::NOWAIT) {
             Ok(_) => return Ok(()),
@@ -391,14 +386,14 @@ fn wait_for_exit(pid: u32) -> std::io::Result<()> {
 /// Kills the attempt's whole group, reaps its leader, then ends every other process of the
 /// attempt: no background child may outlive it and write an output after it is hashed (or
 /// while a retry runs). Returns the leader's exit status.
-fn end_group(pid: u32, token: &str, watchdog: &Watchdog) -> Result<ExitStatus, AttemptFailure> {
-    group::signal_group(pid, rustix::process::Signal::KILL);
-    let status = to_pid(pid)
-        .and_then(spawn::reap)
-        .map_err(|e| AttemptFailure::failed(format!("lost track of the stage's process: {e}")))?;
+fn end_group(pid: Pid, token: &str, watchdog: &Watchdog) -> Result<ExitStatus, AttemptFailure> {
+    let number = pid.as_raw_nonzero().get().unsigned_abs();
+    group::signal_group(number, rustix::process::Signal::KILL);
+    let status =
+        spawn::reap(pid).map_err(|e| AttemptFailure::failed(format!("lost track of the stage's process: {e}")))?;
     // Another running attempt's leader, a child of dagrun too, is not this attempt's.
     let others = |pid: i32| watchdog.watches(pid);
-    group::reap_attempt(pid, token, &others).map_err(|err| AttemptFailure::failed(err.to_string()))?;
+    group::reap_attempt(number, token, &others).map_err(|err| AttemptFailure::failed(err.to_string()))?;
     Ok(status)
 }
 
