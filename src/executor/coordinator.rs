@@ -26,6 +26,12 @@ use crate::state::{
 /// on the row to end a killed build's attempt: its processes carry the run's prefix.
 pub(super) const START_ROW_DELAY: Duration = Duration::from_millis(100);
 
+/// How long the changes of finished stages may wait to be committed together (see
+/// `state/batch.rs`): in a build of many short stages, the ones that end within this window
+/// share one commit. A change someone waits for (a row an attempt must have before it starts,
+/// a cluster job's id) is committed before the answer, and all of them when the build ends.
+pub(super) const COMMIT_WINDOW: Duration = Duration::from_millis(20);
+
 /// The coordinator's bookkeeping: which stage is where, and the database.
 pub(super) struct Coordinator<'a, 'e> {
     pub(super) eval: &'a EvalContext<'a>,
@@ -51,6 +57,14 @@ pub(super) struct Coordinator<'a, 'e> {
     pub(super) last_failure: Vec<Option<(AttemptFailure, Option<String>)>>,
 }
 
+/// Whatever ends a build (a panic too), changes are not left held: after a panic, they are
+/// dropped (its stages run again next time); a build that ends otherwise has committed them.
+impl Drop for Coordinator<'_, '_> {
+    fn drop(&mut self) {
+        self.state.drop_held();
+    }
+}
+
 impl Coordinator<'_, '_> {
     fn name(&self, idx: StageIdx) -> &str {
         self.eval.spec.stages[idx].name.as_str()
@@ -65,7 +79,7 @@ impl Coordinator<'_, '_> {
                 Ok(())
             }
             Message::Started { start, recorded: Some(recorded) } => {
-                let result = self.record_start(*start);
+                let result = self.record_start(*start).and_then(|()| self.state.commit_held());
                 let _ = recorded.send(result.as_ref().map(|_| ()).map_err(ToString::to_string));
                 result
             }
@@ -74,7 +88,7 @@ impl Coordinator<'_, '_> {
                 Ok(())
             }
             Message::Submitted { idx, job_id, recorded } => {
-                let result = self.submitted(idx, &job_id);
+                let result = self.submitted(idx, &job_id).and_then(|()| self.state.commit_held());
                 let _ = recorded.send(result.as_ref().map(|_| ()).map_err(ToString::to_string));
                 result
             }
@@ -82,6 +96,26 @@ impl Coordinator<'_, '_> {
         };
         self.stop_on_error(handled, stop);
         self.record_due(stop);
+        self.commit_due(stop);
+    }
+
+    /// When the changes held so far are due to be committed, if any are held.
+    pub(super) fn commit_at(&self) -> Option<Instant> {
+        self.state.held_since().map(|since| since + COMMIT_WINDOW)
+    }
+
+    /// Commits the changes held for [`COMMIT_WINDOW`] or longer.
+    pub(super) fn commit_due(&mut self, stop: &AtomicBool) {
+        if self.commit_at().is_some_and(|at| at <= Instant::now()) {
+            let committed = self.state.commit_held();
+            self.stop_on_error(committed, stop);
+        }
+    }
+
+    /// Commits every change held, and makes each later one a transaction of its own.
+    pub(super) fn stop_holding(&mut self, stop: &AtomicBool) {
+        let committed = self.state.stop_holding();
+        self.stop_on_error(committed, stop);
     }
 
     /// A database write failed (e.g. a full disk): start nothing more, let running stages

@@ -247,7 +247,7 @@ pub fn execute(
     };
     let candidates = coordinator.schedule.waiting();
     if candidates == 0 {
-        return Ok(coordinator.outcome);
+        return Ok(std::mem::take(&mut coordinator.outcome));
     }
 
     // Orphans of a stage (children that outlive its shell) come to dagrun to be reaped.
@@ -324,6 +324,7 @@ pub fn execute(
         // is, so that no stage starts after a failure not yet seen here.
         let depth = if opts.fail_fast { workers } else { workers * 2 };
         let mut outstanding = 0usize;
+        coordinator.state.hold_commits();
         loop {
             while outstanding < depth {
                 let Some(idx) = coordinator.schedule.next() else { break };
@@ -352,10 +353,11 @@ pub fn execute(
             coordinator.handle(message, &shared.stop);
         }
     });
+    coordinator.stop_holding(&shared.stop);
     coordinator.outcome.interrupted = opts.cancel.is_stopping();
-    match coordinator.first_error {
+    match coordinator.first_error.take() {
         Some(err) => Err(err),
-        None => Ok(coordinator.outcome),
+        None => Ok(std::mem::take(&mut coordinator.outcome)),
     }
 }
 
@@ -373,9 +375,12 @@ fn next_message(
 ) -> Option<Message> {
     loop {
         let again = look_again.map(|wait| Instant::now() + wait);
-        match messages.pop([coordinator.next_due(), again].into_iter().flatten().min()) {
+        match messages.pop([coordinator.next_due(), coordinator.commit_at(), again].into_iter().flatten().min()) {
             Ok(message) => return Some(message),
-            Err(Empty::TimedOut) => coordinator.record_due(stop),
+            Err(Empty::TimedOut) => {
+                coordinator.record_due(stop);
+                coordinator.commit_due(stop);
+            }
             Err(Empty::Gone) => return None,
         }
     }

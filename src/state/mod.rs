@@ -1,8 +1,11 @@
 //! The state database: every SQL string in dagrun lives under this module.
 //!
 //! WAL mode lets `status` and the dashboard read while a build writes; every change a
-//! finished stage makes is one transaction, so a crash loses at most the stage in flight.
+//! finished stage makes is in one transaction (a build commits the stages that end within a
+//! few milliseconds of each other together: `batch.rs`), so a crash loses only stages whose
+//! end was not yet committed, and they run again.
 
+mod batch;
 mod history;
 mod lock;
 mod records;
@@ -157,6 +160,8 @@ pub struct State {
     loaded_at_version: std::cell::Cell<Option<i64>>,
     /// The stages whose records this connection has written since the plan state was loaded.
     written: std::cell::RefCell<std::collections::HashSet<String>>,
+    /// Whether changes are held for one commit (see `batch.rs`).
+    batch: std::cell::Cell<batch::Batch>,
 }
 
 impl std::fmt::Debug for State {
@@ -180,6 +185,7 @@ impl State {
             snapshot_token: Default::default(),
             loaded_at_version: Default::default(),
             written: Default::default(),
+            batch: Default::default(),
         }
     }
 

@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, SystemTime};
 
-use rusqlite::{Transaction, params};
+use rusqlite::{Connection, params};
 
 use super::{State, StateError, timestamp};
 use crate::fingerprint::{CacheEntry, FileHash, Fingerprint, FingerprintInputs, OutputHash};
@@ -255,13 +255,15 @@ impl State {
 
     /// Records that a stage execution started (status `running`).
     pub fn stage_started(&self, attempt: &StageAttempt<'_>) -> Result<StageRunId, StateError> {
-        insert_attempt(&self.conn, attempt, None)
+        self.change(|conn| insert_attempt(conn, attempt, None))
     }
 
     /// The cluster job an attempt was submitted as.
     pub fn record_job_id(&self, row: StageRunId, job_id: &str) -> Result<(), StateError> {
-        self.conn.prepare_cached("UPDATE stage_runs SET job_id = ?2 WHERE id = ?1")?.execute(params![row.0, job_id])?;
-        Ok(())
+        self.change(|conn| {
+            conn.prepare_cached("UPDATE stage_runs SET job_id = ?2 WHERE id = ?1")?.execute(params![row.0, job_id])?;
+            Ok(())
+        })
     }
 
     /// A stage the build considered but did not run (cut off, blocked, skipped): one
@@ -274,16 +276,17 @@ impl State {
         reason: &str,
     ) -> Result<(), StateError> {
         let now = timestamp(SystemTime::now());
-        self.conn
-            .prepare_cached(
+        self.change(|conn| {
+            conn.prepare_cached(
                 "INSERT INTO stage_runs (run_id, component, status, reason, started_at, finished_at, duration_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?5, 0)",
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?5, 0)",
             )?
             .execute(params![run.0, component, status.as_str(), reason, now])?;
-        Ok(())
+            Ok(())
+        })
     }
 
-    /// One transaction: the execution row, the stage's state with its new fingerprint and
+    /// One change (see `batch.rs`): the execution row, the stage's state with its new fingerprint and
     /// output hashes, and the stat-cache entries hashed so far.
     pub fn record_success(
         &mut self,
@@ -295,61 +298,62 @@ impl State {
         let manifest = serde_json::to_string(success.fingerprint_inputs).expect("fingerprint inputs serialise");
         let fingerprint = success.fingerprint.to_hex();
         let output_hash = success.output_hash.to_hex();
-        let tx = self.conn.transaction()?;
-        success.row.write_end(
-            &tx,
-            &AttemptEnd {
-                status: success.status,
-                finished_at: &finished,
-                duration_ms,
-                fingerprint: Some(&fingerprint),
-                output_hash: Some(&output_hash),
-                metrics: metrics_json(success.metrics),
-                error: None,
-            },
-        )?;
-        tx.prepare_cached(
-            "INSERT INTO orchestrator_state (component, last_run_at, is_dirty, run_count, failure_count, fingerprint,
-                 output_hash, last_status, last_duration_ms, last_error, fingerprint_inputs,
-                 restore_count)
-             VALUES (?1, ?2, ?3, ?8, 0, ?4, ?5, ?10, ?6, NULL, ?7, ?11)
-             ON CONFLICT (component) DO UPDATE SET last_run_at = excluded.last_run_at,
-                 is_dirty = excluded.is_dirty OR invalidations != ?9,
-                 run_count = run_count + excluded.run_count, fingerprint = excluded.fingerprint, output_hash = excluded.output_hash,
-                 last_status = excluded.last_status, last_duration_ms = excluded.last_duration_ms, last_error = NULL,
-                 fingerprint_inputs = excluded.fingerprint_inputs, restore_count = restore_count + excluded.restore_count",
-        )?
-        .execute(
-            params![
-                success.component,
-                finished,
-                success.still_dirty,
-                fingerprint,
-                output_hash,
-                duration_ms,
-                manifest,
-                i64::from(success.status == StageStatus::Success),
-                success.invalidations_seen,
-                // `accept` records a success; a restore says so.
-                if success.status == StageStatus::Restored { "restored" } else { "success" },
-                i64::from(success.status == StageStatus::Restored)
-            ],
-        )?;
-        tx.prepare_cached("DELETE FROM stage_outputs WHERE component = ?1")?.execute([success.component])?;
-        {
-            let mut insert =
-                tx.prepare_cached("INSERT INTO stage_outputs (component, path, hash) VALUES (?1, ?2, ?3)")?;
-            for (path, hash) in success.outputs {
-                insert.execute(params![success.component, path, hash.to_hex()])?;
+        self.change(|tx| {
+            success.row.write_end(
+                tx,
+                &AttemptEnd {
+                    status: success.status,
+                    finished_at: &finished,
+                    duration_ms,
+                    fingerprint: Some(&fingerprint),
+                    output_hash: Some(&output_hash),
+                    metrics: metrics_json(success.metrics),
+                    error: None,
+                },
+            )?;
+            tx.prepare_cached(
+                "INSERT INTO orchestrator_state (component, last_run_at, is_dirty, run_count, failure_count, fingerprint,
+                     output_hash, last_status, last_duration_ms, last_error, fingerprint_inputs,
+                     restore_count)
+                 VALUES (?1, ?2, ?3, ?8, 0, ?4, ?5, ?10, ?6, NULL, ?7, ?11)
+                 ON CONFLICT (component) DO UPDATE SET last_run_at = excluded.last_run_at,
+                     is_dirty = excluded.is_dirty OR invalidations != ?9,
+                     run_count = run_count + excluded.run_count, fingerprint = excluded.fingerprint, output_hash = excluded.output_hash,
+                     last_status = excluded.last_status, last_duration_ms = excluded.last_duration_ms, last_error = NULL,
+                     fingerprint_inputs = excluded.fingerprint_inputs, restore_count = restore_count + excluded.restore_count",
+            )?
+            .execute(
+                params![
+                    success.component,
+                    finished,
+                    success.still_dirty,
+                    fingerprint,
+                    output_hash,
+                    duration_ms,
+                    manifest,
+                    i64::from(success.status == StageStatus::Success),
+                    success.invalidations_seen,
+                    // `accept` records a success; a restore says so.
+                    if success.status == StageStatus::Restored { "restored" } else { "success" },
+                    i64::from(success.status == StageStatus::Restored)
+                ],
+            )?;
+            tx.prepare_cached("DELETE FROM stage_outputs WHERE component = ?1")?.execute([success.component])?;
+            {
+                let mut insert =
+                    tx.prepare_cached("INSERT INTO stage_outputs (component, path, hash) VALUES (?1, ?2, ?3)")?;
+                for (path, hash) in success.outputs {
+                    insert.execute(params![success.component, path, hash.to_hex()])?;
+                }
             }
-        }
-        put_cache_entries(&tx, cache)?;
-        tx.commit()?;
+            put_cache_entries(tx, cache)?;
+            Ok(())
+        })?;
         self.written.get_mut().insert(success.component.to_string());
         Ok(())
     }
 
-    /// One transaction: the execution row and the stage's failure; its last good
+    /// One change (see `batch.rs`): the execution row and the stage's failure; its last good
     /// fingerprint and outputs stay recorded, and it is marked dirty.
     pub fn record_failure(
         &mut self,
@@ -358,30 +362,31 @@ impl State {
     ) -> Result<(), StateError> {
         let finished = timestamp(failure.finished_at);
         let duration_ms = failure.duration.as_millis() as i64;
-        let tx = self.conn.transaction()?;
-        failure.row.write_end(
-            &tx,
-            &AttemptEnd {
-                status: failure.status,
-                finished_at: &finished,
-                duration_ms,
-                fingerprint: None,
-                output_hash: None,
-                metrics: None,
-                error: Some(failure.error),
-            },
-        )?;
-        tx.prepare_cached(
-            "INSERT INTO orchestrator_state (component, is_dirty, run_count, failure_count, last_status,
-                 last_duration_ms, last_error)
-             VALUES (?1, 1, 1, 1, ?2, ?3, ?4)
-             ON CONFLICT (component) DO UPDATE SET is_dirty = 1, run_count = run_count + 1,
-                 failure_count = failure_count + 1, last_status = excluded.last_status,
-                 last_duration_ms = excluded.last_duration_ms, last_error = excluded.last_error",
-        )?
-        .execute(params![failure.component, failure.status.as_str(), duration_ms, failure.error])?;
-        put_cache_entries(&tx, cache)?;
-        tx.commit()?;
+        self.change(|tx| {
+            failure.row.write_end(
+                tx,
+                &AttemptEnd {
+                    status: failure.status,
+                    finished_at: &finished,
+                    duration_ms,
+                    fingerprint: None,
+                    output_hash: None,
+                    metrics: None,
+                    error: Some(failure.error),
+                },
+            )?;
+            tx.prepare_cached(
+                "INSERT INTO orchestrator_state (component, is_dirty, run_count, failure_count, last_status,
+                     last_duration_ms, last_error)
+                 VALUES (?1, 1, 1, 1, ?2, ?3, ?4)
+                 ON CONFLICT (component) DO UPDATE SET is_dirty = 1, run_count = run_count + 1,
+                     failure_count = failure_count + 1, last_status = excluded.last_status,
+                     last_duration_ms = excluded.last_duration_ms, last_error = excluded.last_error",
+            )?
+            .execute(params![failure.component, failure.status.as_str(), duration_ms, failure.error])?;
+            put_cache_entries(tx, cache)?;
+            Ok(())
+        })?;
         self.written.get_mut().insert(failure.component.to_string());
         Ok(())
     }
@@ -412,7 +417,7 @@ impl AttemptRow<'_> {
     /// one whole row, so that it never shows as `running`. (Whole, rather than inserted and
     /// then ended over: one statement fewer for every attempt that ends before its `running`
     /// row is due, which took 3% off dagrun's own CPU in a full build of 1,000 short stages.)
-    fn write_end(&self, tx: &Transaction<'_>, end: &AttemptEnd<'_>) -> Result<(), StateError> {
+    fn write_end(&self, tx: &Connection, end: &AttemptEnd<'_>) -> Result<(), StateError> {
         match self {
             AttemptRow::Recorded(id) => {
                 tx.prepare_cached(
@@ -480,7 +485,7 @@ fn metrics_json(metrics: &BTreeMap<String, f64>) -> Option<String> {
 /// Inserts an attempt's `stage_runs` row with its end if it has ended, else as `running` (its
 /// end is then written over it by [`AttemptRow::write_end`]).
 fn insert_attempt(
-    conn: &rusqlite::Connection,
+    conn: &Connection,
     attempt: &StageAttempt<'_>,
     end: Option<&AttemptEnd<'_>>,
 ) -> Result<StageRunId, StateError> {
@@ -510,7 +515,7 @@ fn insert_attempt(
     Ok(StageRunId(conn.last_insert_rowid()))
 }
 
-pub(super) fn put_cache_entries(tx: &Transaction<'_>, entries: &[(String, CacheEntry)]) -> Result<(), StateError> {
+pub(super) fn put_cache_entries(tx: &Connection, entries: &[(String, CacheEntry)]) -> Result<(), StateError> {
     let mut stmt = tx.prepare_cached(
         "INSERT OR REPLACE INTO file_hashes (path, size, mtime_ns, inode, hash, cached_at_ns, ctime_ns, dev)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
