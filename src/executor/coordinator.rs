@@ -1,6 +1,7 @@
 //! The coordinator: the one owner of the state database during a build. It turns what
-//! workers report into one transaction per finished stage and into events, and blocks
-//! what a failure leaves unable to run; `Schedule` decides what is ready.
+//! workers report into events and records (each stage's whole in one transaction, with the
+//! others that end within `COMMIT_WINDOW`), and blocks what a failure leaves unable to run;
+//! `Schedule` decides what is ready.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,7 +12,7 @@ use super::runner::AttemptFailure;
 use super::schedule::Schedule;
 use super::{AttemptStart, ExecOutcome, Message, Success, TaskResult};
 use crate::event::{Event, FailedStage};
-use crate::fingerprint::OutputHash;
+use crate::fingerprint::{CacheEntry, OutputHash};
 use crate::planner::{DirtyReason, EvalContext, explain_reason};
 use crate::spec::{ExecutorKind, StageIdx};
 use crate::state::{
@@ -21,15 +22,17 @@ use crate::state::{
 /// How long an attempt that did not wait for its row may run before the row is written,
 /// counted from when the coordinator sees it start (see `START_NOTICE`). One that
 /// ends sooner (most stages of a large pipeline of small steps) has its row written whole in
-/// the transaction that records its end: one transaction a stage instead of two. One that
+/// the transaction that records its end: one statement a stage instead of two. One that
 /// runs longer gets its `running` row then, for `status` and the dashboard. Nothing depends
 /// on the row to end a killed build's attempt: its processes carry the run's prefix.
 pub(super) const START_ROW_DELAY: Duration = Duration::from_millis(100);
 
-/// How long the changes of finished stages may wait to be committed together (see
-/// `state/batch.rs`): in a build of many short stages, the ones that end within this window
-/// share one commit. A change someone waits for (a row an attempt must have before it starts,
-/// a cluster job's id) is committed before the answer, and all of them when the build ends.
+/// How long the end of a stage may wait, in memory, to be written and committed with others
+/// (see `state/batch.rs`): in a build of many short stages, the ones that end within this
+/// window share one transaction, which takes the write lock for as long as writing them takes
+/// (a millisecond or two), so that another writer (`dagrun invalidate`, the dashboard) gets in
+/// between. What waits is written before a `running` row or a cluster job's id (each committed
+/// at once) and when the build ends.
 pub(super) const COMMIT_WINDOW: Duration = Duration::from_millis(20);
 
 /// The coordinator's bookkeeping: which stage is where, and the database.
@@ -55,10 +58,15 @@ pub(super) struct Coordinator<'a, 'e> {
     pub(super) run: RunId,
     /// The latest failed attempt of each stage that may still retry.
     pub(super) last_failure: Vec<Option<(AttemptFailure, Option<String>)>>,
+    /// The ends of stages not yet written, oldest first (see [`COMMIT_WINDOW`]), and since when
+    /// the oldest waits.
+    pub(super) held: Vec<HeldEnd>,
+    pub(super) held_since: Option<Instant>,
 }
 
-/// Whatever ends a build (a panic too), changes are not left held: after a panic, they are
-/// dropped (its stages run again next time); a build that ends otherwise has committed them.
+/// Whatever ends a build (a panic too), no transaction is left open: after a panic in the
+/// middle of writing, what was written is dropped (those stages are not recorded, and the next
+/// build checks them as any other); a build that ends otherwise has written everything.
 impl Drop for Coordinator<'_, '_> {
     fn drop(&mut self) {
         self.state.drop_held();
@@ -79,7 +87,7 @@ impl Coordinator<'_, '_> {
                 Ok(())
             }
             Message::Started { start, recorded: Some(recorded) } => {
-                let result = self.record_start(*start).and_then(|()| self.state.commit_held());
+                let result = self.record_start(*start);
                 let _ = recorded.send(result.as_ref().map(|_| ()).map_err(ToString::to_string));
                 result
             }
@@ -88,7 +96,7 @@ impl Coordinator<'_, '_> {
                 Ok(())
             }
             Message::Submitted { idx, job_id, recorded } => {
-                let result = self.submitted(idx, &job_id).and_then(|()| self.state.commit_held());
+                let result = self.submitted(idx, &job_id);
                 let _ = recorded.send(result.as_ref().map(|_| ()).map_err(ToString::to_string));
                 result
             }
@@ -96,26 +104,100 @@ impl Coordinator<'_, '_> {
         };
         self.stop_on_error(handled, stop);
         self.record_due(stop);
-        self.commit_due(stop);
+        self.write_due(stop);
     }
 
-    /// When the changes held so far are due to be committed, if any are held.
-    pub(super) fn commit_at(&self) -> Option<Instant> {
-        self.state.held_since().map(|since| since + COMMIT_WINDOW)
-    }
-
-    /// Commits the changes held for [`COMMIT_WINDOW`] or longer.
-    pub(super) fn commit_due(&mut self, stop: &AtomicBool) {
-        if self.commit_at().is_some_and(|at| at <= Instant::now()) {
-            let committed = self.state.commit_held();
-            self.stop_on_error(committed, stop);
+    /// Writes the ends held for [`COMMIT_WINDOW`] or longer.
+    pub(super) fn write_due(&mut self, stop: &AtomicBool) {
+        if self.write_at().is_some_and(|at| at <= Instant::now()) {
+            self.write_now(stop);
         }
     }
 
-    /// Commits every change held, and makes each later one a transaction of its own.
-    pub(super) fn stop_holding(&mut self, stop: &AtomicBool) {
+    /// Writes every end held (at the end of the build, with every stage ended).
+    pub(super) fn write_now(&mut self, stop: &AtomicBool) {
+        let written = self.write_held();
+        self.stop_on_error(written, stop);
+    }
+
+    /// When the ends held in memory are due to be written, if any are held.
+    pub(super) fn write_at(&self) -> Option<Instant> {
+        self.held_since.map(|since| since + COMMIT_WINDOW)
+    }
+
+    /// Holds a stage's end, to be written with the others that end within [`COMMIT_WINDOW`].
+    fn hold(&mut self, end: HeldEnd) {
+        self.held_since.get_or_insert_with(Instant::now);
+        self.held.push(end);
+    }
+
+    /// Writes the ends held, in one transaction (each stage's in a savepoint of its own), and
+    /// commits them. Returns the first error; a failed commit loses them all, and those stages
+    /// are then not recorded (the next build checks them as any other).
+    pub(super) fn write_held(&mut self) -> Result<(), StateError> {
+        self.held_since = None;
+        if self.held.is_empty() {
+            return Ok(());
+        }
+        let mut first_error = None;
+        self.state.hold_commits();
+        for end in std::mem::take(&mut self.held) {
+            if let Err(err) = self.write_end(end) {
+                first_error.get_or_insert(err);
+            }
+        }
         let committed = self.state.stop_holding();
-        self.stop_on_error(committed, stop);
+        match first_error {
+            Some(err) => Err(err),
+            None => committed,
+        }
+    }
+
+    /// Writes one held end. A `stage_runs` row of a stage that was not run only counts towards
+    /// the build's error, as it did when it was written at once (`keep_error`).
+    fn write_end(&mut self, end: HeldEnd) -> Result<(), StateError> {
+        let run = self.run;
+        match end {
+            HeldEnd::Success { idx, row, success, status, fresh } => {
+                let name = self.eval.spec.stages[idx].name.as_str();
+                self.state.record_success(
+                    &StageSuccess {
+                        row: row.as_row(run, name),
+                        component: name,
+                        finished_at: success.at,
+                        duration: success.duration,
+                        fingerprint: success.eval.fingerprint,
+                        fingerprint_inputs: &success.eval.inputs,
+                        output_hash: success.output_hash,
+                        outputs: &success.outputs,
+                        still_dirty: !success.moved.is_empty(),
+                        metrics: &success.metrics,
+                        status,
+                        invalidations_seen: self.eval.records.get(name).map_or(0, |r| r.invalidations),
+                    },
+                    &fresh,
+                )
+            }
+            HeldEnd::Failure { idx, row, status, at, duration, error, fresh } => {
+                let name = self.eval.spec.stages[idx].name.as_str();
+                self.state.record_failure(
+                    &StageFailure {
+                        row: row.as_row(run, name),
+                        component: name,
+                        status,
+                        finished_at: at,
+                        duration,
+                        error: &error,
+                    },
+                    &fresh,
+                )
+            }
+            HeldEnd::NotRun { idx, status, reason, at } => {
+                let recorded = self.state.record_not_run(run, self.name(idx), status, &reason, at);
+                self.keep_error(recorded);
+                Ok(())
+            }
+        }
     }
 
     /// A database write failed (e.g. a full disk): start nothing more, let running stages
@@ -189,8 +271,10 @@ impl Coordinator<'_, '_> {
         Ok(())
     }
 
-    /// Writes a running attempt's `running` row.
+    /// Writes a running attempt's `running` row, in a transaction of its own, after the ends
+    /// held (so that rows keep the order of events).
     fn write_start_row(&mut self, idx: StageIdx, row: &StartRow) -> Result<(), StateError> {
+        self.write_held()?;
         let name = self.eval.spec.stages[idx].name.as_str();
         self.row[idx] = Some(self.state.stage_started(&row.attempt(self.run, name))?);
         Ok(())
@@ -216,8 +300,12 @@ impl Coordinator<'_, '_> {
     fn finished(&mut self, idx: StageIdx, result: TaskResult, stop: &AtomicBool) -> Result<(), StateError> {
         match result {
             TaskResult::Clean => {
-                let name = self.eval.spec.stages[idx].name.as_str();
-                self.state.record_not_run(self.run, name, StageStatus::CutOff, "upstream outputs unchanged")?;
+                self.hold(HeldEnd::NotRun {
+                    idx,
+                    status: StageStatus::CutOff,
+                    reason: "upstream outputs unchanged".to_string(),
+                    at: SystemTime::now(),
+                });
                 let recorded = self.eval.recorded_output_hash(idx);
                 self.hashes[idx] = recorded;
                 self.outcome.counts.cut_off += 1;
@@ -274,7 +362,7 @@ impl Coordinator<'_, '_> {
                     token: None,
                     executor: ExecutorKind::Local,
                 };
-                // Its row is written with its success, in one transaction; it is announced below.
+                // Its row is written with its success, in the same transaction; announced below.
                 let (row, reason) = self.start_row(start);
                 (EndingRow::Unrecorded(row), Some(reason))
             }
@@ -282,23 +370,6 @@ impl Coordinator<'_, '_> {
         };
         let status = if success.restored.is_some() { StageStatus::Restored } else { StageStatus::Success };
         let fresh = self.eval.cache.take_fresh();
-        self.state.record_success(
-            &StageSuccess {
-                row: row.as_row(self.run, name),
-                component: name,
-                finished_at: success.at,
-                duration: success.duration,
-                fingerprint: success.eval.fingerprint,
-                fingerprint_inputs: &success.eval.inputs,
-                output_hash: success.output_hash,
-                outputs: &success.outputs,
-                still_dirty: !success.moved.is_empty(),
-                metrics: &success.metrics,
-                status,
-                invalidations_seen: self.eval.records.get(name).map_or(0, |r| r.invalidations),
-            },
-            &fresh,
-        )?;
         let previous = self.eval.recorded_output_hash(idx);
         self.hashes[idx] = Some(success.output_hash);
         for path in &success.moved {
@@ -317,6 +388,7 @@ impl Coordinator<'_, '_> {
                 metrics: &success.metrics,
             });
         }
+        self.hold(HeldEnd::Success { idx, row, success: Box::new(success), status, fresh });
         self.release(idx);
         Ok(())
     }
@@ -339,17 +411,7 @@ impl Coordinator<'_, '_> {
         let error = if tail.is_empty() { failure.message.clone() } else { format!("{}\n{tail}", failure.message) };
         let row = self.take_row(idx);
         let fresh = self.eval.cache.take_fresh();
-        self.state.record_failure(
-            &StageFailure {
-                row: row.as_row(self.run, name),
-                component: name,
-                status: failure.status,
-                finished_at: at,
-                duration,
-                error: &error,
-            },
-            &fresh,
-        )?;
+        self.hold(HeldEnd::Failure { idx, row, status: failure.status, at, duration, error, fresh });
         (self.on_event)(&Event::StageFailed {
             stage: name,
             status: failure.status,
@@ -410,9 +472,8 @@ impl Coordinator<'_, '_> {
     pub(super) fn not_started(&mut self, idx: StageIdx) {
         self.schedule.finish(idx);
         self.outcome.counts.blocked += 1;
-        let recorded =
-            self.state.record_not_run(self.run, self.name(idx), StageStatus::Skipped, "the build stopped first");
-        self.keep_error(recorded);
+        let at = SystemTime::now();
+        self.hold(HeldEnd::NotRun { idx, status: StageStatus::Skipped, reason: "the build stopped first".into(), at });
         (self.on_event)(&Event::StageBlocked { stage: self.eval.spec.stages[idx].name.as_str(), upstream: None });
         self.block_downstream(idx, None);
     }
@@ -427,9 +488,8 @@ impl Coordinator<'_, '_> {
                 Some(up) => (StageStatus::Blocked, format!("upstream `{up}` failed")),
                 None => (StageStatus::Skipped, "the build stopped first".to_string()),
             };
+            self.hold(HeldEnd::NotRun { idx: down, status, reason, at: SystemTime::now() });
             let stage = eval.spec.stages[down].name.as_str();
-            let recorded = self.state.record_not_run(self.run, stage, status, &reason);
-            self.keep_error(recorded);
             (self.on_event)(&Event::StageBlocked { stage, upstream });
         }
     }
@@ -447,8 +507,30 @@ impl Coordinator<'_, '_> {
     }
 }
 
+/// A stage's end as it waits to be written (see [`COMMIT_WINDOW`]).
+pub(super) enum HeldEnd {
+    Success {
+        idx: StageIdx,
+        row: EndingRow,
+        success: Box<Success>,
+        status: StageStatus,
+        fresh: Vec<(String, CacheEntry)>,
+    },
+    Failure {
+        idx: StageIdx,
+        row: EndingRow,
+        status: StageStatus,
+        at: SystemTime,
+        duration: Duration,
+        error: String,
+        fresh: Vec<(String, CacheEntry)>,
+    },
+    /// Cut off, blocked or skipped: a finished `stage_runs` row only.
+    NotRun { idx: StageIdx, status: StageStatus, reason: String, at: SystemTime },
+}
+
 /// An attempt's `stage_runs` row as its end is recorded.
-enum EndingRow {
+pub(super) enum EndingRow {
     Recorded(StageRunId),
     /// Written in the transaction that records the end.
     Unrecorded(StartRow),

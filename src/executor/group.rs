@@ -215,15 +215,16 @@ pub fn reap_attempt(pgid: u32, token: &str, others: &dyn Fn(i32) -> bool) -> Res
 /// that spawned its `sh` (the calling thread), and the one to which Linux hands a child
 /// subreaper's orphans: since Linux 3.19 the reaper's first live thread, its leader
 /// (`find_new_reaper` in kernel/exit.c), before that the thread that spawned the orphan's
-/// ancestor, the calling one again. Its `sh` is reaped before this is called, so where orphans
-/// go to the leader, the calling thread has no child of the attempt and only the leader's list
-/// is read. Reading every thread's list cost about 20 system calls a stage. (dagrun's main thread lives as long as its builds; an embedder that ends its main
-/// thread alone, with `pthread_exit`, while a build runs would hide reparented strays here.)
+/// ancestor, the calling one again. The calling thread's list is read even where orphans go
+/// to the leader: a process its `sh` made with `CLONE_PARENT` (as runc's does) is the calling
+/// thread's child. Reading every thread's list cost about 20 system calls a stage. (dagrun's
+/// main thread lives as long as its builds; an embedder that ends its main thread alone, with
+/// `pthread_exit`, while a build runs would hide reparented strays here.)
 fn strays(wanted: &Wanted, others: &dyn Fn(i32) -> bool) -> Vec<(i32, i32)> {
-    let leader = std::process::id() as i32;
-    let caller = if orphans_go_to_the_leader() { leader } else { rustix::thread::gettid().as_raw_nonzero().get() };
+    let leader = std::process::id();
+    let caller = rustix::thread::gettid().as_raw_nonzero().get();
     let mut found: Vec<(i32, i32)> = Vec::new();
-    let parents: &[i32] = if caller == leader { &[leader] } else { &[leader, caller] };
+    let parents: &[i32] = if caller == leader as i32 { &[caller] } else { &[leader as i32, caller] };
     for parent in parents {
         let path = format!("/proc/self/task/{parent}/children");
         let Some(children) = read_proc_file(std::path::Path::new(&path)) else { continue };
@@ -237,26 +238,6 @@ fn strays(wanted: &Wanted, others: &dyn Fn(i32) -> bool) -> Vec<(i32, i32)> {
         }
     }
     found
-}
-
-/// Whether this kernel hands a subreaper's orphans to its leader (Linux 3.19 and later): then
-/// the calling thread's own list is not read, as it holds no process of the attempt once its
-/// `sh` is reaped (three system calls a stage).
-fn orphans_go_to_the_leader() -> bool {
-    static LEADER: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *LEADER.get_or_init(|| {
-        let release = read_proc_file(std::path::Path::new("/proc/sys/kernel/osrelease")).unwrap_or_default();
-        release_at_least(&release, (3, 19))
-    })
-}
-
-/// Whether a kernel release such as `6.1.0-18-amd64` is `at_least` (major, minor).
-fn release_at_least(release: &str, at_least: (u32, u32)) -> bool {
-    let mut numbers = release.trim().split(|c: char| !c.is_ascii_digit()).map(|n| n.parse::<u32>().ok());
-    match (numbers.next().flatten(), numbers.next().flatten()) {
-        (Some(major), Some(minor)) => (major, minor) >= at_least,
-        _ => false,
-    }
 }
 
 /// A small file under /proc, read without the size lookup `fs::read_to_string` makes first
@@ -356,16 +337,6 @@ fn parse_stat(text: &str) -> Option<ProcStat> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn kernel_releases_are_compared_by_major_and_minor() {
-        assert!(release_at_least("6.1.0-18-amd64\n", (3, 19)));
-        assert!(release_at_least("3.19.0", (3, 19)));
-        assert!(release_at_least("4.4.0", (3, 19)));
-        assert!(!release_at_least("3.18.140-foo", (3, 19)));
-        assert!(!release_at_least("2.6.32", (3, 19)));
-        assert!(!release_at_least("", (3, 19)), "unknown: read both lists");
-    }
 
     #[test]
     fn stat_fields_are_counted_from_the_last_parenthesis() {

@@ -1,5 +1,5 @@
 //! Runs the stages a plan marks dirty, each as soon as its upstream is done, on `-j N`
-//! worker threads, and records every finished stage in one transaction.
+//! worker threads, and records every finished stage, each whole in one transaction.
 //!
 //! The coordinator (the calling thread) owns the state database and the bookkeeping;
 //! workers evaluate and run stages and report back through a queue (`handoff.rs`). A stage
@@ -236,6 +236,8 @@ pub fn execute(
         first_error: None,
         run: run.id,
         last_failure: vec![None; n],
+        held: Vec::new(),
+        held_since: None,
     };
     coordinator.outcome.counts.up_to_date =
         (0..n).filter(|&idx| matches!(plan.verdict(idx), Some(Verdict::UpToDate))).count() as u32;
@@ -324,7 +326,6 @@ pub fn execute(
         // is, so that no stage starts after a failure not yet seen here.
         let depth = if opts.fail_fast { workers } else { workers * 2 };
         let mut outstanding = 0usize;
-        coordinator.state.hold_commits();
         loop {
             while outstanding < depth {
                 let Some(idx) = coordinator.schedule.next() else { break };
@@ -353,7 +354,7 @@ pub fn execute(
             coordinator.handle(message, &shared.stop);
         }
     });
-    coordinator.stop_holding(&shared.stop);
+    coordinator.write_now(&shared.stop);
     coordinator.outcome.interrupted = opts.cancel.is_stopping();
     match coordinator.first_error.take() {
         Some(err) => Err(err),
@@ -375,11 +376,11 @@ fn next_message(
 ) -> Option<Message> {
     loop {
         let again = look_again.map(|wait| Instant::now() + wait);
-        match messages.pop([coordinator.next_due(), coordinator.commit_at(), again].into_iter().flatten().min()) {
+        match messages.pop([coordinator.next_due(), coordinator.write_at(), again].into_iter().flatten().min()) {
             Ok(message) => return Some(message),
             Err(Empty::TimedOut) => {
                 coordinator.record_due(stop);
-                coordinator.commit_due(stop);
+                coordinator.write_due(stop);
             }
             Err(Empty::Gone) => return None,
         }

@@ -183,7 +183,7 @@ pub fn run_shell(job: ShellJob<'_>, watchdog: &Watchdog) -> Result<(), AttemptFa
         base: job.base_env,
         vars: &vars,
         dir: &dir,
-        stdio: [stdin, writer.as_fd(), writer.as_fd()],
+        stdio: [stdin.as_fd(), writer.as_fd(), writer.as_fd()],
     });
     // Our copy of the pipe's write end: the pipe then ends when the stage's own processes
     // have closed theirs.

@@ -22,7 +22,7 @@
 use std::cell::RefCell;
 use std::ffi::{CStr, CString, OsStr, c_char, c_int, c_void};
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
@@ -364,15 +364,11 @@ impl Drop for ChildStack {
     }
 }
 
-/// `/dev/null`, for a child's stdin: opened once and kept for the life of the process (two
-/// system calls fewer a stage; the child's `dup2` makes its own copy).
-pub fn dev_null() -> io::Result<BorrowedFd<'static>> {
-    static NULL: std::sync::OnceLock<OwnedFd> = std::sync::OnceLock::new();
-    if NULL.get().is_none() {
-        // Two threads may both open it; one copy is kept, the other closed.
-        let _ = NULL.set(std::fs::File::open("/dev/null")?.into());
-    }
-    Ok(NULL.get().expect("set just above").as_fd())
+/// `/dev/null`, for a child's stdin. Opened for each child, not kept for all: the child's copy
+/// shares the open file description, and with it a `flock` or a flag a stage set on its stdin,
+/// which would then outlive the stage into every later one.
+pub fn dev_null() -> io::Result<OwnedFd> {
+    Ok(std::fs::File::open("/dev/null")?.into())
 }
 
 #[cfg(test)]

@@ -1,9 +1,9 @@
 //! The state database: every SQL string in dagrun lives under this module.
 //!
 //! WAL mode lets `status` and the dashboard read while a build writes; every change a
-//! finished stage makes is in one transaction (a build commits the stages that end within a
+//! finished stage makes is in one transaction (a build writes the stages that end within a
 //! few milliseconds of each other together: `batch.rs`), so a crash loses only stages whose
-//! end was not yet committed, and they run again.
+//! end was not yet committed, and the next build checks them as any other.
 
 mod batch;
 mod history;

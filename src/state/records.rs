@@ -274,8 +274,9 @@ impl State {
         component: &str,
         status: StageStatus,
         reason: &str,
+        at: SystemTime,
     ) -> Result<(), StateError> {
-        let now = timestamp(SystemTime::now());
+        let now = timestamp(at);
         self.change(|conn| {
             conn.prepare_cached(
                 "INSERT INTO stage_runs (run_id, component, status, reason, started_at, finished_at, duration_ms)

@@ -324,6 +324,10 @@ fn a_killed_coordinators_job_is_cancelled_by_the_next_build_and_its_finished_wor
         }
     };
     wait_until("the slow job running", || slurm_states(std::slice::from_ref(&orphan))[&orphan] == "RUNNING");
+    // Slurm says RUNNING before the job's script has begun: wait for the script itself.
+    wait_until("the slow job's script started", || {
+        std::fs::read_to_string(sb.path("ran.log")).is_ok_and(|log| log.lines().any(|line| line == "slow"))
+    });
     wait_until("side recorded", || {
         sb.column("SELECT count(*) FROM orchestrator_state WHERE last_status = 'success'") == ["2"]
     });
