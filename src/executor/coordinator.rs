@@ -31,8 +31,8 @@ pub(super) const START_ROW_DELAY: Duration = Duration::from_millis(100);
 /// (see `state/batch.rs`): in a build of many short stages, the ones that end within this
 /// window share one transaction, which takes the write lock for as long as writing them takes
 /// (a millisecond or two), so that another writer (`dagrun invalidate`, the dashboard) gets in
-/// between. What waits is written before a `running` row or a cluster job's id (each committed
-/// at once) and when the build ends.
+/// between. What waits is written before a `running` row (itself committed at once, as a
+/// cluster job's id is) and when the build ends.
 pub(super) const COMMIT_WINDOW: Duration = Duration::from_millis(20);
 
 /// The coordinator's bookkeeping: which stage is where, and the database.
@@ -64,9 +64,10 @@ pub(super) struct Coordinator<'a, 'e> {
     pub(super) held_since: Option<Instant>,
 }
 
-/// Whatever ends a build (a panic too), no transaction is left open: after a panic in the
-/// middle of writing, what was written is dropped (those stages are not recorded, and the next
-/// build checks them as any other); a build that ends otherwise has written everything.
+/// Whatever ends a build (a panic too), no transaction is left open: after a panic, the ends
+/// held in memory and any transaction being written are dropped (those stages are not
+/// recorded, and the next build checks them as any other); a build that ends otherwise has
+/// written everything.
 impl Drop for Coordinator<'_, '_> {
     fn drop(&mut self) {
         self.state.drop_held();
@@ -114,7 +115,7 @@ impl Coordinator<'_, '_> {
         }
     }
 
-    /// Writes every end held (at the end of the build, with every stage ended).
+    /// Writes every end held, now.
     pub(super) fn write_now(&mut self, stop: &AtomicBool) {
         let written = self.write_held();
         self.stop_on_error(written, stop);
@@ -153,8 +154,9 @@ impl Coordinator<'_, '_> {
         }
     }
 
-    /// Writes one held end. A `stage_runs` row of a stage that was not run only counts towards
-    /// the build's error, as it did when it was written at once (`keep_error`).
+    /// Writes one held end. A `stage_runs` row of a stage that was not run (cut off, blocked,
+    /// skipped), history that no plan reads, only counts towards the build's error
+    /// (`keep_error`) and does not stop it.
     fn write_end(&mut self, end: HeldEnd) -> Result<(), StateError> {
         let run = self.run;
         match end {
