@@ -36,6 +36,7 @@ pub fn hash_file(path: &Path) -> io::Result<(blake3::Hash, u64)> {
     }
     // Small files, and whatever a file grew by after its size was read.
     let mut buffer = vec![0u8; (len.saturating_sub(offset) as usize).clamp(1 << 12, 1 << 20)];
+    // A file just opened is at its start; one mapped in windows is not moved by the maps.
     if offset > 0 {
         std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(offset))?;
     }
