@@ -11,6 +11,10 @@ use crate::engine::{BuildOptions, Engine};
 use crate::error::Error;
 use crate::event::{BuildSummary, Event};
 
+/// How long `--watch` waits after a change for more (an editor's save is a few events
+/// within a millisecond or two).
+pub const WATCH_SETTLE: Duration = Duration::from_millis(10);
+
 /// When the agent runs a cycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Schedule {
@@ -27,7 +31,8 @@ pub enum Schedule {
 }
 
 impl Schedule {
-    fn trigger(self) -> &'static str {
+    /// What its cycles record in `runs.trigger`.
+    pub fn trigger(self) -> &'static str {
         match self {
             Schedule::Once => "agent-once",
             Schedule::Every(_) => "agent-scheduled",

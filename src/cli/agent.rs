@@ -42,8 +42,7 @@ pub fn run(file: std::path::PathBuf, args: AgentArgs) -> Result<u8, Error> {
     // With no mode, one cycle, unless an interval asks for a schedule.
     let mode = args.mode.unwrap_or(if args.interval_sec.is_some() { Mode::Scheduled } else { Mode::Once });
     let schedule = match (args.watch, mode) {
-        // An editor's save is a few events within a millisecond or two.
-        (true, _) | (false, Mode::Watch) => Schedule::Watch { settle: Duration::from_millis(10) },
+        (true, _) | (false, Mode::Watch) => Schedule::Watch { settle: dagrun::agent::WATCH_SETTLE },
         (false, Mode::Once) => Schedule::Once,
         (false, Mode::Scheduled) => Schedule::Every(Duration::from_secs(args.interval_sec.unwrap_or(3600))),
     };

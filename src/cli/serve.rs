@@ -16,6 +16,10 @@ pub struct ServeArgs {
     /// Also run a cycle every N seconds, as `dagrun agent --mode scheduled` does.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     interval_sec: Option<u64>,
+    /// Also run a cycle now and whenever a source input or the pipeline file changes, as
+    /// `dagrun agent --watch` does.
+    #[arg(long, conflicts_with = "interval_sec")]
+    watch: bool,
     /// Require this token of every request (`Authorization: Bearer T`, or open the page once
     /// with `?token=T`). Required to listen on anything but loopback.
     #[arg(long, value_name = "T", env = "DAGRUN_TOKEN", hide_env_values = true)]
@@ -35,6 +39,7 @@ pub fn run(file: std::path::PathBuf, args: ServeArgs) -> Result<u8, Error> {
         addr: args.addr,
         token: args.token.filter(|t| !t.is_empty()),
         interval: args.interval_sec.map(Duration::from_secs),
+        watch: args.watch,
         cancel,
     };
     serve(opts, |addr| {

@@ -59,7 +59,8 @@ pub(crate) struct StateView {
     pub pipeline: String,
     /// The build running now (the dashboard's, a terminal's or an agent's).
     pub running: Option<LiveRun>,
-    /// The schedule, when the dashboard runs one: seconds between cycles, next cycle due.
+    /// The schedule, when the dashboard runs one: seconds between cycles, next cycle due,
+    /// whether it watches for changes.
     pub schedule: Option<Value>,
     pub stages: Vec<StageView>,
 }
@@ -81,10 +82,12 @@ pub(crate) fn state_view(app: &App) -> Result<StateView, ApiError> {
         None => HashMap::new(),
     };
     let stages = reports.into_iter().map(|report| stage_view(report, &running_stages)).collect();
-    let schedule = app.interval.map(|interval| {
+    let schedule = (app.interval.is_some() || app.watch).then(|| {
         json!({
-            "interval_sec": interval.as_secs(),
+            "interval_sec": app.interval.map(|interval| interval.as_secs()),
             "next_due": app.runs.next_due().map(|at| humantime::format_rfc3339_seconds(at).to_string()),
+            "watch": app.watch,
+            "watch_error": app.runs.watch_error(),
         })
     });
     Ok(StateView { pipeline: engine.spec().name.clone(), running, schedule, stages })

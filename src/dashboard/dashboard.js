@@ -24,6 +24,8 @@ function activity(view) {
     : run.run_id == null ? `a ${run.trigger} build is ${run.started_at}`
     : `run ${run.run_id} (${run.trigger}) running since ${run.started_at}`;
   if (view.schedule && view.schedule.next_due) text += `; next scheduled cycle at ${view.schedule.next_due}`;
+  if (view.schedule && view.schedule.watch_error) text += `; not watching: ${view.schedule.watch_error}`;
+  else if (view.schedule && view.schedule.watch) text += "; watching inputs for changes";
   return text;
 }
 

@@ -43,6 +43,9 @@ pub struct ServeOptions {
     pub token: Option<String>,
     /// Also run a cycle every this long, as `dagrun agent --mode scheduled` does.
     pub interval: Option<Duration>,
+    /// Also run a cycle at start and whenever a source input or the pipeline file changes,
+    /// as `dagrun agent --watch` does.
+    pub watch: bool,
     /// Drain it to stop: the server stops answering, a running build finishes its running
     /// stages and starts no new one; cancel it to kill them.
     pub cancel: CancelToken,
@@ -70,6 +73,7 @@ pub(crate) struct App {
     token: Option<String>,
     pub(crate) runs: RunOnce,
     interval: Option<Duration>,
+    watch: bool,
 }
 
 impl App {
@@ -115,12 +119,16 @@ pub fn serve(opts: ServeOptions, on_ready: impl FnOnce(SocketAddr)) -> Result<()
         token,
         runs: RunOnce::new(opts.cancel.clone()),
         interval: opts.interval,
+        watch: opts.watch,
     });
     if let Err(error) = app.engine() {
         return Err(Error::Serve(ServeError::Runtime(std::io::Error::other(error))));
     }
     if let Some(interval) = app.interval {
         runner::schedule(app.clone(), interval);
+    }
+    if app.watch {
+        runner::watch(app.clone(), crate::agent::WATCH_SETTLE);
     }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_io()
@@ -135,7 +143,8 @@ pub fn serve(opts: ServeOptions, on_ready: impl FnOnce(SocketAddr)) -> Result<()
             axum::serve(listener, router(app.clone())).with_graceful_shutdown(stopped(cancel)).await
         })
         .map_err(|e| Error::Serve(ServeError::Runtime(e)))?;
-    // The server has stopped answering; a build it started drains (or is cancelled).
+    // The server has stopped answering; a build it started drains (or is cancelled), and the
+    // watcher stops.
     app.runs.wait();
     Ok(())
 }

@@ -84,7 +84,8 @@ fn stage_row(stage: &super::api::StageView) -> String {
     )
 }
 
-/// "run 12 (dashboard) running since ..." or "idle", and when the schedule runs next.
+/// "run 12 (dashboard) running since ..." or "idle", when the schedule runs next, and
+/// whether it watches.
 fn activity(view: &super::api::StateView) -> String {
     let mut text = match &view.running {
         Some(run) => match run.run_id {
@@ -95,6 +96,11 @@ fn activity(view: &super::api::StateView) -> String {
     };
     if let Some(next) = view.schedule.as_ref().and_then(|s| s["next_due"].as_str()) {
         text.push_str(&format!("; next scheduled cycle at {next}"));
+    }
+    if let Some(error) = view.schedule.as_ref().and_then(|s| s["watch_error"].as_str()) {
+        text.push_str(&format!("; not watching: {error}"));
+    } else if view.schedule.as_ref().is_some_and(|s| s["watch"] == true) {
+        text.push_str("; watching inputs for changes");
     }
     text
 }

@@ -1,5 +1,5 @@
-//! The builds the dashboard starts ("Run Agent Once", and the schedule), one at a time,
-//! each an ordinary `Engine::build` on a thread of its own.
+//! The builds the dashboard starts ("Run Agent Once", the schedule, and the watcher's
+//! cycles), each an ordinary `Engine::build` on a thread of its own.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
@@ -8,6 +8,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
 use super::App;
+use crate::agent::{AgentEvent, AgentOptions, Schedule, run_agent};
 use crate::cancel::CancelToken;
 use crate::engine::{BuildOptions, Engine};
 use crate::event::Event;
@@ -17,15 +18,22 @@ use crate::state::State;
 /// without one: the build may be queued behind another's lock.
 const START_WAIT: Duration = Duration::from_secs(5);
 
-/// The dashboard's own build, if it started one, and the schedule.
+/// The dashboard's own build, if it started one, the schedule, and the watcher.
 pub struct RunOnce {
     cancel: CancelToken,
     active: Mutex<Option<Active>>,
     next_due: Mutex<Option<SystemTime>>,
+    /// The watcher's cycle running now.
+    watch_cycle: Mutex<Option<OwnRun>>,
+    /// The watcher's thread, which ends when the dashboard stops.
+    watcher: Mutex<Option<JoinHandle<()>>>,
+    /// Why the watcher stopped early (it could not watch at all).
+    watch_error: Mutex<Option<String>>,
 }
 
 struct Active {
     run_id: Option<i64>,
+    trigger: &'static str,
     done: Arc<AtomicBool>,
     thread: JoinHandle<()>,
 }
@@ -41,6 +49,13 @@ pub enum Started {
     Failed(String),
 }
 
+/// The build this process runs now: its run id (`None` until recorded) and trigger.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OwnRun {
+    pub run_id: Option<i64>,
+    pub trigger: &'static str,
+}
+
 /// A build running now: the dashboard's own, a terminal's `dagrun build`, or an agent's.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct LiveRun {
@@ -53,14 +68,24 @@ pub struct LiveRun {
 
 impl RunOnce {
     pub fn new(cancel: CancelToken) -> RunOnce {
-        RunOnce { cancel, active: Mutex::new(None), next_due: Mutex::new(None) }
+        RunOnce {
+            cancel,
+            active: Mutex::new(None),
+            next_due: Mutex::new(None),
+            watch_cycle: Mutex::new(None),
+            watcher: Mutex::new(None),
+            watch_error: Mutex::new(None),
+        }
     }
 
     /// Starts a build with `trigger`, unless one is running.
-    pub(crate) fn start(&self, app: &App, trigger: &str) -> Started {
+    pub(crate) fn start(&self, app: &App, trigger: &'static str) -> Started {
         let mut active = self.active.lock().expect("run state poisoned");
         if let Some(running) = active.as_ref().filter(|a| !a.done.load(Ordering::SeqCst)) {
             return Started::Busy(running.run_id);
+        }
+        if let Some(cycle) = *self.watch_cycle.lock().expect("watch state poisoned") {
+            return Started::Busy(cycle.run_id);
         }
         let engine = match app.engine() {
             Ok(engine) => engine,
@@ -93,16 +118,19 @@ impl RunOnce {
             Ok(Err(error)) => (None, Started::Failed(error)),
             Err(_) => (None, Started::Run(None)),
         };
-        if let Some(previous) = active.replace(Active { run_id, done, thread }) {
+        if let Some(previous) = active.replace(Active { run_id, trigger, done, thread }) {
             let _ = previous.thread.join(); // finished: checked above
         }
         outcome
     }
 
-    /// The dashboard's own build, if one is running: its run id (once recorded).
-    pub fn running(&self) -> Option<Option<i64>> {
+    /// The build this process runs now, if any: the dashboard's own, or the watcher's cycle.
+    pub fn running(&self) -> Option<OwnRun> {
         let active = self.active.lock().expect("run state poisoned");
-        active.as_ref().filter(|a| !a.done.load(Ordering::SeqCst)).map(|a| a.run_id)
+        if let Some(own) = active.as_ref().filter(|a| !a.done.load(Ordering::SeqCst)) {
+            return Some(OwnRun { run_id: own.run_id, trigger: own.trigger });
+        }
+        *self.watch_cycle.lock().expect("watch state poisoned")
     }
 
     /// When the schedule runs its next cycle, if there is a schedule.
@@ -110,12 +138,25 @@ impl RunOnce {
         *self.next_due.lock().expect("schedule poisoned")
     }
 
-    /// Waits for the dashboard's build, if any, to end.
+    /// Waits for the dashboard's build, if any, and the watcher, once asked to stop, to end.
     pub fn wait(&self) {
         let active = self.active.lock().expect("run state poisoned").take();
         if let Some(active) = active {
             let _ = active.thread.join();
         }
+        let watcher = self.watcher.lock().expect("watch state poisoned").take();
+        if let Some(watcher) = watcher {
+            let _ = watcher.join();
+        }
+    }
+
+    /// Why the watcher stopped before the dashboard did, if it did.
+    pub fn watch_error(&self) -> Option<String> {
+        self.watch_error.lock().expect("watch state poisoned").clone()
+    }
+
+    fn set_watch_cycle(&self, cycle: Option<OwnRun>) {
+        *self.watch_cycle.lock().expect("watch state poisoned") = cycle;
     }
 }
 
@@ -147,6 +188,40 @@ pub(crate) fn schedule(app: Arc<App>, interval: Duration) {
     });
 }
 
+/// Runs the agent's watch loop beside the server, as `dagrun agent --watch` does: a cycle
+/// now and whenever a source input or the pipeline file changes, planning only what changed.
+/// Its cycles show as this process's build, so Run Agent Once answers busy while one runs;
+/// a cycle that starts while the dashboard's own build runs waits for that build's lock.
+pub(crate) fn watch(app: Arc<App>, settle: Duration) {
+    let opts = AgentOptions {
+        file: app.file.clone(),
+        schedule: Schedule::Watch { settle },
+        jobs: None,
+        cancel: app.runs.cancel.clone(),
+    };
+    let registry = app.registry.clone();
+    let trigger = opts.schedule.trigger();
+    let watched = app.clone();
+    let thread = std::thread::spawn(move || {
+        let runs = &watched.runs;
+        // Cycles record their failures as any build does; the loop itself fails only when
+        // nothing can be watched.
+        let ran = run_agent(&opts, &registry, &mut |event| match event {
+            AgentEvent::CycleStarted { .. } => runs.set_watch_cycle(Some(OwnRun { run_id: None, trigger })),
+            AgentEvent::Build(Event::BuildStarted { run, .. }) => {
+                runs.set_watch_cycle(Some(OwnRun { run_id: Some(run.0), trigger }))
+            }
+            AgentEvent::CycleFinished { .. } | AgentEvent::CycleFailed { .. } => runs.set_watch_cycle(None),
+            _ => {}
+        });
+        runs.set_watch_cycle(None);
+        if let Err(error) = ran {
+            *runs.watch_error.lock().expect("watch state poisoned") = Some(error.to_string());
+        }
+    });
+    *app.runs.watcher.lock().expect("watch state poisoned") = Some(thread);
+}
+
 /// Another process's build running now, if any: a `runs` row still `running` whose process
 /// is a live dagrun (a killed build leaves its row `running` until the next build sweeps
 /// it, and its pid may since belong to anything, this dashboard included). The dashboard's
@@ -156,16 +231,16 @@ pub(crate) fn live_run(engine: &Engine) -> Option<LiveRun> {
     Some(LiveRun { run_id: Some(build.run_id), trigger: build.trigger, started_at: build.started_at, pid: build.pid })
 }
 
-/// The dashboard's own build, if one is running, as `running` shows it.
+/// The build this process runs, if any, as `running` shows it.
 pub(crate) fn own_run(app: &App, engine: &Engine) -> Option<LiveRun> {
-    let run_id = app.runs.running()?;
+    let OwnRun { run_id, trigger } = app.runs.running()?;
     let recorded = run_id.and_then(|id| {
         let state = State::open_reader(&engine.spec().state_path).ok()??;
         state.runs_in_progress().ok()?.into_iter().find(|run| run.0 == id)
     });
     let (trigger, started_at) = match recorded {
         Some((_, _, trigger, started_at)) => (trigger, started_at),
-        None => ("dashboard".to_string(), "waiting for the build lock".to_string()),
+        None => (trigger.to_string(), "waiting for the build lock".to_string()),
     };
     Some(LiveRun { run_id, trigger, started_at, pid: std::process::id() })
 }

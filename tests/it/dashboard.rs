@@ -327,6 +327,44 @@ fn with_an_interval_the_dashboard_runs_the_schedule_too() {
     assert!(page.body.contains("next scheduled cycle at"), "{}", page.body);
 }
 
+/// `copy` waits for the test's `go` file, then copies its source.
+const WAITS_THEN_COPIES: &str = r#"
+[stages.copy]
+cmd = "while [ ! -e go ]; do sleep 0.02; done; cat src.txt > copy.out"
+inputs = ["src.txt"]
+outputs = ["copy.out"]
+"#;
+
+#[test]
+fn with_watch_the_dashboard_runs_a_cycle_at_start_and_on_every_change() {
+    let sb = Sandbox::new().pipeline(WAITS_THEN_COPIES).file("src.txt", "1\n");
+    let server = Server::start(&sb, &["--watch"]);
+    // The first cycle is the dashboard's own build while it runs: Run Agent Once is refused.
+    wait_until("the first cycle to run the stage", || server.json("/api/state")["stages"][0]["state"] == "running");
+    let state = server.json("/api/state");
+    assert_eq!(state["running"]["trigger"], "agent-watch", "{state}");
+    assert_eq!(state["schedule"]["watch"], true, "{state}");
+    let refused = server.post("/api/run-once");
+    assert_eq!(refused.status, 409, "{}", refused.body);
+    assert_eq!(refused.json()["running"], state["running"]["run_id"]);
+    let page = server.get("/");
+    assert!(page.body.contains("(agent-watch) running since"), "{}", page.body);
+    assert!(page.body.contains("watching inputs for changes"), "{}", page.body);
+    sb.write("go", "");
+    wait_for_every_stage(&server, 1);
+    assert_eq!(sb.read("copy.out"), "1\n");
+
+    sb.write("src.txt", "2\n");
+    wait_for_every_stage(&server, 2);
+    assert_eq!(sb.read("copy.out"), "2\n");
+    assert_eq!(sb.column("SELECT trigger FROM runs ORDER BY run_id"), ["agent-watch", "agent-watch"]);
+    assert_eq!(sb.column("SELECT component FROM stage_runs WHERE run_id = 2"), ["copy"]);
+
+    server.terminate();
+    let status = server.wait();
+    assert!(status.success(), "the watcher stops with the dashboard: {status:?}");
+}
+
 #[test]
 fn sigterm_stops_the_dashboard_and_lets_its_running_build_finish() {
     let sb = Sandbox::new().pipeline(WAITS);
