@@ -426,7 +426,11 @@ impl Engine {
             slurm,
         };
         let executed = execute(&ctx, &plan, &mut state, &begun, &exec_opts, on_event);
-        // Cache entries of stages that did not run (e.g. an up-to-date check) are kept too.
+        if !opts.cancel.is_stopping() {
+            cache.settle();
+        }
+        // Cache entries of stages that did not run (e.g. an up-to-date check) are kept too,
+        // and those `settle` made.
         let cached = state.save_hash_cache(&cache.take_fresh());
         let outcome = match executed {
             Ok(outcome) => outcome,

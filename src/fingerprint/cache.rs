@@ -26,6 +26,10 @@ const RACY_WINDOW_NS: i64 = 50_000_000;
 /// in a billion, and is only trusted later.
 const COARSE_RACY_WINDOW_NS: i64 = 2_000_000_000;
 
+/// The largest file `settle` reads a second time: reading one this small again costs about
+/// what its `statx` does, while a large output's second read would double its hashing.
+const SETTLE_MAX_BYTES: u64 = 64 * 1024;
+
 /// The racy window for a file with these times.
 fn racy_window_ns(mtime_ns: i64, ctime_ns: i64) -> i64 {
     let whole_seconds = |ns: i64| ns.rem_euclid(1_000_000_000) == 0;
@@ -196,6 +200,8 @@ pub struct HashCache {
 struct Known {
     entries: HashMap<String, CacheEntry>,
     fresh: Vec<(String, CacheEntry)>,
+    /// Files this cache hashed whose entries were racy when made: what `settle` looks at.
+    racy: Vec<String>,
 }
 
 impl HashCache {
@@ -206,7 +212,7 @@ impl HashCache {
             root_dir: open(root, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty()).ok(),
             clock: clock.clone(),
             clock_ns: std::sync::OnceLock::new(),
-            known: Mutex::new(Known { entries, fresh: Vec::new() }),
+            known: Mutex::new(Known { entries, fresh: Vec::new(), racy: Vec::new() }),
         }
     }
 
@@ -223,15 +229,7 @@ impl HashCache {
     /// Hashes a file or a directory (the sorted list of its files' relative paths and hashes).
     pub fn hash_path(&self, rel: &str) -> Result<FileHash, HashError> {
         let full = self.root.join(rel);
-        let found = match &self.root_dir {
-            Some(dir) => stat_at(dir, rel),
-            None => std::fs::metadata(&full).map(|meta| match () {
-                () if meta.is_dir() => Found::Dir,
-                () if meta.is_file() => Found::File(FileStat::of(&meta)),
-                () => Found::Other,
-            }),
-        };
-        match found.map_err(|e| HashError::io(rel, e))? {
+        match self.stat(rel, &full).map_err(|e| HashError::io(rel, e))? {
             Found::Dir => self.hash_dir(rel, &full),
             Found::File(stat) => self.hash_file(rel, &full, stat),
             Found::Other => Err(HashError::NotAFile { path: rel.to_string() }),
@@ -246,6 +244,18 @@ impl HashCache {
         rels.par_iter().map(|&rel| (rel, self.hash_path(rel))).collect()
     }
 
+    /// `rel` (whose path in full is `full`) as `hash_path` finds it.
+    fn stat(&self, rel: &str, full: &Path) -> io::Result<Found> {
+        match &self.root_dir {
+            Some(dir) => stat_at(dir, rel),
+            None => std::fs::metadata(full).map(|meta| match () {
+                () if meta.is_dir() => Found::Dir,
+                () if meta.is_file() => Found::File(FileStat::of(&meta)),
+                () => Found::Other,
+            }),
+        }
+    }
+
     fn hash_file(&self, rel: &str, full: &Path, stat: FileStat) -> Result<FileHash, HashError> {
         let cached = self.known.lock().expect("hash cache poisoned").entries.get(rel).copied();
         if let Some(entry) = cached
@@ -255,22 +265,63 @@ impl HashCache {
             return Ok(entry.hash);
         }
         let cached_at_ns = *self.clock_ns.get_or_init(|| self.clock.now_ns());
-        let (hash, _) = super::hash_file(full).map_err(|e| HashError::io(rel, e))?;
-        let entry = CacheEntry {
-            size: stat.size,
-            mtime_ns: stat.mtime_ns,
-            inode: stat.inode,
-            hash: FileHash(hash),
-            cached_at_ns,
-            ctime_ns: stat.ctime_ns,
-            dev: stat.dev,
-        };
+        let entry = hash_into_entry(rel, full, stat, cached_at_ns)?;
         if cached != Some(entry) {
             let mut known = self.known.lock().expect("hash cache poisoned");
             known.entries.insert(rel.to_string(), entry);
             known.fresh.push((rel.to_string(), entry));
+            if entry.is_racy() {
+                known.racy.push(rel.to_string());
+            }
         }
         Ok(entry.hash)
+    }
+
+    /// Reads again the small files this cache hashed while they were racy (a build's
+    /// outputs, hashed just after their stage wrote them, all are) whose racy window has
+    /// passed by the filesystem's clock, read now, so that their entries are trusted: a
+    /// reader right after the build (`status`, `build -n`, the dashboard) then reads none of
+    /// them, where it would read every output again and, a reader, save nothing. An entry
+    /// whose file changed since keeps its place (the next look at it sees the change); one
+    /// whose file changed without its times moving (the racy case itself) gets the new hash.
+    /// Files over `SETTLE_MAX_BYTES`, and those written in the last racy window, are left to
+    /// the next build. Returns how many entries it settled.
+    pub fn settle(&self) -> usize {
+        let racy = std::mem::take(&mut self.known.lock().expect("hash cache poisoned").racy);
+        if racy.is_empty() {
+            return 0;
+        }
+        // Read before any file is read again: every entry below is hashed after it.
+        let now_ns = self.clock.now_ns();
+        let due: Vec<(String, CacheEntry)> = {
+            let known = self.known.lock().expect("hash cache poisoned");
+            racy.into_iter()
+                .filter_map(|rel| {
+                    let entry = *known.entries.get(&rel)?;
+                    let changed_at = entry.mtime_ns.max(entry.ctime_ns);
+                    let settled = changed_at < now_ns - racy_window_ns(entry.mtime_ns, entry.ctime_ns);
+                    (entry.is_racy() && settled && entry.size <= SETTLE_MAX_BYTES).then_some((rel, entry))
+                })
+                .collect()
+        };
+        let settled: Vec<(String, CacheEntry)> = due
+            .into_par_iter()
+            .filter_map(|(rel, entry)| {
+                let full = self.root.join(&rel);
+                let Ok(Found::File(stat)) = self.stat(&rel, &full) else { return None };
+                if !entry.matches(&stat) {
+                    return None;
+                }
+                Some((rel.clone(), hash_into_entry(&rel, &full, stat, now_ns).ok()?))
+            })
+            .collect();
+        let count = settled.len();
+        let mut known = self.known.lock().expect("hash cache poisoned");
+        for (rel, entry) in settled {
+            known.entries.insert(rel.clone(), entry);
+            known.fresh.push((rel, entry));
+        }
+        count
     }
 
     fn hash_dir(&self, rel: &str, full: &Path) -> Result<FileHash, HashError> {
@@ -323,6 +374,20 @@ impl HashCache {
         }
         Ok(FileHash(h.finalize()))
     }
+}
+
+/// Reads `full` (which `stat` described) and makes its entry.
+fn hash_into_entry(rel: &str, full: &Path, stat: FileStat, cached_at_ns: i64) -> Result<CacheEntry, HashError> {
+    let (hash, _) = super::hash_file(full).map_err(|e| HashError::io(rel, e))?;
+    Ok(CacheEntry {
+        size: stat.size,
+        mtime_ns: stat.mtime_ns,
+        inode: stat.inode,
+        hash: FileHash(hash),
+        cached_at_ns,
+        ctime_ns: stat.ctime_ns,
+        dev: stat.dev,
+    })
 }
 
 fn local_now_ns() -> i64 {
@@ -442,6 +507,50 @@ mod tests {
             HashCache::new(dir.path(), HashMap::from([("f".into(), entry(stat.mtime_ns + 10))]), &CacheClock::Local);
         assert_eq!(racy.hash_path("f").unwrap(), FileHash(blake3::hash(b"real")));
         assert_eq!(racy.take_fresh().len(), 1);
+    }
+
+    /// Waits, by the clock a `Local` cache reads, until `path`'s racy window has passed.
+    fn wait_out_racy_window(path: &Path) {
+        let stat = FileStat::of(&std::fs::metadata(path).unwrap());
+        let changed_at = stat.mtime_ns.max(stat.ctime_ns);
+        while local_now_ns() <= changed_at + racy_window_ns(stat.mtime_ns, stat.ctime_ns) {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+
+    #[test]
+    fn settle_trusts_a_racy_entry_once_its_window_has_passed_and_skips_changed_or_large_files() {
+        let dir = tempfile::tempdir().unwrap();
+        // Hashed as soon as written, each entry is racy; made again if this thread was held up
+        // for a whole racy window between a write and its hash.
+        let (cache, entries) = loop {
+            std::fs::write(dir.path().join("small"), "s").unwrap();
+            std::fs::write(dir.path().join("edited"), "e").unwrap();
+            std::fs::write(dir.path().join("large"), vec![7u8; SETTLE_MAX_BYTES as usize + 1]).unwrap();
+            let cache = HashCache::new(dir.path(), HashMap::new(), &CacheClock::Local);
+            for rel in ["small", "edited", "large"] {
+                cache.hash_path(rel).unwrap();
+            }
+            let entries = cache.known.lock().unwrap().entries.clone();
+            if entries.values().all(CacheEntry::is_racy) {
+                break (cache, entries);
+            }
+        };
+        cache.take_fresh();
+        std::fs::write(dir.path().join("edited"), "edited since").unwrap();
+        for rel in ["small", "edited", "large"] {
+            wait_out_racy_window(&dir.path().join(rel));
+        }
+
+        assert_eq!(cache.settle(), 1);
+        let known = cache.known.lock().unwrap();
+        let small = known.entries["small"];
+        assert!(!small.is_racy(), "{small:?}");
+        assert_eq!(small.hash, FileHash(blake3::hash(b"s")));
+        assert_eq!(known.fresh, [("small".to_string(), small)], "to be saved");
+        assert_eq!(known.entries["edited"], entries["edited"], "left for the next look to see the edit");
+        assert_eq!(known.entries["large"], entries["large"], "left to the next build");
+        assert!(known.racy.is_empty());
     }
 
     #[test]
