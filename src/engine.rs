@@ -427,10 +427,10 @@ impl Engine {
         };
         let executed = execute(&ctx, &plan, &mut state, &begun, &exec_opts, on_event);
         if !opts.cancel.is_stopping() {
-            cache.settle();
+            cache.rehash_racy();
         }
         // Cache entries of stages that did not run (e.g. an up-to-date check) are kept too,
-        // and those `settle` made.
+        // and those `rehash_racy` made trusted.
         let cached = state.save_hash_cache(&cache.take_fresh());
         let outcome = match executed {
             Ok(outcome) => outcome,

@@ -60,7 +60,8 @@ pub(crate) struct StateView {
     /// The build running now (the dashboard's, a terminal's or an agent's).
     pub running: Option<LiveRun>,
     /// The schedule, when the dashboard runs one: seconds between cycles, next cycle due,
-    /// whether it watches for changes.
+    /// whether it watches for changes, and why it stopped watching or watches only some
+    /// inputs.
     pub schedule: Option<Value>,
     pub stages: Vec<StageView>,
 }
@@ -83,11 +84,13 @@ pub(crate) fn state_view(app: &App) -> Result<StateView, ApiError> {
     };
     let stages = reports.into_iter().map(|report| stage_view(report, &running_stages)).collect();
     let schedule = (app.interval.is_some() || app.watch).then(|| {
+        let watch = app.builds.watch_state();
         json!({
             "interval_sec": app.interval.map(|interval| interval.as_secs()),
-            "next_due": app.runs.next_due().map(|at| humantime::format_rfc3339_seconds(at).to_string()),
+            "next_due": app.builds.next_due().map(|at| humantime::format_rfc3339_seconds(at).to_string()),
             "watch": app.watch,
-            "watch_error": app.runs.watch_error(),
+            "watch_error": watch.stopped,
+            "watch_warning": watch.partial,
         })
     });
     Ok(StateView { pipeline: engine.spec().name.clone(), running, schedule, stages })
@@ -201,7 +204,7 @@ pub(crate) async fn graph(State(app): State<Arc<App>>) -> Result<Response, ApiEr
 /// `POST /api/run-once`: starts a cycle as `dagrun agent --mode once` does; 202 with its
 /// run id, or 409 with the id of the build already running.
 pub(crate) async fn run_once(State(app): State<Arc<App>>) -> Result<Response, ApiError> {
-    let started = blocking(move || Ok(app.runs.start(&app, "dashboard"))).await?;
+    let started = blocking(move || Ok(app.builds.start(&app, "dashboard"))).await?;
     Ok(match started {
         Started::Run(run_id) => (StatusCode::ACCEPTED, Json(json!({ "run_id": run_id }))).into_response(),
         Started::Busy(running) => {

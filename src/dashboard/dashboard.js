@@ -25,6 +25,7 @@ function activity(view) {
     : `run ${run.run_id} (${run.trigger}) running since ${run.started_at}`;
   if (view.schedule && view.schedule.next_due) text += `; next scheduled cycle at ${view.schedule.next_due}`;
   if (view.schedule && view.schedule.watch_error) text += `; not watching: ${view.schedule.watch_error}`;
+  else if (view.schedule && view.schedule.watch_warning) text += `; watching only some inputs: ${view.schedule.watch_warning}`;
   else if (view.schedule && view.schedule.watch) text += "; watching inputs for changes";
   return text;
 }

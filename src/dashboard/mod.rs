@@ -31,7 +31,7 @@ use crate::cancel::CancelToken;
 use crate::engine::Engine;
 use crate::error::Error;
 
-pub use runner::RunOnce;
+pub use runner::OwnBuilds;
 
 /// How to serve.
 pub struct ServeOptions {
@@ -71,7 +71,7 @@ pub(crate) struct App {
     /// The pipeline as last loaded, with the file's modification time then.
     engine: Mutex<Option<(SystemTime, Arc<Engine>)>>,
     token: Option<String>,
-    pub(crate) runs: RunOnce,
+    pub(crate) builds: OwnBuilds,
     interval: Option<Duration>,
     watch: bool,
 }
@@ -117,36 +117,38 @@ pub fn serve(opts: ServeOptions, on_ready: impl FnOnce(SocketAddr)) -> Result<()
         registry: opts.registry,
         engine: Mutex::new(None),
         token,
-        runs: RunOnce::new(opts.cancel.clone()),
+        builds: OwnBuilds::new(opts.cancel.clone()),
         interval: opts.interval,
         watch: opts.watch,
     });
     if let Err(error) = app.engine() {
         return Err(Error::Serve(ServeError::Runtime(std::io::Error::other(error))));
     }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()
+        .map_err(|e| Error::Serve(ServeError::Runtime(e)))?;
+    // Started once nothing but the server itself can fail.
     if let Some(interval) = app.interval {
         runner::schedule(app.clone(), interval);
     }
     if app.watch {
         runner::watch(app.clone(), crate::agent::WATCH_SETTLE);
     }
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .enable_time()
-        .build()
-        .map_err(|e| Error::Serve(ServeError::Runtime(e)))?;
     let cancel = opts.cancel;
-    runtime
-        .block_on(async {
-            let listener = tokio::net::TcpListener::from_std(listener)?;
-            on_ready(bound);
-            axum::serve(listener, router(app.clone())).with_graceful_shutdown(stopped(cancel)).await
-        })
-        .map_err(|e| Error::Serve(ServeError::Runtime(e)))?;
-    // The server has stopped answering; a build it started drains (or is cancelled), and the
-    // watcher stops.
-    app.runs.wait();
-    Ok(())
+    let served = runtime.block_on(async {
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        on_ready(bound);
+        axum::serve(listener, router(app.clone())).with_graceful_shutdown(stopped(cancel.clone())).await
+    });
+    // The server has stopped answering (asked to, or failed): a build it started drains (or
+    // is cancelled), and the watcher stops.
+    if served.is_err() {
+        cancel.drain();
+    }
+    app.builds.wait();
+    served.map_err(|e| Error::Serve(ServeError::Runtime(e)))
 }
 
 /// Resolves once the dashboard is asked to stop.

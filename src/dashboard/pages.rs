@@ -97,8 +97,11 @@ fn activity(view: &super::api::StateView) -> String {
     if let Some(next) = view.schedule.as_ref().and_then(|s| s["next_due"].as_str()) {
         text.push_str(&format!("; next scheduled cycle at {next}"));
     }
-    if let Some(error) = view.schedule.as_ref().and_then(|s| s["watch_error"].as_str()) {
+    let field = |name: &str| view.schedule.as_ref().and_then(|s| s[name].as_str());
+    if let Some(error) = field("watch_error") {
         text.push_str(&format!("; not watching: {error}"));
+    } else if let Some(warning) = field("watch_warning") {
+        text.push_str(&format!("; watching only some inputs: {warning}"));
     } else if view.schedule.as_ref().is_some_and(|s| s["watch"] == true) {
         text.push_str("; watching inputs for changes");
     }

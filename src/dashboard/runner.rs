@@ -18,17 +18,26 @@ use crate::state::State;
 /// without one: the build may be queued behind another's lock.
 const START_WAIT: Duration = Duration::from_secs(5);
 
-/// The dashboard's own build, if it started one, the schedule, and the watcher.
-pub struct RunOnce {
+/// The builds this process runs: the dashboard's own, if it started one, the schedule's,
+/// and the watcher's cycles.
+pub struct OwnBuilds {
     cancel: CancelToken,
     active: Mutex<Option<Active>>,
     next_due: Mutex<Option<SystemTime>>,
-    /// The watcher's cycle running now.
-    watch_cycle: Mutex<Option<OwnRun>>,
+    watch: Mutex<WatchState>,
     /// The watcher's thread, which ends when the dashboard stops.
     watcher: Mutex<Option<JoinHandle<()>>>,
-    /// Why the watcher stopped early (it could not watch at all).
-    watch_error: Mutex<Option<String>>,
+}
+
+/// What the watcher is doing, as the Agent page shows it.
+#[derive(Debug, Default, Clone)]
+pub struct WatchState {
+    /// Its cycle running now.
+    cycle: Option<OwnRun>,
+    /// Why the latest cycle watched only some inputs (the system's inotify limit, say).
+    pub partial: Option<String>,
+    /// Why it stopped before the dashboard did.
+    pub stopped: Option<String>,
 }
 
 struct Active {
@@ -66,15 +75,14 @@ pub struct LiveRun {
     pub pid: u32,
 }
 
-impl RunOnce {
-    pub fn new(cancel: CancelToken) -> RunOnce {
-        RunOnce {
+impl OwnBuilds {
+    pub fn new(cancel: CancelToken) -> OwnBuilds {
+        OwnBuilds {
             cancel,
             active: Mutex::new(None),
             next_due: Mutex::new(None),
-            watch_cycle: Mutex::new(None),
+            watch: Mutex::new(WatchState::default()),
             watcher: Mutex::new(None),
-            watch_error: Mutex::new(None),
         }
     }
 
@@ -84,7 +92,7 @@ impl RunOnce {
         if let Some(running) = active.as_ref().filter(|a| !a.done.load(Ordering::SeqCst)) {
             return Started::Busy(running.run_id);
         }
-        if let Some(cycle) = *self.watch_cycle.lock().expect("watch state poisoned") {
+        if let Some(cycle) = self.watch.lock().expect("watch state poisoned").cycle {
             return Started::Busy(cycle.run_id);
         }
         let engine = match app.engine() {
@@ -130,7 +138,7 @@ impl RunOnce {
         if let Some(own) = active.as_ref().filter(|a| !a.done.load(Ordering::SeqCst)) {
             return Some(OwnRun { run_id: own.run_id, trigger: own.trigger });
         }
-        *self.watch_cycle.lock().expect("watch state poisoned")
+        self.watch.lock().expect("watch state poisoned").cycle
     }
 
     /// When the schedule runs its next cycle, if there is a schedule.
@@ -150,13 +158,25 @@ impl RunOnce {
         }
     }
 
-    /// Why the watcher stopped before the dashboard did, if it did.
-    pub fn watch_error(&self) -> Option<String> {
-        self.watch_error.lock().expect("watch state poisoned").clone()
+    /// What the watcher is doing.
+    pub fn watch_state(&self) -> WatchState {
+        self.watch.lock().expect("watch state poisoned").clone()
     }
+}
 
-    fn set_watch_cycle(&self, cycle: Option<OwnRun>) {
-        *self.watch_cycle.lock().expect("watch state poisoned") = cycle;
+/// Clears the watcher's cycle however its thread ends; a panic is why it stopped.
+struct WatcherEnd<'a>(&'a OwnBuilds);
+
+impl Drop for WatcherEnd<'_> {
+    fn drop(&mut self) {
+        // Never a second panic while unwinding: a poisoned lock still holds the state.
+        let mut watch = self.0.watch.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        watch.cycle = None;
+        if std::thread::panicking() {
+            watch
+                .stopped
+                .get_or_insert_with(|| "the watcher stopped on an internal error; restart the dashboard".into());
+        }
     }
 }
 
@@ -173,13 +193,13 @@ impl Drop for SetOnDrop {
 /// cycle that finds a build running is skipped (cycles never stack up).
 pub(crate) fn schedule(app: Arc<App>, interval: Duration) {
     std::thread::spawn(move || {
-        let runs = &app.runs;
+        let builds = &app.builds;
         loop {
             let due = SystemTime::now() + interval;
-            *runs.next_due.lock().expect("schedule poisoned") = Some(due);
-            let _ = runs.start(&app, "agent-scheduled");
+            *builds.next_due.lock().expect("schedule poisoned") = Some(due);
+            let _ = builds.start(&app, "agent-scheduled");
             while SystemTime::now() < due {
-                if runs.cancel.is_stopping() {
+                if builds.cancel.is_stopping() {
                     return;
                 }
                 std::thread::sleep(Duration::from_millis(100));
@@ -197,35 +217,44 @@ pub(crate) fn watch(app: Arc<App>, settle: Duration) {
         file: app.file.clone(),
         schedule: Schedule::Watch { settle },
         jobs: None,
-        cancel: app.runs.cancel.clone(),
+        cancel: app.builds.cancel.clone(),
     };
     let registry = app.registry.clone();
     let trigger = opts.schedule.trigger();
     let watched = app.clone();
     let thread = std::thread::spawn(move || {
-        let runs = &watched.runs;
+        let builds = &watched.builds;
+        let _end = WatcherEnd(builds);
+        let state = || builds.watch.lock().expect("watch state poisoned");
+        // A failure to watch some inputs is reported (before the cycle starts) each time the
+        // pipeline is watched afresh, which every cycle does until all are watched.
+        let mut unwatched: Option<String> = None;
         // Cycles record their failures as any build does; the loop itself fails only when
         // nothing can be watched.
         let ran = run_agent(&opts, &registry, &mut |event| match event {
-            AgentEvent::CycleStarted { .. } => runs.set_watch_cycle(Some(OwnRun { run_id: None, trigger })),
-            AgentEvent::Build(Event::BuildStarted { run, .. }) => {
-                runs.set_watch_cycle(Some(OwnRun { run_id: Some(run.0), trigger }))
+            AgentEvent::WatchFailed { error } => unwatched = Some(error.to_string()),
+            AgentEvent::CycleStarted { .. } => {
+                let mut state = state();
+                state.cycle = Some(OwnRun { run_id: None, trigger });
+                state.partial = unwatched.take();
             }
-            AgentEvent::CycleFinished { .. } | AgentEvent::CycleFailed { .. } => runs.set_watch_cycle(None),
+            AgentEvent::Build(Event::BuildStarted { run, .. }) => {
+                state().cycle = Some(OwnRun { run_id: Some(run.0), trigger });
+            }
+            AgentEvent::CycleFinished { .. } | AgentEvent::CycleFailed { .. } => state().cycle = None,
             _ => {}
         });
-        runs.set_watch_cycle(None);
         if let Err(error) = ran {
-            *runs.watch_error.lock().expect("watch state poisoned") = Some(error.to_string());
+            state().stopped = Some(error.to_string());
         }
     });
-    *app.runs.watcher.lock().expect("watch state poisoned") = Some(thread);
+    *app.builds.watcher.lock().expect("watch state poisoned") = Some(thread);
 }
 
 /// Another process's build running now, if any: a `runs` row still `running` whose process
 /// is a live dagrun (a killed build leaves its row `running` until the next build sweeps
 /// it, and its pid may since belong to anything, this dashboard included). The dashboard's
-/// own builds are known from `RunOnce`, not from here.
+/// own builds are known from `OwnBuilds`, not from here.
 pub(crate) fn live_run(engine: &Engine) -> Option<LiveRun> {
     let build = engine.live_builds().ok()?.into_iter().next()?;
     Some(LiveRun { run_id: Some(build.run_id), trigger: build.trigger, started_at: build.started_at, pid: build.pid })
@@ -233,7 +262,7 @@ pub(crate) fn live_run(engine: &Engine) -> Option<LiveRun> {
 
 /// The build this process runs, if any, as `running` shows it.
 pub(crate) fn own_run(app: &App, engine: &Engine) -> Option<LiveRun> {
-    let OwnRun { run_id, trigger } = app.runs.running()?;
+    let OwnRun { run_id, trigger } = app.builds.running()?;
     let recorded = run_id.and_then(|id| {
         let state = State::open_reader(&engine.spec().state_path).ok()??;
         state.runs_in_progress().ok()?.into_iter().find(|run| run.0 == id)

@@ -26,9 +26,10 @@ const RACY_WINDOW_NS: i64 = 50_000_000;
 /// in a billion, and is only trusted later.
 const COARSE_RACY_WINDOW_NS: i64 = 2_000_000_000;
 
-/// The largest file `settle` reads a second time: reading one this small again costs about
-/// what its `statx` does, while a large output's second read would double its hashing.
-const SETTLE_MAX_BYTES: u64 = 64 * 1024;
+/// The largest file `rehash_racy` reads a second time: once for the build, where a reader
+/// would read it at every look until the next build; a large output's second read would
+/// double its hashing.
+const REHASH_MAX_BYTES: u64 = 64 * 1024;
 
 /// The racy window for a file with these times.
 fn racy_window_ns(mtime_ns: i64, ctime_ns: i64) -> i64 {
@@ -52,6 +53,10 @@ pub struct CacheEntry {
 }
 
 impl CacheEntry {
+    fn stat(&self) -> FileStat {
+        FileStat { size: self.size, mtime_ns: self.mtime_ns, ctime_ns: self.ctime_ns, inode: self.inode, dev: self.dev }
+    }
+
     fn matches(&self, stat: &FileStat) -> bool {
         self.size == stat.size
             && self.mtime_ns == stat.mtime_ns
@@ -200,7 +205,7 @@ pub struct HashCache {
 struct Known {
     entries: HashMap<String, CacheEntry>,
     fresh: Vec<(String, CacheEntry)>,
-    /// Files this cache hashed whose entries were racy when made: what `settle` looks at.
+    /// Files this cache hashed whose entries were racy when made: what `rehash_racy` reads.
     racy: Vec<String>,
 }
 
@@ -265,13 +270,13 @@ impl HashCache {
             return Ok(entry.hash);
         }
         let cached_at_ns = *self.clock_ns.get_or_init(|| self.clock.now_ns());
-        let entry = hash_into_entry(rel, full, stat, cached_at_ns)?;
+        let entry = hash_into_entry(rel, full, cached_at_ns)?;
         if cached != Some(entry) {
             let mut known = self.known.lock().expect("hash cache poisoned");
             known.entries.insert(rel.to_string(), entry);
             known.fresh.push((rel.to_string(), entry));
-            // Only a cache that saves what it hashes settles it: a reader's list would be
-            // 100,000 names held for nothing after a full build it did not settle.
+            // Listed only by a cache on the filesystem's clock (a writer's): a reader never
+            // reads them again, and its list would be 100,000 names after a full build.
             if entry.is_racy() && matches!(self.clock, CacheClock::Filesystem(_)) {
                 known.racy.push(rel.to_string());
             }
@@ -280,46 +285,46 @@ impl HashCache {
     }
 
     /// Reads again the small files this cache hashed while they were racy (a build's
-    /// outputs, hashed just after their stage wrote them, all are) whose racy window has
-    /// passed by the filesystem's clock, read now, so that their entries are trusted: a
-    /// reader right after the build (`status`, `build -n`, the dashboard) then reads none of
-    /// them, where it would read every output again and, a reader, save nothing. An entry
-    /// whose file changed since keeps its place (the next look at it sees the change); one
-    /// whose file changed without its times moving (the racy case itself) gets the new hash.
-    /// Files over `SETTLE_MAX_BYTES`, and those written in the last racy window, are left to
-    /// the next build. Returns how many entries it settled.
-    pub fn settle(&self) -> usize {
-        let racy = std::mem::take(&mut self.known.lock().expect("hash cache poisoned").racy);
+    /// outputs, hashed just after their stage wrote them, all are; an input edited just
+    /// before the build too) whose racy window has passed by the filesystem's clock, read
+    /// now, so that their entries are trusted: a reader right after the build (`status`,
+    /// `build -n`, the dashboard) then reads none of them, where it would read every output
+    /// again and, a reader, save nothing. An entry whose file changed since keeps its place
+    /// (the next look at it sees the change); one whose file changed without its times
+    /// moving (the racy case itself) gets the new hash. Files over `REHASH_MAX_BYTES`, those
+    /// written in the last racy window, and all of them when the clock's file cannot be
+    /// written, are left to the next build. Returns how many entries it made trusted.
+    pub fn rehash_racy(&self) -> usize {
+        let mut racy = std::mem::take(&mut self.known.lock().expect("hash cache poisoned").racy);
+        // Read before any file is read again: every entry below is hashed after it. Only the
+        // filesystem's own clock will do: the local one may be ahead of an NFS server's.
+        let CacheClock::Filesystem(stamp) = &self.clock else { return 0 };
         if racy.is_empty() {
             return 0;
         }
-        // Read before any file is read again: every entry below is hashed after it.
-        let now_ns = self.clock.now_ns();
+        let Ok(now_ns) = filesystem_now_ns(stamp) else { return 0 };
+        racy.sort_unstable();
+        racy.dedup();
         let due: Vec<(String, CacheEntry)> = {
             let known = self.known.lock().expect("hash cache poisoned");
             racy.into_iter()
                 .filter_map(|rel| {
                     let entry = *known.entries.get(&rel)?;
-                    let changed_at = entry.mtime_ns.max(entry.ctime_ns);
-                    let settled = changed_at < now_ns - racy_window_ns(entry.mtime_ns, entry.ctime_ns);
-                    (entry.is_racy() && settled && entry.size <= SETTLE_MAX_BYTES).then_some((rel, entry))
+                    let trusted_if_hashed_now = !CacheEntry { cached_at_ns: now_ns, ..entry }.is_racy();
+                    (entry.is_racy() && trusted_if_hashed_now && entry.size <= REHASH_MAX_BYTES).then_some((rel, entry))
                 })
                 .collect()
         };
-        let settled: Vec<(String, CacheEntry)> = due
+        let rehashed: Vec<(String, CacheEntry)> = due
             .into_par_iter()
             .filter_map(|(rel, entry)| {
-                let full = self.root.join(&rel);
-                let Ok(Found::File(stat)) = self.stat(&rel, &full) else { return None };
-                if !entry.matches(&stat) {
-                    return None;
-                }
-                Some((rel.clone(), hash_into_entry(&rel, &full, stat, now_ns).ok()?))
+                let again = hash_into_entry(&rel, &self.root.join(&rel), now_ns).ok()?;
+                again.matches(&entry.stat()).then_some((rel, again))
             })
             .collect();
-        let count = settled.len();
+        let count = rehashed.len();
         let mut known = self.known.lock().expect("hash cache poisoned");
-        for (rel, entry) in settled {
+        for (rel, entry) in rehashed {
             known.entries.insert(rel.clone(), entry);
             known.fresh.push((rel, entry));
         }
@@ -378,9 +383,14 @@ impl HashCache {
     }
 }
 
-/// Reads `full` (which `stat` described) and makes its entry.
-fn hash_into_entry(rel: &str, full: &Path, stat: FileStat, cached_at_ns: i64) -> Result<CacheEntry, HashError> {
-    let (hash, _) = super::hash_file(full).map_err(|e| HashError::io(rel, e))?;
+/// Opens `full`, reads its times from the file opened, then hashes its bytes: the entry
+/// describes the very file read, even if `full` was replaced since the caller looked at it
+/// (a later change to that file moves its times, so the entry never matches it again).
+fn hash_into_entry(rel: &str, full: &Path, cached_at_ns: i64) -> Result<CacheEntry, HashError> {
+    let io = |e| HashError::io(rel, e);
+    let file = std::fs::File::open(full).map_err(io)?;
+    let stat = FileStat::of(&file.metadata().map_err(io)?);
+    let (hash, _) = super::file::hash_open_file(file, stat.size).map_err(io)?;
     Ok(CacheEntry {
         size: stat.size,
         mtime_ns: stat.mtime_ns,
@@ -511,42 +521,59 @@ mod tests {
         assert_eq!(racy.take_fresh().len(), 1);
     }
 
-    /// Waits, by the filesystem's clock as `clock` reads it, until `path`'s racy window has
-    /// passed.
+    /// Waits, by the filesystem's clock as `clock` reads it, until an entry for `path` as it
+    /// is now would be trusted.
     fn wait_out_racy_window(path: &Path, clock: &Path) {
         let stat = FileStat::of(&std::fs::metadata(path).unwrap());
-        let changed_at = stat.mtime_ns.max(stat.ctime_ns);
-        while filesystem_now_ns(clock).unwrap() <= changed_at + racy_window_ns(stat.mtime_ns, stat.ctime_ns) {
+        let entry = |cached_at_ns| CacheEntry {
+            size: stat.size,
+            mtime_ns: stat.mtime_ns,
+            inode: stat.inode,
+            hash: FileHash(blake3::hash(b"")),
+            cached_at_ns,
+            ctime_ns: stat.ctime_ns,
+            dev: stat.dev,
+        };
+        while entry(filesystem_now_ns(clock).unwrap()).is_racy() {
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
     }
 
+    /// Runs `make` until it gives a cache whose every entry is racy (hashed as soon as
+    /// written, each is, unless this thread was held up for a whole racy window between a
+    /// write and its hash).
+    fn racy_cache(make: impl Fn() -> HashCache) -> HashCache {
+        for _ in 0..100 {
+            let cache = make();
+            if cache.known.lock().unwrap().entries.values().all(CacheEntry::is_racy) {
+                return cache;
+            }
+        }
+        panic!("no racy entries in 100 tries: is this filesystem's clock far from the local one?");
+    }
+
     #[test]
-    fn settle_trusts_a_racy_entry_once_its_window_has_passed_and_skips_changed_or_large_files() {
+    fn racy_entries_are_trusted_once_read_again_after_their_window_but_not_changed_or_large_files() {
         let dir = tempfile::tempdir().unwrap();
         let clock = dir.path().join(".dagrun/clock");
-        // Hashed as soon as written, each entry is racy; made again if this thread was held up
-        // for a whole racy window between a write and its hash.
-        let (cache, entries) = loop {
+        let cache = racy_cache(|| {
             std::fs::write(dir.path().join("small"), "s").unwrap();
             std::fs::write(dir.path().join("edited"), "e").unwrap();
-            std::fs::write(dir.path().join("large"), vec![7u8; SETTLE_MAX_BYTES as usize + 1]).unwrap();
+            std::fs::write(dir.path().join("large"), vec![7u8; REHASH_MAX_BYTES as usize + 1]).unwrap();
             let cache = HashCache::new(dir.path(), HashMap::new(), &CacheClock::Filesystem(clock.clone()));
             for rel in ["small", "edited", "large"] {
                 cache.hash_path(rel).unwrap();
             }
-            let entries = cache.known.lock().unwrap().entries.clone();
-            if entries.values().all(CacheEntry::is_racy) {
-                break (cache, entries);
-            }
-        };
+            cache
+        });
+        let entries = cache.known.lock().unwrap().entries.clone();
         cache.take_fresh();
         std::fs::write(dir.path().join("edited"), "edited since").unwrap();
         for rel in ["small", "edited", "large"] {
             wait_out_racy_window(&dir.path().join(rel), &clock);
         }
 
-        assert_eq!(cache.settle(), 1);
+        assert_eq!(cache.rehash_racy(), 1);
         let known = cache.known.lock().unwrap();
         let small = known.entries["small"];
         assert!(!small.is_racy(), "{small:?}");
@@ -557,19 +584,37 @@ mod tests {
         assert!(known.racy.is_empty());
     }
 
+    /// The racy case itself: the file changed after it was hashed without its times
+    /// moving. Read again, the entry gets what the file holds.
+    #[test]
+    fn a_racy_entry_read_again_gets_the_content_not_the_hash_it_had() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = dir.path().join(".dagrun/clock");
+        let cache = racy_cache(|| {
+            std::fs::write(dir.path().join("f"), "real").unwrap();
+            let cache = HashCache::new(dir.path(), HashMap::new(), &CacheClock::Filesystem(clock.clone()));
+            cache.hash_path("f").unwrap();
+            cache
+        });
+        // As if "real" had been written over other bytes of its size within the same tick.
+        let stale = FileHash(blake3::hash(b"fake"));
+        cache.known.lock().unwrap().entries.get_mut("f").unwrap().hash = stale;
+        wait_out_racy_window(&dir.path().join("f"), &clock);
+        assert_eq!(cache.rehash_racy(), 1);
+        assert_eq!(cache.hash_path("f").unwrap(), FileHash(blake3::hash(b"real")));
+    }
+
     #[test]
     fn a_reader_keeps_no_list_of_racy_files() {
         let dir = tempfile::tempdir().unwrap();
-        let reader = loop {
+        let reader = racy_cache(|| {
             std::fs::write(dir.path().join("f"), "f").unwrap();
             let reader = HashCache::new(dir.path(), HashMap::new(), &CacheClock::Local);
             reader.hash_path("f").unwrap();
-            if reader.known.lock().unwrap().entries["f"].is_racy() {
-                break reader;
-            }
-        };
+            reader
+        });
         assert!(reader.known.lock().unwrap().racy.is_empty());
-        assert_eq!(reader.settle(), 0);
+        assert_eq!(reader.rehash_racy(), 0);
     }
 
     #[test]

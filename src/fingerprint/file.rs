@@ -23,9 +23,14 @@ const PARALLEL_FROM: usize = 256 << 10;
 /// mapped page counts as resident while mapped, and a whole 830 MB features table mapped
 /// at once beside the stages running meanwhile was the market pipeline's peak memory.
 pub fn hash_file(path: &Path) -> io::Result<(blake3::Hash, u64)> {
-    let mut file = File::open(path)?;
-    let mut hasher = blake3::Hasher::new();
+    let file = File::open(path)?;
     let len = file.metadata()?.len();
+    hash_open_file(file, len)
+}
+
+/// `hash_file` of a file just opened (so at its start) that was `len` bytes long then.
+pub(crate) fn hash_open_file(mut file: File, len: u64) -> io::Result<(blake3::Hash, u64)> {
+    let mut hasher = blake3::Hasher::new();
     let mut offset = 0u64;
     if len >= MAP_FROM {
         while offset < len {

@@ -259,6 +259,29 @@ fn readers_never_write_the_state_database() {
     assert_eq!(sb.column("SELECT count(*) FROM stage_runs"), rows_before);
 }
 
+/// An output is hashed just after its stage wrote it, so its stat-cache entry is racy (a
+/// reader would read the file again at every look); a build that goes on past the racy
+/// window (50 ms) reads it again at its end and saves the entry as trusted.
+#[test]
+fn a_build_saves_an_earlier_outputs_hash_as_trusted_once_its_racy_window_has_passed() {
+    let sb = Sandbox::new().pipeline(
+        r#"
+        [stages.first]
+        cmd = "echo 1 > first.out"
+        outputs = ["first.out"]
+        [stages.later]
+        cmd = "sleep 0.2; echo 2 > later.out"
+        outputs = ["later.out"]
+        after = ["first"]
+        "#,
+    );
+    sb.build().success();
+    let row = sb.column("SELECT cached_at_ns - max(mtime_ns, ctime_ns) FROM file_hashes WHERE path = 'first.out'");
+    let margin: i64 = row[0].parse().unwrap();
+    assert!(margin > 50_000_000, "hashed {margin} ns after its last change: still racy");
+    assert!(sb.dagrun(&["status"]).success().stdout().contains("up to date"));
+}
+
 #[test]
 fn a_reader_refuses_an_old_schema_instead_of_migrating_it() {
     let sb = Sandbox::new().pipeline(TWO_STEPS);
