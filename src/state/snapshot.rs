@@ -32,9 +32,9 @@ pub fn path_for(state: &Path) -> PathBuf {
 
 /// The copy at `path`, if it was made under `token` and is whole.
 ///
-/// Decoded as it is read, not read whole first: at 100,000 stages the file is 25 MB, which
-/// was the peak of a `build -n`. Every byte still goes through the checksum before the
-/// decoded state is believed.
+/// A large copy is decoded as it is read, not read whole first: at 100,000 stages the file
+/// is 25 MB, which was the peak of a `build -n` (`hashing_io::read_checked`). Every byte
+/// still goes through the checksum before the decoded state is believed.
 pub fn read(path: &Path, token: i64) -> Option<PlanState> {
     let loaded: Loaded = read_checked(path, &prefix(token))?;
     Some((loaded.records, loaded.entries))
