@@ -91,10 +91,29 @@ pub fn read_checked<T: DeserializeOwned>(path: &Path, prefix: &[u8]) -> Option<T
         return None;
     }
     let checksum: &[u8; 32] = checksum.try_into().ok()?;
-    match file.metadata().ok()?.len() {
-        len if len <= READ_WHOLE_UP_TO => decode_whole(file, len, checksum),
+    let rest = file.metadata().ok()?.len().checked_sub(header.len() as u64)?;
+    match rest {
+        rest if rest <= read_whole_up_to() => decode_whole(file, rest, checksum),
         _ => decode_checked(file, checksum),
     }
+}
+
+fn read_whole_up_to() -> u64 {
+    #[cfg(test)]
+    if tests::STREAM_ALL.get() {
+        return 0;
+    }
+    READ_WHOLE_UP_TO
+}
+
+/// Runs `f` with every `read_checked` decoding as it reads: the real snapshot and spec
+/// cache are small in the tests, and would otherwise never go that way.
+#[cfg(test)]
+pub(crate) fn streaming<T>(f: impl FnOnce() -> T) -> T {
+    tests::STREAM_ALL.set(true);
+    let result = f();
+    tests::STREAM_ALL.set(false);
+    result
 }
 
 /// Files up to this size are read whole, checked, then decoded from memory, which postcard
@@ -102,12 +121,13 @@ pub fn read_checked<T: DeserializeOwned>(path: &Path, prefix: &[u8]) -> Option<T
 /// 25 MB) are decoded as they are read, never held whole.
 const READ_WHOLE_UP_TO: u64 = 4 << 20;
 
-/// The postcard value that the rest of `file` (`len` bytes in all) holds, if every byte of
-/// that rest hashes to `checksum` and the value is all of it.
-fn decode_whole<T: DeserializeOwned>(mut file: File, len: u64, checksum: &[u8; 32]) -> Option<T> {
+/// The postcard value that the rest of `file` (`len` bytes when it was opened) holds, if
+/// every byte of that rest hashes to `checksum` and the value is all of it. A file grown
+/// since is read no further than a byte past `len`, and not believed.
+fn decode_whole<T: DeserializeOwned>(file: File, len: u64, checksum: &[u8; 32]) -> Option<T> {
     let mut rest = Vec::with_capacity(usize::try_from(len).ok()?);
-    file.read_to_end(&mut rest).ok()?;
-    if blake3::hash(&rest).as_bytes() != checksum {
+    file.take(len + 1).read_to_end(&mut rest).ok()?;
+    if rest.len() as u64 != len || blake3::hash(&rest).as_bytes() != checksum {
         return None;
     }
     let (value, unread) = postcard::take_from_bytes(&rest).ok()?;
@@ -203,6 +223,10 @@ impl<'de, R: Read + 'de> postcard::de_flavors::Flavor<'de> for Stream<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    thread_local! {
+        pub(super) static STREAM_ALL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
 
     #[test]
     fn what_is_written_through_it_is_what_is_hashed() {

@@ -31,7 +31,7 @@ use crate::cancel::CancelToken;
 use crate::engine::Engine;
 use crate::error::Error;
 
-pub use runner::OwnBuilds;
+pub(crate) use runner::OwnBuilds;
 
 /// How to serve.
 pub struct ServeOptions {

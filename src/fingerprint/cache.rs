@@ -53,10 +53,6 @@ pub struct CacheEntry {
 }
 
 impl CacheEntry {
-    fn stat(&self) -> FileStat {
-        FileStat { size: self.size, mtime_ns: self.mtime_ns, ctime_ns: self.ctime_ns, inode: self.inode, dev: self.dev }
-    }
-
     fn matches(&self, stat: &FileStat) -> bool {
         self.size == stat.size
             && self.mtime_ns == stat.mtime_ns
@@ -270,7 +266,8 @@ impl HashCache {
             return Ok(entry.hash);
         }
         let cached_at_ns = *self.clock_ns.get_or_init(|| self.clock.now_ns());
-        let entry = hash_into_entry(rel, full, cached_at_ns)?;
+        let (file, opened) = open_with_stat(rel, full)?;
+        let entry = hash_into_entry(rel, file, opened, cached_at_ns)?;
         if cached != Some(entry) {
             let mut known = self.known.lock().expect("hash cache poisoned");
             known.entries.insert(rel.to_string(), entry);
@@ -318,8 +315,18 @@ impl HashCache {
         let rehashed: Vec<(String, CacheEntry)> = due
             .into_par_iter()
             .filter_map(|(rel, entry)| {
-                let again = hash_into_entry(&rel, &self.root.join(&rel), now_ns).ok()?;
-                again.matches(&entry.stat()).then_some((rel, again))
+                // Only the file that was hashed, unchanged: never one since grown past the
+                // limit, or made a FIFO, whose open would wait for a writer.
+                let full = self.root.join(&rel);
+                let Ok(Found::File(now)) = self.stat(&rel, &full) else { return None };
+                if !entry.matches(&now) {
+                    return None;
+                }
+                let (file, opened) = open_with_stat(&rel, &full).ok()?;
+                if !entry.matches(&opened) {
+                    return None;
+                }
+                Some((rel.clone(), hash_into_entry(&rel, file, opened, now_ns).ok()?))
             })
             .collect();
         let count = rehashed.len();
@@ -383,14 +390,20 @@ impl HashCache {
     }
 }
 
-/// Opens `full`, reads its times from the file opened, then hashes its bytes: the entry
-/// describes the very file read, even if `full` was replaced since the caller looked at it
-/// (a later change to that file moves its times, so the entry never matches it again).
-fn hash_into_entry(rel: &str, full: &Path, cached_at_ns: i64) -> Result<CacheEntry, HashError> {
+/// Opens `full` and reads its times from the file opened: an entry made from them describes
+/// the very file read, even if `full` was replaced since the caller looked at it (a later
+/// change to that file moves its times, or falls in the racy window, which has it read
+/// again).
+fn open_with_stat(rel: &str, full: &Path) -> Result<(std::fs::File, FileStat), HashError> {
     let io = |e| HashError::io(rel, e);
     let file = std::fs::File::open(full).map_err(io)?;
     let stat = FileStat::of(&file.metadata().map_err(io)?);
-    let (hash, _) = super::file::hash_open_file(file, stat.size).map_err(io)?;
+    Ok((file, stat))
+}
+
+/// Hashes `file`, just opened, whose own times are `stat`, into its entry.
+fn hash_into_entry(rel: &str, file: std::fs::File, stat: FileStat, cached_at_ns: i64) -> Result<CacheEntry, HashError> {
+    let (hash, _) = super::file::hash_open_file(file, stat.size).map_err(|e| HashError::io(rel, e))?;
     Ok(CacheEntry {
         size: stat.size,
         mtime_ns: stat.mtime_ns,

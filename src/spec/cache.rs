@@ -90,9 +90,9 @@ struct Body {
 
 /// The spec of the entry at `entry_path`, if it was written under `key` (its first 32 bytes:
 /// an entry for another key, another dagrun's, of another layout, is not decoded at all), is
-/// whole, and nothing it was made from has changed. Decoded as it is read (at 100,000 stages
-/// the entry is 13 MB), and believed only once every byte of it matched the checksum: a
-/// torn or damaged entry can decode into another spec.
+/// whole, and nothing it was made from has changed. Read whole up to 4 MiB, decoded as it is
+/// read above that (at 100,000 stages the entry is 13 MB), and believed only once every byte
+/// of it matched the checksum: a torn or damaged entry can decode into another spec.
 pub(super) fn read(entry_path: &Path, key: &[u8; 32], file: &Path) -> Option<Spec> {
     let body: Body = read_checked(entry_path, key)?;
     if body.listed.len() != body.spec.listed.len() {
@@ -232,6 +232,9 @@ mod tests {
         let second = load_spec_cached(&file, &[]).unwrap();
         assert!(second.cache_entry.is_none(), "read from the cache");
         assert_eq!(format!("{:?}", second.spec.stages), format!("{:?}", first.spec.stages));
+        let streamed = crate::hashing_io::streaming(|| load_spec_cached(&file, &[])).unwrap();
+        assert!(streamed.cache_entry.is_none(), "read from the cache, decoded as it was read");
+        assert_eq!(format!("{:?}", streamed.spec.stages), format!("{:?}", first.spec.stages));
         std::fs::write(&file, "[stages.b]\ncmd = \"echo b > b.out\"\noutputs = [\"b.out\"]\n").unwrap();
         let third = load_spec_cached(&file, &[]).unwrap();
         assert!(third.cache_entry.is_some(), "the file changed: a full load");

@@ -269,6 +269,10 @@ mod tests {
         assert_eq!(record.outputs, plan_state().0["a"].outputs);
         assert_eq!(entries["src/a.txt"], plan_state().1["src/a.txt"]);
         assert!(read(&path, 43).is_none(), "another token");
+        let (streamed_records, streamed_entries) =
+            crate::hashing_io::streaming(|| read(&path, 42)).expect("decoded as it is read");
+        assert_eq!(format!("{:?}", streamed_records["a"]), format!("{record:?}"));
+        assert_eq!(streamed_entries, entries);
 
         let whole = std::fs::read(&path).unwrap();
         let header = MAGIC.len() + 40;
