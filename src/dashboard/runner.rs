@@ -92,7 +92,7 @@ impl OwnBuilds {
         if let Some(running) = active.as_ref().filter(|a| !a.done.load(Ordering::SeqCst)) {
             return Started::Busy(running.run_id);
         }
-        if let Some(cycle) = self.watch_state_mut().cycle {
+        if let Some(cycle) = self.lock_watch().cycle {
             return Started::Busy(cycle.run_id);
         }
         let engine = match app.engine() {
@@ -138,7 +138,7 @@ impl OwnBuilds {
         if let Some(own) = active.as_ref().filter(|a| !a.done.load(Ordering::SeqCst)) {
             return Some(OwnRun { run_id: own.run_id, trigger: own.trigger });
         }
-        self.watch_state_mut().cycle
+        self.lock_watch().cycle
     }
 
     /// When the schedule runs its next cycle, if there is a schedule.
@@ -160,12 +160,12 @@ impl OwnBuilds {
 
     /// What the watcher is doing.
     pub fn watch_state(&self) -> WatchState {
-        self.watch_state_mut().clone()
+        self.lock_watch().clone()
     }
 
     /// The watcher's state, even after a panic while it was held (every change to it is one
     /// assignment, so it is never half made): the page and Run Agent Once keep working.
-    fn watch_state_mut(&self) -> std::sync::MutexGuard<'_, WatchState> {
+    fn lock_watch(&self) -> std::sync::MutexGuard<'_, WatchState> {
         self.watch.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
@@ -175,7 +175,7 @@ struct WatcherEnd<'a>(&'a OwnBuilds);
 
 impl Drop for WatcherEnd<'_> {
     fn drop(&mut self) {
-        let mut watch = self.0.watch_state_mut();
+        let mut watch = self.0.lock_watch();
         watch.cycle = None;
         if std::thread::panicking() {
             watch
@@ -230,7 +230,7 @@ pub(crate) fn watch(app: Arc<App>, settle: Duration) {
     let thread = std::thread::spawn(move || {
         let builds = &watched.builds;
         let _end = WatcherEnd(builds);
-        let state = || builds.watch_state_mut();
+        let state = || builds.lock_watch();
         // A failure to watch some inputs is reported (before the cycle starts) each time the
         // pipeline is watched afresh, which every cycle does until all are watched.
         let mut unwatched: Option<String> = None;
