@@ -17,6 +17,11 @@ pub struct Dag {
     /// Each stage's place in `topo`.
     position: Vec<usize>,
     producers: Producers,
+    /// Whether each literal input is a path some stage writes (itself, or a directory above
+    /// it), flat, stage after stage from `first_input[stage]`: asked once here rather than at
+    /// every evaluation, where it was a search of every output's path for each input.
+    written: Vec<bool>,
+    first_input: Vec<u32>,
 }
 
 /// A dependency cycle, as the path that closes it: `[a, b, a]`.
@@ -33,11 +38,14 @@ impl Dag {
         for _ in &spec.stages {
             graph.add_node(());
         }
+        let mut written = Vec::with_capacity(spec.stages.len());
+        let mut first_input = Vec::with_capacity(spec.stages.len() + 1);
         for (idx, stage) in spec.stages.iter().enumerate() {
             let mut upstream: Vec<StageIdx> =
                 stage.after.iter().filter_map(|name| spec.stage_index(name.as_str())).collect();
+            first_input.push(u32::try_from(written.len()).expect("fewer than 2^32 inputs"));
             for input in &stage.inputs {
-                producers.upstream_of(input, &mut upstream);
+                written.push(producers.upstream_of(input, &mut upstream).is_some());
             }
             upstream.sort_unstable();
             upstream.dedup();
@@ -52,7 +60,7 @@ impl Dag {
         for (place, &idx) in topo.iter().enumerate() {
             position[idx] = place;
         }
-        Ok(Dag { graph, topo, position, producers })
+        Ok(Dag { graph, topo, position, producers, written, first_input })
     }
 
     pub fn len(&self) -> usize {
@@ -125,6 +133,12 @@ impl Dag {
         self.producers.producer_of(path)
     }
 
+    /// Whether input `input` (its position in the stage's `inputs`) of `stage` is a literal
+    /// path some stage writes, as `producer_of` answers: false for a glob.
+    pub fn writes_input(&self, stage: StageIdx, input: usize) -> bool {
+        self.written[self.first_input[stage] as usize + input]
+    }
+
     /// The stages whose outputs `input` may read: for a glob, every output it reaches.
     pub fn writers_of(&self, input: &Input) -> Vec<StageIdx> {
         let mut found = Vec::new();
@@ -175,13 +189,17 @@ impl Producers {
         self.by_path.range(format!("{dir}/")..format!("{dir}0"))
     }
 
-    fn upstream_of(&self, input: &Input, found: &mut Vec<StageIdx>) {
+    /// Adds to `found` the stages whose outputs `input` may read; returns the one that writes a
+    /// literal path itself, if any.
+    fn upstream_of(&self, input: &Input, found: &mut Vec<StageIdx>) -> Option<StageIdx> {
         match input {
             Input::Path(path) => {
-                found.extend(self.producer_of(path));
+                let producer = self.producer_of(path);
+                found.extend(producer);
                 if self.above_outputs.contains(path.as_str()) {
                     found.extend(self.within(path.as_str()).map(|(_, &idx)| idx));
                 }
+                producer
             }
             Input::Glob(glob) => {
                 let prefix = glob.base();
@@ -205,6 +223,7 @@ impl Producers {
                     self.by_path.range(format!("{prefix}/")..format!("{prefix}0"))
                 };
                 found.extend(below.filter(|(p, _)| glob.reaches(p)).map(|(_, &idx)| idx));
+                None
             }
         }
     }

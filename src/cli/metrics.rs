@@ -82,13 +82,13 @@ fn show(out: &mut impl Write, records: &[MetricsRecord], json: bool) -> Result<u
         let _ = writeln!(out, "no metrics recorded yet (declare `metrics = [\"file.json\"]` on a stage)");
         return Ok(EXIT_OK);
     }
-    let rows: Vec<[String; 4]> = latest
-        .values()
-        .flat_map(|r| {
-            r.metrics.iter().map(|(k, v)| [r.component.clone(), k.clone(), v.to_string(), r.run_id.to_string()])
-        })
-        .collect();
-    let _ = super::output::write_table(out, ["STAGE", "METRIC", "VALUE", "RUN"], &rows);
+    let mut table = super::output::Table::new(["STAGE", "METRIC", "VALUE", "RUN"]);
+    for r in latest.values() {
+        for (k, v) in &r.metrics {
+            table.cell(&r.component).cell(k).cell(v).cell(r.run_id);
+        }
+    }
+    let _ = table.write(out);
     Ok(EXIT_OK)
 }
 
@@ -103,16 +103,14 @@ fn show_diff(out: &mut impl Write, changes: &[MetricChange], json: bool) -> Resu
         return Ok(EXIT_OK);
     }
     let shown = |v: Option<f64>| v.map_or("-".to_string(), |v| v.to_string());
-    let rows: Vec<[String; 5]> = changes
-        .iter()
-        .map(|c| {
-            let change = match (c.old, c.new) {
-                (Some(a), Some(b)) => format!("{:+}", b - a),
-                _ => "-".into(),
-            };
-            [c.stage.clone(), c.metric.clone(), shown(c.old), shown(c.new), change]
-        })
-        .collect();
-    let _ = super::output::write_table(out, ["STAGE", "METRIC", "OLD", "NEW", "CHANGE"], &rows);
+    let mut table = super::output::Table::new(["STAGE", "METRIC", "OLD", "NEW", "CHANGE"]);
+    for c in changes {
+        let change = match (c.old, c.new) {
+            (Some(a), Some(b)) => format!("{:+}", b - a),
+            _ => "-".into(),
+        };
+        table.cell(&c.stage).cell(&c.metric).cell(shown(c.old)).cell(shown(c.new)).cell(change);
+    }
+    let _ = table.write(out);
     Ok(EXIT_OK)
 }

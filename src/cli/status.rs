@@ -56,37 +56,59 @@ struct RunCacheJson {
 }
 
 fn write_table(out: &mut impl Write, reports: &[StageReport], running: &[RunningStage]) -> std::io::Result<()> {
-    let header = ["STAGE", "STATE", "LAST SUCCESS", "LAST RESULT", "RUNS", "FAILS", "TOOK", "WHY"];
-    // Borrowed where the text is already there: 100,000 rows of eight cells.
-    let rows: Vec<[Cow<'_, str>; 8]> = reports
-        .iter()
-        .map(|r| {
-            let now = running.iter().find(|s| s.stage == r.stage);
-            let (state, why): (&str, Cow<'_, str>) = match now {
-                Some(s) => {
-                    let job = s.job.as_ref().map(|job| format!("; {job}")).unwrap_or_default();
-                    let since = s.started_at.replace('T', " ");
-                    ("running", format!("by pid {} (run {}) since {since}{job}", s.pid, s.run_id).into())
-                }
-                None if r.dirty => ("dirty", r.reason.as_ref().map(ToString::to_string).unwrap_or_default().into()),
-                None => ("up to date", "".into()),
-            };
-            [
-                r.stage.as_str().into(),
-                state.into(),
-                r.last_run_at.as_deref().map_or("never".into(), |t| t.replace('T', " ").into()),
-                r.last_status.map_or("-".into(), |s| without_underscores(s.as_str())),
-                r.run_count.to_string().into(),
-                r.failure_count.to_string().into(),
-                r.last_duration_ms.map_or("-".into(), |ms| seconds(std::time::Duration::from_millis(ms as u64)).into()),
-                why,
-            ]
-        })
-        .collect();
-    super::output::write_table(out, header, &rows)?;
+    let mut table =
+        super::output::Table::new(["STAGE", "STATE", "LAST SUCCESS", "LAST RESULT", "RUNS", "FAILS", "TOOK", "WHY"]);
+    for r in reports {
+        let now = running.iter().find(|s| s.stage == r.stage);
+        table.cell(&r.stage).cell(match now {
+            Some(_) => "running",
+            None if r.dirty => "dirty",
+            None => "up to date",
+        });
+        match &r.last_run_at {
+            Some(t) => table.cell(Spaced(t)),
+            None => table.cell("never"),
+        };
+        match r.last_status {
+            Some(s) => table.cell(without_underscores(s.as_str())),
+            None => table.cell("-"),
+        };
+        table.cell(r.run_count).cell(r.failure_count);
+        match r.last_duration_ms {
+            Some(ms) => table.cell(seconds(std::time::Duration::from_millis(ms as u64))),
+            None => table.cell("-"),
+        };
+        match now {
+            Some(s) => {
+                let job = s.job.as_ref().map(|job| format!("; {job}")).unwrap_or_default();
+                let since = s.started_at.replace('T', " ");
+                table.cell(format_args!("by pid {} (run {}) since {since}{job}", s.pid, s.run_id))
+            }
+            None => match &r.reason {
+                Some(reason) if r.dirty => table.cell(reason),
+                _ => table.cell(""),
+            },
+        };
+    }
+    table.write(out)?;
     let dirty = reports.iter().filter(|r| r.dirty).count();
     let stages = if reports.len() == 1 { "stage" } else { "stages" };
     writeln!(out, "\n{} {stages}: {} up to date, {dirty} dirty", reports.len(), reports.len() - dirty)
+}
+
+/// A time as the table shows it: `2026-12-01 20:19:43`, not `2026-12-01T20:19:43`.
+struct Spaced<'a>(&'a str);
+
+impl std::fmt::Display for Spaced<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, part) in self.0.split('T').enumerate() {
+            if i > 0 {
+                f.write_str(" ")?;
+            }
+            f.write_str(part)?;
+        }
+        Ok(())
+    }
 }
 
 /// A status as the table shows it: `cut_off` as `cut off`.

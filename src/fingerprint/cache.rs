@@ -229,10 +229,9 @@ impl HashCache {
 
     /// Hashes a file or a directory (the sorted list of its files' relative paths and hashes).
     pub fn hash_path(&self, rel: &str) -> Result<FileHash, HashError> {
-        let full = self.root.join(rel);
-        match self.stat(rel, &full).map_err(|e| HashError::io(rel, e))? {
-            Found::Dir => self.hash_dir(rel, &full),
-            Found::File(stat) => self.hash_file(rel, &full, stat),
+        match self.stat(rel).map_err(|e| HashError::io(rel, e))? {
+            Found::Dir => self.hash_dir(rel, &self.root.join(rel)),
+            Found::File(stat) => self.hash_file(rel, stat),
             Found::Other => Err(HashError::NotAFile { path: rel.to_string() }),
         }
     }
@@ -245,11 +244,11 @@ impl HashCache {
         rels.par_iter().map(|&rel| (rel, self.hash_path(rel))).collect()
     }
 
-    /// `rel` (whose path in full is `full`) as `hash_path` finds it.
-    fn stat(&self, rel: &str, full: &Path) -> io::Result<Found> {
+    /// `rel` as `hash_path` finds it (relative to the root's descriptor: no path is made).
+    fn stat(&self, rel: &str) -> io::Result<Found> {
         match &self.root_dir {
             Some(dir) => stat_at(dir, rel),
-            None => std::fs::metadata(full).map(|meta| match () {
+            None => std::fs::metadata(self.root.join(rel)).map(|meta| match () {
                 () if meta.is_dir() => Found::Dir,
                 () if meta.is_file() => Found::File(FileStat::of(&meta)),
                 () => Found::Other,
@@ -257,7 +256,7 @@ impl HashCache {
         }
     }
 
-    fn hash_file(&self, rel: &str, full: &Path, stat: FileStat) -> Result<FileHash, HashError> {
+    fn hash_file(&self, rel: &str, stat: FileStat) -> Result<FileHash, HashError> {
         let cached = self.known.lock().expect("hash cache poisoned").entries.get(rel).copied();
         if let Some(entry) = cached
             && entry.matches(&stat)
@@ -266,7 +265,7 @@ impl HashCache {
             return Ok(entry.hash);
         }
         let cached_at_ns = *self.clock_ns.get_or_init(|| self.clock.now_ns());
-        let (file, opened) = open_with_stat(rel, full)?;
+        let (file, opened) = open_with_stat(rel, &self.root.join(rel))?;
         let entry = hash_into_entry(rel, file, opened, cached_at_ns)?;
         if cached != Some(entry) {
             let mut known = self.known.lock().expect("hash cache poisoned");
@@ -317,12 +316,11 @@ impl HashCache {
             .filter_map(|(rel, entry)| {
                 // Only the file that was hashed, unchanged: never one since grown past the
                 // limit, or made a FIFO, whose open would wait for a writer.
-                let full = self.root.join(&rel);
-                let Ok(Found::File(now)) = self.stat(&rel, &full) else { return None };
+                let Ok(Found::File(now)) = self.stat(&rel) else { return None };
                 if !entry.matches(&now) {
                     return None;
                 }
-                let (file, opened) = open_with_stat(&rel, &full).ok()?;
+                let (file, opened) = open_with_stat(&rel, &self.root.join(&rel)).ok()?;
                 if !entry.matches(&opened) {
                     return None;
                 }
@@ -374,7 +372,7 @@ impl HashCache {
                 if !meta.is_file() {
                     return Err(HashError::NotAFile { path: file.clone() });
                 }
-                self.hash_file(file, &full, FileStat::of(&meta))
+                self.hash_file(file, FileStat::of(&meta))
             })
             .collect();
         let mut h = blake3::Hasher::new();

@@ -91,6 +91,13 @@ impl Input {
     }
 }
 
+/// The input as declared (a glob's pattern).
+impl AsRef<str> for Input {
+    fn as_ref(&self) -> &str {
+        self.as_rel().as_str()
+    }
+}
+
 /// Resources a stage asks for: sbatch flags on Slurm (`executor/slurm`), recorded otherwise.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -289,12 +296,7 @@ pub const MAX_PIPELINE_BYTES: u64 = 16 * 1024 * 1024;
 /// symbolic links resolved (a link along one may have changed since). Where a problem is,
 /// only a full load says.
 fn paths_still_resolve(spec: &Spec) -> bool {
-    let spans: Vec<validate::Spans> = spec
-        .stages
-        .iter()
-        .map(|s| validate::Spans { inputs: vec![0..0; s.inputs.len()], outputs: vec![0..0; s.outputs.len()] })
-        .collect();
-    resolve::check_resolved(spec, &spans).is_empty()
+    resolve::check_resolved(spec, None).is_empty()
 }
 
 /// Reads, parses and validates a pipeline file, then checks its declared paths with their
@@ -423,7 +425,7 @@ fn in_translation(mut err: SpecError, original: String) -> SpecError {
 
 fn check_loaded(file: &Path, root: &Path, text: String, builtins: &[&str]) -> Result<Spec, LoadError> {
     let (spec, spans, text) = parse_with_spans(file, root, text, builtins)?;
-    let diagnostics = resolve::check_resolved(&spec, &spans);
+    let diagnostics = resolve::check_resolved(&spec, Some(&spans));
     if !diagnostics.is_empty() {
         return Err(SpecError { file: file.to_path_buf(), source_text: text, diagnostics }.into());
     }

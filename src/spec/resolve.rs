@@ -162,8 +162,9 @@ impl Protected {
 }
 
 /// Checks a validated pipeline's declared paths against the filesystem as it is now;
-/// `spans` (from validation) place each path in the file.
-pub(super) fn check_resolved(spec: &Spec, spans: &[Spans]) -> Vec<Diagnostic> {
+/// `spans` (from validation, when there are any: not for a spec from the cache) place each
+/// path in the file.
+pub(super) fn check_resolved<'s>(spec: &'s Spec, spans: Option<&[Spans]>) -> Vec<Diagnostic> {
     let resolver = Resolver::default();
     let root = resolver.resolve(&spec.root);
     let dagrun_dir = resolver.resolve(&spec.dagrun_dir());
@@ -179,23 +180,37 @@ pub(super) fn check_resolved(spec: &Spec, spans: &[Spans]) -> Vec<Diagnostic> {
     let special: Vec<&Path> =
         protected.iter().flat_map(|p| p.paths.iter().map(PathBuf::as_path)).chain([dagrun_dir.as_path()]).collect();
     let mut clear_dirs: HashMap<String, bool> = HashMap::new();
-    let mut in_clear_dir = |rel: &crate::spec::RelPath| -> bool {
+    // Stages declared side by side mostly write into the same directory: the last answer is
+    // asked first, before the map.
+    let mut last: Option<(&str, bool)> = None;
+    let mut in_clear_dir = |rel: &'s crate::spec::RelPath| -> bool {
         if rel.is_outside() {
             return false;
         }
         let dir = rel.as_str().rsplit_once('/').map_or("", |(dir, _)| dir);
-        if let Some(&clear) = clear_dirs.get(dir) {
+        if let Some((last_dir, clear)) = last
+            && last_dir == dir
+        {
             return clear;
         }
-        let resolved = resolver.resolve(&spec.root.join(dir));
-        let clear = within(&resolved, &root) && !special.iter().any(|s| within(s, &resolved) || within(&resolved, s));
-        clear_dirs.insert(dir.to_string(), clear);
+        let clear = match clear_dirs.get(dir) {
+            Some(&clear) => clear,
+            None => {
+                let resolved = resolver.resolve(&spec.root.join(dir));
+                let clear =
+                    within(&resolved, &root) && !special.iter().any(|s| within(s, &resolved) || within(&resolved, s));
+                clear_dirs.insert(dir.to_string(), clear);
+                clear
+            }
+        };
+        last = Some((dir, clear));
         clear
     };
     let mut diags = Vec::new();
-    for (stage, spans) in spec.stages.iter().zip(spans) {
+    for (i, stage) in spec.stages.iter().enumerate() {
         let name = &stage.name;
-        for (rel, span) in stage.outputs.iter().zip(&spans.outputs) {
+        let spans = spans.map(|spans| &spans[i]);
+        for (o, rel) in stage.outputs.iter().enumerate() {
             if in_clear_dir(rel) {
                 continue;
             }
@@ -223,12 +238,12 @@ pub(super) fn check_resolved(spec: &Spec, spans: &[Spans]) -> Vec<Diagnostic> {
             } else {
                 continue;
             };
-            diags.push(Diagnostic::new(message, Some(span.clone())).help(help));
+            diags.push(Diagnostic::new(message, spans.map(|s| s.outputs[o].clone())).help(help));
         }
         if spec.allow_outside_paths {
             continue;
         }
-        for (input, span) in stage.inputs.iter().zip(&spans.inputs) {
+        for (i, input) in stage.inputs.iter().enumerate() {
             // A glob is resolved through the literal directory it starts in; another stage's
             // output through its directory (it is checked as that stage's output).
             let target = match input {
@@ -247,7 +262,7 @@ pub(super) fn check_resolved(spec: &Spec, spans: &[Spans]) -> Vec<Diagnostic> {
                     input.as_rel(),
                     target.display()
                 );
-                diags.push(Diagnostic::new(message, Some(span.clone())).help(
+                diags.push(Diagnostic::new(message, spans.map(|s| s.inputs[i].clone())).help(
                     "set `allow_outside_paths = true` in [pipeline] to read files outside the pipeline directory",
                 ));
             }

@@ -18,7 +18,9 @@ use serde::{Deserialize, Serialize};
 use super::records::{StageRecord, StageStatus};
 use crate::fingerprint::{CacheEntry, FileHash, Fingerprint, OutputHash};
 
-const MAGIC: &[u8] = b"dagrun state snapshot 1\n";
+/// Version 2: hashes as byte strings, read in one piece (version 1 wrote each as 32 elements,
+/// decoded one call each).
+const MAGIC: &[u8] = b"dagrun state snapshot 2\n";
 
 /// Every stage's record and the stat cache, as `load_records` and `load_hash_cache` give.
 pub type PlanState = (HashMap<String, StageRecord>, HashMap<String, CacheEntry>);
@@ -51,7 +53,63 @@ pub fn write(path: &Path, token: i64, state: &PlanState) -> std::io::Result<()> 
     write_checked(path, &prefix(token), &Stored(state))
 }
 
-type Hash = [u8; 32];
+/// A hash as the copy lays it out: a byte string of 32, which postcard reads as one piece
+/// (an array is 32 elements, decoded one call each: a fifth of reading the copy).
+#[derive(Clone, Copy)]
+struct Hash([u8; 32]);
+
+impl Serialize for Hash {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Hash {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Hash, D::Error> {
+        struct Bytes;
+        impl serde::de::Visitor<'_> for Bytes {
+            type Value = Hash;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("32 bytes")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, bytes: &[u8]) -> Result<Hash, E> {
+                bytes.try_into().map(Hash).map_err(|_| E::invalid_length(bytes.len(), &self))
+            }
+        }
+        // A byte buffer, not borrowed bytes: the streaming decoder lends nothing for longer
+        // than the call.
+        deserializer.deserialize_byte_buf(Bytes)
+    }
+}
+
+/// A record's status as the copy lays it out: its text (`StageStatus::as_str`), read
+/// without making a `String`; a status dagrun does not write fails the copy.
+struct Status(StageStatus);
+
+impl Serialize for Status {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.0.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Status {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Status, D::Error> {
+        struct Text;
+        impl serde::de::Visitor<'_> for Text {
+            type Value = Status;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a stage status dagrun writes")
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Status, E> {
+                StageStatus::parse(text)
+                    .map(Status)
+                    .ok_or_else(|| E::invalid_value(serde::de::Unexpected::Str(text), &self))
+            }
+        }
+        // A string read into a buffer (`visit_str`), not borrowed: see `Hash`.
+        deserializer.deserialize_string(Text)
+    }
+}
 
 /// What `read` decodes: `Stored`'s layout, each record and entry turned into what a plan
 /// uses as it is read, into maps sized once. Decoding a `Stored` first held every record
@@ -128,7 +186,7 @@ struct StoredRecord<S = String, O = Vec<(String, Hash)>> {
     failure_count: i64,
     fingerprint: Option<Hash>,
     output_hash: Option<Hash>,
-    last_status: Option<S>,
+    last_status: Option<Status>,
     last_duration_ms: Option<i64>,
     last_error: Option<S>,
     outputs: O,
@@ -140,7 +198,7 @@ struct OutputsOf<'a>(&'a [(String, FileHash)]);
 
 impl Serialize for OutputsOf<'_> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_seq(self.0.iter().map(|(path, hash)| (path, hash.0.as_bytes())))
+        serializer.collect_seq(self.0.iter().map(|(path, hash)| (path, Hash(*hash.0.as_bytes()))))
     }
 }
 
@@ -163,9 +221,9 @@ impl<'a> StoredRecord<&'a str, OutputsOf<'a>> {
             is_dirty: r.is_dirty,
             run_count: r.run_count,
             failure_count: r.failure_count,
-            fingerprint: r.fingerprint.map(|h| *h.0.as_bytes()),
-            output_hash: r.output_hash.map(|h| *h.0.as_bytes()),
-            last_status: r.last_status.map(StageStatus::as_str),
+            fingerprint: r.fingerprint.map(|h| Hash(*h.0.as_bytes())),
+            output_hash: r.output_hash.map(|h| Hash(*h.0.as_bytes())),
+            last_status: r.last_status.map(Status),
             last_duration_ms: r.last_duration_ms,
             last_error: r.last_error.as_deref(),
             outputs: OutputsOf(&r.outputs),
@@ -180,7 +238,7 @@ impl StoredEntry {
             size: e.size,
             mtime_ns: e.mtime_ns,
             inode: e.inode,
-            hash: *e.hash.0.as_bytes(),
+            hash: Hash(*e.hash.0.as_bytes()),
             cached_at_ns: e.cached_at_ns,
             ctime_ns: e.ctime_ns,
             dev: e.dev,
@@ -189,21 +247,17 @@ impl StoredEntry {
 }
 
 impl StoredRecord {
-    /// `None` when a status is not one dagrun writes: the copy is then not believed.
     fn into_record(self) -> Option<(String, StageRecord)> {
-        let last_status = match self.last_status {
-            Some(text) => Some(StageStatus::parse(&text)?),
-            None => None,
-        };
-        let outputs = self.outputs.into_iter().map(|(path, h)| (path, FileHash(blake3::Hash::from_bytes(h)))).collect();
+        let outputs =
+            self.outputs.into_iter().map(|(path, h)| (path, FileHash(blake3::Hash::from_bytes(h.0)))).collect();
         let record = StageRecord {
             last_run_at: self.last_run_at,
             is_dirty: self.is_dirty,
             run_count: self.run_count,
             failure_count: self.failure_count,
-            fingerprint: self.fingerprint.map(|h| Fingerprint(blake3::Hash::from_bytes(h))),
-            output_hash: self.output_hash.map(|h| OutputHash(blake3::Hash::from_bytes(h))),
-            last_status,
+            fingerprint: self.fingerprint.map(|h| Fingerprint(blake3::Hash::from_bytes(h.0))),
+            output_hash: self.output_hash.map(|h| OutputHash(blake3::Hash::from_bytes(h.0))),
+            last_status: self.last_status.map(|s| s.0),
             last_duration_ms: self.last_duration_ms,
             last_error: self.last_error,
             outputs,
@@ -219,7 +273,7 @@ impl StoredEntry {
             size: self.size,
             mtime_ns: self.mtime_ns,
             inode: self.inode,
-            hash: FileHash(blake3::Hash::from_bytes(self.hash)),
+            hash: FileHash(blake3::Hash::from_bytes(self.hash.0)),
             cached_at_ns: self.cached_at_ns,
             ctime_ns: self.ctime_ns,
             dev: self.dev,

@@ -257,7 +257,7 @@ fn a_long_stage_is_recorded_running_and_every_row_ends_whole() {
 /// is read), and with the tables alone.
 fn status_by_snapshot_and_by_tables(sb: &crate::sandbox::Sandbox) -> (String, String) {
     let snapshot = std::fs::read(sb.path(".dagrun/state.db.snapshot")).expect("a build leaves a snapshot");
-    let header = b"dagrun state snapshot 1\n".len();
+    let header = b"dagrun state snapshot 2\n".len();
     let token = i64::from_le_bytes(snapshot[header..header + 8].try_into().unwrap());
     assert_eq!(sb.column("SELECT token FROM state_token"), [token.to_string()], "the snapshot is current");
     let by_snapshot = sb.dagrun(&["status", "--json"]).success().stdout();
@@ -315,7 +315,7 @@ fn the_state_snapshot_is_never_believed_over_the_database() {
     assert_eq!(sb.ran(), ["a", "b", "c"]);
     let snapshot = sb.path(".dagrun/state.db.snapshot");
     let written = std::fs::read(&snapshot).expect("a build leaves a snapshot of the state");
-    assert!(written.starts_with(b"dagrun state snapshot 1\n"));
+    assert!(written.starts_with(b"dagrun state snapshot 2\n"));
     sb.build().success();
     assert!(sb.ran().is_empty(), "the snapshot gives the same plan as the tables");
 
@@ -347,7 +347,7 @@ fn the_state_snapshot_is_never_believed_over_the_database() {
     assert!(sb.ran().is_empty());
     let rewritten = std::fs::read(&snapshot).unwrap();
     assert!(
-        rewritten.starts_with(b"dagrun state snapshot 1\n") && rewritten.len() > damaged.len() / 2,
+        rewritten.starts_with(b"dagrun state snapshot 2\n") && rewritten.len() > damaged.len() / 2,
         "the no-op build rewrote it whole"
     );
 }
