@@ -39,7 +39,7 @@ impl Dag {
             graph.add_node(());
         }
         let mut written = Vec::with_capacity(spec.stages.len());
-        let mut first_input = Vec::with_capacity(spec.stages.len() + 1);
+        let mut first_input = Vec::with_capacity(spec.stages.len());
         for (idx, stage) in spec.stages.iter().enumerate() {
             let mut upstream: Vec<StageIdx> =
                 stage.after.iter().filter_map(|name| spec.stage_index(name.as_str())).collect();
@@ -189,8 +189,8 @@ impl Producers {
         self.by_path.range(format!("{dir}/")..format!("{dir}0"))
     }
 
-    /// Adds to `found` the stages whose outputs `input` may read; returns the one that writes a
-    /// literal path itself, if any.
+    /// Adds to `found` the stages whose outputs `input` may read; returns, for a literal path,
+    /// the stage that writes it or a directory above it (`producer_of`), if any.
     fn upstream_of(&self, input: &Input, found: &mut Vec<StageIdx>) -> Option<StageIdx> {
         match input {
             Input::Path(path) => {

@@ -1,7 +1,6 @@
 //! Decides, for each stage, whether it must run and why. Reads files and recorded state;
 //! spawns nothing and writes nothing.
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 
@@ -14,7 +13,7 @@ use crate::fingerprint::{
     OutputHash,
 };
 use crate::graph::Dag;
-use crate::spec::{Action, GlobPattern, Input, Spec, StageIdx};
+use crate::spec::{Action, GlobPattern, Input, RelPath, Spec, StageIdx};
 use crate::state::{StageRecord, StageStatus};
 
 /// Why a stage must run (or cannot).
@@ -165,60 +164,67 @@ pub fn evaluate_stage(
     idx: StageIdx,
     upstream_hash: &dyn Fn(StageIdx) -> Option<OutputHash>,
 ) -> Evaluation {
-    let stage = &ctx.spec.stages[idx];
-    let (sources, input_paths, empty_glob) = resolve_inputs(ctx, idx, true);
-    let (inputs, unavailable) = hash_sources(ctx, &sources, empty_glob);
-    let (upstream, unbuilt) = upstream_hashes(ctx, idx, upstream_hash);
-    let action = match action_ref(ctx, stage) {
-        ActionRef::Shell { cmd } => ActionId::Shell { cmd: cmd.to_string() },
-        ActionRef::Builtin { name, version } => {
-            ActionId::Builtin { name: name.to_string(), version: version.to_string() }
-        }
-    };
-    let fingerprint_inputs = FingerprintInputs {
-        action,
-        params: stage.params.clone(),
-        env: env_values(stage).into_iter().map(|(name, value)| (name.to_string(), value)).collect(),
-        inputs: inputs.iter().map(|&(path, hash)| (path.to_string(), hash)).collect(),
-        declared_inputs: stage.inputs.iter().map(|i| i.as_rel().to_string()).collect(),
-        outputs: stage.outputs.iter().map(|o| o.to_string()).collect(),
-        names: name_keys(stage)
-            .into_iter()
-            .map(|(key, path)| (format!("{}{}", key.prefix, key.name), path.to_string()))
-            .collect(),
-        upstream: upstream.iter().map(|&(name, hash)| (name.to_string(), hash)).collect(),
-    };
-    let fingerprint = fingerprint_inputs.fingerprint();
-    let verdict = verdict(ctx, idx, unavailable, unbuilt, fingerprint);
-    Evaluation { inputs: fingerprint_inputs, fingerprint, verdict, input_paths }
+    evaluate_with(ctx, idx, upstream_hash, |found| found.into_evaluation())
 }
 
-/// A stage's fingerprint and verdict, which is all a plan needs: [`evaluate_stage`] without
-/// the `FingerprintInputs` it keeps. It copies no string of the spec: making and freeing
-/// those was most of the planning of a pipeline whose stages are up to date.
-pub fn judge_stage(
+/// What evaluating a stage found, borrowed from the spec and from the evaluation itself:
+/// the caller keeps what it needs. A plan keeps the verdict alone, and so copies no string of
+/// the spec: making and freeing those was most of the planning of a pipeline up to date.
+struct Found<'a> {
+    stage: &'a crate::spec::Stage,
+    fields: FingerprintFields<'a, Input, RelPath>,
+    fingerprint: Fingerprint,
+    verdict: Verdict,
+    /// Each glob input's matches, in the order of the stage's inputs.
+    globbed: &'a [Vec<String>],
+}
+
+impl Found<'_> {
+    fn into_evaluation(self) -> Evaluation {
+        let inputs = self.fields.to_inputs();
+        debug_assert_eq!(inputs.fingerprint(), self.fingerprint, "the manifest is what was hashed");
+        let mut globbed = self.globbed.iter();
+        let input_paths = self
+            .stage
+            .inputs
+            .iter()
+            .map(|input| match input {
+                Input::Path(path) => vec![path.to_string()],
+                Input::Glob(_) => globbed.next().cloned().unwrap_or_default(),
+            })
+            .collect();
+        Evaluation { inputs, fingerprint: self.fingerprint, verdict: self.verdict, input_paths }
+    }
+}
+
+/// Evaluates one stage (see [`evaluate_stage`]) and hands what it found to `keep`.
+fn evaluate_with<R>(
     ctx: &EvalContext<'_>,
     idx: StageIdx,
     upstream_hash: &dyn Fn(StageIdx) -> Option<OutputHash>,
-) -> (Fingerprint, Verdict) {
+    keep: impl FnOnce(Found<'_>) -> R,
+) -> R {
     let stage = &ctx.spec.stages[idx];
-    let (sources, _, empty_glob) = resolve_inputs(ctx, idx, false);
+    let (globbed, empty_glob) = expand_globs(ctx, idx);
+    let sources = source_inputs(ctx, idx, &globbed);
     let (inputs, unavailable) = hash_sources(ctx, &sources, empty_glob);
     let (upstream, unbuilt) = upstream_hashes(ctx, idx, upstream_hash);
     let env_values = env_values(stage);
     let env: Vec<(&str, Option<&str>)> = env_values.iter().map(|(name, value)| (*name, value.as_deref())).collect();
-    let fingerprint = FingerprintFields {
+    let names = name_keys(stage);
+    let fields = FingerprintFields {
         action: action_ref(ctx, stage),
         params: &stage.params,
         env: &env,
         inputs: &inputs,
         declared_inputs: &stage.inputs,
         outputs: &stage.outputs,
-        names: &name_keys(stage),
+        names: &names,
         upstream: &upstream,
-    }
-    .fingerprint();
-    (fingerprint, verdict(ctx, idx, unavailable, unbuilt, fingerprint))
+    };
+    let fingerprint = fields.fingerprint();
+    let verdict = verdict(ctx, idx, unavailable, unbuilt, fingerprint);
+    keep(Found { stage, fields, fingerprint, verdict, globbed: &globbed })
 }
 
 /// Whether a stage must run, given what its evaluation found: an input it cannot read, the
@@ -247,16 +253,15 @@ fn verdict(
 /// fingerprint's map holds them), and the first reason one cannot be read, if any.
 fn hash_sources<'p>(
     ctx: &EvalContext<'_>,
-    sources: &'p [Cow<'_, str>],
+    sources: &[&'p str],
     empty_glob: Option<&GlobPattern>,
 ) -> (Vec<(&'p str, FileHash)>, Option<DirtyReason>) {
     let mut unavailable = empty_glob.map(|glob| DirtyReason::InputUnavailable {
         path: glob.to_string(),
         error: format!("glob `{glob}` matches no file and no stage writes one; add a matching file or fix the pattern"),
     });
-    let refs: Vec<&str> = sources.iter().map(|path| &**path).collect();
-    let mut hashes = Vec::with_capacity(refs.len());
-    for (path, hashed) in ctx.cache.hash_paths(&refs) {
+    let mut hashes = Vec::with_capacity(sources.len());
+    for (path, hashed) in ctx.cache.hash_paths(sources) {
         match hashed {
             Ok(hash) => hashes.push((path, hash)),
             Err(err) => {
@@ -382,48 +387,45 @@ fn check_outputs(ctx: &EvalContext<'_>, idx: StageIdx, record: &StageRecord) -> 
     Verdict::UpToDate
 }
 
-/// Splits a stage's inputs into source paths to hash (no stage writes them) and, when
-/// `keep_all`, the full expanded list. Inputs another stage writes are covered by that
-/// stage's output hash. Also returns the first glob that matches nothing and that no stage's
-/// output reaches: like a missing literal input, it means the stage cannot run. (One a stage
-/// writes into may be empty until that stage has run.)
-fn resolve_inputs<'s>(
-    ctx: &EvalContext<'s>,
-    idx: StageIdx,
-    keep_all: bool,
-) -> (Vec<Cow<'s, str>>, Vec<Vec<String>>, Option<&'s GlobPattern>) {
-    let mut sources = Vec::new();
-    let mut all = Vec::new();
+/// Each glob input's matches, in the order of the stage's inputs, and the first glob that
+/// matches nothing and that no stage's output reaches: like a missing literal input, it means
+/// the stage cannot run. (One a stage writes into may be empty until that stage has run.)
+fn expand_globs<'s>(ctx: &EvalContext<'s>, idx: StageIdx) -> (Vec<Vec<String>>, Option<&'s GlobPattern>) {
+    let mut globbed = Vec::new();
     let mut empty_glob = None;
+    for input in &ctx.spec.stages[idx].inputs {
+        if let Input::Glob(glob) = input {
+            let paths = expand_glob(ctx.spec, glob);
+            if paths.is_empty() && empty_glob.is_none() && ctx.dag.writers_of(input).is_empty() {
+                empty_glob = Some(&**glob);
+            }
+            globbed.push(paths);
+        }
+    }
+    (globbed, empty_glob)
+}
+
+/// The stage's inputs no stage writes, in the order declared (a glob's matches in its place):
+/// the files to hash. Inputs another stage writes are covered by that stage's output hash.
+fn source_inputs<'a>(ctx: &EvalContext<'a>, idx: StageIdx, globbed: &'a [Vec<String>]) -> Vec<&'a str> {
+    let mut sources = Vec::new();
+    let mut globbed = globbed.iter();
     for (i, input) in ctx.spec.stages[idx].inputs.iter().enumerate() {
         match input {
-            Input::Path(path) => {
-                if !ctx.dag.writes_input(idx, i) {
-                    sources.push(Cow::Borrowed(path.as_str()));
-                }
-                if keep_all {
-                    all.push(vec![path.to_string()]);
-                }
-            }
-            Input::Glob(glob) => {
-                let paths = expand_glob(ctx.spec, glob);
-                if paths.is_empty() && empty_glob.is_none() && ctx.dag.writers_of(input).is_empty() {
-                    empty_glob = Some(&**glob);
-                }
-                for path in &paths {
+            Input::Path(path) if !ctx.dag.writes_input(idx, i) => sources.push(path.as_str()),
+            Input::Path(_) => {}
+            Input::Glob(_) => {
+                for path in globbed.next().into_iter().flatten() {
                     let produced =
                         crate::spec::normalize(&ctx.spec.root, path).is_ok_and(|p| ctx.dag.producer_of(&p).is_some());
                     if !produced {
-                        sources.push(Cow::Owned(path.clone()));
+                        sources.push(path.as_str());
                     }
-                }
-                if keep_all {
-                    all.push(paths);
                 }
             }
         }
     }
-    (sources, all, empty_glob)
+    sources
 }
 
 /// Files matching a glob, relative to the root, sorted; never the state database's files.
@@ -519,9 +521,9 @@ impl Plan {
     }
 }
 
-/// The verdict of every selected stage, for a build: each evaluation is dropped as soon as
-/// its verdict is known (a build evaluates a dirty stage again when it is about to run), so
-/// that a large pipeline's plan holds one verdict a stage, not everything it was hashed from.
+/// The verdict of every selected stage, for a build: only the verdict is kept (a build
+/// evaluates a dirty stage again when it is about to run), so that a large pipeline's plan
+/// holds one verdict a stage, not everything it was hashed from.
 ///
 /// `evaluate`, when the caller knows what can have changed since the state was last written
 /// and by whom (the agent under `--watch`: its own build wrote the state, nobody has since,
@@ -537,7 +539,7 @@ pub fn plan_build(ctx: &EvalContext<'_>, selected: &[bool], evaluate: Option<&[b
         .map(|idx| {
             selected[idx].then(|| match evaluate {
                 Some(evaluate) if !evaluate[idx] => Verdict::UpToDate,
-                _ => judge_stage(ctx, idx, &recorded_hash).1,
+                _ => evaluate_with(ctx, idx, &recorded_hash, |found| found.verdict),
             })
         })
         .collect();
@@ -588,17 +590,11 @@ pub fn evaluate_all(ctx: &EvalContext<'_>, selected: &[bool]) -> Vec<Option<Eval
     let mut evaluations: Vec<Option<Evaluated>> = (0..ctx.spec.stages.len())
         .into_par_iter()
         .map(|idx| {
-            selected[idx].then(|| match judge_stage(ctx, idx, &recorded_hash) {
-                (fingerprint, Verdict::UpToDate) => Evaluated::UpToDate(fingerprint),
-                // Again, keeping what explains it. Its own verdict decides: a file may have
-                // changed in between.
-                (_, Verdict::Dirty(_)) => {
-                    let eval = evaluate_stage(ctx, idx, &recorded_hash);
-                    match eval.verdict {
-                        Verdict::UpToDate => Evaluated::UpToDate(eval.fingerprint),
-                        Verdict::Dirty(_) => Evaluated::Dirty(Box::new(eval)),
-                    }
-                }
+            selected[idx].then(|| {
+                evaluate_with(ctx, idx, &recorded_hash, |found| match found.verdict {
+                    Verdict::UpToDate => Evaluated::UpToDate(found.fingerprint),
+                    Verdict::Dirty(_) => Evaluated::Dirty(Box::new(found.into_evaluation())),
+                })
             })
         })
         .collect();
@@ -665,16 +661,33 @@ pub fn explain_reason(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::builtin::{Builtin, BuiltinContext, BuiltinError};
     use crate::fingerprint::CacheClock;
 
-    /// `judge_stage` (what a plan uses) and `evaluate_stage` (what the worker records) must
-    /// agree exactly, or a stage recorded up to date would be planned as dirty, or the reverse.
+    struct Echo;
+
+    impl Builtin for Echo {
+        fn version(&self) -> &str {
+            "3"
+        }
+
+        fn run(&self, _: &mut BuiltinContext<'_>) -> Result<(), BuiltinError> {
+            Ok(())
+        }
+    }
+
+    /// A plan keeps an evaluation's verdict alone; the worker records its fingerprint and
+    /// its manifest (`FingerprintInputs`). They must all agree exactly, or a stage recorded
+    /// up to date would be planned as dirty, or explained by a manifest that is not what was
+    /// hashed.
     #[test]
-    fn judging_a_stage_agrees_with_evaluating_it_in_full() {
+    fn the_verdict_a_plan_keeps_and_the_manifest_recorded_agree_with_the_fingerprint() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
         std::fs::create_dir(root.join("data")).unwrap();
-        for (file, text) in [("a.txt", "a"), ("b.txt", "b"), ("data/y.csv", "y"), ("data/x.csv", "x")] {
+        let files = [("a.txt", "a"), ("b.txt", "b"), ("data/y.csv", "y"), ("data/x.csv", "x")];
+        let outputs = [("up.out", "u"), ("r.out", "r"), ("o.out", "o"), ("l.out", "l"), ("e.out", "e")];
+        for (file, text) in files.iter().chain(&outputs) {
             std::fs::write(root.join(file), text).unwrap();
         }
         let pipeline = r#"
@@ -695,16 +708,22 @@ cmd = "cat b.txt b.txt up.out > l.out"
 inputs = ["b.txt", "b.txt", "up.out", "data/*.csv", "data/x.csv"]
 outputs = ["l.out"]
 after = ["up", "named"]
+
+[stages.builtin]
+fn = "t.echo"
+inputs = ["up.out", "a.txt"]
+outputs = ["e.out"]
 "#;
         let file = root.join("pipeline.toml");
         std::fs::write(&file, pipeline).unwrap();
-        let spec = crate::spec::load_spec(&file, &[]).unwrap();
+        let spec = crate::spec::load_spec(&file, &["t.echo"]).unwrap();
         let dag = Dag::build(&spec).unwrap();
         let cache = HashCache::new(root, HashMap::new(), &CacheClock::Local);
-        let registry = Registry::new();
+        let mut registry = Registry::new();
+        registry.register("t.echo", Echo);
         let up_hash = OutputHash(blake3::hash(b"up"));
         let upstream_cases: [&dyn Fn(StageIdx) -> Option<OutputHash>; 3] =
-            [&|_| Some(up_hash), &|_| None, &|up| (spec.stages[up].name.as_str() == "up").then_some(up_hash)];
+            [&|_| None, &|_| Some(OutputHash(blake3::hash(b"other"))), &|_| Some(up_hash)];
         let mut records = HashMap::new();
         for round in 0..2 {
             let ctx = EvalContext {
@@ -717,23 +736,34 @@ after = ["up", "named"]
             };
             let mut recorded = HashMap::new();
             for idx in 0..spec.stages.len() {
-                for upstream_hash in upstream_cases {
+                let name = spec.stages[idx].name.as_str();
+                for (case, upstream_hash) in upstream_cases.into_iter().enumerate() {
                     let full = evaluate_stage(&ctx, idx, upstream_hash);
-                    let (fingerprint, verdict) = judge_stage(&ctx, idx, upstream_hash);
-                    let name = spec.stages[idx].name.as_str();
-                    assert_eq!(fingerprint, full.fingerprint, "{name}, round {round}");
+                    assert_eq!(full.inputs.fingerprint(), full.fingerprint, "{name}, round {round}");
+                    let verdict = evaluate_with(&ctx, idx, upstream_hash, |found| found.verdict);
                     assert_eq!(verdict, full.verdict, "{name}, round {round}");
+                    // The last case is recorded: the next round finds it up to date.
+                    if round == 1 && case == upstream_cases.len() - 1 {
+                        assert_eq!(verdict, Verdict::UpToDate, "{name}");
+                    }
                     recorded.insert(name.to_string(), full.fingerprint);
                 }
             }
-            // The second round finds records with these fingerprints: the verdicts then come
-            // from the outputs.
+            // The second round finds records of these fingerprints and outputs: the verdicts
+            // then come from the fingerprints and the outputs.
             records = recorded
                 .into_iter()
                 .map(|(name, fingerprint)| {
+                    let idx = spec.stage_index(&name).unwrap();
+                    let outputs = spec.stages[idx]
+                        .outputs
+                        .iter()
+                        .map(|o| (o.to_string(), cache.hash_path(o.as_str()).unwrap()))
+                        .collect();
                     let record = StageRecord {
                         fingerprint: Some(fingerprint),
                         last_status: Some(StageStatus::Success),
+                        outputs,
                         ..Default::default()
                     };
                     (name, record)

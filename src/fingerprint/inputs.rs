@@ -87,7 +87,7 @@ impl FingerprintInputs {
 
 /// A stage's command or built-in, borrowed.
 #[derive(Clone, Copy, Debug)]
-pub enum ActionRef<'a> {
+pub(crate) enum ActionRef<'a> {
     Shell { cmd: &'a str },
     Builtin { name: &'a str, version: &'a str },
 }
@@ -95,7 +95,7 @@ pub enum ActionRef<'a> {
 /// The key of a name in `FingerprintInputs::names`, in two parts so that `inputs.model` need
 /// not be made to be hashed: hashed (and ordered) as `prefix` followed by `name`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub struct NameKey<'a> {
+pub(crate) struct NameKey<'a> {
     pub prefix: &'a str,
     pub name: &'a str,
 }
@@ -106,7 +106,7 @@ pub struct NameKey<'a> {
 /// straight from the spec for the many stages that turn out up to date, copying no string.
 /// `names` keys sort as their text does only if no `prefix` is a proper prefix of another
 /// (`inputs.` and `outputs.`, or `""` throughout).
-pub struct FingerprintFields<'a, D: AsRef<str>, O: AsRef<str>> {
+pub(crate) struct FingerprintFields<'a, D: AsRef<str>, O: AsRef<str>> {
     pub action: ActionRef<'a>,
     pub params: &'a toml::Table,
     /// Declared environment variables; `None` when unset (distinct from empty).
@@ -123,6 +123,10 @@ impl<D: AsRef<str>, O: AsRef<str>> FingerprintFields<'_, D, O> {
     /// The encoding is written whole, then hashed in one call: a stage's fields are a few
     /// hundred bytes, and thirty `update` calls of a few bytes cost more than the hashing.
     pub fn fingerprint(&self) -> Fingerprint {
+        debug_assert!(self.env.is_sorted_by(|a, b| a.0 < b.0), "env sorted, each name once");
+        debug_assert!(self.inputs.is_sorted_by(|a, b| a.0 < b.0), "inputs sorted, each path once");
+        debug_assert!(self.names.is_sorted_by(|a, b| a.0 < b.0), "names sorted, each once");
+        debug_assert!(self.upstream.is_sorted_by(|a, b| a.0 < b.0), "upstream sorted, each stage once");
         let mut e = Encoding(Vec::with_capacity(512));
         e.bytes(ENCODING_VERSION);
         match self.action {
@@ -184,6 +188,29 @@ impl<D: AsRef<str>, O: AsRef<str>> FingerprintFields<'_, D, O> {
             e.bytes(hash.0.as_bytes());
         }
         Fingerprint(blake3::hash(&e.0))
+    }
+
+    /// The fields, owned: the manifest recorded at a success, to explain a later change.
+    pub fn to_inputs(&self) -> FingerprintInputs {
+        FingerprintInputs {
+            action: match self.action {
+                ActionRef::Shell { cmd } => ActionId::Shell { cmd: cmd.to_string() },
+                ActionRef::Builtin { name, version } => {
+                    ActionId::Builtin { name: name.to_string(), version: version.to_string() }
+                }
+            },
+            params: self.params.clone(),
+            env: self.env.iter().map(|&(name, value)| (name.to_string(), value.map(str::to_string))).collect(),
+            inputs: self.inputs.iter().map(|&(path, hash)| (path.to_string(), hash)).collect(),
+            declared_inputs: self.declared_inputs.iter().map(|path| path.as_ref().to_string()).collect(),
+            outputs: self.outputs.iter().map(|path| path.as_ref().to_string()).collect(),
+            names: self
+                .names
+                .iter()
+                .map(|(key, path)| (format!("{}{}", key.prefix, key.name), path.to_string()))
+                .collect(),
+            upstream: self.upstream.iter().map(|&(stage, hash)| (stage.to_string(), hash)).collect(),
+        }
     }
 }
 
@@ -307,6 +334,24 @@ mod tests {
         assert_ne!(named(&[("inputs.a", "in")]), base().fingerprint());
         // Pinned: a stage without names must keep the fingerprint recorded before names existed.
         assert_eq!(base().fingerprint().to_hex(), "c6bb68beef28b5ef411630680d4b78dae603da3e2fbbaf362448d206df3041f4");
+    }
+
+    /// Pinned, as the one above, from the encoding written out by hand (a Python
+    /// transcription with `b3sum`), so that a fingerprint recorded with names, and every
+    /// recorded output hash, still match after the encoder is rewritten.
+    #[test]
+    fn a_fingerprint_with_names_and_an_output_hash_keep_their_encoding() {
+        let mut named = base();
+        named.names = [("inputs.b", "up/a.csv"), ("inputs.a", "in"), ("outputs.o", "out")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        assert_eq!(named.fingerprint().to_hex(), "b4e6aa7f27c48d5fabaae6fd94e24d5ecea7e757f40bf889c3ab6c85d8d2ae81");
+        let outputs = BTreeMap::from([
+            ("a/x.txt".to_string(), FileHash(blake3::hash(b"1"))),
+            ("b.txt".to_string(), FileHash(blake3::hash(b"2"))),
+        ]);
+        assert_eq!(output_hash(&outputs).to_hex(), "bdd7f39e28067748f0df5ccb5bd0ac6b39bd6708587444c46308798b7b19a045");
     }
 
     fn differs(change: impl FnOnce(&mut FingerprintInputs)) -> bool {

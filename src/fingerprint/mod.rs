@@ -8,4 +8,5 @@ mod inputs;
 pub use cache::{CacheClock, CacheEntry, HashCache, HashError};
 pub use file::hash_file;
 pub use hashes::{FileHash, Fingerprint, OutputHash};
-pub use inputs::{ActionId, ActionRef, FingerprintFields, FingerprintInputs, NameKey, output_hash};
+pub use inputs::{ActionId, FingerprintInputs, output_hash};
+pub(crate) use inputs::{ActionRef, FingerprintFields, NameKey};

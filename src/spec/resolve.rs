@@ -207,9 +207,9 @@ pub(super) fn check_resolved<'s>(spec: &'s Spec, spans: Option<&[Spans]>) -> Vec
         clear
     };
     let mut diags = Vec::new();
-    for (i, stage) in spec.stages.iter().enumerate() {
+    for (s, stage) in spec.stages.iter().enumerate() {
         let name = &stage.name;
-        let spans = spans.map(|spans| &spans[i]);
+        let spans = spans.map(|spans| &spans[s]);
         for (o, rel) in stage.outputs.iter().enumerate() {
             if in_clear_dir(rel) {
                 continue;
@@ -238,12 +238,12 @@ pub(super) fn check_resolved<'s>(spec: &'s Spec, spans: Option<&[Spans]>) -> Vec
             } else {
                 continue;
             };
-            diags.push(Diagnostic::new(message, spans.map(|s| s.outputs[o].clone())).help(help));
+            diags.push(Diagnostic::new(message, spans.map(|spans| spans.outputs[o].clone())).help(help));
         }
         if spec.allow_outside_paths {
             continue;
         }
-        for (i, input) in stage.inputs.iter().enumerate() {
+        for (n, input) in stage.inputs.iter().enumerate() {
             // A glob is resolved through the literal directory it starts in; another stage's
             // output through its directory (it is checked as that stage's output).
             let target = match input {
@@ -262,7 +262,7 @@ pub(super) fn check_resolved<'s>(spec: &'s Spec, spans: Option<&[Spans]>) -> Vec
                     input.as_rel(),
                     target.display()
                 );
-                diags.push(Diagnostic::new(message, spans.map(|s| s.inputs[i].clone())).help(
+                diags.push(Diagnostic::new(message, spans.map(|spans| spans.inputs[n].clone())).help(
                     "set `allow_outside_paths = true` in [pipeline] to read files outside the pipeline directory",
                 ));
             }

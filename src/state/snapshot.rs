@@ -127,12 +127,12 @@ fn records_map<'de, D: serde::Deserializer<'de>>(d: D) -> Result<HashMap<String,
 }
 
 fn entries_map<'de, D: serde::Deserializer<'de>>(d: D) -> Result<HashMap<String, CacheEntry>, D::Error> {
-    d.deserialize_seq(MapOf(|(path, e): (String, StoredEntry)| Some((path, e.into_entry()))))
+    d.deserialize_seq(MapOf(|(path, e): (String, StoredEntry)| (path, e.into_entry())))
 }
 
-/// A sequence of `S` decoded into a map, each element converted by the function as it comes
-/// (`None`: the copy is not believed).
-struct MapOf<S, V>(fn(S) -> Option<(String, V)>);
+/// A sequence of `S` decoded into a map, each element converted by the function as it comes.
+/// (What is not a state dagrun writes, such as an unknown status, fails as it is decoded.)
+struct MapOf<S, V>(fn(S) -> (String, V));
 
 impl<'de, S: Deserialize<'de>, V> serde::de::Visitor<'de> for MapOf<S, V> {
     type Value = HashMap<String, V>;
@@ -144,7 +144,7 @@ impl<'de, S: Deserialize<'de>, V> serde::de::Visitor<'de> for MapOf<S, V> {
     fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
         let mut map = HashMap::with_capacity(crate::reserve::capacity_for::<(String, V)>(seq.size_hint()));
         while let Some(item) = seq.next_element::<S>()? {
-            let (key, value) = (self.0)(item).ok_or_else(|| serde::de::Error::custom("not a state dagrun writes"))?;
+            let (key, value) = (self.0)(item);
             map.insert(key, value);
         }
         Ok(map)
@@ -247,7 +247,8 @@ impl StoredEntry {
 }
 
 impl StoredRecord {
-    fn into_record(self) -> Option<(String, StageRecord)> {
+    /// The record as a plan uses it, with its stage's name.
+    fn into_record(self) -> (String, StageRecord) {
         let outputs =
             self.outputs.into_iter().map(|(path, h)| (path, FileHash(blake3::Hash::from_bytes(h.0)))).collect();
         let record = StageRecord {
@@ -263,7 +264,7 @@ impl StoredRecord {
             outputs,
             invalidations: self.invalidations,
         };
-        Some((self.component, record))
+        (self.component, record)
     }
 }
 
