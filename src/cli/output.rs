@@ -335,10 +335,14 @@ impl<const N: usize> Table<N> {
             writeln!(out, "{}", line.trim_end())
         };
         write_row(&mut self.header.iter().copied())?;
-        let starts = std::iter::once(0).chain(self.ends.iter().copied());
-        let cells: Vec<&str> = starts.zip(&self.ends).map(|(start, &end)| &self.text[start..end]).collect();
-        for row in cells.chunks(N) {
-            write_row(&mut row.iter().copied())?;
+        let mut start = 0;
+        for row in self.ends.chunks(N) {
+            let mut cells = row.iter().map(|&end| {
+                let cell = &self.text[start..end];
+                start = end;
+                cell
+            });
+            write_row(&mut cells)?;
         }
         Ok(())
     }
