@@ -5,7 +5,7 @@ use std::io::Write;
 use dagrun::state::RunRow;
 use dagrun::{Engine, Error};
 
-use super::{EXIT_OK, seconds};
+use super::{EXIT_OK, Spaced, seconds};
 
 #[derive(clap::Args, Debug)]
 pub struct HistoryArgs {
@@ -48,7 +48,7 @@ fn write_run(out: &mut impl Write, run: &RunRow, width: usize) -> std::io::Resul
         "run {}  {}  {}  {}  {}: {}, {} cut off, {} up to date, {} failed, {} blocked",
         run.run_id,
         run.trigger,
-        run.started_at.replace('T', " "),
+        Spaced(&run.started_at),
         ms(run.duration_ms),
         run.outcome,
         super::output::ran_text(c),

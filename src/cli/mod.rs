@@ -252,6 +252,22 @@ fn registry() -> Registry {
 }
 
 /// Seconds for humans: `0.012s`, `1.20s`, `75.0s`.
+/// A stored time as the CLI shows it: `2026-12-01 20:19:43`, not `2026-12-01T20:19:43`
+/// (written in place, no `String` made: `status` shows 100,000).
+struct Spaced<'a>(&'a str);
+
+impl std::fmt::Display for Spaced<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, part) in self.0.split('T').enumerate() {
+            if i > 0 {
+                f.write_str(" ")?;
+            }
+            f.write_str(part)?;
+        }
+        Ok(())
+    }
+}
+
 fn seconds(d: std::time::Duration) -> String {
     let s = d.as_secs_f64();
     if s < 0.1 {

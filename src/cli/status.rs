@@ -5,7 +5,7 @@ use std::io::Write;
 
 use dagrun::{Engine, Error, RunningStage, StageReport};
 
-use super::{EXIT_OK, seconds};
+use super::{EXIT_OK, Spaced, seconds};
 
 #[derive(clap::Args, Debug)]
 pub struct StatusArgs {
@@ -81,8 +81,7 @@ fn write_table(out: &mut impl Write, reports: &[StageReport], running: &[Running
         match now {
             Some(s) => {
                 let job = s.job.as_ref().map(|job| format!("; {job}")).unwrap_or_default();
-                let since = s.started_at.replace('T', " ");
-                table.cell(format_args!("by pid {} (run {}) since {since}{job}", s.pid, s.run_id))
+                table.cell(format_args!("by pid {} (run {}) since {}{job}", s.pid, s.run_id, Spaced(&s.started_at)))
             }
             None => match &r.reason {
                 Some(reason) if r.dirty => table.cell(reason),
@@ -94,21 +93,6 @@ fn write_table(out: &mut impl Write, reports: &[StageReport], running: &[Running
     let dirty = reports.iter().filter(|r| r.dirty).count();
     let stages = if reports.len() == 1 { "stage" } else { "stages" };
     writeln!(out, "\n{} {stages}: {} up to date, {dirty} dirty", reports.len(), reports.len() - dirty)
-}
-
-/// A time as the table shows it: `2026-12-01 20:19:43`, not `2026-12-01T20:19:43`.
-struct Spaced<'a>(&'a str);
-
-impl std::fmt::Display for Spaced<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        for (i, part) in self.0.split('T').enumerate() {
-            if i > 0 {
-                f.write_str(" ")?;
-            }
-            f.write_str(part)?;
-        }
-        Ok(())
-    }
 }
 
 /// A status as the table shows it: `cut_off` as `cut off`.

@@ -5,7 +5,7 @@ use std::io::Write;
 use dagrun::planner::Change;
 use dagrun::{DirtyReason, Engine, Error, StageReport};
 
-use super::EXIT_OK;
+use super::{EXIT_OK, Spaced};
 
 #[derive(clap::Args, Debug)]
 pub struct WhyArgs {
@@ -31,7 +31,7 @@ pub fn run(engine: &Engine, args: WhyArgs) -> Result<u8, Error> {
             "`{}` is up to date: its fingerprint {} matches its last success at {}",
             stage.stage,
             stage.fingerprint.short(),
-            stage.last_run_at.as_deref().unwrap_or("?").replace('T', " ")
+            Spaced(stage.last_run_at.as_deref().unwrap_or("?"))
         ),
         Some(DirtyReason::UpstreamDirty { stage: up }) => {
             let _ = writeln!(
