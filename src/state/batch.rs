@@ -135,6 +135,15 @@ mod tests {
         state.record_not_run(run, component, StageStatus::CutOff, "upstream outputs unchanged", SystemTime::now())
     }
 
+    /// A held change's savepoint journals the pages it changes; past 64 KiB SQLite would
+    /// spill that journal to a new file in the temporary directory, an inode a commit.
+    #[test]
+    fn savepoint_journals_stay_in_memory() {
+        let (_dir, _path, state, _run) = new_state();
+        let temp_store: i64 = state.conn.query_row("PRAGMA temp_store", [], |r| r.get(0)).unwrap();
+        assert_eq!(temp_store, 2, "temp_store = MEMORY");
+    }
+
     #[test]
     fn held_changes_are_seen_by_others_once_committed_together() {
         let (_dir, path, state, run) = new_state();
