@@ -136,7 +136,7 @@ mod tests {
     }
 
     /// A held change's savepoint journals the pages it changes; past 64 KiB SQLite would
-    /// spill that journal to a new file in the temporary directory, an inode a commit.
+    /// spill that journal to a new file in the temporary directory, a new inode a commit.
     #[test]
     fn savepoint_journals_stay_in_memory() {
         let (_dir, _path, state, _run) = new_state();

@@ -342,9 +342,10 @@ impl State {
         self.conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")?;
         // Temporary data in memory, never in files. Each stage's change is a savepoint of the
         // coordinator's held transaction (`batch.rs`), and a savepoint whose page splits
-        // journal more than 64 KiB spilled its statement journal to a new file in /var/tmp:
-        // 80 files made and unlinked in a 1,000-stage full build, each a new inode (`strace`).
-        // What goes there is small (a stage's pages, a sort of at most every component).
+        // journal more than 64 KiB spilled its statement journal to a new file in the
+        // temporary directory: 80 files made and unlinked in a 1,000-stage full build, each a
+        // new inode (`strace`). What goes there is small: a stage's pages, or a query's sort
+        // of at most one row a component.
         self.conn.pragma_update(None, "temp_store", "MEMORY")?;
         // The WAL stays when the process exits, to be checkpointed by a later build once it
         // is long (`trim_wal`). Checkpointing at every close cost each build, no-op or not,
