@@ -19,7 +19,7 @@ pub struct Dag {
     producers: Producers,
     /// Whether each literal input is a path some stage writes (itself, or a directory above
     /// it), flat, stage after stage from `first_input[stage]`: asked once here rather than at
-    /// every evaluation, where it was a search of every output's path for each input.
+    /// every evaluation (a lookup of the path and of each directory above it, per input).
     written: Vec<bool>,
     first_input: Vec<u32>,
 }
@@ -136,7 +136,12 @@ impl Dag {
     /// Whether input `input` (its position in the stage's `inputs`) of `stage` is a literal
     /// path some stage writes, as `producer_of` answers: false for a glob.
     pub fn writes_input(&self, stage: StageIdx, input: usize) -> bool {
-        self.written[self.first_input[stage] as usize + input]
+        let at = self.first_input[stage] as usize + input;
+        debug_assert!(
+            at < self.first_input.get(stage + 1).map_or(self.written.len(), |&next| next as usize),
+            "input {input} is one of stage {stage}'s"
+        );
+        self.written[at]
     }
 
     /// The stages whose outputs `input` may read: for a glob, every output it reaches.

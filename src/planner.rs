@@ -171,7 +171,6 @@ pub fn evaluate_stage(
 /// the caller keeps what it needs. A plan keeps the verdict alone, and so copies no string of
 /// the spec: making and freeing those was most of the planning of a pipeline up to date.
 struct Found<'a> {
-    stage: &'a crate::spec::Stage,
     fields: FingerprintFields<'a, Input, RelPath>,
     fingerprint: Fingerprint,
     verdict: Verdict,
@@ -185,8 +184,8 @@ impl Found<'_> {
         debug_assert_eq!(inputs.fingerprint(), self.fingerprint, "the manifest is what was hashed");
         let mut globbed = self.globbed.iter();
         let input_paths = self
-            .stage
-            .inputs
+            .fields
+            .declared_inputs
             .iter()
             .map(|input| match input {
                 Input::Path(path) => vec![path.to_string()],
@@ -224,7 +223,7 @@ fn evaluate_with<R>(
     };
     let fingerprint = fields.fingerprint();
     let verdict = verdict(ctx, idx, unavailable, unbuilt, fingerprint);
-    keep(Found { stage, fields, fingerprint, verdict, globbed: &globbed })
+    keep(Found { fields, fingerprint, verdict, globbed: &globbed })
 }
 
 /// Whether a stage must run, given what its evaluation found: an input it cannot read, the
@@ -250,7 +249,9 @@ fn verdict(
 }
 
 /// The content hash of each source input, sorted by path, each path once (as the
-/// fingerprint's map holds them), and the first reason one cannot be read, if any.
+/// fingerprint's map holds them), and why the stage cannot read them all, if so: a glob that
+/// matches nothing (`empty_glob`) before anything else, else the first source that cannot be
+/// read.
 fn hash_sources<'p>(
     ctx: &EvalContext<'_>,
     sources: &[&'p str],

@@ -251,7 +251,6 @@ fn registry() -> Registry {
     registry
 }
 
-/// Seconds for humans: `0.012s`, `1.20s`, `75.0s`.
 /// A stored time as the CLI shows it: `2026-12-01 20:19:43`, not `2026-12-01T20:19:43`
 /// (written in place, no `String` made: `status` shows 100,000).
 struct Spaced<'a>(&'a str);
@@ -268,6 +267,7 @@ impl std::fmt::Display for Spaced<'_> {
     }
 }
 
+/// Seconds for humans: `0.012s`, `1.20s`, `75.0s`.
 fn seconds(d: std::time::Duration) -> String {
     let s = d.as_secs_f64();
     if s < 0.1 {

@@ -103,7 +103,8 @@ pub(crate) struct NameKey<'a> {
 /// The fields of [`FingerprintInputs`], borrowed, each map as a slice sorted by its key with
 /// no key twice (as a `BTreeMap` iterates; equal keys would hash twice). This is the one
 /// encoder: `FingerprintInputs::fingerprint` goes through it, and the planner fills it
-/// straight from the spec for the many stages that turn out up to date, copying no string.
+/// straight from the spec for every stage it evaluates; only a caller that keeps the manifest
+/// copies its strings (`to_inputs`), so the many stages that turn out up to date copy none.
 /// `names` keys sort as their text does only if no `prefix` is a proper prefix of another
 /// (`inputs.` and `outputs.`, or `""` throughout).
 pub(crate) struct FingerprintFields<'a, D: AsRef<str>, O: AsRef<str>> {

@@ -58,6 +58,18 @@ pub fn write(path: &Path, token: i64, state: &PlanState) -> std::io::Result<()> 
 #[derive(Clone, Copy)]
 struct Hash([u8; 32]);
 
+impl From<blake3::Hash> for Hash {
+    fn from(hash: blake3::Hash) -> Hash {
+        Hash(*hash.as_bytes())
+    }
+}
+
+impl From<Hash> for blake3::Hash {
+    fn from(hash: Hash) -> blake3::Hash {
+        blake3::Hash::from_bytes(hash.0)
+    }
+}
+
 impl Serialize for Hash {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_bytes(&self.0)
@@ -198,7 +210,7 @@ struct OutputsOf<'a>(&'a [(String, FileHash)]);
 
 impl Serialize for OutputsOf<'_> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_seq(self.0.iter().map(|(path, hash)| (path, Hash(*hash.0.as_bytes()))))
+        serializer.collect_seq(self.0.iter().map(|(path, hash)| (path, Hash::from(hash.0))))
     }
 }
 
@@ -221,8 +233,8 @@ impl<'a> StoredRecord<&'a str, OutputsOf<'a>> {
             is_dirty: r.is_dirty,
             run_count: r.run_count,
             failure_count: r.failure_count,
-            fingerprint: r.fingerprint.map(|h| Hash(*h.0.as_bytes())),
-            output_hash: r.output_hash.map(|h| Hash(*h.0.as_bytes())),
+            fingerprint: r.fingerprint.map(|h| Hash::from(h.0)),
+            output_hash: r.output_hash.map(|h| Hash::from(h.0)),
             last_status: r.last_status.map(Status),
             last_duration_ms: r.last_duration_ms,
             last_error: r.last_error.as_deref(),
@@ -238,7 +250,7 @@ impl StoredEntry {
             size: e.size,
             mtime_ns: e.mtime_ns,
             inode: e.inode,
-            hash: Hash(*e.hash.0.as_bytes()),
+            hash: Hash::from(e.hash.0),
             cached_at_ns: e.cached_at_ns,
             ctime_ns: e.ctime_ns,
             dev: e.dev,
@@ -249,15 +261,14 @@ impl StoredEntry {
 impl StoredRecord {
     /// The record as a plan uses it, with its stage's name.
     fn into_record(self) -> (String, StageRecord) {
-        let outputs =
-            self.outputs.into_iter().map(|(path, h)| (path, FileHash(blake3::Hash::from_bytes(h.0)))).collect();
+        let outputs = self.outputs.into_iter().map(|(path, h)| (path, FileHash(h.into()))).collect();
         let record = StageRecord {
             last_run_at: self.last_run_at,
             is_dirty: self.is_dirty,
             run_count: self.run_count,
             failure_count: self.failure_count,
-            fingerprint: self.fingerprint.map(|h| Fingerprint(blake3::Hash::from_bytes(h.0))),
-            output_hash: self.output_hash.map(|h| OutputHash(blake3::Hash::from_bytes(h.0))),
+            fingerprint: self.fingerprint.map(|h| Fingerprint(h.into())),
+            output_hash: self.output_hash.map(|h| OutputHash(h.into())),
             last_status: self.last_status.map(|s| s.0),
             last_duration_ms: self.last_duration_ms,
             last_error: self.last_error,
@@ -274,7 +285,7 @@ impl StoredEntry {
             size: self.size,
             mtime_ns: self.mtime_ns,
             inode: self.inode,
-            hash: FileHash(blake3::Hash::from_bytes(self.hash.0)),
+            hash: FileHash(self.hash.into()),
             cached_at_ns: self.cached_at_ns,
             ctime_ns: self.ctime_ns,
             dev: self.dev,
