@@ -426,6 +426,8 @@ impl Engine {
             slurm,
         };
         let executed = execute(&ctx, &plan, &mut state, &begun, &exec_opts, on_event);
+        // The run-cache's entries of this build sealed into a pack (see `runcache::FsStore`).
+        drop(exec_opts);
         if !opts.cancel.is_stopping() {
             cache.rehash_racy();
         }

@@ -7,6 +7,8 @@
 //!
 //! The bytes live in a [`Store`]; this module decides what to store, restore and trim.
 
+mod entries;
+mod pack;
 mod store;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -387,16 +389,18 @@ pub fn gc(store: &dyn Store, policy: &GcPolicy) -> io::Result<GcReport> {
         // An hour: far longer than any write in progress takes.
         report.bytes_freed += store.sweep_temporary(std::time::Duration::from_secs(3600))?;
     }
+    let mut removed = HashSet::new();
     for ((info, _), kept) in entries.iter().zip(&keep) {
         if *kept {
             report.entries_kept += 1;
         } else {
             report.entries_removed += 1;
             report.bytes_freed += info.size;
-            if !policy.dry_run {
-                store.remove_entry(&info.key)?;
-            }
+            removed.insert(info.key.clone());
         }
+    }
+    if !policy.dry_run {
+        store.remove_entries(&removed)?;
     }
     for (object, size) in &sizes {
         if uses.get(object.as_str()).copied().unwrap_or(0) == 0 {

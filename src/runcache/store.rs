@@ -3,11 +3,15 @@
 //! may share. Another store (an object store such as S3) implements the same trait; the
 //! engine only ever sees the trait.
 
+use std::collections::HashSet;
 use std::fs::File;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
+
+use super::entries::EntryFiles;
+use super::pack::Kind;
 
 /// An object's bytes did not hash to its id: the object is damaged (or gone).
 #[derive(Debug, thiserror::Error)]
@@ -40,7 +44,12 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn put_entry(&self, key: &str, bytes: &[u8]) -> io::Result<()>;
     /// An entry's bytes; `None` when missing or unreadable (a miss, never an error).
     fn get_entry(&self, key: &str) -> Option<Vec<u8>>;
+    /// Forgets an entry: later lookups miss it.
     fn remove_entry(&self, key: &str) -> io::Result<()>;
+    /// Removes the entries `gc` does not keep, and may reorganise the rest.
+    fn remove_entries(&self, keys: &HashSet<String>) -> io::Result<()> {
+        keys.iter().try_for_each(|key| self.remove_entry(key))
+    }
     fn remove_object(&self, id: &str) -> io::Result<()>;
     fn entries(&self) -> io::Result<Vec<EntryInfo>>;
     /// Every object's id and size.
@@ -55,11 +64,16 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 }
 
 /// A run-cache in a directory: `objects/ab/cdef…` (read-only files named by the hash of
-/// their bytes), `index/<key>.json`, and `tmp/` for objects being written and entries
-/// being replaced.
+/// their bytes), `packs/` (the entries, many to a file: see `entries`; `index/<key>.json`,
+/// one a file, as older versions wrote them, is still read) and `tmp/` for objects and
+/// packs being written.
+///
+/// The entries one `FsStore` writes are visible to stores opened later as soon as they are
+/// written, and are sealed into a pack when it is dropped: open one a build.
 #[derive(Debug)]
 pub struct FsStore {
     dir: PathBuf,
+    pub(super) entries: EntryFiles,
 }
 
 /// Distinguishes the temporary files of one process's threads.
@@ -68,19 +82,15 @@ static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 impl FsStore {
     /// Opens (creating) the store in `dir`.
     pub fn open(dir: &Path) -> io::Result<FsStore> {
-        for sub in ["objects", "index", "tmp"] {
+        for sub in ["objects", "packs", "tmp"] {
             std::fs::create_dir_all(dir.join(sub))?;
         }
-        Ok(FsStore { dir: dir.to_path_buf() })
+        Ok(FsStore { dir: dir.to_path_buf(), entries: EntryFiles::new(dir) })
     }
 
     fn object_path(&self, id: &str) -> PathBuf {
         let (head, tail) = id.split_at(2.min(id.len()));
         self.dir.join("objects").join(head).join(tail)
-    }
-
-    fn entry_path(&self, key: &str) -> PathBuf {
-        self.dir.join("index").join(format!("{key}.json"))
     }
 
     /// A fresh temporary path in `tmp/`, on the store's filesystem, so that a rename into
@@ -107,6 +117,13 @@ impl FsStore {
             }
             renamed => renamed,
         }
+    }
+}
+
+impl Drop for FsStore {
+    /// Seals the entries this store wrote into a pack.
+    fn drop(&mut self) {
+        self.entries.seal();
     }
 }
 
@@ -183,43 +200,21 @@ impl Store for FsStore {
     }
 
     fn put_entry(&self, key: &str, bytes: &[u8]) -> io::Result<()> {
-        // A new entry is written in place: one file made, and no rename across directories
-        // (a quarter of storing a small stage's outputs). A reader that finds it half
-        // written cannot parse it and takes it as a miss, as it does an entry torn by a
-        // power cut (see `publish`); an entry already there, torn or not, is replaced whole.
-        let target = self.entry_path(key);
-        match File::options().write(true).create_new(true).open(&target) {
-            Ok(mut file) => {
-                let written = file.write_all(bytes);
-                if written.is_err() {
-                    let _ = std::fs::remove_file(&target);
-                }
-                return written;
-            }
-            Err(e) if matches!(e.kind(), io::ErrorKind::AlreadyExists | io::ErrorKind::NotFound) => {}
-            Err(e) => return Err(e),
-        }
-        let temp = self.temp_path();
-        let written = (|| {
-            let mut file = File::options().write(true).create_new(true).open(&temp)?;
-            file.write_all(bytes)?;
-            Self::publish(&temp, &self.entry_path(key))
-        })();
-        if written.is_err() {
-            let _ = std::fs::remove_file(&temp);
-        }
-        written
+        self.entries.put(key, Kind::Entry, bytes)
     }
 
     fn get_entry(&self, key: &str) -> Option<Vec<u8>> {
-        std::fs::read(self.entry_path(key)).ok()
+        self.entries.get(key)
     }
 
     fn remove_entry(&self, key: &str) -> io::Result<()> {
-        match std::fs::remove_file(self.entry_path(key)) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
-        }
+        self.entries.forget(key)
+    }
+
+    /// One rewrite of every entry into one pack, whatever is removed: it also folds in the
+    /// logs of builds that were killed and the loose entries of older versions.
+    fn remove_entries(&self, keys: &HashSet<String>) -> io::Result<()> {
+        self.entries.rewrite_all(keys)
     }
 
     fn remove_object(&self, id: &str) -> io::Result<()> {
@@ -230,15 +225,7 @@ impl Store for FsStore {
     }
 
     fn entries(&self) -> io::Result<Vec<EntryInfo>> {
-        let mut entries = Vec::new();
-        for entry in std::fs::read_dir(self.dir.join("index"))? {
-            let entry = entry?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let Some(key) = name.strip_suffix(".json") else { continue };
-            let meta = entry.metadata()?;
-            entries.push(EntryInfo { key: key.to_string(), modified: meta.modified()?, size: meta.len() });
-        }
-        Ok(entries)
+        self.entries.list()
     }
 
     fn objects(&self) -> io::Result<Vec<(String, u64)>> {
@@ -260,11 +247,7 @@ impl Store for FsStore {
 
     fn size(&self) -> io::Result<u64> {
         let objects: u64 = self.objects()?.iter().map(|(_, size)| size).sum();
-        let mut entries = 0;
-        for entry in std::fs::read_dir(self.dir.join("index"))? {
-            entries += entry?.metadata()?.len();
-        }
-        Ok(objects + entries)
+        Ok(objects + self.entries.size()?)
     }
 
     fn sweep_temporary(&self, age: std::time::Duration) -> io::Result<u64> {
@@ -306,33 +289,6 @@ mod tests {
         store.get_file(&id, &back).unwrap();
         assert_eq!(std::fs::read(&back).unwrap(), b"hello");
         assert!(!std::fs::metadata(&back).unwrap().permissions().readonly());
-    }
-
-    #[test]
-    fn an_entry_is_stored_even_after_its_directory_was_removed() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = FsStore::open(&dir.path().join("cache")).unwrap();
-        store.put_entry("first", b"1").unwrap();
-        std::fs::remove_dir_all(dir.path().join("cache/index")).unwrap();
-        store.put_entry("second", b"2").unwrap();
-        assert_eq!(store.get_entry("second").as_deref(), Some(&b"2"[..]));
-        assert_eq!(store.get_entry("first"), None);
-        let left: Vec<_> = std::fs::read_dir(dir.path().join("cache/tmp")).unwrap().collect();
-        assert!(left.is_empty(), "no temporary file is left behind: {left:?}");
-    }
-
-    #[test]
-    fn an_entry_already_there_torn_or_not_is_replaced_whole() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = FsStore::open(&dir.path().join("cache")).unwrap();
-        // What a write cut short leaves under the entry's name.
-        std::fs::write(store.entry_path("k"), b"{\"form").unwrap();
-        store.put_entry("k", b"{\"format\":1}").unwrap();
-        assert_eq!(store.get_entry("k").as_deref(), Some(&b"{\"format\":1}"[..]));
-        store.put_entry("k", b"{}").unwrap();
-        assert_eq!(store.get_entry("k").as_deref(), Some(&b"{}"[..]));
-        let left: Vec<_> = std::fs::read_dir(dir.path().join("cache/tmp")).unwrap().collect();
-        assert!(left.is_empty(), "no temporary file is left behind: {left:?}");
     }
 
     #[test]

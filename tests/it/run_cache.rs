@@ -3,6 +3,8 @@
 
 use std::path::Path;
 
+use dagrun::runcache::{FsStore, Store};
+
 use crate::sandbox::{Run, Sandbox};
 
 /// A model trained into a directory, with a param to switch, and a report reading it.
@@ -45,6 +47,31 @@ fn tree(dir: &Path) -> Vec<(String, Vec<u8>, bool)> {
         .collect();
     files.sort();
     files
+}
+
+/// The project's run-cache entries (key and text) as a build finds them, read through the
+/// store itself: they are packed many to a file.
+fn cache_entries(sb: &Sandbox) -> Vec<(String, String)> {
+    let store = FsStore::open(&sb.path(".dagrun/cache")).unwrap();
+    let mut entries: Vec<_> = store
+        .entries()
+        .unwrap()
+        .into_iter()
+        .map(|e| {
+            let text = String::from_utf8(store.get_entry(&e.key).unwrap()).unwrap();
+            (e.key, text)
+        })
+        .collect();
+    entries.sort();
+    entries
+}
+
+/// Stores `text` as the entry of `key`, newer than any before, as another writer could.
+fn write_entries(sb: &Sandbox, entries: &[(String, String)]) {
+    let store = FsStore::open(&sb.path(".dagrun/cache")).unwrap();
+    for (key, text) in entries {
+        store.put_entry(key, text.as_bytes()).unwrap();
+    }
 }
 
 fn switch_lr(sb: &Sandbox, from: &str, to: &str) {
@@ -171,14 +198,16 @@ fn damaged_objects_and_entries_are_never_restored() {
         }
     }
     // ...and every small file kept in an entry rather than as an object (weights.txt,
-    // report.txt) given other bytes under the same id.
+    // report.txt) given other bytes under the same id, in entries whose own bytes are whole.
     let mut inline_damaged = 0;
-    for entry in std::fs::read_dir(sb.path(".dagrun/cache/index")).unwrap() {
-        let path = entry.unwrap().path();
-        let text = std::fs::read_to_string(&path).unwrap();
-        inline_damaged += text.matches("\"text\": \"lr=0.1").count();
-        std::fs::write(&path, text.replace("\"text\": \"lr=0.1", "\"text\": \"lr=0.9")).unwrap();
-    }
+    let damaged: Vec<(String, String)> = cache_entries(&sb)
+        .into_iter()
+        .map(|(key, text)| {
+            inline_damaged += text.matches("\"text\": \"lr=0.1").count();
+            (key, text.replace("\"text\": \"lr=0.1", "\"text\": \"lr=0.9"))
+        })
+        .collect();
+    write_entries(&sb, &damaged);
     assert_eq!(inline_damaged, 2, "weights.txt and report.txt are kept in their entries");
     switch_lr(&sb, "0.2", "0.1");
     let run = sb.build().success();
@@ -188,21 +217,34 @@ fn damaged_objects_and_entries_are_never_restored() {
     let log = sb.read(".dagrun/logs/3/train.log");
     assert!(log.contains("not restored"), "{log}");
 
-    // ...and an index entry that is not JSON: a miss, never a failed build.
-    for entry in std::fs::read_dir(sb.path(".dagrun/cache/index")).unwrap() {
-        std::fs::write(entry.unwrap().path(), "{ not json").unwrap();
-    }
+    // ...and every entry not JSON: a miss, never a failed build.
+    let not_json: Vec<(String, String)> =
+        cache_entries(&sb).into_iter().map(|(key, _)| (key, "{ not json".into())).collect();
+    write_entries(&sb, &not_json);
     switch_lr(&sb, "0.1", "0.2");
     sb.build().success();
     assert_eq!(sb.ran(), ["report", "train"]);
     assert_eq!(sb.read("report.txt"), "lr=0.2\n");
-    // The successes replaced the entries under their fingerprints whole.
+    // The successes stored new entries under their fingerprints, found before the others.
+    let entries = cache_entries(&sb);
     for stage in ["report", "train"] {
         let fingerprint =
             &sb.column(&format!("SELECT fingerprint FROM orchestrator_state WHERE component = '{stage}'"))[0];
-        let entry = sb.read(&format!(".dagrun/cache/index/{fingerprint}.json"));
-        assert!(serde_json::from_str::<serde_json::Value>(&entry).is_ok(), "{stage}: {entry}");
+        let (_, entry) = entries.iter().find(|(key, _)| key == fingerprint).unwrap();
+        assert!(serde_json::from_str::<serde_json::Value>(entry).is_ok(), "{stage}: {entry}");
     }
+
+    // ...and every byte of the files holding the entries damaged: misses, never a failed build.
+    for entry in std::fs::read_dir(sb.path(".dagrun/cache/packs")).unwrap() {
+        let path = entry.unwrap().path();
+        let len = std::fs::metadata(&path).unwrap().len() as usize;
+        std::fs::write(&path, vec![b'#'; len]).unwrap();
+    }
+    assert!(cache_entries(&sb).is_empty());
+    switch_lr(&sb, "0.2", "0.1");
+    sb.build().success();
+    assert_eq!(sb.ran(), ["report", "train"]);
+    assert_eq!(sb.read("report.txt"), "lr=0.1\n");
 }
 
 #[test]
@@ -231,6 +273,12 @@ fn concurrent_builds_filling_one_cache_leave_nothing_corrupt() {
         }
     }
     assert_eq!(std::fs::read_dir(shared.path().join("tmp")).unwrap().count(), 0);
+    // Each build's entries went to its own log, sealed into a pack when it ended.
+    let packs: Vec<String> = std::fs::read_dir(shared.path().join("packs"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(packs.len() == 2 && packs.iter().all(|name| name.ends_with(".pack")), "{packs:?}");
     // A third checkout restores everything from it, right.
     let run = checkouts[2].build().success();
     assert!(run.stdout().contains("0 ran, 2 restored"), "{}", run.stdout());
@@ -246,7 +294,7 @@ fn gc_keeps_what_the_records_reference_and_frees_the_rest() {
         sb.build().success();
     }
     sb.ran();
-    let entries = || std::fs::read_dir(sb.path(".dagrun/cache/index")).unwrap().count();
+    let entries = || cache_entries(&sb).len();
     assert_eq!(entries(), 6);
     let dry = sb.dagrun(&["gc", "--dry-run"]).success().stdout();
     assert!(dry.contains("would remove 4 entries"), "{dry}");
@@ -320,4 +368,50 @@ params = { lr = 0.1 }
     let mode = std::fs::metadata(sb.path("key.txt")).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "restored with the mode the stage gave it");
     assert!(sb.path("out/empty").is_dir());
+}
+
+#[test]
+fn a_killed_build_s_stored_outputs_serve_the_next_build_and_gc_packs_them() {
+    // `first` is stored before `hang` starts; the build is killed while `hang` waits.
+    let sb = Sandbox::new().pipeline(
+        r#"
+[stages.first]
+cmd = "echo first >> ran.log && echo one > first.out"
+outputs = ["first.out"]
+
+[stages.hang]
+cmd = "echo hang >> ran.log && if [ ! -e hung ]; then touch hung && sleep 120; fi && echo two > hang.out"
+outputs = ["hang.out"]
+after = ["first"]
+"#,
+    );
+    let mut child = sb.spawn(&["build", "-j", "1"]);
+    crate::sandbox::wait_until("`hang` to start", || sb.exists("hung"));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let packs = sb.path(".dagrun/cache/packs");
+    let names = || -> Vec<String> {
+        let mut names: Vec<String> =
+            std::fs::read_dir(&packs).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        names.sort();
+        names
+    };
+    let unsealed = names();
+    assert!(unsealed.len() == 1 && unsealed[0].ends_with(".log"), "the killed build's log, never sealed: {unsealed:?}");
+    sb.remove("first.out");
+    let run = sb.build().success();
+    assert!(run.stdout().contains("1 ran, 1 restored"), "{}", run.stdout());
+    assert_eq!(sb.ran(), ["first", "hang", "hang"], "`first` came back from the killed build's log");
+    assert_eq!(sb.read("first.out"), "one\n");
+    // `gc` folds a dead build's log into its pack once it is a minute old.
+    let an_hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    let log = packs.join(&unsealed[0]);
+    std::fs::File::options().write(true).open(&log).unwrap().set_modified(an_hour_ago).unwrap();
+    sb.dagrun(&["gc"]).success();
+    let after = names();
+    assert!(after.len() == 1 && after[0].ends_with(".pack"), "one pack holds everything: {after:?}");
+    sb.remove("first.out");
+    sb.remove("hang.out");
+    let run = sb.build().success();
+    assert!(run.stdout().contains("0 ran, 2 restored"), "{}", run.stdout());
 }
