@@ -1,21 +1,22 @@
 //! A directory store's entries, many to a file (the bytes are `pack`'s). A store that writes
-//! appends every entry to its own log, `packs/<ns>-<pid>-<tag>.log`: one `write` an entry
-//! and no new file, where a file an entry cost a 10,000-stage build seconds on ext4 without a
-//! journal (making an inode there reads past every inode freed in the last minutes). When
-//! the store is dropped (a build's end) the log gets its index and is renamed
-//! `packs/<ns>-<pid>-<tag>.pack` (`ns`: the time in nanoseconds, so that names sort by age).
+//! appends every entry to its own log, `packs/<ns>-<host>-<pid>-<tag>.log`: one `write` an
+//! entry and no new file, where a file an entry cost a 10,000-stage build seconds on ext4
+//! without a journal (making an inode there reads past every inode freed in the last
+//! minutes). When the store is dropped (a build's end) the log gets its index and is renamed
+//! `….pack`.
 //!
-//! One writer a file, and files only ever renamed into place: safe for several builds,
-//! checkouts and machines sharing the directory (NFS included, where two appenders to one
-//! file overwrite each other). A lookup reads its own log, then the others newest first
-//! (name order: the time they were sealed, or created for a log), then the loose
-//! `index/<key>.json` entries older versions wrote. The newest record of a key decides: an
-//! entry, or a tombstone (`forget`) that hides everything older. A damaged record is skipped
-//! as if absent, never taken for another key's.
+//! One writer a log, and every other file written whole and renamed into place: safe for
+//! several builds, checkouts and machines sharing the directory (NFS included, where two
+//! appenders to one file overwrite each other). A lookup reads its own log, every other log
+//! and pack, and the loose `index/<key>.json` entries older versions wrote, and takes the
+//! key's newest record by the time written into it: an entry, or a tombstone (`forget`) that
+//! hides everything older. A damaged record is skipped as if absent, never taken for another
+//! key's.
 //!
 //! `gc` rewrites everything but the logs of live builds into one pack, then removes what it
-//! read; a seal that leaves more than [`MERGE_ABOVE`] packs merges the newest few, so that
-//! a lookup searches a number of packs that grows with the logarithm of the store.
+//! read; a seal that leaves more than [`MERGE_ABOVE`] packs merges the newest few (and the
+//! logs of killed builds), so that a lookup searches a number of packs that grows with the
+//! logarithm of the store. Merges take `merge.lock` (beside `packs/`) in turn.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -25,25 +26,30 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::pack::{self, KeyHash, Kind, PackIndex, Slot};
+use super::pack::{self, KeyHash, Kind, PackIndex, Slot, Stored};
 use super::store::EntryInfo;
 
 /// Above this many packs, sealing merges the newest (see `merge_range`).
 const MERGE_ABOVE: usize = 8;
-/// A log whose writer is gone is merged by `gc` once it is this old: a log just created is
-/// not yet locked by its writer.
+/// A log whose writer is gone is merged once it is this old: a log just created is not yet
+/// locked by its writer.
 const DEAD_LOG_AGE: Duration = Duration::from_secs(60);
-/// Where a log cannot be locked, how long it must be left untouched to count as dead.
-const UNLOCKABLE_LOG_AGE: Duration = Duration::from_secs(24 * 3600);
+/// A log of another machine, or where locks do not work, counts as dead only when untouched
+/// this long: some NFS mounts keep locks on the machine that takes them.
+const UNLOCKED_LOG_AGE: Duration = Duration::from_secs(24 * 3600);
+/// How many times a listing is read again when a file in it was renamed (sealed) or merged
+/// away before it was opened.
+const LISTING_TRIES: usize = 4;
 
 #[derive(Debug)]
 pub(super) struct EntryFiles {
     packs: PathBuf,
     legacy: PathBuf,
     tmp: PathBuf,
+    merge_lock: PathBuf,
     own: Mutex<Option<OwnLog>>,
-    /// Every other log and pack, opened at the first lookup: a store that only writes
-    /// (a build of new stages) or is never asked (a no-op build) reads none.
+    /// Every other log and pack, read at the first lookup: a store that only writes (a
+    /// build of new stages) or is never asked (a no-op build) reads none.
     others: OnceLock<Others>,
 }
 
@@ -57,99 +63,107 @@ struct OwnLog {
     slots: Vec<Slot>,
     /// Each key's last record, by index in `slots`.
     newest: HashMap<KeyHash, usize>,
+    /// A failed write could not be cut off: nothing more is appended, and the log is left
+    /// unsealed (readers scan past the damage).
+    broken: bool,
 }
 
 #[derive(Debug)]
 struct Others {
-    /// Newest first.
     sources: Vec<Source>,
     legacy: bool,
 }
 
+/// Another log or pack, as lookups read it.
 #[derive(Debug)]
-struct Source {
-    file: File,
-    index: SourceIndex,
-}
-
-#[derive(Debug)]
-enum SourceIndex {
-    /// A sealed pack, searched in its file.
-    Packed(PackIndex),
-    /// A log (or a pack whose index is damaged), scanned once: each key's last record.
-    Scanned(HashMap<KeyHash, Slot>),
+enum Source {
+    /// A sealed pack: its fanout in memory, its slots and records read from the file.
+    Pack { file: File, index: PackIndex },
+    /// A log (or a pack whose trailer is damaged), read whole once (no file kept open):
+    /// each key's last record.
+    Log { bytes: Vec<u8>, newest: HashMap<KeyHash, Slot> },
 }
 
 impl Source {
-    fn open(path: &Path) -> Option<Source> {
-        let file = File::open(path).ok()?;
-        let len = file.metadata().ok()?.len();
-        let is_pack = path.extension().is_some_and(|e| e == "pack");
-        if let Some(index) = is_pack.then(|| PackIndex::read(&file, len)).flatten() {
-            return Some(Source { file, index: SourceIndex::Packed(index) });
+    fn open(path: &Path) -> io::Result<Source> {
+        let mut file = File::open(path)?;
+        let len = file.metadata()?.len();
+        if !is_log(path)
+            && let Some(index) = PackIndex::read(&file, len)
+        {
+            return Ok(Source::Pack { file, index });
         }
         // Read through the file opened: a log sealed meanwhile is renamed, not gone.
         let mut bytes = Vec::new();
-        (&file).read_to_end(&mut bytes).ok()?;
+        file.read_to_end(&mut bytes)?;
         let newest = pack::scan(&bytes)
             .iter()
             .map(|(offset, record)| (pack::key_hash(record.key), Slot::of(*offset, record)))
             .collect();
-        Some(Source { file, index: SourceIndex::Scanned(newest) })
+        Ok(Source::Log { bytes, newest })
     }
 
-    /// The slots of `hash`, newest first.
-    fn find(&self, hash: &KeyHash) -> Vec<Slot> {
-        match &self.index {
-            SourceIndex::Packed(index) => index.find(&self.file, hash),
-            SourceIndex::Scanned(newest) => newest.get(hash).copied().into_iter().collect(),
+    /// The newest readable record of `key` here.
+    fn newest(&self, key: &str, hash: &KeyHash) -> Option<Stored> {
+        match self {
+            Source::Pack { file, index } => index.find(file, hash).iter().find_map(|slot| slot.read(file, key)),
+            Source::Log { bytes, newest } => newest.get(hash).and_then(|slot| slot.read_in(bytes, key)),
         }
     }
 }
 
-/// What the newest readable record of a key says.
-enum Found {
-    Entry(Vec<u8>),
-    Forgotten,
+/// The newer of two records of a key by the time written in them; on a tie, the one found
+/// first.
+fn newer(found: Option<Stored>, other: Option<Stored>) -> Option<Stored> {
+    match (found, other) {
+        (Some(found), Some(other)) if other.written_ns > found.written_ns => Some(other),
+        (found, other) => found.or(other),
+    }
 }
 
-fn found(slot: &Slot, file: &File, key: &str) -> Option<Found> {
-    let payload = slot.read(file, key)?;
-    Some(match slot.kind {
-        Kind::Entry => Found::Entry(payload),
-        Kind::Tombstone => Found::Forgotten,
+fn now_ns() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+}
+
+fn ns_of(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// This machine's name as file names carry it: letters, digits, `.` and `_` only.
+fn host() -> &'static str {
+    static HOST: OnceLock<String> = OnceLock::new();
+    HOST.get_or_init(|| {
+        let name = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        let name: String =
+            name.trim().chars().take(40).map(|c| if c.is_ascii_alphanumeric() || c == '.' { c } else { '_' }).collect();
+        if name.is_empty() { "host".to_string() } else { name }
     })
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
-
-/// A name unique to this process and call, for files two writers must never share.
+/// A tag unique to this machine, process and call, for files two writers must never share.
 fn unique_tag() -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let mut hasher = blake3::Hasher::new();
     hasher.update(&COUNTER.fetch_add(1, Ordering::Relaxed).to_le_bytes());
-    hasher.update(&SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos().to_le_bytes());
+    hasher.update(&now_ns().to_le_bytes());
     hasher.update(format!("{:?}", std::thread::current().id()).as_bytes());
-    format!("{}-{}", std::process::id(), &hasher.finalize().to_hex()[..8])
+    format!("{}-{}-{}", host(), std::process::id(), &hasher.finalize().to_hex()[..8])
 }
 
-fn now_ns() -> u128 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos())
-}
-
-fn file_name(ns: u128, tag: &str, extension: &str) -> String {
+fn file_name(ns: u64, tag: &str, extension: &str) -> String {
     format!("{ns:020}-{tag}.{extension}")
 }
 
-/// The time a log or pack's name starts with.
-fn name_ns(path: &Path) -> u128 {
+/// The time a log or pack's name starts with (a log's: when it was made), and the machine.
+fn name_parts(path: &Path) -> (u64, &str) {
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-    name.split('-').next().and_then(|ns| ns.parse().ok()).unwrap_or(0)
+    let mut parts = name.split('-');
+    let ns = parts.next().and_then(|ns| ns.parse().ok()).unwrap_or(0);
+    (ns, parts.next().unwrap_or(""))
 }
 
-/// `packs/`'s logs and packs, newest first; `NotFound` is an empty directory.
+/// `packs/`'s logs and packs (regular files only), newest name first; `NotFound` is an
+/// empty directory.
 fn list(packs: &Path) -> io::Result<Vec<PathBuf>> {
     let mut found = Vec::new();
     let listing = match std::fs::read_dir(packs) {
@@ -157,8 +171,10 @@ fn list(packs: &Path) -> io::Result<Vec<PathBuf>> {
         listing => listing?,
     };
     for entry in listing {
-        let path = entry?.path();
-        if path.extension().is_some_and(|e| e == "log" || e == "pack") {
+        let entry = entry?;
+        let path = entry.path();
+        let named = path.extension().is_some_and(|e| e == "log" || e == "pack");
+        if named && entry.file_type()?.is_file() {
             found.push(path);
         }
     }
@@ -166,21 +182,53 @@ fn list(packs: &Path) -> io::Result<Vec<PathBuf>> {
     Ok(found)
 }
 
+/// Calls `visit` with `packs/`'s listing until it reads it all: `visit` returns `Ok(false)`
+/// when a file listed was gone (renamed by its seal, or merged into a pack the listing did not
+/// hold), and starts again from a new listing, at most [`LISTING_TRIES`] times.
+fn with_listing(packs: &Path, mut visit: impl FnMut(&[PathBuf]) -> io::Result<bool>) -> io::Result<()> {
+    for _ in 0..LISTING_TRIES {
+        if visit(&list(packs)?)? {
+            break;
+        }
+    }
+    Ok(())
+}
+
 fn is_log(path: &Path) -> bool {
     path.extension().is_some_and(|e| e == "log")
 }
 
-/// Whether a log's writer is gone: its lock is free (a writer holds it while the log is
-/// open) and the log is older than a writer takes to lock it. Where locks do not work (some
-/// NFS mounts), a log untouched for a day.
+/// Whether a log's writer is gone: its lock is free (its writer holds it while it has the log
+/// open) and the log is older than a writer takes to lock it. A log of another machine, or
+/// one that cannot be locked, only once untouched for a day.
 fn is_dead_log(path: &Path) -> bool {
     let age = std::fs::metadata(path).and_then(|m| m.modified()).ok().and_then(|m| m.elapsed().ok());
     let Some(age) = age.filter(|age| *age > DEAD_LOG_AGE) else { return false };
-    match File::open(path).map(|file| file.try_lock()) {
+    if name_parts(path).1 != host() {
+        return age > UNLOCKED_LOG_AGE;
+    }
+    // Shared: a lock a read-only file can take over NFS too; the writer's is exclusive.
+    match File::open(path).map(|file| file.try_lock_shared()) {
         Ok(Ok(())) => true,
         Ok(Err(std::fs::TryLockError::WouldBlock)) | Err(_) => false,
-        Ok(Err(std::fs::TryLockError::Error(_))) => age > UNLOCKABLE_LOG_AGE,
+        Ok(Err(std::fs::TryLockError::Error(_))) => age > UNLOCKED_LOG_AGE,
     }
+}
+
+/// A log's or pack's records, read whole; `None` when it is gone.
+fn records_of(path: &Path) -> io::Result<Option<Vec<u8>>> {
+    let mut file = match File::open(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        file => file?,
+    };
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)?;
+    if !is_log(path)
+        && let Some(index) = PackIndex::read(&file, bytes.len() as u64)
+    {
+        bytes.truncate(index.records_end() as usize);
+    }
+    Ok(Some(bytes))
 }
 
 impl OwnLog {
@@ -195,17 +243,20 @@ impl OwnLog {
             }
             opened => opened?,
         };
-        // Tells `gc` that the log is being written; where locks do not work (some NFS
-        // mounts) `gc` goes by the log's age alone.
+        // Tells `gc` and merges that the log is being written. Where locks do not work they go
+        // by the log's age alone (see `is_dead_log`).
         let _ = file.try_lock();
-        Ok(OwnLog { file, path, tag, len: 0, slots: Vec::new(), newest: HashMap::new() })
+        Ok(OwnLog { file, path, tag, len: 0, slots: Vec::new(), newest: HashMap::new(), broken: false })
     }
 
     fn append(&mut self, record: &[u8]) -> io::Result<()> {
+        if self.broken {
+            return Err(io::Error::other("an earlier write to this build's run-cache log could not be undone"));
+        }
         if let Err(e) = self.file.write_all(record) {
             // Only this store writes here: cutting a partial record off is safe, and the
             // next one starts where a reader expects it.
-            let _ = self.file.set_len(self.len);
+            self.broken = self.file.set_len(self.len).is_err();
             return Err(e);
         }
         let parsed = pack::parse(record).expect("a record just encoded parses");
@@ -217,12 +268,52 @@ impl OwnLog {
     }
 }
 
+/// The newest record of a key among a merge's or listing's inputs, and where it is.
+#[derive(Debug, Clone, Copy)]
+struct Winner {
+    written_ns: u64,
+    kind: Kind,
+    /// Which input, in the caller's order (loose entries after the logs and packs).
+    input: usize,
+    offset: u64,
+    payload_len: u64,
+}
+
+impl Winner {
+    /// Whether it beats `other`: written later, or at the same time later in one input.
+    fn beats(&self, other: &Winner) -> bool {
+        self.written_ns > other.written_ns
+            || (self.written_ns == other.written_ns && self.input == other.input && self.offset > other.offset)
+    }
+}
+
+/// Each key's newest record: keeps `candidate` if it beats what `winners` holds.
+fn contend(winners: &mut HashMap<String, Winner>, key: &str, candidate: Winner) {
+    match winners.get_mut(key) {
+        Some(winner) if candidate.beats(winner) => *winner = candidate,
+        Some(_) => {}
+        None => {
+            winners.insert(key.to_string(), candidate);
+        }
+    }
+}
+
+/// Adds the records in `bytes` (input number `input`) to the contest.
+fn contend_all(winners: &mut HashMap<String, Winner>, input: usize, bytes: &[u8]) {
+    for (offset, record) in pack::scan(bytes) {
+        let payload_len = record.payload.len() as u64;
+        let candidate = Winner { written_ns: record.written_ns, kind: record.kind, input, offset, payload_len };
+        contend(winners, record.key, candidate);
+    }
+}
+
 impl EntryFiles {
     pub(super) fn new(store: &Path) -> EntryFiles {
         EntryFiles {
             packs: store.join("packs"),
             legacy: store.join("index"),
             tmp: store.join("tmp"),
+            merge_lock: store.join("merge.lock"),
             own: Mutex::new(None),
             others: OnceLock::new(),
         }
@@ -232,12 +323,29 @@ impl EntryFiles {
         self.legacy.join(format!("{key}.json"))
     }
 
+    fn own_path(&self) -> Option<PathBuf> {
+        self.own.lock().expect("run-cache log poisoned").as_ref().map(|log| log.path.clone())
+    }
+
     fn others(&self) -> &Others {
         self.others.get_or_init(|| {
-            let own = self.own.lock().expect("run-cache log poisoned").as_ref().map(|log| log.path.clone());
-            let paths = list(&self.packs).unwrap_or_default();
-            // A file gone since the listing was merged into another: its records are there.
-            let sources = paths.iter().filter(|p| Some(*p) != own.as_ref()).filter_map(|p| Source::open(p)).collect();
+            let own = self.own_path();
+            let mut sources = Vec::new();
+            let listed = with_listing(&self.packs, |paths| {
+                sources.clear();
+                for path in paths.iter().filter(|p| Some(*p) != own.as_ref()) {
+                    match Source::open(path) {
+                        Ok(source) => sources.push(source),
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+                        // Unreadable: its entries are misses, and the build goes on.
+                        Err(_) => {}
+                    }
+                }
+                Ok(true)
+            });
+            if listed.is_err() {
+                sources.clear();
+            }
             Others { sources, legacy: self.legacy.is_dir() }
         })
     }
@@ -249,7 +357,7 @@ impl EntryFiles {
         if payload.len() > pack::MAX_PAYLOAD {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("run-cache entry `{key}` is over 4 GiB")));
         }
-        let record = pack::encode(kind, now_ms(), key, payload);
+        let record = pack::encode(kind, now_ns(), key, payload);
         let mut own = self.own.lock().expect("run-cache log poisoned");
         let log = match &mut *own {
             Some(log) => log,
@@ -260,69 +368,73 @@ impl EntryFiles {
 
     pub(super) fn get(&self, key: &str) -> Option<Vec<u8>> {
         let hash = pack::key_hash(key);
-        let own = {
+        let mut found = {
             let own = self.own.lock().expect("run-cache log poisoned");
-            own.as_ref().and_then(|log| log.newest.get(&hash).and_then(|&i| found(&log.slots[i], &log.file, key)))
+            own.as_ref().and_then(|log| log.newest.get(&hash).and_then(|&i| log.slots[i].read(&log.file, key)))
         };
         let others = self.others();
-        let newest = own.or_else(|| {
-            others
-                .sources
-                .iter()
-                .find_map(|source| source.find(&hash).iter().find_map(|slot| found(slot, &source.file, key)))
-        });
-        match newest {
-            Some(Found::Entry(payload)) => Some(payload),
-            Some(Found::Forgotten) => None,
-            None if others.legacy => std::fs::read(self.legacy_path(key)).ok(),
-            None => None,
+        for source in &others.sources {
+            found = newer(found, source.newest(key, &hash));
         }
+        if others.legacy {
+            found = newer(found, self.loose(key));
+        }
+        found.filter(|record| record.kind == Kind::Entry).map(|record| record.payload)
+    }
+
+    /// A loose entry as a record: its time is the file's.
+    fn loose(&self, key: &str) -> Option<Stored> {
+        let mut file = File::open(self.legacy_path(key)).ok()?;
+        let written_ns = ns_of(file.metadata().ok()?.modified().ok()?);
+        let mut payload = Vec::new();
+        file.read_to_end(&mut payload).ok()?;
+        Some(Stored { kind: Kind::Entry, written_ns, payload })
     }
 
     /// Forgets `key`: a tombstone in this store's log, and the loose entry removed if any.
     pub(super) fn forget(&self, key: &str) -> io::Result<()> {
-        match std::fs::remove_file(self.legacy_path(key)) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-            _ => {}
-        }
+        remove_if_present(&self.legacy_path(key))?;
         self.put(key, Kind::Tombstone, b"")
     }
 
-    /// Every key's entry as the newest of its records says, in every log and pack and loose.
+    /// Every key whose newest record, in any log or pack or loose, is an entry.
     pub(super) fn list(&self) -> io::Result<Vec<EntryInfo>> {
-        let mut entries = Vec::new();
-        let mut seen = HashSet::new();
-        let own = self.own.lock().expect("run-cache log poisoned").as_ref().map(|log| log.path.clone());
-        let mut paths = list(&self.packs)?;
-        // This store's own log is the newest of all.
-        if let Some(own) = own {
-            paths.retain(|p| *p != own);
-            paths.insert(0, own);
-        }
-        for path in &paths {
-            newest_records(path, &mut seen, |record| {
-                if record.kind == Kind::Entry {
-                    let modified = UNIX_EPOCH + Duration::from_millis(record.written_ms);
-                    entries.push(EntryInfo {
-                        key: record.key.to_string(),
-                        modified,
-                        size: record.payload.len() as u64,
-                    });
-                }
-                Ok(())
-            })?;
-        }
-        for (key, path) in self.loose()? {
-            if seen.insert(key.clone()) {
-                let meta = std::fs::metadata(&path)?;
-                entries.push(EntryInfo { key, modified: meta.modified()?, size: meta.len() });
+        let own = self.own_path();
+        let mut winners = HashMap::new();
+        let mut live = Vec::new();
+        with_listing(&self.packs, |paths| {
+            winners.clear();
+            live.clear();
+            // This store's own log first: it is in the listing too, unless it was just made.
+            let inputs = own.iter().chain(paths.iter().filter(|p| Some(*p) != own.as_ref()));
+            for (input, path) in inputs.enumerate() {
+                let Some(bytes) = records_of(path)? else { return Ok(false) };
+                contend_all(&mut winners, input, &bytes);
+                // This store's own log is not: `rewrite_all` seals it first.
+                live.push(Some(path) != own.as_ref() && is_log(path) && !is_dead_log(path));
             }
+            Ok(true)
+        })?;
+        let loose = self.loose_entries()?;
+        for (i, (key, path)) in loose.iter().enumerate() {
+            let meta = std::fs::metadata(path)?;
+            let written_ns = ns_of(meta.modified()?);
+            let candidate =
+                Winner { written_ns, kind: Kind::Entry, input: live.len() + i, offset: 0, payload_len: meta.len() };
+            contend(&mut winners, key, candidate);
         }
-        Ok(entries)
+        let entries =
+            winners.into_iter().filter(|(_, winner)| winner.kind == Kind::Entry).map(|(key, winner)| EntryInfo {
+                key,
+                modified: UNIX_EPOCH + Duration::from_nanos(winner.written_ns),
+                size: winner.payload_len,
+                live: live.get(winner.input).copied().unwrap_or(false),
+            });
+        Ok(entries.collect())
     }
 
     /// The loose entries older versions wrote, by key.
-    fn loose(&self) -> io::Result<Vec<(String, PathBuf)>> {
+    fn loose_entries(&self) -> io::Result<Vec<(String, PathBuf)>> {
         let listing = match std::fs::read_dir(&self.legacy) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
             listing => listing?,
@@ -344,74 +456,109 @@ impl EntryFiles {
         for path in list(&self.packs)? {
             total += std::fs::metadata(path).map_or(0, |m| m.len());
         }
-        for (_, path) in self.loose()? {
+        for (_, path) in self.loose_entries()? {
             total += std::fs::metadata(path).map_or(0, |m| m.len());
         }
         Ok(total)
     }
 
+    /// Takes `merge.lock`, so that merges (and `gc`) run one at a time: waiting for it
+    /// when `wait`, else `None` when another holds it. Where locks do not work, merges go on
+    /// without: two at once only duplicate records.
+    fn merge_lock(&self, wait: bool) -> Option<Option<File>> {
+        let open = || File::options().read(true).write(true).create(true).truncate(false).open(&self.merge_lock);
+        let Ok(file) = open() else { return Some(None) };
+        let locked = if wait { file.lock().map_err(std::fs::TryLockError::Error) } else { file.try_lock() };
+        match locked {
+            Ok(()) => Some(Some(file)),
+            Err(std::fs::TryLockError::WouldBlock) => None,
+            Err(std::fs::TryLockError::Error(_)) => Some(None),
+        }
+    }
+
     /// Rewrites every pack, every dead log and every loose entry into one pack, without the
-    /// keys in `remove` and without tombstones (all they hide goes with them), then removes
-    /// what it read. Live builds' logs are left as they are.
+    /// keys in `remove`, then removes what it read. Live builds' logs are left as they are,
+    /// and the tombstones that could hide something older in them are kept.
     pub(super) fn rewrite_all(&self, remove: &HashSet<String>) -> io::Result<()> {
         // This store's own entries are rewritten too.
         self.seal_own();
-        let inputs: Vec<PathBuf> = list(&self.packs)?.into_iter().filter(|p| !is_log(p) || is_dead_log(p)).collect();
-        let loose = self.loose()?;
-        self.merge(&inputs, &loose, remove, false)?;
+        let _lock = self.merge_lock(true);
+        let mut inputs = Vec::new();
+        // A live log holds only records written after it was made.
+        let mut oldest_live = u64::MAX;
+        for path in list(&self.packs)? {
+            if !is_log(&path) || is_dead_log(&path) {
+                inputs.push(path);
+            } else {
+                oldest_live = oldest_live.min(name_parts(&path).0);
+            }
+        }
+        let loose = self.loose_entries()?;
+        self.merge(&inputs, &loose, remove, oldest_live)?;
         // Gone unless an older dagrun wrote a loose entry again meanwhile.
         let _ = std::fs::remove_dir(&self.legacy);
         Ok(())
     }
 
-    /// Writes the newest record of every key in `inputs` (newest first), then of the loose
-    /// entries, into one new pack, skipping `remove` (and tombstones unless
-    /// `keep_tombstones`); then removes what it read. The pack is named for its newest
-    /// input, so that it stays older than anything sealed meanwhile.
+    /// Writes the newest record of every key among `inputs` and `loose` into one new pack,
+    /// leaving out the entries of `remove` and the tombstones written before
+    /// `keep_tombstones_from` (nothing older than them is left to hide); then removes what it
+    /// read. The caller holds the merge lock.
     fn merge(
         &self,
         inputs: &[PathBuf],
         loose: &[(String, PathBuf)],
         remove: &HashSet<String>,
-        keep_tombstones: bool,
+        keep_tombstones_from: u64,
     ) -> io::Result<()> {
-        let newest = inputs.iter().map(|p| name_ns(p)).max().unwrap_or(0);
-        let name = file_name(newest, &unique_tag(), "pack");
-        let temp = self.tmp.join(&name);
-        let mut out = PackWriter::create(&temp)?;
-        let mut seen = HashSet::new();
+        let mut winners = HashMap::new();
         let mut read = Vec::new();
-        let mut keep = |record: &pack::Record<'_>, bytes: &[u8]| match record.kind {
-            Kind::Entry if remove.contains(record.key) => Ok(()),
-            Kind::Tombstone if !keep_tombstones => Ok(()),
-            _ => out.add(record, bytes),
+        for (input, path) in inputs.iter().enumerate() {
+            // Gone: sealed or merged meanwhile by a store that took no lock; left to it.
+            if let Some(bytes) = records_of(path)? {
+                contend_all(&mut winners, input, &bytes);
+                read.push(input);
+            }
+        }
+        for (i, (key, path)) in loose.iter().enumerate() {
+            let written_ns = ns_of(std::fs::metadata(path)?.modified()?);
+            let candidate =
+                Winner { written_ns, kind: Kind::Entry, input: inputs.len() + i, offset: 0, payload_len: 0 };
+            contend(&mut winners, key, candidate);
+        }
+        let kept = |key: &str, winner: &Winner| match winner.kind {
+            Kind::Entry => !remove.contains(key),
+            Kind::Tombstone => winner.written_ns >= keep_tombstones_from,
         };
-        let merged = (|| {
-            for input in inputs {
-                // Gone: merged meanwhile by another build or `gc`, into a pack that this
-                // merge leaves alone.
-                if newest_raw_records(input, &mut seen, &mut keep)? {
-                    read.push(input.as_path());
+        let name = file_name(now_ns(), &unique_tag(), "pack");
+        let temp = self.tmp.join(&name);
+        let written = (|| {
+            let mut out = PackWriter::create(&temp)?;
+            for &input in &read {
+                let Some(bytes) = records_of(&inputs[input])? else { continue };
+                for (offset, record) in pack::scan(&bytes) {
+                    let Some(winner) = winners.get(record.key) else { continue };
+                    if winner.input == input && winner.offset == offset && kept(record.key, winner) {
+                        let at = offset as usize;
+                        out.add(&record, &bytes[at..at + record.len])?;
+                    }
                 }
             }
-            for (key, path) in loose {
-                if !seen.insert(key.clone()) {
-                    read.push(path);
+            for (i, (key, path)) in loose.iter().enumerate() {
+                let Some(winner) = winners.get(key.as_str()) else { continue };
+                if winner.input != inputs.len() + i || !kept(key, winner) {
                     continue;
                 }
                 let bytes = match std::fs::read(path) {
                     Ok(bytes) if bytes.len() <= pack::MAX_PAYLOAD => bytes,
                     _ => continue,
                 };
-                let modified = std::fs::metadata(path)?.modified()?;
-                let ms = modified.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-                let record = pack::encode(Kind::Entry, ms, key, &bytes);
-                keep(&pack::parse(&record).expect("a record just encoded parses"), &record)?;
-                read.push(path);
+                let record = pack::encode(Kind::Entry, winner.written_ns, key, &bytes);
+                out.add(&pack::parse(&record).expect("a record just encoded parses"), &record)?;
             }
-            Ok::<_, io::Error>(())
+            out.finish()
         })();
-        let placed = merged.and_then(|()| out.finish()).and_then(|written| {
+        let placed = written.and_then(|written| {
             if written {
                 std::fs::create_dir_all(&self.packs)?;
                 std::fs::rename(&temp, self.packs.join(&name))?;
@@ -423,11 +570,20 @@ impl EntryFiles {
         }
         placed?;
         // Only now, with everything they held in place.
-        read.into_iter().try_for_each(remove_if_present)
+        let inputs_read = read.iter().map(|&input| inputs[input].as_path());
+        let mut removed = Ok(());
+        for path in inputs_read.chain(loose.iter().map(|(_, path)| path.as_path())) {
+            let gone = remove_if_present(path);
+            if removed.is_ok() {
+                removed = gone;
+            }
+        }
+        removed
     }
 
-    /// Seals this store's log into a pack; then, above [`MERGE_ABOVE`] packs, merges the
-    /// newest. Failures leave a log, which lookups scan and `gc` merges.
+    /// Seals this store's log into a pack; then merges the newest packs, above
+    /// [`MERGE_ABOVE`], and the logs of killed builds. Failures leave a log, which lookups
+    /// read and a later merge folds in.
     pub(super) fn seal(&self) {
         if self.seal_own() {
             let _ = self.merge_newest();
@@ -437,6 +593,9 @@ impl EntryFiles {
     /// Seals this store's log, if it wrote one; whether it is now a pack.
     fn seal_own(&self) -> bool {
         let Some(mut log) = self.own.lock().expect("run-cache log poisoned").take() else { return false };
+        if log.broken {
+            return false;
+        }
         let index = pack::index_bytes(&mut log.slots, log.len);
         if log.file.write_all(&index).is_err() {
             let _ = log.file.set_len(log.len);
@@ -446,24 +605,29 @@ impl EntryFiles {
         std::fs::rename(&log.path, &sealed).is_ok()
     }
 
+    fn merge_newest(&self) -> io::Result<()> {
+        // Another merge is running: this one is left to the next seal.
+        let Some(_lock) = self.merge_lock(false) else { return Ok(()) };
+        let (logs, packs): (Vec<PathBuf>, Vec<PathBuf>) = list(&self.packs)?.into_iter().partition(|p| is_log(p));
+        let mut inputs: Vec<PathBuf> = logs.into_iter().filter(|log| is_dead_log(log)).collect();
+        if packs.len() > MERGE_ABOVE {
+            let sizes: Vec<u64> = packs.iter().map(|p| std::fs::metadata(p).map_or(0, |m| m.len())).collect();
+            let count = merge_range(&sizes);
+            if count >= 2 {
+                inputs.extend_from_slice(&packs[..count]);
+            }
+        }
+        if inputs.is_empty() {
+            return Ok(());
+        }
+        // Packs outside the merge may hold what its tombstones hide: they are all kept.
+        self.merge(&inputs, &[], &HashSet::new(), 0)
+    }
+
     /// Closes this store's log unsealed, as a killed build leaves it.
     #[cfg(test)]
     pub(super) fn abandon(&self) {
         self.own.lock().expect("run-cache log poisoned").take();
-    }
-
-    fn merge_newest(&self) -> io::Result<()> {
-        let packs: Vec<PathBuf> = list(&self.packs)?.into_iter().filter(|p| !is_log(p)).collect();
-        if packs.len() <= MERGE_ABOVE {
-            return Ok(());
-        }
-        let sizes: Vec<u64> = packs.iter().map(|p| std::fs::metadata(p).map_or(0, |m| m.len())).collect();
-        let count = merge_range(&sizes);
-        if count < 2 {
-            return Ok(());
-        }
-        // Older packs may hold what these tombstones hide: they stay.
-        self.merge(&packs[..count], &[], &HashSet::new(), true)
     }
 }
 
@@ -483,7 +647,8 @@ fn merge_range(sizes: &[u64]) -> usize {
     taken
 }
 
-/// A new pack being written: records, then its index.
+/// A new pack being written: records, then its index; synced, since a merge removes its
+/// inputs once it is in place.
 struct PackWriter {
     out: io::BufWriter<File>,
     written: u64,
@@ -504,11 +669,14 @@ impl PackWriter {
         Ok(())
     }
 
-    /// Writes the index; whether the pack holds any record.
+    /// Writes the index and syncs; whether the pack holds any record.
     fn finish(mut self) -> io::Result<bool> {
         let index = pack::index_bytes(&mut self.slots, self.written);
         self.out.write_all(&index)?;
-        self.out.into_inner().map_err(io::IntoInnerError::into_error)?;
+        let file = self.out.into_inner().map_err(io::IntoInnerError::into_error)?;
+        if !self.slots.is_empty() {
+            file.sync_all()?;
+        }
         Ok(!self.slots.is_empty())
     }
 }
@@ -518,41 +686,6 @@ fn remove_if_present(path: &Path) -> io::Result<()> {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
         _ => Ok(()),
     }
-}
-
-/// Calls `each` with the newest record of every key in the log or pack at `path` that
-/// `seen` does not hold yet, adding it. `Ok(false)`: the file is gone.
-fn newest_records(
-    path: &Path,
-    seen: &mut HashSet<String>,
-    mut each: impl FnMut(&pack::Record<'_>) -> io::Result<()>,
-) -> io::Result<bool> {
-    newest_raw_records(path, seen, |record, _| each(record))
-}
-
-fn newest_raw_records(
-    path: &Path,
-    seen: &mut HashSet<String>,
-    mut each: impl FnMut(&pack::Record<'_>, &[u8]) -> io::Result<()>,
-) -> io::Result<bool> {
-    let bytes = match std::fs::read(path) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
-        read => read?,
-    };
-    let records_end = File::open(path)
-        .ok()
-        .filter(|_| !is_log(path))
-        .and_then(|file| PackIndex::read(&file, bytes.len() as u64))
-        .map_or(bytes.len(), |index| index.records_end() as usize);
-    let records = pack::scan(&bytes[..records_end]);
-    // Last written first: the newest record of a key is the one that counts.
-    for (offset, record) in records.iter().rev() {
-        if seen.insert(record.key.to_string()) {
-            let start = *offset as usize;
-            each(record, &bytes[start..start + record.len])?;
-        }
-    }
-    Ok(true)
 }
 
 #[cfg(test)]
@@ -841,6 +974,65 @@ mod tests {
             assert!(shared.starts_with(&format!("shared {i} from ")), "{shared}");
         }
         assert_eq!(reader.entries().unwrap().len(), 4 * 10 * 50 + 50);
+    }
+
+    #[test]
+    fn the_newest_record_by_its_time_decides_whatever_the_files_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join("cache");
+        let old = FsStore::open(&cache).unwrap();
+        old.put_entry("k", b"v1").unwrap();
+        drop(old);
+        // A build that started first (its log made first) stores `k` again after another
+        // forgot it and sealed: its entry is the newer, whichever file sorts first.
+        let early = FsStore::open(&cache).unwrap();
+        early.put_entry("early", b"e").unwrap();
+        let forgetter = FsStore::open(&cache).unwrap();
+        forgetter.remove_entry("k").unwrap();
+        drop(forgetter);
+        assert_eq!(FsStore::open(&cache).unwrap().get_entry("k"), None);
+        early.put_entry("k", b"v2").unwrap();
+        // Its log, named when it was made, sorts before the forgetter's pack.
+        assert_eq!(FsStore::open(&cache).unwrap().get_entry("k").as_deref(), Some(&b"v2"[..]));
+        drop(early);
+        assert_eq!(FsStore::open(&cache).unwrap().get_entry("k").as_deref(), Some(&b"v2"[..]));
+
+        // The other way round: an entry written before a tombstone stays hidden, even when
+        // `gc` runs while its build is still writing (the tombstone is kept for it).
+        let running = FsStore::open(&cache).unwrap();
+        running.put_entry("j", b"old j").unwrap();
+        let forgetter = FsStore::open(&cache).unwrap();
+        forgetter.remove_entry("j").unwrap();
+        drop(forgetter);
+        FsStore::open(&cache).unwrap().remove_entries(&HashSet::new()).unwrap();
+        drop(running);
+        let reader = FsStore::open(&cache).unwrap();
+        assert_eq!(reader.get_entry("j"), None);
+        assert_eq!(reader.get_entry("k").as_deref(), Some(&b"v2"[..]));
+    }
+
+    #[test]
+    fn gc_keeps_the_entries_of_a_build_still_writing() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join("cache");
+        let done = FsStore::open(&cache).unwrap();
+        done.put_entry("done", br#"{"format":3}"#).unwrap();
+        drop(done);
+        let running = FsStore::open(&cache).unwrap();
+        running.put_entry("running", br#"{"format":3}"#).unwrap();
+        let gc = FsStore::open(&cache).unwrap();
+        let live: Vec<(String, bool)> = {
+            let mut entries: Vec<_> = gc.entries().unwrap().into_iter().map(|e| (e.key, e.live)).collect();
+            entries.sort();
+            entries
+        };
+        assert_eq!(live, [("done".to_string(), false), ("running".to_string(), true)]);
+        gc.remove_entries(&["done".to_string(), "running".to_string()].into()).unwrap();
+        drop(gc);
+        drop(running);
+        let reader = FsStore::open(&cache).unwrap();
+        assert_eq!(reader.get_entry("done"), None, "removed");
+        assert!(reader.get_entry("running").is_some(), "a live build's log is not gc's to rewrite");
     }
 
     #[test]

@@ -215,8 +215,9 @@ fn files_under(dir: &Path) -> io::Result<Option<DirFiles>> {
 pub fn lookup(store: &dyn Store, fingerprint: &Fingerprint, outputs: &[RelPath]) -> Option<Manifest> {
     let key = key(fingerprint);
     let bytes = store.get_entry(&key)?;
-    // Unparseable: torn, or a new entry another build is writing right now. A miss, left in
-    // place: the next success under this fingerprint replaces it whole, and `gc` drops it.
+    // Unparseable (another format, or a loose entry an older version is writing): a miss,
+    // left in place. The next success under this fingerprint stores a newer one, and `gc`
+    // drops it.
     let manifest = serde_json::from_slice::<Manifest>(&bytes).ok()?;
     let declared: Vec<String> = outputs.iter().map(ToString::to_string).collect();
     let stored: Vec<&str> = manifest.outputs.iter().map(|o| o.path.as_str()).collect();
@@ -317,7 +318,8 @@ pub struct GcReport {
     pub bytes_kept: u64,
 }
 
-/// How long an entry that does not parse is left by `gc`: it may be a new one being written.
+/// How long an entry that does not parse is left by `gc`: it may be a loose one an older
+/// version is writing.
 const UNREADABLE_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Trims the store: entries the policy does not keep, then every object no kept entry uses.
@@ -337,12 +339,12 @@ pub fn gc(store: &dyn Store, policy: &GcPolicy) -> io::Result<GcReport> {
     let mut keep: Vec<bool> = Vec::with_capacity(entries.len());
     for (info, manifest) in &entries {
         let Some(manifest) = manifest else {
-            // Unreadable: useless to any build, unless it is a new entry another build is
-            // writing in place right now.
+            // Unreadable: useless to any build, unless it is a loose entry an older version
+            // is writing right now.
             keep.push(!info.modified.elapsed().is_ok_and(|age| age >= UNREADABLE_GRACE));
             continue;
         };
-        if policy.referenced.contains(&info.key) {
+        if info.live || policy.referenced.contains(&info.key) {
             keep.push(true);
             continue;
         }
@@ -370,7 +372,7 @@ pub fn gc(store: &dyn Store, policy: &GcPolicy) -> io::Result<GcReport> {
                 break;
             }
             let (info, Some(manifest)) = &entries[i] else { continue };
-            if !keep[i] || policy.referenced.contains(&info.key) {
+            if !keep[i] || info.live || policy.referenced.contains(&info.key) {
                 continue;
             }
             keep[i] = false;

@@ -1,10 +1,13 @@
 //! The bytes of run-cache entries kept many to a file: a record per entry (or per
 //! tombstone), appended one after another to a build's log, and the index a sealed pack ends
 //! with. A torn, zeroed or edited record fails its checksum and reads as missing; a damaged
-//! index or trailer only costs a scan of the records. Nothing here opens or names files.
+//! trailer costs a scan of the records, a damaged slot a miss. Nothing here opens or names
+//! files.
 //!
 //! A record, readable with `less`:
-//! `DR1 <payload length, 8 hex> <sum, 32 hex> <E|T> <written, ms, 16 hex> <key>\n<payload>\n`.
+//! `DR1 <payload length, 8 hex> <sum, 32 hex> <E|T> <written, ns, 16 hex> <key>\n<payload>\n`
+//! (lowercase hexadecimal; the time is nanoseconds since 1970, and decides which of a key's
+//! records is the newest).
 //! The sum is BLAKE3 (its first 16 bytes) over everything after it: kind, time, key and
 //! payload, so a record's bytes are bound to its key.
 //!
@@ -83,11 +86,11 @@ fn checksum(tail: &[u8], payload: &[u8]) -> [u8; 16] {
 
 /// A record's bytes. The caller checks the key with [`valid_key`] and the payload against
 /// [`MAX_PAYLOAD`].
-pub(super) fn encode(kind: Kind, written_ms: u64, key: &str, payload: &[u8]) -> Vec<u8> {
+pub(super) fn encode(kind: Kind, written_ns: u64, key: &str, payload: &[u8]) -> Vec<u8> {
     debug_assert!(valid_key(key) && payload.len() <= MAX_PAYLOAD);
     let mut tail = Vec::with_capacity(MAX_TAIL_LEN);
     tail.push(kind.letter());
-    tail.extend_from_slice(format!(" {written_ms:016x} {key}\n").as_bytes());
+    tail.extend_from_slice(format!(" {written_ns:016x} {key}\n").as_bytes());
     let sum = checksum(&tail, payload);
     let mut record = Vec::with_capacity(PREFIX_LEN + tail.len() + payload.len() + 1);
     record.extend_from_slice(RECORD_MAGIC);
@@ -106,7 +109,7 @@ fn hex(bytes: &[u8]) -> String {
 
 fn parse_hex(digits: &[u8]) -> Option<u64> {
     let digits = std::str::from_utf8(digits).ok()?;
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if digits.is_empty() || !digits.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
         return None;
     }
     u64::from_str_radix(digits, 16).ok()
@@ -116,7 +119,7 @@ fn parse_hex(digits: &[u8]) -> Option<u64> {
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Record<'a> {
     pub kind: Kind,
-    pub written_ms: u64,
+    pub written_ns: u64,
     pub key: &'a str,
     pub payload: &'a [u8],
     /// The record's whole length, header and final newline included.
@@ -137,7 +140,7 @@ pub(super) fn parse(bytes: &[u8]) -> Option<Record<'_>> {
     if tail.get(1) != Some(&b' ') || tail.get(18) != Some(&b' ') {
         return None;
     }
-    let written_ms = parse_hex(tail.get(2..18)?)?;
+    let written_ns = parse_hex(tail.get(2..18)?)?;
     let key = std::str::from_utf8(tail.get(19..tail_len - 1)?).ok()?;
     let start = PREFIX_LEN + tail_len;
     let payload = bytes.get(start..start.checked_add(payload_len)?)?;
@@ -147,7 +150,7 @@ pub(super) fn parse(bytes: &[u8]) -> Option<Record<'_>> {
     if hex(&checksum(tail, payload)).as_bytes() != &prefix[13..45] {
         return None;
     }
-    Some(Record { kind, written_ms, key, payload, len: start + payload_len + 1 })
+    Some(Record { kind, written_ns, key, payload, len: start + payload_len + 1 })
 }
 
 /// Every whole record in `bytes` with its offset, in order. Damage (a torn write, zeroes,
@@ -170,6 +173,14 @@ pub(super) fn scan(bytes: &[u8]) -> Vec<(u64, Record<'_>)> {
     found
 }
 
+/// A record read back for its key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Stored {
+    pub kind: Kind,
+    pub written_ns: u64,
+    pub payload: Vec<u8>,
+}
+
 /// Where a record is, in a log or a pack.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Slot {
@@ -187,15 +198,22 @@ impl Slot {
 
     /// The record this slot names in `file`, read and checked: `None` when the bytes there
     /// are damaged or belong to another key.
-    pub(super) fn read(&self, file: &File, key: &str) -> Option<Vec<u8>> {
+    pub(super) fn read(&self, file: &File, key: &str) -> Option<Stored> {
         let mut bytes = vec![0; self.len as usize];
         file.read_exact_at(&mut bytes, self.offset).ok()?;
-        let record = parse(&bytes)?;
-        (record.key == key && record.kind == self.kind && record.len == bytes.len()).then_some(())?;
-        let start = record.len - 1 - record.payload.len();
-        bytes.truncate(record.len - 1);
-        bytes.drain(..start);
-        Some(bytes)
+        self.check(&bytes, key)
+    }
+
+    /// The record this slot names in `bytes` (a whole log), checked as `read` does.
+    pub(super) fn read_in(&self, bytes: &[u8], key: &str) -> Option<Stored> {
+        let start = usize::try_from(self.offset).ok()?;
+        self.check(bytes.get(start..start.checked_add(self.len as usize)?)?, key)
+    }
+
+    fn check(&self, bytes: &[u8], key: &str) -> Option<Stored> {
+        let record = parse(bytes)?;
+        let expected = record.key == key && record.kind == self.kind && record.len == bytes.len();
+        expected.then(|| Stored { kind: record.kind, written_ns: record.written_ns, payload: record.payload.to_vec() })
     }
 
     fn encode(&self, out: &mut Vec<u8>) {
@@ -343,7 +361,7 @@ mod tests {
         );
         let read = parse(&record).unwrap();
         assert_eq!(
-            (read.kind, read.written_ms, read.key, read.payload),
+            (read.kind, read.written_ns, read.key, read.payload),
             (Kind::Entry, 1_700_000_000_123, "ab12", &b"{\"x\": 1}"[..])
         );
         assert_eq!(read.len, record.len());
@@ -395,7 +413,7 @@ mod tests {
         for (i, key) in keys.iter().enumerate() {
             let found = index.find(&file, &key_hash(key));
             let payloads: Vec<_> =
-                found.iter().map(|s| String::from_utf8(s.read(&file, key).unwrap()).unwrap()).collect();
+                found.iter().map(|s| String::from_utf8(s.read(&file, key).unwrap().payload).unwrap()).collect();
             let expected: Vec<String> = if i < 3 {
                 vec![format!("payload {}", 600 + i), format!("payload {i}")]
             } else {
@@ -407,15 +425,19 @@ mod tests {
         }
         assert!(index.find(&file, &key_hash("absent")).is_empty());
         // A slot whose offset was damaged to point past the records is left out, never read.
-        let first = bytes[records_end as usize..].chunks(SLOT_LEN as usize).next().unwrap().to_vec();
-        let hash: KeyHash = first[..16].try_into().unwrap();
+        let slot_of = |i: usize| {
+            let at = records_end as usize + i * SLOT_LEN as usize;
+            Slot::decode(&bytes[at..at + SLOT_LEN as usize]).unwrap()
+        };
+        let first = slot_of(0);
+        let before = index.find(&file, &first.hash).len();
         let mut damaged = bytes.clone();
         let at = records_end as usize + 16;
         damaged[at..at + 8].copy_from_slice(&(records_end - 4).to_le_bytes());
         std::fs::write(&path, &damaged).unwrap();
         let file = File::open(&path).unwrap();
         let index = PackIndex::read(&file, damaged.len() as u64).unwrap();
-        assert!(index.find(&file, &hash).iter().all(|slot| slot.offset + u64::from(slot.len) <= records_end));
+        assert_eq!(index.find(&file, &first.hash).len(), before - 1);
         // A damaged trailer is no index (the pack is then scanned).
         let mut damaged = bytes.clone();
         let last = damaged.len() - 1;

@@ -29,11 +29,13 @@ pub struct EntryInfo {
     pub modified: SystemTime,
     /// The entry's own bytes (small files kept inline count here).
     pub size: u64,
+    /// Still being written by a build that runs: `gc` keeps it (and what it uses).
+    pub live: bool,
 }
 
 /// Objects by content hash (BLAKE3, hex), entries (manifests) by key. A reader never sees
-/// half an object, whoever writes at once. It may see half of a new entry being written, or
-/// one torn by a power cut: it cannot parse either, and takes it as a miss.
+/// half an object, whoever writes at once. An entry torn by a power cut, or damaged, is a
+/// miss (for `FsStore`, its checksum fails; a store without one must make it unparseable).
 pub trait Store: Send + Sync + std::fmt::Debug {
     /// Stores a copy of the file at `path` (never a link to it: editing the file later must
     /// not change the store); returns the id of the bytes stored and their size.

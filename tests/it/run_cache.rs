@@ -273,12 +273,14 @@ fn concurrent_builds_filling_one_cache_leave_nothing_corrupt() {
         }
     }
     assert_eq!(std::fs::read_dir(shared.path().join("tmp")).unwrap().count(), 0);
-    // Each build's entries went to its own log, sealed into a pack when it ended.
+    // Each build's entries went to its own log, sealed into a pack when it ended (a build
+    // that started after the other ended restored everything and wrote nothing).
     let packs: Vec<String> = std::fs::read_dir(shared.path().join("packs"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
-    assert!(packs.len() == 2 && packs.iter().all(|name| name.ends_with(".pack")), "{packs:?}");
+    let sealed = (1..=2).contains(&packs.len()) && packs.iter().all(|name| name.ends_with(".pack"));
+    assert!(sealed, "{packs:?}");
     // A third checkout restores everything from it, right.
     let run = checkouts[2].build().success();
     assert!(run.stdout().contains("0 ran, 2 restored"), "{}", run.stdout());
