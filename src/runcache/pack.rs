@@ -34,6 +34,9 @@ const PACK_VERSION: u32 = 1;
 const SLOT_LEN: u64 = 32;
 const FANOUT_LEN: usize = 256 * 4;
 const TRAILER_LEN: usize = 4 + 4 + 8 + 8 + 16;
+/// A pack's slots up to this size are read into memory when it is opened (a lookup then
+/// costs no read but its record's); a bigger one is searched in its file.
+const SLOTS_IN_MEMORY: u64 = 8 << 20;
 
 /// What a record says about its key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -268,17 +271,24 @@ fn trailer_sum(fanout: &[u8], records_end: u64, count: u64) -> [u8; 16] {
     truncated(hasher.finalize())
 }
 
-/// A sealed pack's index: its fanout in memory, its slots read from the file as searched.
+/// A sealed pack's index: its fanout in memory, its slots too when they are small, else read
+/// from the file as searched.
 #[derive(Debug)]
 pub(super) struct PackIndex {
     records_end: u64,
     fanout: Box<[u32; 256]>,
+    slots: Option<Vec<u8>>,
 }
 
 impl PackIndex {
     /// The index at the end of a `len`-byte pack; `None` when the trailer or fanout is
     /// damaged (the pack is then read by scanning its records).
     pub(super) fn read(file: &File, len: u64) -> Option<PackIndex> {
+        Self::read_keeping(file, len, SLOTS_IN_MEMORY)
+    }
+
+    /// As `read`, keeping the slots in memory if they take at most `in_memory` bytes.
+    fn read_keeping(file: &File, len: u64, in_memory: u64) -> Option<PackIndex> {
         let mut end = vec![0; FANOUT_LEN + TRAILER_LEN];
         let start = len.checked_sub(end.len() as u64)?;
         file.read_exact_at(&mut end, start).ok()?;
@@ -301,7 +311,16 @@ impl PackIndex {
             fanout[i] = u32::from_le_bytes(word.try_into().expect("4 bytes"));
         }
         let ordered = fanout.windows(2).all(|w| w[0] <= w[1]) && u64::from(fanout[255]) == count;
-        ordered.then_some(PackIndex { records_end, fanout })
+        if !ordered {
+            return None;
+        }
+        let slots_len = count * SLOT_LEN;
+        let slots = (slots_len <= in_memory).then(|| {
+            let mut slots = vec![0; slots_len as usize];
+            file.read_exact_at(&mut slots, records_end).map(|()| slots)
+        });
+        let slots = slots.transpose().ok()?;
+        Some(PackIndex { records_end, fanout, slots })
     }
 
     /// Where the records end (and the index starts).
@@ -310,14 +329,19 @@ impl PackIndex {
     }
 
     /// The slots of `hash`, newest (last written) first: a binary search of the fanout's
-    /// bucket, one 32-byte read a probe. A slot pointing past the records is damage, left out.
+    /// bucket (in memory, or one 32-byte read a probe). A slot pointing past the records is
+    /// damage, left out.
     pub(super) fn find(&self, file: &File, hash: &KeyHash) -> Vec<Slot> {
         let bucket = hash[0] as usize;
         let mut low = if bucket == 0 { 0 } else { u64::from(self.fanout[bucket - 1]) };
         let mut high = u64::from(self.fanout[bucket]);
         let slot_at = |i: u64| -> Option<Slot> {
+            let at = i * SLOT_LEN;
+            if let Some(slots) = &self.slots {
+                return Slot::decode(&slots[at as usize..(at + SLOT_LEN) as usize]);
+            }
             let mut bytes = [0u8; SLOT_LEN as usize];
-            file.read_exact_at(&mut bytes, self.records_end + i * SLOT_LEN).ok()?;
+            file.read_exact_at(&mut bytes, self.records_end + at).ok()?;
             Slot::decode(&bytes)
         };
         // The first slot whose hash is not below `hash`.
@@ -394,6 +418,13 @@ mod tests {
 
     #[test]
     fn a_sealed_index_finds_every_record_newest_first_and_nothing_else() {
+        // Slots searched in memory, and in the file.
+        for in_memory in [SLOTS_IN_MEMORY, 0] {
+            sealed_index_finds_every_record(in_memory);
+        }
+    }
+
+    fn sealed_index_finds_every_record(in_memory: u64) {
         let dir = tempfile::tempdir().unwrap();
         let mut bytes = Vec::new();
         let mut slots = Vec::new();
@@ -408,8 +439,9 @@ mod tests {
         let path = dir.path().join("p");
         std::fs::write(&path, &bytes).unwrap();
         let file = File::open(&path).unwrap();
-        let index = PackIndex::read(&file, bytes.len() as u64).unwrap();
+        let index = PackIndex::read_keeping(&file, bytes.len() as u64, in_memory).unwrap();
         assert_eq!(index.records_end(), records_end);
+        assert_eq!(index.slots.is_some(), in_memory > 0);
         for (i, key) in keys.iter().enumerate() {
             let found = index.find(&file, &key_hash(key));
             let payloads: Vec<_> =
@@ -436,7 +468,7 @@ mod tests {
         damaged[at..at + 8].copy_from_slice(&(records_end - 4).to_le_bytes());
         std::fs::write(&path, &damaged).unwrap();
         let file = File::open(&path).unwrap();
-        let index = PackIndex::read(&file, damaged.len() as u64).unwrap();
+        let index = PackIndex::read_keeping(&file, damaged.len() as u64, in_memory).unwrap();
         assert_eq!(index.find(&file, &first.hash).len(), before - 1);
         // A damaged trailer is no index (the pack is then scanned).
         let mut damaged = bytes.clone();
