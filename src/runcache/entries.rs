@@ -125,6 +125,16 @@ fn now_ns() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
 }
 
+/// The time for a new record or log: the clock, but always later than the last this process
+/// gave, even if the clock stepped back. So within one log (one process writes it) file order
+/// is time order, and a log's records are all later than the time in its name.
+fn next_time() -> u64 {
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = now_ns();
+    let last = LAST.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| Some(now.max(last + 1)));
+    now.max(last.unwrap_or(0) + 1)
+}
+
 fn ns_of(time: SystemTime) -> u64 {
     time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
 }
@@ -174,7 +184,12 @@ fn list(packs: &Path) -> io::Result<Vec<PathBuf>> {
         let entry = entry?;
         let path = entry.path();
         let named = path.extension().is_some_and(|e| e == "log" || e == "pack");
-        if named && entry.file_type()?.is_file() {
+        // Where the listing carries no type, asking may find the file sealed or merged away.
+        let regular = match entry.file_type() {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+            kind => kind?.is_file(),
+        };
+        if named && regular {
             found.push(path);
         }
     }
@@ -184,14 +199,15 @@ fn list(packs: &Path) -> io::Result<Vec<PathBuf>> {
 
 /// Calls `visit` with `packs/`'s listing until it reads it all: `visit` returns `Ok(false)`
 /// when a file listed was gone (renamed by its seal, or merged into a pack the listing did not
-/// hold), and starts again from a new listing, at most [`LISTING_TRIES`] times.
+/// hold), and starts again from a new listing, at most [`LISTING_TRIES`] times; then fails
+/// (what `visit` gathered last is partial).
 fn with_listing(packs: &Path, mut visit: impl FnMut(&[PathBuf]) -> io::Result<bool>) -> io::Result<()> {
     for _ in 0..LISTING_TRIES {
         if visit(&list(packs)?)? {
-            break;
+            return Ok(());
         }
     }
-    Ok(())
+    Err(io::Error::other(format!("the run-cache's files in {} kept changing while read", packs.display())))
 }
 
 fn is_log(path: &Path) -> bool {
@@ -234,7 +250,7 @@ fn records_of(path: &Path) -> io::Result<Option<Vec<u8>>> {
 impl OwnLog {
     fn create(packs: &Path) -> io::Result<OwnLog> {
         let tag = unique_tag();
-        let path = packs.join(file_name(now_ns(), &tag, "log"));
+        let path = packs.join(file_name(next_time(), &tag, "log"));
         let open = || File::options().append(true).read(true).create_new(true).open(&path);
         let file = match open() {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -343,9 +359,8 @@ impl EntryFiles {
                 }
                 Ok(true)
             });
-            if listed.is_err() {
-                sources.clear();
-            }
+            // Kept changing: what was read last is read (the rest are misses).
+            let _ = listed;
             Others { sources, legacy: self.legacy.is_dir() }
         })
     }
@@ -357,7 +372,7 @@ impl EntryFiles {
         if payload.len() > pack::MAX_PAYLOAD {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("run-cache entry `{key}` is over 4 GiB")));
         }
-        let record = pack::encode(kind, now_ns(), key, payload);
+        let record = pack::encode(kind, next_time(), key, payload);
         let mut own = self.own.lock().expect("run-cache log poisoned");
         let log = match &mut *own {
             Some(log) => log,
@@ -503,7 +518,8 @@ impl EntryFiles {
     /// Writes the newest record of every key among `inputs` and `loose` into one new pack,
     /// leaving out the entries of `remove` and the tombstones written before
     /// `keep_tombstones_from` (nothing older than them is left to hide); then removes what it
-    /// read. The caller holds the merge lock.
+    /// read. An entry of `remove` written since then becomes a tombstone of the same time: a
+    /// live log may hold an older record of its key. The caller holds the merge lock.
     fn merge(
         &self,
         inputs: &[PathBuf],
@@ -526,9 +542,11 @@ impl EntryFiles {
                 Winner { written_ns, kind: Kind::Entry, input: inputs.len() + i, offset: 0, payload_len: 0 };
             contend(&mut winners, key, candidate);
         }
+        // What a winner is written as, if at all.
         let kept = |key: &str, winner: &Winner| match winner.kind {
-            Kind::Entry => !remove.contains(key),
-            Kind::Tombstone => winner.written_ns >= keep_tombstones_from,
+            Kind::Entry if !remove.contains(key) => Some(Kind::Entry),
+            _ if winner.written_ns >= keep_tombstones_from => Some(Kind::Tombstone),
+            _ => None,
         };
         let name = file_name(now_ns(), &unique_tag(), "pack");
         let temp = self.tmp.join(&name);
@@ -538,23 +556,35 @@ impl EntryFiles {
                 let Some(bytes) = records_of(&inputs[input])? else { continue };
                 for (offset, record) in pack::scan(&bytes) {
                     let Some(winner) = winners.get(record.key) else { continue };
-                    if winner.input == input && winner.offset == offset && kept(record.key, winner) {
-                        let at = offset as usize;
-                        out.add(&record, &bytes[at..at + record.len])?;
+                    if winner.input != input || winner.offset != offset {
+                        continue;
+                    }
+                    match kept(record.key, winner) {
+                        Some(kind) if kind == record.kind => {
+                            let at = offset as usize;
+                            out.add(&record, &bytes[at..at + record.len])?;
+                        }
+                        Some(kind) => out.encode(kind, record.written_ns, record.key, b"")?,
+                        None => {}
                     }
                 }
             }
             for (i, (key, path)) in loose.iter().enumerate() {
                 let Some(winner) = winners.get(key.as_str()) else { continue };
-                if winner.input != inputs.len() + i || !kept(key, winner) {
+                if winner.input != inputs.len() + i {
                     continue;
                 }
-                let bytes = match std::fs::read(path) {
-                    Ok(bytes) if bytes.len() <= pack::MAX_PAYLOAD => bytes,
-                    _ => continue,
-                };
-                let record = pack::encode(Kind::Entry, winner.written_ns, key, &bytes);
-                out.add(&pack::parse(&record).expect("a record just encoded parses"), &record)?;
+                match kept(key, winner) {
+                    Some(Kind::Entry) => {
+                        let bytes = match std::fs::read(path) {
+                            Ok(bytes) if bytes.len() <= pack::MAX_PAYLOAD => bytes,
+                            _ => continue,
+                        };
+                        out.encode(Kind::Entry, winner.written_ns, key, &bytes)?;
+                    }
+                    Some(Kind::Tombstone) => out.encode(Kind::Tombstone, winner.written_ns, key, b"")?,
+                    None => {}
+                }
             }
             out.finish()
         })();
@@ -562,6 +592,8 @@ impl EntryFiles {
             if written {
                 std::fs::create_dir_all(&self.packs)?;
                 std::fs::rename(&temp, self.packs.join(&name))?;
+                // The rename on disk before the inputs' removal.
+                File::open(&self.packs)?.sync_all()?;
             }
             Ok(written)
         });
@@ -661,7 +693,13 @@ impl PackWriter {
         Ok(PackWriter { out: io::BufWriter::new(file), written: 0, slots: Vec::new() })
     }
 
-    /// Adds a record (`bytes`, whole, as read or encoded).
+    /// Adds a new record.
+    fn encode(&mut self, kind: Kind, written_ns: u64, key: &str, payload: &[u8]) -> io::Result<()> {
+        let record = pack::encode(kind, written_ns, key, payload);
+        self.add(&pack::parse(&record).expect("a record just encoded parses"), &record)
+    }
+
+    /// Adds a record (`bytes`, whole, as read).
     fn add(&mut self, record: &pack::Record<'_>, bytes: &[u8]) -> io::Result<()> {
         self.slots.push(Slot::of(self.written, record));
         self.out.write_all(bytes)?;
@@ -897,6 +935,8 @@ mod tests {
         gc.remove_entries(&removed).unwrap();
         let names = files_in(&cache.join("packs"));
         assert_eq!((ends_with(&names, ".pack"), ends_with(&names, ".log")), (1, 1), "{names:?}");
+        let live_log = live.entries.own_path().unwrap();
+        assert!(live_log.exists(), "the log left is the live store's: {names:?}");
         live.put_entry("live2", b"l2").unwrap();
         drop(live);
         let reader = FsStore::open(&cache).unwrap();
@@ -1033,6 +1073,42 @@ mod tests {
         let reader = FsStore::open(&cache).unwrap();
         assert_eq!(reader.get_entry("done"), None, "removed");
         assert!(reader.get_entry("running").is_some(), "a live build's log is not gc's to rewrite");
+    }
+
+    #[test]
+    fn an_entry_gc_removes_does_not_come_back_from_an_older_record_in_a_live_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join("cache");
+        let running = FsStore::open(&cache).unwrap();
+        running.put_entry("k", b"old k").unwrap();
+        let newer = FsStore::open(&cache).unwrap();
+        newer.put_entry("k", b"new k").unwrap();
+        drop(newer);
+        FsStore::open(&cache).unwrap().remove_entries(&["k".to_string()].into()).unwrap();
+        assert_eq!(FsStore::open(&cache).unwrap().get_entry("k"), None);
+        drop(running);
+        assert_eq!(FsStore::open(&cache).unwrap().get_entry("k"), None, "after the live log is sealed too");
+        // With no live log left, gc needs no tombstone.
+        let gc = FsStore::open(&cache).unwrap();
+        gc.remove_entries(&HashSet::new()).unwrap();
+        drop(gc);
+        let names = files_in(&cache.join("packs"));
+        assert!(names.is_empty(), "no entry and no tombstone left to keep: {names:?}");
+    }
+
+    #[test]
+    fn record_times_only_grow_within_a_process_whatever_the_clock() {
+        let times: Vec<Vec<u64>> = std::thread::scope(|scope| {
+            let threads: Vec<_> = (0..4).map(|_| scope.spawn(|| (0..2000).map(|_| next_time()).collect())).collect();
+            threads.into_iter().map(|t| t.join().unwrap()).collect()
+        });
+        for one in &times {
+            assert!(one.windows(2).all(|w| w[0] < w[1]), "each thread sees them grow");
+        }
+        let mut all: Vec<u64> = times.concat();
+        all.sort_unstable();
+        all.dedup();
+        assert_eq!(all.len(), 4 * 2000, "no two records of the process share a time");
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! The bytes of run-cache entries kept many to a file: a record per entry (or per
 //! tombstone), appended one after another to a build's log, and the index a sealed pack ends
 //! with. A torn, zeroed or edited record fails its checksum and reads as missing; a damaged
-//! trailer costs a scan of the records, a damaged slot a miss. Nothing here opens or names
-//! files.
+//! trailer costs a scan of the records, a damaged slot misses (of the keys whose search
+//! reads it). Nothing here opens or names files.
 //!
 //! A record, readable with `less`:
 //! `DR1 <payload length, 8 hex> <sum, 32 hex> <E|T> <written, ns, 16 hex> <key>\n<payload>\n`
