@@ -70,8 +70,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 /// one a file, as older versions wrote them, is still read) and `tmp/` for objects and
 /// packs being written.
 ///
-/// The entries one `FsStore` writes are visible to stores opened later as soon as they are
-/// written, and are sealed into a pack when it is dropped: open one a build.
+/// The entries one `FsStore` writes are seen by any store whose first lookup comes after they
+/// are written, and are sealed into a pack when it is dropped: open one a build.
 #[derive(Debug)]
 pub struct FsStore {
     dir: PathBuf,
