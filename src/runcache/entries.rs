@@ -719,7 +719,8 @@ impl PackWriter {
     }
 }
 
-fn remove_if_present(path: &Path) -> io::Result<()> {
+/// Removes a file; one already gone is no error.
+pub(super) fn remove_if_present(path: &Path) -> io::Result<()> {
     match std::fs::remove_file(path) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
         _ => Ok(()),

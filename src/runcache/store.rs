@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
-use super::entries::EntryFiles;
+use super::entries::{EntryFiles, remove_if_present};
 use super::pack::Kind;
 
 /// An object's bytes did not hash to its id: the object is damaged (or gone).
@@ -220,10 +220,7 @@ impl Store for FsStore {
     }
 
     fn remove_object(&self, id: &str) -> io::Result<()> {
-        match std::fs::remove_file(self.object_path(id)) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
-        }
+        remove_if_present(&self.object_path(id))
     }
 
     fn entries(&self) -> io::Result<Vec<EntryInfo>> {
